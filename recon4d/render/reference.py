@@ -1,0 +1,81 @@
+"""Dense pure-PyTorch reference rasterizer: every Gaussian against every pixel, autograd for gradients.
+
+Memory is O(H * W * N): for tests at tiny sizes only. It is written independently of the tile backend
+(its own projection with explicit 3x3 matrices and its own compositing by cumulative products) and must
+agree with it to float precision.
+"""
+from __future__ import annotations
+
+import torch
+
+from recon4d.geometry.quaternion import rotation_from_quaternion
+from recon4d.render.config import RasterConfig
+
+_ALPHA_MIN = 1.0 / 255.0
+_ALPHA_MAX = 0.999
+_T_MIN = 1e-4
+
+
+def rasterize_dense(
+    means: torch.Tensor,
+    quats: torch.Tensor,
+    scales: torch.Tensor,
+    opacities: torch.Tensor,
+    features: torch.Tensor,
+    camera_from_world: torch.Tensor,
+    K: torch.Tensor,
+    width: int,
+    height: int,
+    config: RasterConfig = RasterConfig(),
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Returns features [H, W, D] without background, expected depth [H, W] and alpha [H, W]."""
+    world_to_cam_rot, world_to_cam_t = camera_from_world[:3, :3], camera_from_world[:3, 3]
+    p_cam = torch.einsum("ij,nj->ni", world_to_cam_rot, means) + world_to_cam_t
+    z = p_cam[:, 2]
+    keep = (z > config.near_plane) & (z < config.far_plane) & (opacities >= _ALPHA_MIN)
+    p_cam, z = p_cam[keep], z[keep]
+    rot = rotation_from_quaternion(quats[keep])
+    sigma_world = torch.einsum("nij,nj,nkj->nik", rot, scales[keep] ** 2, rot)
+    sigma_cam = torch.einsum("ij,njk,lk->nil", world_to_cam_rot, sigma_world, world_to_cam_rot)
+
+    fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2], K[1, 2]
+    # Jacobian direction clamped to 1.3x the half field of view (gsplat); pixel centres at integers here.
+    half_x, half_y = 0.5 * width / fx, 0.5 * height / fy
+    u_dir = torch.clamp(p_cam[:, 0] / z, min=-((cx + 0.5) / fx + 0.3 * half_x), max=(width - cx - 0.5) / fx + 0.3 * half_x)
+    v_dir = torch.clamp(p_cam[:, 1] / z, min=-((cy + 0.5) / fy + 0.3 * half_y), max=(height - cy - 0.5) / fy + 0.3 * half_y)
+    jac = torch.zeros(z.shape[0], 2, 3, dtype=means.dtype)
+    jac[:, 0, 0] = fx / z
+    jac[:, 0, 2] = -fx * u_dir / z
+    jac[:, 1, 1] = fy / z
+    jac[:, 1, 2] = -fy * v_dir / z
+    sigma_2d = jac @ sigma_cam @ jac.transpose(1, 2) + config.eps2d * torch.eye(2, dtype=means.dtype)
+    det = torch.linalg.det(sigma_2d)
+    ok = det > 0
+    inv_2d = torch.linalg.inv(torch.where(ok[:, None, None], sigma_2d, torch.eye(2, dtype=means.dtype)))
+    center = torch.stack([fx * p_cam[:, 0] / z + cx, fy * p_cam[:, 1] / z + cy], -1)
+
+    order = torch.argsort(z.detach(), stable=True)
+    center, inv_2d, z, ok = center[order], inv_2d[order], z[order], ok[order]
+    opac = opacities[keep][order]
+    feats = torch.cat([features[keep][order], z[:, None]], -1)
+
+    v, u = torch.meshgrid(torch.arange(height, dtype=means.dtype), torch.arange(width, dtype=means.dtype), indexing="ij")
+    pix = torch.stack([u, v], -1).reshape(-1, 1, 2)  # [P, 1, 2]
+    d = center[None] - pix  # [P, N, 2]
+    mahal = torch.einsum("pni,nij,pnj->pn", d, inv_2d, d)
+    raw = opac * torch.exp(-0.5 * mahal)
+    alpha = torch.clamp(raw, max=_ALPHA_MAX)
+    alpha = torch.where((mahal >= 0) & (alpha >= _ALPHA_MIN) & ok, alpha, torch.zeros_like(alpha))
+    trans_after = torch.cumprod(1 - alpha, dim=1)
+    # A pixel stops before the first Gaussian that would take its transmittance to <= 1e-4.
+    blend = trans_after > _T_MIN
+    blend = torch.cumprod(blend.to(alpha.dtype), dim=1)
+    alpha = alpha * blend
+    trans_before = torch.cumprod(torch.cat([torch.ones_like(alpha[:, :1]), 1 - alpha[:, :-1]], 1), dim=1)
+    weights = alpha * trans_before
+    out = (weights @ feats if feats.shape[0] else torch.zeros(pix.shape[0], feats.shape[1], dtype=means.dtype))
+    acc_alpha = weights.sum(1)
+    out = out.reshape(height, width, -1)
+    acc_alpha = acc_alpha.reshape(height, width)
+    depth = out[..., -1] / acc_alpha.clamp_min(1e-10)
+    return out[..., :-1], depth, acc_alpha
