@@ -94,8 +94,9 @@ def rasterize(
     _check_inputs(means, quats, scales, opacities, colors, camera_from_world, K, width, height, background)
     n, channels = means.shape[0], colors.shape[1]
     if n == 0:
-        features = torch.zeros((height, width, channels), dtype=colors.dtype, device=colors.device)
-        depth = torch.zeros((height, width), dtype=means.dtype, device=means.device)
+        # Tied to the (empty) inputs so that a loss on an empty render can still be back-propagated.
+        features = torch.zeros((height, width, channels), dtype=colors.dtype, device=colors.device) + 0 * colors.sum()
+        depth = torch.zeros((height, width), dtype=means.dtype, device=means.device) + 0 * means.sum()
         alpha = torch.zeros_like(depth)
         means2d = torch.zeros((0, 2), dtype=means.dtype, device=means.device)
         radii = torch.zeros((0,), dtype=torch.int32, device=means.device)

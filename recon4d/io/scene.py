@@ -1,0 +1,227 @@
+"""The recon4d scene file: Gaussians, their motion, cameras, labels, config and metrics in one file.
+
+Format: a safetensors file. Tensors are stored under slash-separated names (``gaussians/means``,
+``cameras/world_from_camera``, ``arrays/moving_masks`` ...); the header metadata holds
+``format = "recon4d.scene"``, an integer ``version`` and a JSON ``manifest`` (frame names, image size,
+config, metrics). safetensors stores raw little-endian bytes, so a save/load round trip is bit-exact, and
+it never unpickles code. Writes are atomic.
+
+A dynamic scene keeps one canonical set of N Gaussians. Still Gaussians never move. The Nd dynamic ones
+(``is_dynamic``) have one position and rotation per frame in ``dynamic_means`` / ``dynamic_quats``;
+a Gaussian exists from its ``birth_frame`` on.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from recon4d.errors import SceneError
+from recon4d.io.atomic import atomic_path
+
+FORMAT_NAME = "recon4d.scene"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class Gaussians:
+    """A set of 3D Gaussians with activated parameters (what `recon4d.render.rasterize` takes).
+
+    Attributes:
+        means: [N, 3] world positions.
+        quats: [N, 4] rotations (w, x, y, z).
+        scales: [N, 3] standard deviations (linear).
+        opacities: [N] in [0, 1].
+        colors: [N, C] RGB in [0, 1] (C = 3) or other features.
+    """
+
+    means: torch.Tensor
+    quats: torch.Tensor
+    scales: torch.Tensor
+    opacities: torch.Tensor
+    colors: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.means.shape[0]
+
+    def select(self, index: torch.Tensor) -> "Gaussians":
+        """Subset by boolean mask or index tensor."""
+        return Gaussians(*(getattr(self, name)[index] for name in _GAUSSIAN_FIELDS))
+
+
+_GAUSSIAN_FIELDS = ("means", "quats", "scales", "opacities", "colors")
+
+
+@dataclass
+class Cameras:
+    """One pinhole camera per frame, OpenCV convention.
+
+    Attributes:
+        world_from_camera: [T, 4, 4].
+        intrinsics: [T, 4] fx, fy, cx, cy in pixels of (width, height).
+        timestamps: [T] seconds.
+        width, height: image size in pixels.
+        frame_names: per frame, the source file name or frame label.
+    """
+
+    world_from_camera: torch.Tensor
+    intrinsics: torch.Tensor
+    timestamps: torch.Tensor
+    width: int
+    height: int
+    frame_names: list[str]
+
+    def __len__(self) -> int:
+        return self.world_from_camera.shape[0]
+
+    def K(self, t: int) -> torch.Tensor:
+        """Intrinsics matrix [3, 3] of frame t."""
+        fx, fy, cx, cy = self.intrinsics[t].unbind()
+        zero, one = torch.zeros_like(fx), torch.ones_like(fx)
+        return torch.stack([fx, zero, cx, zero, fy, cy, zero, zero, one]).reshape(3, 3)
+
+
+@dataclass
+class Scene4D:
+    """A fitted 4D scene.
+
+    Attributes:
+        gaussians: canonical Gaussians (positions of dynamic ones at their birth frame).
+        is_dynamic: [N] bool.
+        birth_frame: [N] int32, first frame a Gaussian exists in.
+        dynamic_means: [T, Nd, 3] per-frame positions of the dynamic Gaussians (in index order).
+        dynamic_quats: [T, Nd, 4] per-frame rotations of the dynamic Gaussians.
+        cameras: per-frame cameras.
+        arrays: other named tensors (moving masks [T, H, W], tracks, ...).
+        config: the resolved configuration (JSON-serialisable).
+        metrics: quality and timing numbers (JSON-serialisable).
+    """
+
+    gaussians: Gaussians
+    is_dynamic: torch.Tensor
+    birth_frame: torch.Tensor
+    dynamic_means: torch.Tensor
+    dynamic_quats: torch.Tensor
+    cameras: Cameras
+    arrays: dict[str, torch.Tensor] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_frames(self) -> int:
+        return len(self.cameras)
+
+    def gaussians_at(self, t: int) -> Gaussians:
+        """The Gaussians that exist at frame t, with dynamic ones at their frame-t state."""
+        if not 0 <= t < self.num_frames:
+            raise IndexError(f"frame {t} outside 0..{self.num_frames - 1}")
+        means, quats = self.gaussians.means.clone(), self.gaussians.quats.clone()
+        dynamic = self.is_dynamic.nonzero().squeeze(1)
+        means[dynamic] = self.dynamic_means[t]
+        quats[dynamic] = self.dynamic_quats[t]
+        current = Gaussians(means, quats, self.gaussians.scales, self.gaussians.opacities, self.gaussians.colors)
+        return current.select(self.birth_frame <= t)
+
+    def validate(self) -> None:
+        """Raise SceneError if the parts do not fit together."""
+        n, t = len(self.gaussians), self.num_frames
+        nd = int(self.is_dynamic.sum())
+        checks = [
+            (all(getattr(self.gaussians, f).shape[0] == n for f in _GAUSSIAN_FIELDS), "Gaussian fields differ in length"),
+            (tuple(self.is_dynamic.shape) == (n,) and self.is_dynamic.dtype == torch.bool, "is_dynamic must be bool [N]"),
+            (tuple(self.birth_frame.shape) == (n,), "birth_frame must be [N]"),
+            (tuple(self.dynamic_means.shape) == (t, nd, 3), f"dynamic_means must be [{t}, {nd}, 3]"),
+            (tuple(self.dynamic_quats.shape) == (t, nd, 4), f"dynamic_quats must be [{t}, {nd}, 4]"),
+            (tuple(self.cameras.intrinsics.shape) == (t, 4), f"intrinsics must be [{t}, 4]"),
+            (tuple(self.cameras.timestamps.shape) == (t,), f"timestamps must be [{t}]"),
+            (len(self.cameras.frame_names) == t, f"frame_names must have {t} entries"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise SceneError(f"inconsistent scene: {message}")
+
+
+def save_scene(scene: Scene4D, path: str | os.PathLike) -> Path:
+    """Write `scene` to `path` atomically; returns the path."""
+    from safetensors.torch import save_file
+
+    scene.validate()
+    tensors = {f"gaussians/{name}": getattr(scene.gaussians, name) for name in _GAUSSIAN_FIELDS}
+    tensors.update({
+        "is_dynamic": scene.is_dynamic,
+        "birth_frame": scene.birth_frame,
+        "dynamic_means": scene.dynamic_means,
+        "dynamic_quats": scene.dynamic_quats,
+        "cameras/world_from_camera": scene.cameras.world_from_camera,
+        "cameras/intrinsics": scene.cameras.intrinsics,
+        "cameras/timestamps": scene.cameras.timestamps,
+    })
+    tensors.update({f"arrays/{name}": value for name, value in scene.arrays.items()})
+    tensors = {name: value.detach().cpu().contiguous() for name, value in tensors.items()}
+    manifest = {
+        "width": scene.cameras.width,
+        "height": scene.cameras.height,
+        "frame_names": scene.cameras.frame_names,
+        "config": scene.config,
+        "metrics": scene.metrics,
+    }
+    metadata = {"format": FORMAT_NAME, "version": str(FORMAT_VERSION), "manifest": json.dumps(manifest)}
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+    return path
+
+
+def load_scene(path: str | os.PathLike) -> Scene4D:
+    """Read a scene file; raises SceneError (one line) for a missing, truncated, foreign or newer file."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / "scene.r4d"
+    if not path.is_file():
+        raise SceneError(f"no scene file at {path}", hint="run `recon4d fit VIDEO --out DIR` first")
+    try:
+        with safe_open(str(path), framework="pt") as reader:
+            metadata = reader.metadata() or {}
+            if metadata.get("format") != FORMAT_NAME:
+                raise SceneError(f"{path} is not a recon4d scene file")
+            version = int(metadata.get("version", "0"))
+            if version > FORMAT_VERSION:
+                raise SceneError(
+                    f"{path} was written by a newer recon4d (format {version}, this one reads <= {FORMAT_VERSION})",
+                    hint="pip install -U recon4d",
+                )
+            tensors = {name: reader.get_tensor(name) for name in reader.keys()}
+            manifest = json.loads(metadata["manifest"])
+    except SceneError:
+        raise
+    except Exception as exc:  # safetensors raises its own error types for truncated or garbage files
+        raise SceneError(f"cannot read scene file {path}: it is truncated or not a recon4d scene") from exc
+    try:
+        scene = Scene4D(
+            gaussians=Gaussians(*(tensors[f"gaussians/{name}"] for name in _GAUSSIAN_FIELDS)),
+            is_dynamic=tensors["is_dynamic"],
+            birth_frame=tensors["birth_frame"],
+            dynamic_means=tensors["dynamic_means"],
+            dynamic_quats=tensors["dynamic_quats"],
+            cameras=Cameras(
+                world_from_camera=tensors["cameras/world_from_camera"],
+                intrinsics=tensors["cameras/intrinsics"],
+                timestamps=tensors["cameras/timestamps"],
+                width=int(manifest["width"]),
+                height=int(manifest["height"]),
+                frame_names=list(manifest["frame_names"]),
+            ),
+            arrays={name[len("arrays/"):]: value for name, value in tensors.items() if name.startswith("arrays/")},
+            config=manifest.get("config", {}),
+            metrics=manifest.get("metrics", {}),
+        )
+    except KeyError as exc:
+        raise SceneError(f"scene file {path} lacks the entry {exc.args[0]!r}") from exc
+    scene.validate()
+    return scene
