@@ -1,0 +1,123 @@
+"""Benchmark of recon4d.render.rasterize: forward+backward time and peak memory.
+
+Usage: python bench/render.py [--device cpu|cuda] [--threads 2] [--repeat 5] [--sizes 160x90,320x180,640x360]
+       [--counts 5000,20000,100000]
+
+Each (size, count) runs in a fresh subprocess so that peak RSS belongs to that case alone. The scene
+mimics a frame-0 initialisation: Gaussians spread over the view frustum at depths 2-6 with a footprint of
+about two sampling distances, opacities 0.5-1. Quality column: max abs difference of the image against
+the dense reference where it fits in memory (smallest size only), to show the fast path is exact.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import resource
+import subprocess
+import sys
+import time
+
+
+def make_scene(n: int, width: int, height: int, device: str, seed: int = 0):
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    fx = 0.5 * width / math.tan(math.radians(30))
+    K = torch.tensor([[fx, 0, (width - 1) / 2], [0, fx, (height - 1) / 2], [0, 0, 1]])
+    depth = 2 + 4 * torch.rand(n, generator=g)
+    u = torch.rand(n, generator=g) * width
+    v = torch.rand(n, generator=g) * height
+    means = torch.stack([(u - K[0, 2]) / fx * depth, (v - K[1, 2]) / fx * depth, depth], -1)
+    spacing_px = math.sqrt(width * height / n)
+    scales = (spacing_px * depth / fx)[:, None] * torch.exp(0.3 * torch.randn(n, 3, generator=g))
+    scene = dict(
+        means=means, quats=torch.randn(n, 4, generator=g), scales=scales,
+        opacities=0.5 + 0.5 * torch.rand(n, generator=g), colors=torch.rand(n, 3, generator=g),
+        camera_from_world=torch.eye(4), K=K,
+    )
+    return {k: v.to(device) for k, v in scene.items()}
+
+
+def run_case(width: int, height: int, n: int, device: str, repeat: int, threads: int) -> dict:
+    import torch
+
+    from recon4d.render import rasterize
+
+    torch.set_num_threads(threads)
+    scene = make_scene(n, width, height, device)
+    params = {k: v.clone().requires_grad_(k != "K") for k, v in scene.items()}
+    args = [params[k] for k in ("means", "quats", "scales", "opacities", "colors", "camera_from_world", "K")]
+    target = torch.rand(height, width, 3, device=device)
+
+    def step() -> tuple[float, float]:
+        for p in params.values():
+            p.grad = None
+        if device == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        out = rasterize(*args, width, height)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        t1 = time.perf_counter()
+        ((out.color - target).abs().mean() + 0.01 * out.depth.mean()).backward()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return t1 - t0, time.perf_counter() - t0
+
+    step()  # warm-up: loads the extension / compiles CUDA kernels
+    times = sorted(step() for _ in range(repeat))
+    fwd = sorted(t[0] for t in times)
+    both = sorted(t[1] for t in times)
+    result = {
+        "size": f"{width}x{height}", "gaussians": n, "fwd_ms": 1000 * fwd[len(fwd) // 2],
+        "fwd_bwd_ms": 1000 * both[len(both) // 2], "fwd_bwd_min_ms": 1000 * both[0],
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+    if device == "cuda":
+        result["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    with torch.no_grad():
+        out = rasterize(*args, width, height)
+        result["coverage"] = float(out.alpha.mean())
+        if width * height * n <= 160 * 90 * 5000:
+            from recon4d.render.reference import rasterize_dense
+
+            ref, _, _ = rasterize_dense(*(a.cpu() for a in args), width, height)
+            result["max_abs_diff_vs_dense"] = float((out.color.cpu() - ref).abs().max())
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--sizes", default="160x90,320x180,640x360")
+    parser.add_argument("--counts", default="5000,20000,100000")
+    parser.add_argument("--case", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.case:
+        width, height, n = map(int, args.case.split(","))
+        print(json.dumps(run_case(width, height, n, args.device, args.repeat, args.threads)))
+        return
+    rows = []
+    for size in args.sizes.split(","):
+        width, height = map(int, size.split("x"))
+        for n in map(int, args.counts.split(",")):
+            cmd = [sys.executable, __file__, "--device", args.device, "--threads", str(args.threads),
+                   "--repeat", str(args.repeat), "--case", f"{width},{height},{n}"]
+            rows.append(json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout))
+    print(f"device={args.device} threads={args.threads} repeat={args.repeat} (median; min in brackets)")
+    header = "| size | Gaussians | forward ms | forward+backward ms | peak RSS MB |"
+    extra = " peak GPU MB |" if args.device == "cuda" else ""
+    print(header + extra + " coverage | max diff vs dense |")
+    print("|---" * (header.count("|") - 1 + (1 if extra else 0) + 2) + "|")
+    for r in rows:
+        gpu = f" {r['peak_gpu_mb']:.0f} |" if extra else ""
+        diff = f"{r['max_abs_diff_vs_dense']:.1e}" if "max_abs_diff_vs_dense" in r else "-"
+        print(f"| {r['size']} | {r['gaussians']} | {r['fwd_ms']:.1f} | {r['fwd_bwd_ms']:.1f} ({r['fwd_bwd_min_ms']:.1f}) "
+              f"| {r['peak_rss_mb']:.0f} |{gpu} {r['coverage']:.2f} | {diff} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,47 @@
+"""The command line: help, version, one-line errors with exit code 2, info on a scene file."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from recon4d import __version__
+from recon4d.io.scene import save_scene
+from test_scene import make_scene
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "recon4d", *args], capture_output=True, text=True, timeout=120,
+                          env={**__import__("os").environ, "RECON4D_NO_PROGRESS": "1"})
+
+
+def test_help_and_version():
+    result = run_cli("--help")
+    assert result.returncode == 0 and "fit" in result.stdout and "--device" in result.stdout
+    result = run_cli("--version")
+    assert result.returncode == 0 and __version__ in result.stdout
+
+
+def _assert_one_line_error(result: subprocess.CompletedProcess, fragment: str) -> None:
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("recon4d: error:") and fragment in lines[0], result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_input_is_one_line_exit_2(tmp_path):
+    _assert_one_line_error(run_cli("fit", str(tmp_path / "missing.mp4")), "missing.mp4")
+    not_video = tmp_path / "notes.mp4"
+    not_video.write_text("hello")
+    _assert_one_line_error(run_cli("fit", str(not_video)), "notes.mp4")
+    _assert_one_line_error(run_cli("info", str(tmp_path)), "no scene file")
+    _assert_one_line_error(run_cli("--device", "gpu", "info", "x"), "invalid choice")
+    _assert_one_line_error(run_cli("fit"), "video")
+
+
+def test_info_reads_scene(tmp_path):
+    save_scene(make_scene(num_frames=3, n=20), tmp_path / "scene.r4d")
+    result = run_cli("info", str(tmp_path), "--json")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["frames"] == 3 and summary["gaussians"] == 20 and summary["image_size"] == [64, 48]
