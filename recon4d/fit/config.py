@@ -1,0 +1,126 @@
+"""Configuration of `recon4d fit`: one dataclass, YAML presets in `configs/`, CLI overrides.
+
+Every tunable number of the fit lives here with its unit; the resolved config is stored in the scene.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from recon4d.errors import InputError
+
+PRESET_NAMES = ("fast", "default", "quality")
+
+
+@dataclass
+class FitConfig:
+    """Settings of the sequential (GFlow) fit.
+
+    Input:
+        short_side: working resolution, pixels of the short image side (GFlow: 480).
+        max_frames / stride: which frames of the source to use.
+        fov_x_deg: horizontal field of view assumed when the intrinsics are not given.
+        holdout_every: withhold every K-th frame from the fit and report it as a held-out view (0 = off).
+    Initialisation (frame 0 and new content):
+        num_gaussians: Gaussians sampled on frame 0 (GFlow: 50k).
+        gradient_floor: sampling weight of a flat pixel relative to the mean image-gradient magnitude.
+        init_opacity: opacity of new Gaussians.
+        init_scale: footprint of a new Gaussian in sampling distances.
+    Losses (weights):
+        lambda_photo, lambda_ssim (share of 1 - SSIM inside the photometric term), lambda_depth,
+        lambda_flow (flow error in pixels), lambda_iso (spread of log scales of one Gaussian).
+    Optimisation:
+        frame0_iters, camera_iters, gaussian_iters: iteration caps; a stage stops earlier when its loss
+        has improved by less than `plateau_tolerance` (relative) over `plateau_patience` iterations.
+        lr_*: Adam learning rates; lr_means and lr_camera_translation are in units of the scene's median
+        depth per step, lr_camera_rotation in radians.
+    Densification:
+        new_content_alpha: pixels rendered with less alpha than this get new Gaussians after the camera step.
+        error_threshold: mean absolute colour error above which a pixel gets a new Gaussian.
+        densify_every: Gaussian-step iterations between error-driven densifications.
+        max_new_per_frame: cap on Gaussians added per frame; max_gaussians: overall cap.
+        motion_dilation: pixels by which moving masks are grown before excluding them from the camera step.
+    Held-out evaluation:
+        holdout_refine_iters: pose iterations (Gaussians frozen) for a held-out frame's interpolated camera.
+    """
+
+    preset: str = "default"
+    seed: int = 0
+    short_side: int = 90
+    max_frames: int | None = None
+    stride: int = 1
+    fov_x_deg: float = 60.0
+    holdout_every: int = 0
+
+    num_gaussians: int = 8000
+    gradient_floor: float = 0.3
+    init_opacity: float = 0.95
+    init_scale: float = 0.8
+
+    lambda_photo: float = 1.0
+    lambda_ssim: float = 0.2
+    lambda_depth: float = 0.1
+    lambda_flow: float = 0.01
+    lambda_iso: float = 0.05
+
+    frame0_iters: int = 300
+    camera_iters: int = 60
+    gaussian_iters: int = 120
+    plateau_patience: int = 25
+    plateau_tolerance: float = 2e-3
+
+    lr_camera_rotation: float = 1e-3
+    lr_camera_translation: float = 1e-3
+    lr_means: float = 4e-4
+    lr_colors: float = 2e-2
+    lr_opacities: float = 5e-2
+    lr_scales: float = 1e-2
+    lr_quats: float = 5e-3
+
+    new_content_alpha: float = 0.7
+    error_threshold: float = 0.08
+    densify_every: int = 40
+    max_new_per_frame: int = 1500
+    max_gaussians: int = 40000
+    motion_dilation: int = 2
+
+    holdout_refine_iters: int = 30
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def presets_dir() -> Path:
+    """configs/ beside the package (source checkout) or inside it (installed wheel)."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here.parents[1] / "configs", here.parent / "configs"):
+        if candidate.is_dir():
+            return candidate
+    raise InputError("recon4d's configs/ folder with the presets is missing", hint="reinstall recon4d")
+
+
+def load_config(preset: str = "default", overrides: dict[str, Any] | None = None) -> FitConfig:
+    """Preset YAML (`configs/<preset>.yaml`) on top of the dataclass defaults, then `overrides` (not None)."""
+    path = Path(preset)
+    if not path.suffix:
+        if preset not in PRESET_NAMES:
+            raise InputError(f"unknown preset {preset!r}", hint=f"choose one of {', '.join(PRESET_NAMES)} or a YAML file")
+        path = presets_dir() / f"{preset}.yaml"
+    if not path.is_file():
+        raise InputError(f"config file not found: {path}")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise InputError(f"cannot parse config {path}: {str(exc).splitlines()[0]}") from exc
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    known = {f.name for f in dataclasses.fields(FitConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise InputError(f"unknown config field(s) {', '.join(unknown)} in {path}")
+    values.setdefault("preset", path.stem)
+    return FitConfig(**values)

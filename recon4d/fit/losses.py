@@ -1,0 +1,38 @@
+"""Loss terms of the fit; each takes rendered and prior maps of one frame and returns a scalar."""
+from __future__ import annotations
+
+import torch
+
+from recon4d.image import ssim_map
+
+
+def photometric_loss(rendered: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, ssim_share: float) -> torch.Tensor:
+    """(1 - s) L1 + s (1 - SSIM), averaged with per-pixel `weight` [H, W]; images [H, W, 3]."""
+    l1 = (rendered - target).abs().mean(-1)
+    dssim = 1 - ssim_map(rendered, target)
+    per_pixel = (1 - ssim_share) * l1 + ssim_share * dssim
+    return (per_pixel * weight).sum() / weight.sum().clamp_min(1)
+
+
+def depth_loss(rendered_depth: torch.Tensor, prior_depth: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """L1 between rendered depth and the prior scaled to it by the (detached) median ratio, relative to the
+    rendered median. Scale-invariant, so priors known up to scale per frame are usable. Maps [H, W]."""
+    valid = weight > 0
+    if valid.sum() < 16:
+        return rendered_depth.sum() * 0
+    scale = (rendered_depth.detach()[valid].median() / prior_depth[valid].median().clamp_min(1e-6))
+    residual = (rendered_depth - scale * prior_depth).abs() / rendered_depth.detach()[valid].median().clamp_min(1e-6)
+    return (residual * weight).sum() / weight.sum()
+
+
+def flow_loss(rendered_flow: torch.Tensor, prior_flow: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Mean end-point error in pixels over `weight` [H, W]; flows [H, W, 2]."""
+    epe = (rendered_flow - prior_flow).norm(dim=-1)
+    return (epe * weight).sum() / weight.sum().clamp_min(1)
+
+
+def isotropy_loss(log_scales: torch.Tensor) -> torch.Tensor:
+    """Mean absolute deviation of each Gaussian's log scales from their mean: 0 for spheres. [N, 3]."""
+    if log_scales.shape[0] == 0:
+        return log_scales.sum()
+    return (log_scales - log_scales.mean(-1, keepdim=True)).abs().mean()

@@ -1,0 +1,320 @@
+"""`recon4d fit`: decode -> priors -> sequential fit -> scene, cameras, metrics and a comparison video.
+
+Output directory layout:
+    scene.r4d        the Scene4D (all input frames, held-out ones with interpolated cameras/states)
+    cameras.json     one camera per input frame, in order
+    metrics.json     per-frame and mean PSNR/SSIM (fitted and held-out), seconds per stage, memory, ...
+    comparison.mp4   input | reconstruction, side by side
+    .checkpoint/     per-frame checkpoint; a rerun of the same command resumes from it
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import platform
+import resource
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from recon4d import __version__
+from recon4d.errors import InputError
+from recon4d.fit.config import FitConfig
+from recon4d.fit.sequential import FitInputs, FitState, SequentialFitter
+from recon4d.geometry.camera import invert_pose
+from recon4d.geometry.lie import apply_pose_delta, interpolate_pose
+from recon4d.geometry.quaternion import normalize_quaternion
+from recon4d.image import psnr, ssim
+from recon4d.io.atomic import atomic_path, write_bytes_atomic
+from recon4d.io.scene import Cameras, Gaussians, Scene4D, save_scene
+from recon4d.io.video import Clip, read_clip
+from recon4d.io.video_writer import write_video
+from recon4d.progress import track
+from recon4d.render import rasterize
+
+CHECKPOINT_NAME = "state.pt"
+
+
+@dataclass
+class FitResult:
+    scene: Scene4D
+    metrics: dict
+    out_dir: Path
+
+
+def default_intrinsics(width: int, height: int, fov_x_deg: float) -> np.ndarray:
+    """fx, fy, cx, cy [4] for a centred principal point and square pixels."""
+    fx = 0.5 * width / math.tan(math.radians(fov_x_deg) / 2)
+    return np.array([fx, fx, (width - 1) / 2, (height - 1) / 2], dtype=np.float64)
+
+
+def holdout_split(num_frames: int, every: int) -> tuple[list[int], list[int]]:
+    """Every `every`-th frame (1-based: frames every-1, 2*every-1, ...) is held out; never the first or last."""
+    if every <= 0:
+        return list(range(num_frames)), []
+    if every < 2:
+        raise InputError("--holdout-every must be 0 (off) or at least 2")
+    held = [i for i in range(every - 1, num_frames - 1, every) if i > 0]
+    return [i for i in range(num_frames) if i not in set(held)], held
+
+
+def _run_key(clip: Clip, config: FitConfig) -> str:
+    payload = json.dumps({"clip": clip.source_hash, "config": config.to_dict(), "version": __version__}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:20]
+
+
+def _to_inputs(frames: np.ndarray, priors, K: np.ndarray, device: torch.device) -> FitInputs:
+    def tensor(x, dtype=torch.float32):
+        return torch.as_tensor(np.ascontiguousarray(x)).to(device=device, dtype=dtype)
+
+    return FitInputs(
+        frames=tensor(frames) / 255.0,
+        flow_forward=tensor(priors.flow.flow_forward),
+        flow_backward=tensor(priors.flow.flow_backward),
+        valid_forward=tensor(priors.flow.valid_forward, torch.bool),
+        valid_backward=tensor(priors.flow.valid_backward, torch.bool),
+        depth=tensor(priors.depth.depth),
+        depth_confidence=tensor(priors.depth.confidence),
+        moving=tensor(priors.moving_masks, torch.bool),
+        K=tensor([[K[0], 0, K[2]], [0, K[1], K[3]], [0, 0, 1]]),
+    )
+
+
+def assemble_scene(state: FitState, fitted: list[int], clip: Clip, K: np.ndarray, config: FitConfig,
+                   moving_masks: np.ndarray) -> Scene4D:
+    """Scene over all clip frames; frames between fitted ones get interpolated cameras and dynamic states."""
+    g = state.gaussians
+    dynamic = g.is_dynamic.nonzero().squeeze(1)
+    position = {int(i): k for k, i in enumerate(dynamic.tolist())}
+    nd = dynamic.numel()
+    device = g.means.device
+
+    def slots_of(ids: torch.Tensor) -> torch.Tensor:
+        return torch.tensor([position[int(i)] for i in ids.tolist()], dtype=torch.long, device=device)
+
+    # Before its birth a dynamic Gaussian is not rendered; those frames hold its first recorded state.
+    first_means, first_quats = g.means[dynamic].clone(), g.quats[dynamic].clone()
+    for ids, means, quats in reversed(state.dynamic_states):
+        slots = slots_of(ids)
+        first_means[slots], first_quats[slots] = means, quats
+    fitted_means = first_means[None].repeat(len(fitted), 1, 1)
+    fitted_quats = first_quats[None].repeat(len(fitted), 1, 1)
+    for k, (ids, means, quats) in enumerate(state.dynamic_states):
+        slots = slots_of(ids)
+        fitted_means[k, slots], fitted_quats[k, slots] = means, quats
+
+    num_frames = clip.num_frames
+    cfw_all = torch.empty(num_frames, 4, 4, dtype=torch.float64)
+    means_all = torch.empty(num_frames, nd, 3)
+    quats_all = torch.empty(num_frames, nd, 4)
+    birth = g.birth_frame.clone().cpu()
+    fitted_index = {f: k for k, f in enumerate(fitted)}
+    for frame in range(num_frames):
+        if frame in fitted_index:
+            k = fitted_index[frame]
+            cfw_all[frame] = state.camera_from_world[k].double().cpu()
+            means_all[frame], quats_all[frame] = fitted_means[k].cpu(), fitted_quats[k].cpu()
+            continue
+        after = next(k for k, f in enumerate(fitted) if f > frame)
+        before = after - 1
+        w = (frame - fitted[before]) / (fitted[after] - fitted[before])
+        pose = interpolate_pose(invert_pose(state.camera_from_world[before]), invert_pose(state.camera_from_world[after]), w)
+        cfw_all[frame] = invert_pose(pose).double().cpu()
+        means_all[frame] = ((1 - w) * fitted_means[before] + w * fitted_means[after]).cpu()
+        quats_all[frame] = normalize_quaternion((1 - w) * fitted_quats[before] + w * fitted_quats[after]).cpu()
+    # birth_frame is stored in clip frame numbers.
+    fitted_tensor = torch.tensor(fitted)
+    birth = fitted_tensor[birth.long()].to(torch.int32)
+    active = g.activated()
+    gaussians = Gaussians(*(x.detach().cpu() for x in (active.means, normalize_quaternion(active.quats), active.scales,
+                                                       active.opacities, active.colors)))
+    intrinsics = torch.tensor(K, dtype=torch.float32)[None].repeat(num_frames, 1)
+    masks = np.zeros((num_frames, clip.height, clip.width), dtype=bool)
+    masks[fitted] = moving_masks
+    return Scene4D(
+        gaussians=gaussians, is_dynamic=g.is_dynamic.cpu(), birth_frame=birth,
+        dynamic_means=means_all, dynamic_quats=quats_all,
+        cameras=Cameras(world_from_camera=invert_pose(cfw_all), intrinsics=intrinsics,
+                        timestamps=torch.as_tensor(clip.timestamps, dtype=torch.float64),
+                        width=clip.width, height=clip.height, frame_names=list(clip.names)),
+        arrays={"moving_masks": torch.from_numpy(masks), "source_indices": torch.as_tensor(clip.source_indices)},
+        config=config.to_dict(),
+    )
+
+
+def render_frame(scene: Scene4D, t: int, camera_from_world: torch.Tensor | None = None,
+                 device: torch.device = torch.device("cpu")) -> torch.Tensor:
+    """Render frame t of the scene (optionally from another camera) -> [H, W, 3] in [0, 1]."""
+    g = scene.gaussians_at(t)
+    cfw = invert_pose(scene.cameras.world_from_camera[t]).float() if camera_from_world is None else camera_from_world
+    out = rasterize(g.means.to(device), g.quats.to(device), g.scales.to(device), g.opacities.to(device),
+                    g.colors.to(device), cfw.to(device), scene.cameras.K(t).to(device), scene.cameras.width,
+                    scene.cameras.height)
+    return out.color.clamp(0, 1)
+
+
+def refine_holdout_camera(scene: Scene4D, t: int, target: torch.Tensor, config: FitConfig,
+                          device: torch.device) -> torch.Tensor:
+    """Camera of a held-out frame: interpolated, then refined photometrically with the Gaussians frozen."""
+    from recon4d.fit.losses import photometric_loss
+
+    init = invert_pose(scene.cameras.world_from_camera[t]).float().to(device)
+    g = scene.gaussians_at(t)
+    g = Gaussians(*(x.to(device) for x in (g.means, g.quats, g.scales, g.opacities, g.colors)))
+    depth_unit = float(torch.linalg.norm(g.means - invert_pose(init)[:3, 3], dim=-1).median()) if len(g) else 1.0
+    delta = torch.zeros(6, device=device, requires_grad=True)
+    unit = torch.tensor([1.0, 1.0, 1.0, depth_unit, depth_unit, depth_unit], device=device)
+    optimizer = torch.optim.Adam([delta], lr=config.lr_camera_rotation)
+    weight = torch.ones(target.shape[:2], device=device)
+    K = scene.cameras.K(t).to(device)
+    for _ in range(config.holdout_refine_iters):
+        cfw = apply_pose_delta(delta * unit, init)
+        out = rasterize(g.means, g.quats, g.scales, g.opacities, g.colors, cfw, K, scene.cameras.width, scene.cameras.height)
+        loss = photometric_loss(out.color, target, weight, config.lambda_ssim)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return apply_pose_delta(delta.detach() * unit, init)
+
+
+def evaluate(scene: Scene4D, frames: np.ndarray, fitted: list[int], held: list[int], config: FitConfig,
+             device: torch.device) -> tuple[dict, np.ndarray]:
+    """Per-frame PSNR/SSIM of the fitted frames and of held-out frames; returns metrics and renders [T,H,W,3]."""
+    renders = np.zeros_like(frames)
+    per_frame = []
+    for t in track(range(scene.num_frames), "evaluating", total=scene.num_frames):
+        target = torch.as_tensor(frames[t], dtype=torch.float32, device=device) / 255.0
+        if t in held:
+            cfw = refine_holdout_camera(scene, t, target, config, device) if config.holdout_refine_iters > 0 else None
+            with torch.no_grad():
+                image = render_frame(scene, t, cfw, device)
+        else:
+            with torch.no_grad():
+                image = render_frame(scene, t, None, device)
+        renders[t] = (image.cpu().numpy() * 255 + 0.5).astype(np.uint8)
+        per_frame.append({"frame": t, "held_out": t in held, "psnr": psnr(image, target),
+                          "ssim": float(ssim(image, target))})
+
+    def mean(rows, key):
+        values = [r[key] for r in rows]
+        return float(np.mean(values)) if values else None
+
+    fitted_rows = [r for r in per_frame if not r["held_out"]]
+    held_rows = [r for r in per_frame if r["held_out"]]
+    metrics = {
+        "fitted": {"psnr": mean(fitted_rows, "psnr"), "ssim": mean(fitted_rows, "ssim"), "frames": len(fitted_rows)},
+        "held_out": {"psnr": mean(held_rows, "psnr"), "ssim": mean(held_rows, "ssim"), "frames": len(held_rows)},
+        "lpips": None,
+        "lpips_note": "LPIPS needs network weights that are not bundled; install `lpips` with its weights to add it",
+        "per_frame": per_frame,
+    }
+    return metrics, renders
+
+
+def cameras_json(scene: Scene4D, clip: Clip) -> dict:
+    cams = scene.cameras
+    return {
+        "convention": "OpenCV (x right, y down, z forward); world_from_camera maps camera to world coordinates",
+        "width": cams.width, "height": cams.height,
+        "frames": [
+            {
+                "index": t, "name": cams.frame_names[t], "source_index": int(clip.source_indices[t]),
+                "timestamp": float(cams.timestamps[t]),
+                "world_from_camera": cams.world_from_camera[t].tolist(),
+                "fx": float(cams.intrinsics[t, 0]), "fy": float(cams.intrinsics[t, 1]),
+                "cx": float(cams.intrinsics[t, 2]), "cy": float(cams.intrinsics[t, 3]),
+                "width": cams.width, "height": cams.height,
+            }
+            for t in range(len(cams))
+        ],
+    }
+
+
+def fit_video(source: str | Path, out_dir: str | Path, config: FitConfig, device: torch.device,
+              intrinsics: np.ndarray | None = None, log=print) -> FitResult:
+    """Run the whole fit; resumes from `out_dir/.checkpoint` when it holds the same run."""
+    from recon4d.priors.pipeline import PriorSettings, compute_priors
+
+    out_dir = Path(out_dir)
+    seconds: dict[str, float] = {}
+    started = time.perf_counter()
+    clip = read_clip(source, stride=config.stride, max_frames=config.max_frames, short_side=config.short_side)
+    seconds["decode"] = time.perf_counter() - started
+    log(f"decoded {clip.num_frames} frames at {clip.width}x{clip.height} from {source}")
+
+    fitted, held = holdout_split(clip.num_frames, config.holdout_every)
+    K = default_intrinsics(clip.width, clip.height, config.fov_x_deg) if intrinsics is None else np.asarray(intrinsics, float)
+    frames = clip.frames[fitted]
+
+    t0 = time.perf_counter()
+    priors = compute_priors(frames, K, PriorSettings(), clip_hash=f"{clip.source_hash}:{','.join(map(str, fitted))}", log=log)
+    seconds["priors"] = time.perf_counter() - t0
+
+    inputs = _to_inputs(frames, priors, K, device)
+    checkpoint_dir = out_dir / ".checkpoint"
+    checkpoint = checkpoint_dir / CHECKPOINT_NAME
+    key = _run_key(clip, config)
+    state = None
+    if checkpoint.is_file():
+        saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        if saved.get("key") == key:
+            state = FitState.from_state_dict(saved["state"], device)
+            log(f"resuming from frame {state.next_frame} of {len(fitted)} ({checkpoint})")
+            seconds.update(saved.get("seconds", {}))
+        else:
+            log("checkpoint belongs to another input or config: starting over")
+
+    fit_started = time.perf_counter()
+    prior_fit_seconds = seconds.get("fit", 0.0)
+
+    def save_checkpoint(current: FitState, t: int) -> None:
+        seconds["fit"] = prior_fit_seconds + time.perf_counter() - fit_started
+        checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        with atomic_path(checkpoint) as tmp:
+            torch.save({"key": key, "state": current.state_dict(), "seconds": dict(seconds)}, tmp)
+        progress.update(task, completed=t + 1)
+
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from recon4d.progress import progress_enabled
+
+    with Progress(TextColumn("fitting frames"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TimeRemainingColumn(), console=Console(stderr=True), disable=not progress_enabled()) as progress:
+        task = progress.add_task("fit", total=len(fitted), completed=0 if state is None else state.next_frame)
+        fitter = SequentialFitter(inputs, config, on_frame=save_checkpoint)
+        state = fitter.run(state)
+    seconds["fit"] = prior_fit_seconds + time.perf_counter() - fit_started
+
+    t0 = time.perf_counter()
+    scene = assemble_scene(state, fitted, clip, K, config, priors.moving_masks)
+    metrics, renders = evaluate(scene, clip.frames, fitted, held, config, device)
+    seconds["evaluate"] = time.perf_counter() - t0
+
+    metrics.update({
+        "seconds": seconds,
+        "seconds_total": sum(seconds.values()),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None,
+        "gaussians": len(scene.gaussians),
+        "dynamic_gaussians": int(scene.is_dynamic.sum()),
+        "device": str(device),
+        "host": platform.node(),
+        "threads": torch.get_num_threads(),
+        "frames": clip.num_frames,
+        "resolution": [clip.width, clip.height],
+        "camera_inits": [s.get("camera_init") for s in state.frame_stats],
+        "frame_stats": state.frame_stats,
+        "recon4d_version": __version__,
+    })
+    scene.metrics = {k: v for k, v in metrics.items() if k not in ("per_frame", "frame_stats")}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_scene(scene, out_dir / "scene.r4d")
+    write_bytes_atomic(out_dir / "cameras.json", json.dumps(cameras_json(scene, clip), indent=1).encode())
+    write_bytes_atomic(out_dir / "metrics.json", json.dumps(metrics, indent=1).encode())
+    write_video(out_dir / "comparison.mp4", np.concatenate([clip.frames, renders], axis=2), clip.fps or 10)
+    return FitResult(scene=scene, metrics=metrics, out_dir=out_dir)
