@@ -32,10 +32,12 @@ class FitConfig:
         init_scale: footprint of a new Gaussian in sampling distances.
     Losses (weights):
         lambda_photo, lambda_ssim (share of 1 - SSIM inside the photometric term), lambda_depth,
-        lambda_flow (flow error in pixels), lambda_iso (spread of log scales of one Gaussian).
+        lambda_flow (flow error in pixels, Gaussian step), lambda_flow_camera (the same in the camera step,
+        where the flow of still pixels is the strongest evidence of the camera motion), lambda_iso (spread of log scales of one Gaussian).
     Optimisation:
         frame0_iters, camera_iters, gaussian_iters: iteration caps; a stage stops earlier when its loss
         has improved by less than `plateau_tolerance` (relative) over `plateau_patience` iterations.
+        camera_lr_decay: factor by which the camera learning rates shrink over a camera step.
         lr_*: Adam learning rates; lr_means and lr_camera_translation are in units of the scene's median
         depth per step, lr_camera_rotation in radians.
     Densification:
@@ -65,6 +67,7 @@ class FitConfig:
     lambda_ssim: float = 0.2
     lambda_depth: float = 0.1
     lambda_flow: float = 0.01
+    lambda_flow_camera: float = 1.0
     lambda_iso: float = 0.05
 
     frame0_iters: int = 300
@@ -75,6 +78,7 @@ class FitConfig:
 
     lr_camera_rotation: float = 1e-3
     lr_camera_translation: float = 1e-3
+    camera_lr_decay: float = 0.1
     lr_means: float = 4e-4
     lr_colors: float = 2e-2
     lr_opacities: float = 5e-2

@@ -25,9 +25,10 @@ from recon4d.geometry.lie import apply_pose_delta
 from recon4d.io.scene import Gaussians
 from recon4d.render import RenderResult, rasterize
 
-# PnP: RANSAC reprojection threshold (pixels) and the fewest inliers to trust its pose.
+# PnP: smallest outlier threshold (pixels) and the fewest inliers to trust its pose.
 PNP_REPROJECTION_PX = 1.5
 PNP_MIN_INLIERS = 30
+PNP_ROUNDS = 3
 PNP_MAX_POINTS = 4000
 # Pixels whose rendered alpha is above this count as covered when reading the rendered depth.
 COVERED_ALPHA = 0.9
@@ -162,21 +163,29 @@ def dilate(mask: torch.Tensor, radius: int) -> torch.Tensor:
 
 def pnp_camera_from_world(points_world: np.ndarray, pixels: np.ndarray, K: np.ndarray,
                           guess: np.ndarray) -> np.ndarray | None:
-    """Robust PnP (RANSAC + refinement) of 3D-2D matches; returns camera_from_world [4, 4] or None."""
+    """PnP of 3D-2D matches from a pose guess: Levenberg-Marquardt, then re-solved without the matches whose
+    reprojection error exceeds a robust threshold. Deterministic (no RANSAC sampling), which keeps a resumed
+    fit identical to an uninterrupted one; the matches come from flow on still pixels, so outliers are few.
+    Returns camera_from_world [4, 4] or None."""
     if len(points_world) < PNP_MIN_INLIERS:
         return None
-    rvec, _ = cv2.Rodrigues(guess[:3, :3])
-    tvec = guess[:3, 3].copy()
-    ok, rvec, tvec, inliers = cv2.solvePnPRansac(
-        points_world.astype(np.float64), pixels.astype(np.float64), K.astype(np.float64), None,
-        rvec=rvec, tvec=tvec, useExtrinsicGuess=True, reprojectionError=PNP_REPROJECTION_PX,
-        iterationsCount=200, confidence=0.999, flags=cv2.SOLVEPNP_ITERATIVE,
-    )
-    if not ok or inliers is None or len(inliers) < PNP_MIN_INLIERS:
-        return None
-    idx = inliers[:, 0]
-    rvec, tvec = cv2.solvePnPRefineLM(points_world[idx].astype(np.float64), pixels[idx].astype(np.float64),
-                                      K.astype(np.float64), None, rvec, tvec)
+    points = points_world.astype(np.float64)
+    image = pixels.astype(np.float64)
+    K = K.astype(np.float64)
+    rvec, _ = cv2.Rodrigues(guess[:3, :3].astype(np.float64))
+    tvec = guess[:3, 3:4].astype(np.float64).copy()
+    keep = np.ones(len(points), dtype=bool)
+    for _ in range(PNP_ROUNDS):
+        ok, rvec, tvec = cv2.solvePnP(points[keep], image[keep], K, None, rvec=rvec, tvec=tvec,
+                                      useExtrinsicGuess=True, flags=cv2.SOLVEPNP_ITERATIVE)
+        if not ok:
+            return None
+        projected, _ = cv2.projectPoints(points, rvec, tvec, K, None)
+        error = np.linalg.norm(projected[:, 0] - image, axis=1)
+        threshold = max(PNP_REPROJECTION_PX, 3.0 * float(np.median(error[keep])))
+        keep = error < threshold
+        if keep.sum() < PNP_MIN_INLIERS:
+            return None
     pose = np.eye(4)
     pose[:3, :3] = cv2.Rodrigues(rvec)[0]
     pose[:3, 3] = tvec[:, 0]
@@ -283,23 +292,29 @@ class SequentialFitter:
         still_w = still.float()
         flow_w = (still & inputs.valid_backward[t - 1]).float()
         plateau = Plateau(cfg.plateau_patience, cfg.plateau_tolerance)
+        # Step sizes shrink over the stage so that Adam settles instead of hovering one step around the optimum.
+        scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=cfg.camera_lr_decay ** (1 / max(cfg.camera_iters, 1)))
         losses, iterations = [], 0
+        best_loss, best_delta = math.inf, delta.detach().clone()
         for iterations in range(1, cfg.camera_iters + 1):
             camera_from_world = apply_pose_delta(delta * unit, init)
             pixels = project_to_pixels(gaussians.means, camera_from_world, self.K)
             out = self.render(gaussians, camera_from_world, extra=previous_pixels - pixels)
             loss = cfg.lambda_photo * photometric_loss(out.color[..., :3], inputs.frames[t], still_w, cfg.lambda_ssim)
             loss = loss + cfg.lambda_depth * depth_loss(out.depth, inputs.depth[t], still_w * (out.alpha.detach() > COVERED_ALPHA))
-            loss = loss + cfg.lambda_flow * flow_loss(out.color[..., 3:5], inputs.flow_backward[t - 1], flow_w)
+            loss = loss + cfg.lambda_flow_camera * flow_loss(out.color[..., 3:5], inputs.flow_backward[t - 1], flow_w)
+            losses.append(loss.item())
+            if losses[-1] < best_loss:  # the loss was evaluated at the current delta, before this step
+                best_loss, best_delta = losses[-1], delta.detach().clone()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            losses.append(loss.item())
+            scheduler.step()
             if plateau.step(losses[-1]):
                 break
         with torch.no_grad():
-            camera_from_world = apply_pose_delta(delta * unit, init)
-        return camera_from_world.detach(), {"camera_iters": iterations, "camera_loss": losses[-1] if losses else None}
+            camera_from_world = apply_pose_delta(best_delta * unit, init)
+        return camera_from_world.detach(), {"camera_iters": iterations, "camera_loss": best_loss}
 
     def move_dynamic(self, state: FitState, t: int, previous_cfw: torch.Tensor, camera_from_world: torch.Tensor) -> None:
         """Carry dynamic Gaussians from frame t-1 to t along the forward flow, re-reading their depth change
