@@ -200,12 +200,13 @@ def read_clip(
     if not source.exists():
         raise VideoError(f"input not found: {source}", "check the path; pass a video file or an image folder")
     source = source.resolve()
+    # Plain Python numbers: numpy scalars do not serialise, and 1 vs 1.0 must hash alike.
     options = {
-        "stride": stride,
-        "max_frames": max_frames,
-        "start_s": start_s,
-        "end_s": end_s,
-        "short_side": short_side,
+        "stride": int(stride),
+        "max_frames": None if max_frames is None else int(max_frames),
+        "start_s": None if start_s is None else float(start_s),
+        "end_s": None if end_s is None else float(end_s),
+        "short_side": None if short_side is None else int(short_side),
     }
     if source.is_dir():
         return _read_image_folder(source, options)
@@ -256,7 +257,9 @@ def probe_video(path: str | os.PathLike[str]) -> VideoInfo:
                 orientation = _frame_orientation(frame) or orientation
                 break
         except av.error.FFmpegError as exc:
-            raise VideoError(f"cannot decode {source.name}: {_one_line(exc)}", "re-encode it, e.g. to H.264 mp4") from exc
+            raise VideoError(
+                f"cannot decode {source.name}: {_one_line(exc)}", "re-encode it, e.g. to H.264 mp4"
+            ) from exc
         width, height = (coded_h, coded_w) if orientation.swaps_axes else (coded_w, coded_h)
         if duration <= 0 and fps > 0 and frames_exact:
             duration = frames / fps
@@ -304,14 +307,21 @@ def _check_options(
             f"max_frames must be an integer >= 2, got {max_frames!r}", "a reconstruction needs at least 2 frames"
         )
     for label, value in (("start_s", start_s), ("end_s", end_s)):
-        if value is not None and (not math.isfinite(float(value)) or float(value) < 0):
-            raise VideoError(f"{label} must be a finite number of seconds >= 0, got {value!r}", "times count from the start of the video")
+        is_number = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+        if value is not None and (not is_number or not math.isfinite(float(value)) or float(value) < 0):
+            raise VideoError(
+                f"{label} must be a finite number of seconds >= 0, got {value!r}",
+                "times count from the start of the video",
+            )
     if start_s is not None and end_s is not None and float(start_s) >= float(end_s):
         raise VideoError(f"start_s ({start_s}) must be before end_s ({end_s})", "swap them or widen the range")
     if short_side is not None and (
         isinstance(short_side, bool) or not isinstance(short_side, (int, np.integer)) or short_side < 2
     ):
-        raise VideoError(f"short_side must be an integer >= 2 pixels, got {short_side!r}", "e.g. 480, or omit it to keep the source size")
+        raise VideoError(
+            f"short_side must be an integer >= 2 pixels, got {short_side!r}",
+            "e.g. 480, or omit it to keep the source size",
+        )
 
 
 def _target_size(width: int, height: int, short_side: int | None) -> tuple[int, int]:
@@ -361,8 +371,9 @@ def _check_file_not_empty(source: Path) -> None:
 
 def _open_container(source: Path) -> "av.container.InputContainer":
     try:
-        return av.open(str(source), mode="r")
-    except av.error.FFmpegError as exc:
+        # Broken tag bytes must not make a decodable video unreadable.
+        return av.open(str(source), mode="r", metadata_errors="replace")
+    except (av.error.FFmpegError, UnicodeDecodeError, ValueError) as exc:
         raise VideoError(
             f"not a readable video: {source.name} ({_one_line(exc)})",
             "pass an mp4/mov/avi/webm/mkv/gif file or a folder of images",
@@ -430,7 +441,14 @@ def _orientation_from_display_matrix(matrix: np.ndarray) -> _Orientation:
 
 def _frame_orientation(frame: "av.VideoFrame") -> _Orientation | None:
     """Orientation from the display matrix FFmpeg attaches to decoded frames; None when there is none."""
-    for side_data in frame.side_data:
+    try:
+        side_data_list = list(frame.side_data)
+    except ValueError:
+        # PyAV 18 cannot list side data whose type its enum lacks (e.g. JPEG frames carry type 31). Its
+        # own reader of the matrix still works but gives the angle only, not a mirror.
+        counter_clockwise = int(frame.rotation or 0)
+        return _Orientation(int(round(counter_clockwise / 90.0)) % 4, False) if counter_clockwise else None
+    for side_data in side_data_list:
         if side_data.type == av.sidedata.sidedata.Type.DISPLAYMATRIX:
             matrix = np.frombuffer(memoryview(side_data), dtype="<i4")
             if matrix.size >= 9:
@@ -450,80 +468,108 @@ def _stream_tag_orientation(stream: "av.video.stream.VideoStream") -> _Orientati
 
 def _read_video_file(source: Path, options: dict[str, object]) -> Clip:
     _check_file_not_empty(source)
+    digest = hashlib.sha256()
+    _hash_file(source, digest)
+    digest.update(_options_bytes(options))
+
+    start_s = options["start_s"]
+    selection: _Selection | None = None
+    # Seek first; if the seek lands after start_s (formats without an accurate index), decode from the start.
+    for allow_seek in (start_s is not None and float(start_s) > 0, False):  # type: ignore[arg-type]
+        with _open_container(source) as container:
+            selection = _decode_selection(container, _video_stream(container, source), source, options, allow_seek)
+        if selection is not None:
+            break
+    assert selection is not None  # the pass without a seek always returns a selection
+
+    _check_frame_count(len(selection.frames), source.name, start_s, options["end_s"])
+    return Clip(
+        frames=np.stack(selection.frames),
+        fps=_clip_fps(selection.source_fps / int(options["stride"]), selection.timestamps),  # type: ignore[arg-type]
+        timestamps=np.asarray(selection.timestamps, dtype=np.float64),
+        source_indices=np.asarray(selection.indices, dtype=np.int64),
+        names=[f"frame_{index:06d}" for index in selection.indices],
+        source=str(source),
+        source_hash=digest.hexdigest(),
+    )
+
+
+@dataclass
+class _Selection:
+    """Frames kept from one decoding pass, with their times (s) and source frame numbers."""
+
+    frames: list[np.ndarray]
+    timestamps: list[float]
+    indices: list[int]
+    source_fps: float
+
+
+def _decode_selection(
+    container: "av.container.InputContainer",
+    stream: "av.video.stream.VideoStream",
+    source: Path,
+    options: dict[str, object],
+    allow_seek: bool,
+) -> _Selection | None:
+    """Decode the frames ``options`` select; None when a seek overshot ``start_s`` (caller retries)."""
     stride = int(options["stride"])  # type: ignore[arg-type]
     max_frames = options["max_frames"]
     start_s = options["start_s"]
     end_s = options["end_s"]
     short_side = options["short_side"]
 
-    digest = hashlib.sha256()
-    _hash_file(source, digest)
-    digest.update(_options_bytes(options))
+    source_fps = _stream_fps(stream)
+    stream_start_s = _stream_start_s(stream)
+    tag_orientation = _stream_tag_orientation(stream)
+    seeked = False
+    if allow_seek and source_fps > 0:
+        seeked = _seek_before(container, stream, stream_start_s + float(start_s))  # type: ignore[arg-type]
 
-    frames: list[np.ndarray] = []
-    timestamps: list[float] = []
-    indices: list[int] = []
-    with _open_container(source) as container:
-        stream = _video_stream(container, source)
-        # Frame + slice threads: decoding is the bottleneck and FFmpeg parallelises it well.
-        stream.thread_type = "AUTO"
-        source_fps = _stream_fps(stream)
-        stream_start_s = _stream_start_s(stream)
-        tag_orientation = _stream_tag_orientation(stream)
-
-        seeked = False
-        if start_s is not None and float(start_s) > 0 and source_fps > 0:
-            seeked = _seek_before(container, stream, stream_start_s + float(start_s))
-
-        orientation: _Orientation | None = None
-        size: tuple[int, int] | None = None
-        kept_in_range = 0  # frames at/after start_s seen so far; stride counts these
-        first_index = 0
-        for decoded, frame in enumerate(_decode_frames(container, stream, source)):
-            if decoded == 0 and seeked:
-                # After a seek the frame number is unknown: estimate it for the first frame decoded (a key
-                # frame) from its time, then count. Exact for constant-rate video.
-                first_time_s = _frame_time_s(frame, stream_start_s, 0, source_fps)
-                first_index = max(0, int(round(first_time_s * source_fps)))
-            counted_index = first_index + decoded
-            time_s = _frame_time_s(frame, stream_start_s, counted_index, source_fps)
-            if start_s is not None and time_s < float(start_s) - _TIME_TOLERANCE_S:
-                continue
-            if end_s is not None and time_s >= float(end_s) - _TIME_TOLERANCE_S:
-                break
-            in_range_position = kept_in_range
-            kept_in_range += 1
-            if in_range_position % stride:
-                continue  # decoded (later frames depend on it) but never converted to RGB
-            if orientation is None:
-                orientation = _frame_orientation(frame) or tag_orientation
-                coded_size = _target_size(
-                    *((frame.height, frame.width) if orientation.swaps_axes else (frame.width, frame.height)),
-                    short_side,  # type: ignore[arg-type]
-                )
-                # Resize in the coded frame's axes, then orient: both commute, and turning the small
-                # picture is cheaper.
-                size = (coded_size[1], coded_size[0]) if orientation.swaps_axes else coded_size
-            rgb = _resize(frame.to_ndarray(format="rgb24"), size)  # type: ignore[arg-type]
-            frames.append(np.ascontiguousarray(orientation.apply(rgb)))
-            timestamps.append(time_s)
-            indices.append(counted_index)
-            if max_frames is not None and len(frames) >= int(max_frames):  # type: ignore[arg-type]
-                break
-
-    _check_frame_count(len(frames), source.name, start_s, end_s)
-    return Clip(
-        frames=np.stack(frames),
-        fps=_clip_fps(source_fps / stride, timestamps),
-        timestamps=np.asarray(timestamps, dtype=np.float64),
-        source_indices=np.asarray(indices, dtype=np.int64),
-        names=[f"frame_{index:06d}" for index in indices],
-        source=str(source),
-        source_hash=digest.hexdigest(),
-    )
+    selection = _Selection([], [], [], source_fps)
+    orientation: _Orientation | None = None
+    size: tuple[int, int] | None = None
+    kept_in_range = 0  # frames at/after start_s seen so far; stride counts these
+    first_index = 0
+    for decoded, frame in enumerate(_decode_frames(container, stream, source)):
+        if decoded == 0 and seeked:
+            # After a seek the frame number is unknown: estimate it for the first frame decoded (a key
+            # frame) from its time, then count. Exact for constant-rate video.
+            first_time_s = _frame_time_s(frame, stream_start_s, 0, source_fps)
+            if first_time_s > float(start_s) + _TIME_TOLERANCE_S:  # type: ignore[arg-type]
+                return None
+            first_index = max(0, int(round(first_time_s * source_fps)))
+        counted_index = first_index + decoded
+        time_s = _frame_time_s(frame, stream_start_s, counted_index, source_fps)
+        if start_s is not None and time_s < float(start_s) - _TIME_TOLERANCE_S:  # type: ignore[arg-type]
+            continue
+        if end_s is not None and time_s >= float(end_s) - _TIME_TOLERANCE_S:  # type: ignore[arg-type]
+            break
+        in_range_position = kept_in_range
+        kept_in_range += 1
+        if in_range_position % stride:
+            continue  # decoded (later frames depend on it) but never converted to RGB
+        if orientation is None:
+            orientation = _frame_orientation(frame) or tag_orientation
+            display_size = _target_size(
+                *((frame.height, frame.width) if orientation.swaps_axes else (frame.width, frame.height)),
+                short_side,  # type: ignore[arg-type]
+            )
+            # Resize in the coded frame's axes, then orient: both commute, and turning the small picture
+            # is cheaper. Every later frame is resized to this size too, so a stream that changes
+            # resolution midway still stacks.
+            size = (display_size[1], display_size[0]) if orientation.swaps_axes else display_size
+        rgb = _resize(frame.to_ndarray(format="rgb24"), size)  # type: ignore[arg-type]
+        selection.frames.append(np.ascontiguousarray(orientation.apply(rgb)))
+        selection.timestamps.append(time_s)
+        selection.indices.append(counted_index)
+        if max_frames is not None and len(selection.frames) >= int(max_frames):  # type: ignore[arg-type]
+            break
+    return selection
 
 
-def _seek_before(container: "av.container.InputContainer", stream: "av.video.stream.VideoStream", time_s: float) -> bool:
+def _seek_before(
+    container: "av.container.InputContainer", stream: "av.video.stream.VideoStream", time_s: float
+) -> bool:
     """Seek to the key frame at or before ``time_s`` (absolute stream seconds); False if unsupported."""
     if stream.time_base is None:
         return False
@@ -606,7 +652,9 @@ def _decode_image(path: Path, data: bytes) -> np.ndarray:
     """Encoded image bytes -> ``[H, W, 3]`` uint8 RGB, EXIF orientation applied, 16-bit scaled to 8-bit."""
     image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR) if data else None
     if image is None:
-        raise VideoError(f"cannot read image {path.name}", "the file is empty, truncated or not an image; remove or re-save it")
+        raise VideoError(
+            f"cannot read image {path.name}", "the file is empty, truncated or not an image; remove or re-save it"
+        )
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
@@ -620,7 +668,9 @@ def _read_image_folder(folder: Path, options: dict[str, object]) -> Clip:
 
     # Folders have no timing: file i sits at i / IMAGE_FOLDER_FPS seconds.
     first = 0 if start_s is None else math.ceil(float(start_s) * IMAGE_FOLDER_FPS - _TIME_TOLERANCE_S)
-    stop = len(files) if end_s is None else min(len(files), math.ceil(float(end_s) * IMAGE_FOLDER_FPS - _TIME_TOLERANCE_S))
+    stop = len(files)
+    if end_s is not None:
+        stop = min(stop, math.ceil(float(end_s) * IMAGE_FOLDER_FPS - _TIME_TOLERANCE_S))
     selected = list(range(first, stop, stride))
     if max_frames is not None:
         selected = selected[: int(max_frames)]  # type: ignore[arg-type]
