@@ -35,9 +35,19 @@ def build_parser() -> argparse.ArgumentParser:
     fit = commands.add_parser("fit", help="reconstruct a video or image folder into OUT")
     fit.add_argument("video", type=Path, help="video file (mp4, mov, avi, webm, gif) or folder of images")
     fit.add_argument("--out", "-o", type=Path, default=None, help="output directory (default: out/<video name>)")
+    fit.add_argument("--preset", default="default",
+                     help="fast | default | quality, or a YAML file with config fields (default: default)")
     fit.add_argument("--max-frames", type=int, default=None, help="use at most this many frames")
-    fit.add_argument("--stride", type=int, default=1, help="use every k-th frame")
-    fit.add_argument("--short-side", type=int, default=None, help="resize frames to this short side (pixels)")
+    fit.add_argument("--stride", type=int, default=None, help="use every k-th frame")
+    fit.add_argument("--short-side", type=int, default=None, help="working resolution: short image side in pixels")
+    fit.add_argument("--gaussians", dest="num_gaussians", type=int, default=None, help="Gaussians on frame 0")
+    fit.add_argument("--fov", dest="fov_x_deg", type=float, default=None, help="horizontal field of view, degrees")
+    fit.add_argument("--intrinsics", type=str, default=None,
+                     help="fx,fy,cx,cy in pixels of the working resolution (overrides --fov)")
+    fit.add_argument("--holdout-every", type=int, default=None,
+                     help="withhold every K-th frame from the fit and report held-out PSNR (0 = off)")
+    fit.add_argument("--seed", type=int, default=None, help="random seed")
+    fit.add_argument("--restart", action="store_true", help="ignore an existing checkpoint in OUT")
     fit.set_defaults(handler=_cmd_fit)
 
     info = commands.add_parser("info", help="summarise a scene file or output directory")
@@ -45,21 +55,46 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true", help="print machine-readable JSON")
     info.set_defaults(handler=_cmd_info)
 
+    evaluate = commands.add_parser("eval", help="score a fitted OUT against synthetic ground truth")
+    evaluate.add_argument("scene", type=Path, help="output directory of `recon4d fit` (or its scene file)")
+    evaluate.add_argument("--gt", type=Path, required=True, help="ground-truth folder written by recon4d.eval.synthetic")
+    evaluate.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    evaluate.set_defaults(handler=_cmd_eval)
+
     doctor = commands.add_parser("doctor", help="check the installation and build the CPU rasterizer once")
     doctor.set_defaults(handler=_cmd_doctor)
     return parser
 
 
 def _cmd_fit(args: argparse.Namespace) -> int:
-    from recon4d.io.video import read_clip
+    import shutil
+
+    from recon4d.errors import InputError
+    from recon4d.fit.config import load_config
+    from recon4d.fit.pipeline import fit_video
 
     device = resolve_device(args.device)
+    overrides = {name: getattr(args, name) for name in
+                 ("max_frames", "stride", "short_side", "num_gaussians", "fov_x_deg", "holdout_every", "seed")}
+    config = load_config(args.preset, overrides)
+    intrinsics = None
+    if args.intrinsics:
+        try:
+            intrinsics = [float(x) for x in args.intrinsics.split(",")]
+        except ValueError:
+            intrinsics = []
+        if len(intrinsics) != 4:
+            raise InputError(f"--intrinsics expects fx,fy,cx,cy, got {args.intrinsics!r}")
     out = args.out or Path("out") / args.video.stem
-    start = time.perf_counter()
-    clip = read_clip(args.video, stride=args.stride, max_frames=args.max_frames, short_side=args.short_side)
-    print(f"decoded {clip.num_frames} frames of {clip.width}x{clip.height} at {clip.fps:.2f} fps "
-          f"from {args.video} in {time.perf_counter() - start:.2f} s (device: {device})")
-    print(f"not yet: priors, sequential fitting and writing {out} arrive with issues #3 and #4")
+    if args.restart and (out / ".checkpoint").exists():
+        shutil.rmtree(out / ".checkpoint")
+    result = fit_video(args.video, out, config, device, intrinsics=intrinsics)
+    m = result.metrics
+    held = m["held_out"]
+    held_text = f", held-out PSNR {held['psnr']:.2f} dB over {held['frames']} frames" if held["frames"] else ""
+    print(f"fitted {m['frames']} frames with {m['gaussians']} Gaussians in {m['seconds_total']:.1f} s: "
+          f"PSNR {m['fitted']['psnr']:.2f} dB, SSIM {m['fitted']['ssim']:.3f}{held_text}")
+    print(f"wrote {out}/scene.r4d, cameras.json, metrics.json, comparison.mp4")
     return 0
 
 
@@ -80,6 +115,20 @@ def _cmd_info(args: argparse.Namespace) -> int:
     else:
         for key, value in summary.items():
             print(f"{key:>18}: {value}")
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from recon4d.eval.ground_truth import evaluate_scene
+    from recon4d.eval.synthetic import load_ground_truth
+    from recon4d.io.scene import load_scene
+
+    results = evaluate_scene(load_scene(args.scene), load_ground_truth(args.gt))
+    if args.json:
+        print(json.dumps(results))
+    else:
+        for key, value in results.items():
+            print(f"{key:>28}: {value:.4f}" if isinstance(value, float) else f"{key:>28}: {value}")
     return 0
 
 
@@ -111,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"recon4d: error: {exc.one_line()}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        print("recon4d: interrupted", file=sys.stderr)
+        print("recon4d: interrupted; rerun the same command to resume from the last finished frame", file=sys.stderr)
         return 130
     except Exception as exc:  # a bug: one line unless --debug
         if args.debug:

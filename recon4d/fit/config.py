@@ -34,6 +34,9 @@ class FitConfig:
         lambda_photo, lambda_ssim (share of 1 - SSIM inside the photometric term), lambda_depth,
         lambda_flow (flow error in pixels, Gaussian step), lambda_flow_camera (the same in the camera step,
         where the flow of still pixels is the strongest evidence of the camera motion), lambda_iso (spread of log scales of one Gaussian).
+    Replay:
+        replay_every: in the Gaussian step, every k-th iteration also fits a random earlier frame (0 = off),
+        weighted by lambda_replay; keeps shared attributes consistent with the whole sequence.
     Optimisation:
         frame0_iters, camera_iters, gaussian_iters: iteration caps; a stage stops earlier when its loss
         has improved by less than `plateau_tolerance` (relative) over `plateau_patience` iterations.
@@ -69,6 +72,9 @@ class FitConfig:
     lambda_flow: float = 0.01
     lambda_flow_camera: float = 1.0
     lambda_iso: float = 0.05
+
+    replay_every: int = 2
+    lambda_replay: float = 1.0
 
     frame0_iters: int = 300
     camera_iters: int = 60

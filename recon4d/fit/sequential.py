@@ -368,6 +368,9 @@ class SequentialFitter:
             if extra is not None and flow_w is not None and flow_w.sum() > 0:
                 loss = loss + cfg.lambda_flow * flow_loss(out.color[..., 3:5], inputs.flow_backward[t - 1], flow_w)
             loss = loss + cfg.lambda_iso * isotropy_loss(g.log_scales)
+            if t > 0 and cfg.replay_every > 0 and step % cfg.replay_every == 0:
+                past = int(torch.randint(0, t, (1,), generator=generator))
+                loss = loss + cfg.lambda_replay * self.replay_loss(state, past)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if not move_still and g.means.grad is not None:
@@ -393,6 +396,26 @@ class SequentialFitter:
                 break
         state.gaussians.requires_grad_(False)
         return {"gaussian_iters": step, "gaussian_loss": losses[-1] if losses else None, "error_densified": added}
+
+    def replay_loss(self, state: FitState, k: int) -> torch.Tensor:
+        """Photometric loss of an earlier frame k with its camera and the dynamic Gaussians where they were.
+
+        Shared attributes (colours, opacities, scales, rotations of still Gaussians) are refitted at every
+        frame; replaying past frames keeps them consistent with the whole sequence instead of the latest
+        frame only, which is what lets the scene render frames other than the last one.
+        """
+        g = state.gaussians
+        ids, means_k, quats_k = state.dynamic_states[k]
+        means = g.means.clone()
+        quats = g.quats.clone()
+        means[ids] = means_k
+        quats[ids] = quats_k
+        alive = g.birth_frame <= k
+        active = g.activated()
+        view = Gaussians(means[alive], quats[alive], active.scales[alive], active.opacities[alive], active.colors[alive])
+        out = self.render(view, state.camera_from_world[k])
+        weight = torch.ones(self.height, self.width, device=self.device)
+        return photometric_loss(out.color, self.inputs.frames[k], weight, self.config.lambda_ssim)
 
     def _extend_previous(self, previous_pixels: torch.Tensor | None, new: TrainableGaussians, t: int,
                          camera_from_world: torch.Tensor) -> torch.Tensor | None:

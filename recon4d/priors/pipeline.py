@@ -1,0 +1,93 @@
+"""All priors of a clip in one call: flow, still/moving masks, depth; each cached on disk.
+
+Cache keys are the clip hash plus the estimator's settings, so a second fit of the same clip with the same
+settings reads the priors instead of recomputing them.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from recon4d.priors.depth import make_depth_estimator
+from recon4d.priors.flow import make_flow_estimator
+from recon4d.priors.motion import MotionConfig, estimate_moving_masks
+from recon4d.priors.types import DepthResult, FlowResult
+
+
+@dataclass
+class PriorSettings:
+    """flow / depth: backend names of `make_flow_estimator` / `make_depth_estimator`, with their options."""
+
+    flow: str = "dis"
+    flow_options: dict[str, Any] = field(default_factory=dict)
+    depth: str = "video"
+    depth_options: dict[str, Any] = field(default_factory=dict)
+    use_cache: bool = True
+
+
+@dataclass
+class Priors:
+    """flow: FlowResult; depth: DepthResult; moving_masks: [T, H, W] bool; camera_models: per pair;
+    seconds: compute time per prior (0 when read from the cache)."""
+
+    flow: FlowResult
+    depth: DepthResult
+    moving_masks: np.ndarray
+    camera_models: list[str]
+    seconds: dict[str, float]
+
+
+def _settings(estimator: Any, fallback: dict) -> dict:
+    return estimator.settings() if hasattr(estimator, "settings") else fallback
+
+
+def compute_priors(frames: np.ndarray, intrinsics: np.ndarray, settings: PriorSettings, clip_hash: str,
+                   log=print) -> Priors:
+    """frames: [T, H, W, 3] uint8; intrinsics: [4] fx, fy, cx, cy."""
+    if settings.use_cache:
+        from recon4d.priors.cache import PriorCache
+
+        cache = PriorCache()
+    else:
+        cache = None
+    size = {"shape": list(frames.shape)}
+    seconds: dict[str, float] = {}
+
+    flow_estimator = make_flow_estimator(settings.flow, **settings.flow_options)
+    flow_key = {**_settings(flow_estimator, {"name": settings.flow, **settings.flow_options}), **size}
+    cached = cache.get("flow", clip_hash, flow_key) if cache else None
+    start = time.perf_counter()
+    if cached is None:
+        flow = flow_estimator(frames)
+        if cache:
+            cache.put("flow", clip_hash, flow_key, {k: getattr(flow, k) for k in
+                                                     ("flow_forward", "flow_backward", "valid_forward", "valid_backward")})
+    else:
+        flow = FlowResult(**cached)
+    seconds["flow"] = time.perf_counter() - start
+
+    motion_config = MotionConfig()
+    start = time.perf_counter()
+    motion = estimate_moving_masks(flow, motion_config)
+    seconds["motion"] = time.perf_counter() - start
+
+    depth_estimator = make_depth_estimator(settings.depth, **settings.depth_options)
+    depth_key = {**_settings(depth_estimator, {"name": settings.depth, **settings.depth_options}), **size,
+                 "intrinsics": [float(x) for x in intrinsics], "flow": flow_key}
+    cached = cache.get("depth", clip_hash, depth_key) if cache else None
+    start = time.perf_counter()
+    if cached is None:
+        depth = depth_estimator(frames, flow, intrinsics, motion.moving_masks)
+        if cache:
+            cache.put("depth", clip_hash, depth_key, {"depth": depth.depth, "confidence": depth.confidence,
+                                                      "metric": np.array(depth.metric)})
+    else:
+        depth = DepthResult(depth=cached["depth"], confidence=cached["confidence"], metric=bool(cached["metric"]))
+    seconds["depth"] = time.perf_counter() - start
+    log(f"priors: flow {seconds['flow']:.1f} s, motion {seconds['motion']:.1f} s, depth {seconds['depth']:.1f} s "
+        f"({sum(m != 'fundamental' for m in motion.camera_model)} of {len(motion.camera_model)} pairs without parallax)")
+    return Priors(flow=flow, depth=depth, moving_masks=motion.moving_masks, camera_models=list(motion.camera_model),
+                  seconds=seconds)
