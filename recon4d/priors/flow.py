@@ -386,8 +386,15 @@ class TorchScriptFlow:
         import torch
 
         self.path = Path(path).expanduser()
-        self.device = torch.device(device)
+        try:
+            self.device = torch.device(device)
+        except (RuntimeError, TypeError) as error:
+            raise PriorError(f"bad torch device {device!r} for TorchScript flow", hint="use 'cpu' or 'cuda'") from error
         self.consistency = consistency or ConsistencyConfig()
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise PriorError(
+                "TorchScript flow asked for device 'cuda' but torch sees no CUDA GPU", hint="use device='cpu'"
+            )
         if not self.path.is_file():
             raise PriorError(f"TorchScript flow model not found: {self.path}", hint=TORCHSCRIPT_EXPORT_HINT)
         try:

@@ -145,11 +145,12 @@ class MotionConfig:
 
 @dataclass
 class PairGeometry:
-    """Camera geometry of one pair (t, t+1), fitted on correspondences x (frame t) -> x' (frame t+1).
+    """Camera geometry of one pair of frames (s, s+k), fitted on correspondences x (frame s) -> x' (frame s+k).
 
     Attributes:
         camera_model: one of CAMERA_MODELS.
-        fundamental: [3, 3] F with x'^T F x = 0 (NaN if the fit failed).
+        fundamental: [3, 3] F with x'^T F x = 0 (NaN if the fit failed; a 7-point fit with several
+            solutions keeps the first).
         homography: [3, 3] H with x' ~ H x (NaN if the fit failed).
         fundamental_inlier_ratio: share of the correspondences that are F inliers.
         homography_inlier_ratio: share that are H inliers.
@@ -315,6 +316,8 @@ def fit_pair_geometry(points: np.ndarray, targets: np.ndarray, config: MotionCon
         fundamental = None
     if fundamental is not None and fundamental.shape != (3, 3):
         fundamental = fundamental[:3]  # the 7-point solver can return up to three stacked solutions
+    if homography is None and np.median(np.linalg.norm(dst - src, axis=-1)) < config.static_flow_px:
+        homography = np.eye(3)  # the robust fit can fail on (near-)zero flow, which identity explains
     has_h, has_f = homography is not None, fundamental is not None
     homography = homography if has_h else nan
     fundamental = fundamental if has_f else nan

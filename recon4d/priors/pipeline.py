@@ -71,7 +71,7 @@ def compute_priors(frames: np.ndarray, intrinsics: np.ndarray, settings: PriorSe
 
     motion_config = MotionConfig()
     start = time.perf_counter()
-    motion = estimate_moving_masks(flow, motion_config)
+    motion = estimate_moving_masks(flow, motion_config, frames=frames)
     seconds["motion"] = time.perf_counter() - start
 
     depth_estimator = make_depth_estimator(settings.depth, **settings.depth_options)
