@@ -47,6 +47,12 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--holdout-every", type=int, default=None,
                      help="withhold every K-th frame from the fit and report held-out PSNR (0 = off)")
     fit.add_argument("--seed", type=int, default=None, help="random seed")
+    fit.add_argument("--flow", default="dis", help="flow prior: dis (default, no weights) | farneback | torchscript")
+    fit.add_argument("--flow-model", type=Path, default=None, help="TorchScript flow model file for --flow torchscript")
+    fit.add_argument("--depth", default="video",
+                     help="depth prior: video (default, no weights) | file | depth-anything-v2")
+    fit.add_argument("--depth-path", type=Path, default=None,
+                     help="depth maps (--depth file) or a local Depth Anything V2 folder (--depth depth-anything-v2)")
     fit.add_argument("--restart", action="store_true", help="ignore an existing checkpoint in OUT")
     fit.set_defaults(handler=_cmd_fit)
 
@@ -88,7 +94,14 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     out = args.out or Path("out") / args.video.stem
     if args.restart and (out / ".checkpoint").exists():
         shutil.rmtree(out / ".checkpoint")
-    result = fit_video(args.video, out, config, device, intrinsics=intrinsics)
+    from recon4d.priors.pipeline import PriorSettings
+
+    flow_options = {"path": str(args.flow_model)} if args.flow_model else {}
+    depth_options = {}
+    if args.depth_path:
+        depth_options = {"model_path" if args.depth == "depth-anything-v2" else "path": str(args.depth_path)}
+    priors = PriorSettings(flow=args.flow, flow_options=flow_options, depth=args.depth, depth_options=depth_options)
+    result = fit_video(args.video, out, config, device, intrinsics=intrinsics, prior_settings=priors)
     m = result.metrics
     held = m["held_out"]
     held_text = f", held-out PSNR {held['psnr']:.2f} dB over {held['frames']} frames" if held["frames"] else ""

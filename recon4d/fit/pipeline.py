@@ -235,7 +235,7 @@ def cameras_json(scene: Scene4D, clip: Clip) -> dict:
 
 
 def fit_video(source: str | Path, out_dir: str | Path, config: FitConfig, device: torch.device,
-              intrinsics: np.ndarray | None = None, log=print) -> FitResult:
+              intrinsics: np.ndarray | None = None, prior_settings=None, log=print) -> FitResult:
     """Run the whole fit; resumes from `out_dir/.checkpoint` when it holds the same run."""
     from recon4d.priors.pipeline import PriorSettings, compute_priors
 
@@ -251,7 +251,7 @@ def fit_video(source: str | Path, out_dir: str | Path, config: FitConfig, device
     frames = clip.frames[fitted]
 
     t0 = time.perf_counter()
-    priors = compute_priors(frames, K, PriorSettings(), clip_hash=f"{clip.source_hash}:{','.join(map(str, fitted))}", log=log)
+    priors = compute_priors(frames, K, prior_settings or PriorSettings(), clip_hash=f"{clip.source_hash}:{','.join(map(str, fitted))}", log=log)
     seconds["priors"] = time.perf_counter() - t0
 
     inputs = _to_inputs(frames, priors, K, device)
