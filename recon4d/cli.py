@@ -61,6 +61,15 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true", help="print machine-readable JSON")
     info.set_defaults(handler=_cmd_info)
 
+    export = commands.add_parser("export", help="write splats, meshes, cameras or masks of a fitted OUT")
+    export.add_argument("scene", type=Path, help="output directory of `recon4d fit` (or its scene file)")
+    export.add_argument("--format", required=True, choices=("ply", "spz", "compressed_ply", "mesh", "cameras", "masks"))
+    export.add_argument("--frame", default="all", help="frame index or 'all' (ply, mesh, masks; default: all)")
+    export.add_argument("--static", action="store_true", help="mesh: only the still Gaussians (background)")
+    export.add_argument("--mesh-format", default=".ply", choices=(".ply", ".obj", ".glb"), help="mesh file type")
+    export.add_argument("--dest", type=Path, default=None, help="destination folder (default: OUT/export/<format>)")
+    export.set_defaults(handler=_cmd_export)
+
     evaluate = commands.add_parser("eval", help="score a fitted OUT against synthetic ground truth")
     evaluate.add_argument("scene", type=Path, help="output directory of `recon4d fit` (or its scene file)")
     evaluate.add_argument("--gt", type=Path, required=True, help="ground-truth folder written by recon4d.eval.synthetic")
@@ -128,6 +137,55 @@ def _cmd_info(args: argparse.Namespace) -> int:
     else:
         for key, value in summary.items():
             print(f"{key:>18}: {value}")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from recon4d.errors import InputError
+    from recon4d.io.scene import load_scene
+
+    scene = load_scene(args.scene)
+    base = args.scene if args.scene.is_dir() else args.scene.parent
+    dest = args.dest or base / "export" / args.format
+    if args.frame == "all":
+        frames = "all"
+    else:
+        try:
+            frames = int(args.frame)
+        except ValueError:
+            raise InputError(f"--frame expects an index or 'all', got {args.frame!r}") from None
+    if args.format in ("ply", "spz", "compressed_ply"):
+        from recon4d.export import export_ply
+
+        written = export_ply(scene, dest, frames=frames, format=args.format)
+    elif args.format == "mesh":
+        from recon4d.export import export_mesh, export_meshes
+
+        if frames == "all" and not args.static:
+            written = [s.path for s in export_meshes(scene, dest, suffix=args.mesh_format)]
+        else:
+            name = "static" if args.static else f"frame_{frames:04d}"
+            stats = export_mesh(scene, dest / f"{name}{args.mesh_format}",
+                                frame=None if frames == "all" else frames, static_only=args.static)
+            written = [stats.path]
+    elif args.format == "cameras":
+        from recon4d.export import export_cameras
+        from recon4d.io.video import read_clip
+
+        frames_rgb = None
+        source = scene.config.get("source")
+        if source:
+            try:
+                frames_rgb = read_clip(source, stride=scene.config.get("stride", 1), max_frames=scene.num_frames,
+                                       short_side=min(scene.cameras.width, scene.cameras.height)).frames
+            except Recon4DError:
+                frames_rgb = None  # the source moved: cameras are still written, without images
+        written = list(export_cameras(scene, dest, frames_rgb=frames_rgb).values())
+    else:
+        from recon4d.export import export_masks
+
+        written = export_masks(scene, dest, frames=frames)
+    print(f"wrote {len(written)} file(s) to {dest}")
     return 0
 
 

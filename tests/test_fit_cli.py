@@ -82,3 +82,23 @@ def test_image_folder_input(tmp_path, fitted):
     assert result.returncode == 0, result.stderr
     cameras = json.loads((tmp_path / "out" / "cameras.json").read_text())
     assert [f["name"] for f in cameras["frames"]] == names
+
+
+def test_export_commands(fitted):
+    from recon4d.export import read_3dgs_ply, read_transforms_json
+
+    out, _, _ = fitted
+    env = {**os.environ, "RECON4D_NO_PROGRESS": "1"}
+    for fmt in ("ply", "cameras", "masks"):
+        result = subprocess.run([sys.executable, "-m", "recon4d", "export", str(out), "--format", fmt],
+                                capture_output=True, text=True, env=env, timeout=300)
+        assert result.returncode == 0, result.stderr
+    scene = load_scene(out)
+    plys = sorted((out / "export" / "ply").glob("*.ply"))
+    assert len(plys) == scene.num_frames
+    assert len(read_3dgs_ply(plys[-1])) == len(scene.gaussians_at(scene.num_frames - 1))
+    cameras = read_transforms_json(out / "export" / "cameras")
+    assert cameras.world_from_camera.shape == (scene.num_frames, 4, 4)
+    assert abs(cameras.world_from_camera - scene.cameras.world_from_camera.numpy()).max() < 1e-6
+    assert len(list((out / "export" / "cameras" / "images").glob("*.png"))) == scene.num_frames
+    assert len(list((out / "export" / "masks").glob("mask_*.png"))) == scene.num_frames

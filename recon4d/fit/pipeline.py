@@ -142,7 +142,7 @@ def assemble_scene(state: FitState, fitted: list[int], clip: Clip, K: np.ndarray
                         timestamps=torch.as_tensor(clip.timestamps, dtype=torch.float64),
                         width=clip.width, height=clip.height, frame_names=list(clip.names)),
         arrays={"moving_masks": torch.from_numpy(masks), "source_indices": torch.as_tensor(clip.source_indices)},
-        config=config.to_dict(),
+        config={**config.to_dict(), "source": clip.source},
     )
 
 

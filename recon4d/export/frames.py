@@ -1,0 +1,36 @@
+"""Which frames of a scene an export covers: "all", one index, or a list of indices."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal, Union
+
+from recon4d.errors import InputError
+
+FrameSelection = Union[Literal["all"], int, Sequence[int]]
+
+
+def frame_indices(frames: FrameSelection, num_frames: int) -> list[int]:
+    """frames: "all", an index or a list of indices (negative counts from the end) -> sorted unique indices.
+
+    Raises InputError for an index outside the scene or an unknown keyword.
+    """
+    if isinstance(frames, str):
+        if frames != "all":
+            raise InputError(f"unknown frame selection {frames!r}", hint='use "all" or a frame index')
+        return list(range(num_frames))
+    wanted = [frames] if isinstance(frames, int) else list(frames)
+    result = set()
+    for index in wanted:
+        if not isinstance(index, int) or not -num_frames <= index < num_frames:
+            raise InputError(
+                f"frame {index!r} is outside the scene (0..{num_frames - 1})",
+                hint="`recon4d info SCENE` shows the number of frames",
+            )
+        result.add(index % num_frames)
+    return sorted(result)
+
+
+def frame_file_name(prefix: str, index: int, suffix: str) -> str:
+    """'frame', 3, '.ply' -> 'frame_0003.ply' (four digits, more when the index needs them)."""
+    return f"{prefix}_{index:04d}{suffix}"
