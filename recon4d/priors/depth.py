@@ -633,7 +633,6 @@ class VideoDepth:
 
     def _triangulate_pairs(self, flow: FlowResult, moving: np.ndarray, intrinsics: np.ndarray,
                            height: int, width: int) -> list[_PairMaps]:
-        cfg = self.config
         num_frames = moving.shape[0]
         jj, ii = np.meshgrid(np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32))
         grid = np.stack([jj, ii], axis=-1)
