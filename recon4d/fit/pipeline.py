@@ -181,11 +181,12 @@ def refine_holdout_camera(scene: Scene4D, t: int, target: torch.Tensor, config: 
     return apply_pose_delta(delta.detach() * unit, init)
 
 
-def evaluate(scene: Scene4D, frames: np.ndarray, fitted: list[int], held: list[int], config: FitConfig,
+def evaluate(scene: Scene4D, frames: np.ndarray, held: list[int], config: FitConfig,
              device: torch.device) -> tuple[dict, np.ndarray]:
     """Per-frame PSNR/SSIM of the fitted frames and of held-out frames; returns metrics and renders [T,H,W,3]."""
     renders = np.zeros_like(frames)
     per_frame = []
+    held = set(held)
     for t in track(range(scene.num_frames), "evaluating", total=scene.num_frames):
         target = torch.as_tensor(frames[t], dtype=torch.float32, device=device) / 255.0
         if t in held:
@@ -292,7 +293,7 @@ def fit_video(source: str | Path, out_dir: str | Path, config: FitConfig, device
 
     t0 = time.perf_counter()
     scene = assemble_scene(state, fitted, clip, K, config, priors.moving_masks)
-    metrics, renders = evaluate(scene, clip.frames, fitted, held, config, device)
+    metrics, renders = evaluate(scene, clip.frames, held, config, device)
     seconds["evaluate"] = time.perf_counter() - t0
 
     metrics.update({
