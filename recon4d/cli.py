@@ -78,7 +78,39 @@ def build_parser() -> argparse.ArgumentParser:
 
     doctor = commands.add_parser("doctor", help="check the installation and build the CPU rasterizer once")
     doctor.set_defaults(handler=_cmd_doctor)
+    _register_plugin_commands(commands)
     return parser
+
+
+PLUGIN_GROUP = "recon4d.commands"
+
+
+def _register_plugin_commands(commands: argparse._SubParsersAction) -> None:
+    """Add subcommands that packages built on recon4d register under the `recon4d.commands` entry point.
+
+    Each entry point names a callable `register(commands)` that adds one subparser and sets its `handler`.
+    This keeps the layering one-way: the viewer imports recon4d, recon4d never imports the viewer.
+    """
+    from importlib.metadata import entry_points
+
+    for entry in sorted(entry_points(group=PLUGIN_GROUP), key=lambda e: e.name):
+        try:
+            register = entry.load()
+        except ImportError as exc:  # an optional extra that is not installed: say how to get it
+            message = f"`recon4d {entry.name}` needs an optional dependency ({exc}); install it with pip"
+            unavailable = commands.add_parser(entry.name, help=f"(unavailable: {exc})")
+            unavailable.set_defaults(handler=_unavailable(message))
+            continue
+        register(commands)
+
+
+def _unavailable(message: str):
+    def handler(args: argparse.Namespace) -> int:
+        from recon4d.errors import InputError
+
+        raise InputError(message)
+
+    return handler
 
 
 def _cmd_fit(args: argparse.Namespace) -> int:

@@ -13,6 +13,7 @@ a Gaussian exists from its ``birth_frame`` on.
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,7 @@ from typing import Any
 import torch
 
 from recon4d.errors import SceneError
+from recon4d.geometry.lie import interpolate_pose
 from recon4d.io.atomic import atomic_path
 
 FORMAT_NAME = "recon4d.scene"
@@ -56,6 +58,14 @@ class Gaussians:
 _GAUSSIAN_FIELDS = ("means", "quats", "scales", "opacities", "colors")
 
 
+def _neighbours(t: float, count: int) -> tuple[int, int, float]:
+    """Frames around time t and the blend weight of the later one."""
+    if not 0 <= t <= count - 1:
+        raise IndexError(f"time {t} outside 0..{count - 1}")
+    before = int(math.floor(t))
+    return before, min(before + 1, count - 1), float(t) - before
+
+
 @dataclass
 class Cameras:
     """One pinhole camera per frame, OpenCV convention.
@@ -78,9 +88,17 @@ class Cameras:
     def __len__(self) -> int:
         return self.world_from_camera.shape[0]
 
-    def K(self, t: int) -> torch.Tensor:
-        """Intrinsics matrix [3, 3] of frame t."""
-        fx, fy, cx, cy = self.intrinsics[t].unbind()
+    def world_from_camera_at(self, t: float) -> torch.Tensor:
+        """Pose [4, 4] at time t in frame units; fractional t interpolates (slerp + linear translation)."""
+        before, after, weight = _neighbours(t, len(self))
+        if weight == 0.0:
+            return self.world_from_camera[before].clone()
+        return interpolate_pose(self.world_from_camera[before], self.world_from_camera[after], weight)
+
+    def K(self, t: float) -> torch.Tensor:
+        """Intrinsics matrix [3, 3] at time t (frame units; fractional t interpolates linearly)."""
+        before, after, weight = _neighbours(t, len(self))
+        fx, fy, cx, cy = torch.lerp(self.intrinsics[before], self.intrinsics[after], weight).unbind()
         zero, one = torch.zeros_like(fx), torch.ones_like(fx)
         return torch.stack([fx, zero, cx, zero, fy, cy, zero, zero, one]).reshape(3, 3)
 
@@ -115,14 +133,23 @@ class Scene4D:
     def num_frames(self) -> int:
         return len(self.cameras)
 
-    def gaussians_at(self, t: int) -> Gaussians:
-        """The Gaussians that exist at frame t, with dynamic ones at their frame-t state."""
-        if not 0 <= t < self.num_frames:
-            raise IndexError(f"frame {t} outside 0..{self.num_frames - 1}")
+    def gaussians_at(self, t: float) -> Gaussians:
+        """The Gaussians that exist at time t (in frame units), dynamic ones at their time-t state.
+
+        An integer t gives the stored state of frame t; a fractional t blends the two neighbouring frames
+        (positions linearly, rotations by normalised lerp), which is what slow motion and held-out frames use.
+        """
+        before, after, weight = _neighbours(t, self.num_frames)
         means, quats = self.gaussians.means.clone(), self.gaussians.quats.clone()
         dynamic = self.is_dynamic.nonzero().squeeze(1)
-        means[dynamic] = self.dynamic_means[t]
-        quats[dynamic] = self.dynamic_quats[t]
+        if weight == 0.0:
+            means[dynamic] = self.dynamic_means[before]
+            quats[dynamic] = self.dynamic_quats[before]
+        else:
+            means[dynamic] = torch.lerp(self.dynamic_means[before], self.dynamic_means[after], weight)
+            q0, q1 = self.dynamic_quats[before], self.dynamic_quats[after]
+            q1 = torch.where((q0 * q1).sum(-1, keepdim=True) < 0, -q1, q1)  # shortest arc
+            quats[dynamic] = torch.nn.functional.normalize(torch.lerp(q0, q1, weight), dim=-1)
         current = Gaussians(means, quats, self.gaussians.scales, self.gaussians.opacities, self.gaussians.colors)
         return current.select(self.birth_frame <= t)
 
