@@ -23,10 +23,11 @@ import torch
 
 from recon4d.errors import SceneError
 from recon4d.geometry.lie import interpolate_pose
+from recon4d.geometry.trajectory import evaluate_trajectories, time_basis
 from recon4d.io.atomic import atomic_path
 
 FORMAT_NAME = "recon4d.scene"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: optional continuous motion model; 1 is still read
 
 
 @dataclass
@@ -104,6 +105,44 @@ class Cameras:
 
 
 @dataclass
+class MotionModel:
+    """Continuous-time motion of the dynamic Gaussians (Gaussian-Flow's polynomial + Fourier model).
+
+    Attribute(t) = coefficients . time_basis(t / time_span) (see `recon4d.geometry.trajectory`).
+
+    Attributes:
+        position: [Nd, B, 3] world position coefficients.
+        rotation: [Nd, B, 4] quaternion (wxyz) coefficients; evaluated values are normalised.
+        color: [Nd, B, 3] additive colour offsets (RGB); the result is clamped to [0, 1].
+        poly_degree, fourier_terms: the basis (B = 1 + poly_degree + 2 fourier_terms).
+        time_span: frames mapped to tau = 1 (number of frames - 1).
+    """
+
+    position: torch.Tensor
+    rotation: torch.Tensor
+    color: torch.Tensor
+    poly_degree: int
+    fourier_terms: int
+    time_span: float
+
+    TENSORS = ("position", "rotation", "color")
+
+    def basis(self, t: float | torch.Tensor) -> torch.Tensor:
+        """Basis [T, B] at times t (frame units, scalar or [T])."""
+        times = torch.as_tensor(t, dtype=self.position.dtype, device=self.position.device).reshape(-1)
+        return time_basis(times / max(self.time_span, 1e-9), self.poly_degree, self.fourier_terms)
+
+    def states(self, t: float | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Positions [T, Nd, 3], unit quaternions [T, Nd, 4] and colour offsets [T, Nd, 3] at times t."""
+        basis = self.basis(t)
+        quats = torch.nn.functional.normalize(evaluate_trajectories(self.rotation, basis), dim=-1)
+        return evaluate_trajectories(self.position, basis), quats, evaluate_trajectories(self.color, basis)
+
+    def metadata(self) -> dict[str, Any]:
+        return {"poly_degree": self.poly_degree, "fourier_terms": self.fourier_terms, "time_span": self.time_span}
+
+
+@dataclass
 class Scene4D:
     """A fitted 4D scene.
 
@@ -117,6 +156,9 @@ class Scene4D:
         arrays: other named tensors (moving masks [T, H, W], tracks, ...).
         config: the resolved configuration (JSON-serialisable).
         metrics: quality and timing numbers (JSON-serialisable).
+        motion: continuous-time model of the dynamic Gaussians (after `recon4d refine`), or None. When set,
+            it defines the dynamic states: dynamic_means/dynamic_quats are its values at the frames, and
+            the file stores only the coefficients.
     """
 
     gaussians: Gaussians
@@ -128,6 +170,7 @@ class Scene4D:
     arrays: dict[str, torch.Tensor] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
+    motion: MotionModel | None = None
 
     @property
     def num_frames(self) -> int:
@@ -141,8 +184,14 @@ class Scene4D:
         """
         before, after, weight = _neighbours(t, self.num_frames)
         means, quats = self.gaussians.means.clone(), self.gaussians.quats.clone()
+        colors = self.gaussians.colors
         dynamic = self.is_dynamic.nonzero().squeeze(1)
-        if weight == 0.0:
+        if self.motion is not None:
+            dyn_means, dyn_quats, dyn_colors = (x[0] for x in self.motion.states(float(t)))
+            means[dynamic], quats[dynamic] = dyn_means, dyn_quats
+            colors = colors.clone()
+            colors[dynamic] = (colors[dynamic] + dyn_colors).clamp(0, 1)
+        elif weight == 0.0:
             means[dynamic] = self.dynamic_means[before]
             quats[dynamic] = self.dynamic_quats[before]
         else:
@@ -150,7 +199,7 @@ class Scene4D:
             q0, q1 = self.dynamic_quats[before], self.dynamic_quats[after]
             q1 = torch.where((q0 * q1).sum(-1, keepdim=True) < 0, -q1, q1)  # shortest arc
             quats[dynamic] = torch.nn.functional.normalize(torch.lerp(q0, q1, weight), dim=-1)
-        current = Gaussians(means, quats, self.gaussians.scales, self.gaussians.opacities, self.gaussians.colors)
+        current = Gaussians(means, quats, self.gaussians.scales, self.gaussians.opacities, colors)
         return current.select(self.birth_frame <= t)
 
     def validate(self) -> None:
@@ -167,6 +216,9 @@ class Scene4D:
             (tuple(self.cameras.timestamps.shape) == (t,), f"timestamps must be [{t}]"),
             (len(self.cameras.frame_names) == t, f"frame_names must have {t} entries"),
         ]
+        if self.motion is not None:
+            checks += [(getattr(self.motion, name).shape[0] == nd, f"motion {name} must have {nd} rows")
+                       for name in MotionModel.TENSORS]
         for ok, message in checks:
             if not ok:
                 raise SceneError(f"inconsistent scene: {message}")
@@ -181,12 +233,14 @@ def save_scene(scene: Scene4D, path: str | os.PathLike) -> Path:
     tensors.update({
         "is_dynamic": scene.is_dynamic,
         "birth_frame": scene.birth_frame,
-        "dynamic_means": scene.dynamic_means,
-        "dynamic_quats": scene.dynamic_quats,
         "cameras/world_from_camera": scene.cameras.world_from_camera,
         "cameras/intrinsics": scene.cameras.intrinsics,
         "cameras/timestamps": scene.cameras.timestamps,
     })
+    if scene.motion is None:
+        tensors.update({"dynamic_means": scene.dynamic_means, "dynamic_quats": scene.dynamic_quats})
+    else:  # the per-frame states follow from the model: store only its coefficients
+        tensors.update({f"motion/{name}": getattr(scene.motion, name) for name in MotionModel.TENSORS})
     tensors.update({f"arrays/{name}": value for name, value in scene.arrays.items()})
     tensors = {name: value.detach().cpu().contiguous() for name, value in tensors.items()}
     manifest = {
@@ -195,6 +249,7 @@ def save_scene(scene: Scene4D, path: str | os.PathLike) -> Path:
         "frame_names": scene.cameras.frame_names,
         "config": scene.config,
         "metrics": scene.metrics,
+        "motion": None if scene.motion is None else scene.motion.metadata(),
     }
     metadata = {"format": FORMAT_NAME, "version": str(FORMAT_VERSION), "manifest": json.dumps(manifest)}
     path = Path(path)
@@ -230,6 +285,12 @@ def load_scene(path: str | os.PathLike) -> Scene4D:
     except Exception as exc:  # safetensors raises its own error types for truncated or garbage files
         raise SceneError(f"cannot read scene file {path}: it is truncated or not a recon4d scene") from exc
     try:
+        motion = None
+        if manifest.get("motion") is not None:
+            motion = MotionModel(*(tensors[f"motion/{name}"] for name in MotionModel.TENSORS), **manifest["motion"])
+            num_frames = tensors["cameras/world_from_camera"].shape[0]
+            dyn_means, dyn_quats, _ = motion.states(torch.arange(num_frames, dtype=motion.position.dtype))
+            tensors["dynamic_means"], tensors["dynamic_quats"] = dyn_means, dyn_quats
         scene = Scene4D(
             gaussians=Gaussians(*(tensors[f"gaussians/{name}"] for name in _GAUSSIAN_FIELDS)),
             is_dynamic=tensors["is_dynamic"],
@@ -247,6 +308,7 @@ def load_scene(path: str | os.PathLike) -> Scene4D:
             arrays={name[len("arrays/"):]: value for name, value in tensors.items() if name.startswith("arrays/")},
             config=manifest.get("config", {}),
             metrics=manifest.get("metrics", {}),
+            motion=motion,
         )
     except KeyError as exc:
         raise SceneError(f"scene file {path} lacks the entry {exc.args[0]!r}") from exc
