@@ -54,21 +54,71 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--depth-path", type=Path, default=None,
                      help="depth maps (--depth file) or a local Depth Anything V2 folder (--depth depth-anything-v2)")
     fit.add_argument("--restart", action="store_true", help="ignore an existing checkpoint in OUT")
+    fit.add_argument("--refine", action=argparse.BooleanOptionalAction, default=None,
+                     help="continuous-time refinement after the sequential fit (default: as the preset says)")
+    fit.add_argument("--refine-iters", type=int, default=None, help="refinement steps")
     fit.set_defaults(handler=_cmd_fit)
+
+    refine = commands.add_parser("refine", help="continuous-time refinement of an existing `recon4d fit` OUT")
+    refine.add_argument("scene", type=Path, help="output directory of `recon4d fit` (sequential result)")
+    refine.add_argument("--refine-iters", type=int, default=None, help="refinement steps (default: as fitted)")
+    refine.set_defaults(handler=_cmd_refine)
 
     info = commands.add_parser("info", help="summarise a scene file or output directory")
     info.add_argument("scene", type=Path, help="scene file or output directory of `recon4d fit`")
     info.add_argument("--json", action="store_true", help="print machine-readable JSON")
     info.set_defaults(handler=_cmd_info)
 
-    export = commands.add_parser("export", help="write splats, meshes, cameras or masks of a fitted OUT")
+    export = commands.add_parser("export", help="write splats, meshes, cameras, masks or tracks of a fitted OUT")
     export.add_argument("scene", type=Path, help="output directory of `recon4d fit` (or its scene file)")
-    export.add_argument("--format", required=True, choices=("ply", "spz", "compressed_ply", "mesh", "cameras", "masks"))
-    export.add_argument("--frame", default="all", help="frame index or 'all' (ply, mesh, masks; default: all)")
+    export.add_argument("--format", required=True,
+                        choices=("ply", "spz", "compressed_ply", "mesh", "cameras", "masks", "tracks"))
+    export.add_argument("--frame", default="all",
+                        help="frame index or 'all' (ply, mesh, masks; tracks: the query frame, 'all' = 0; default: all)")
     export.add_argument("--static", action="store_true", help="mesh: only the still Gaussians (background)")
     export.add_argument("--mesh-format", default=".ply", choices=(".ply", ".obj", ".glb"), help="mesh file type")
     export.add_argument("--dest", type=Path, default=None, help="destination folder (default: OUT/export/<format>)")
     export.set_defaults(handler=_cmd_export)
+
+    render = commands.add_parser("render", help="render a camera path of a fitted OUT to mp4 (and PNG frames)")
+    render.add_argument("scene", type=Path, help="output directory of `recon4d fit` (or its scene file)")
+    render.add_argument("--path", default="input",
+                        help="input | orbit | spiral | bullet-time | stabilized | zoom, or a camera path .json "
+                             "(schema: recon4d/render_views/paths.py) (default: input)")
+    render.add_argument("--width", type=int, default=None, help="output width in pixels (default: the scene's)")
+    render.add_argument("--height", type=int, default=None, help="output height in pixels (default: the scene's)")
+    render.add_argument("--scale", type=float, default=None, help="output size as a multiple of the scene's")
+    render.add_argument("--fps", type=float, default=None, help="frame rate of the video (default: the input's)")
+    render.add_argument("--frames", type=int, default=None, help="number of frames of the path")
+    render.add_argument("--slowmo", type=float, default=1.0,
+                        help="slow motion factor on paths where time runs: interpolated frames in between (default: 1)")
+    render.add_argument("--time", type=float, default=None,
+                        help="bullet-time: the frozen time (default: middle); orbit/spiral/zoom: freeze time here")
+    render.add_argument("--camera-frame", type=float, default=0.0, help="stabilized/zoom: the held camera (default: 0)")
+    render.add_argument("--arc", type=float, default=None,
+                        help="degrees: bullet-time swing (default 30) or orbit sweep (default 360)")
+    render.add_argument("--zoom", type=float, default=None, help="zoom: final magnification (default: 2)")
+    render.add_argument("--zoom-mode", default="focal", choices=("focal", "dolly", "vertigo"),
+                        help="zoom: change the focal length, move the camera, or both (dolly zoom)")
+    render.add_argument("--depth", action="store_true", help="also render depth (colour-mapped inverse depth)")
+    render.add_argument("--alpha", action="store_true", help="also render accumulated opacity")
+    render.add_argument("--motion", action="store_true", help="also render moving Gaussians highlighted")
+    render.add_argument("--layout", default="side-by-side", choices=("side-by-side", "separate"),
+                        help="extra views in the same video or in separate videos (default: side-by-side)")
+    render.add_argument("--png", action="store_true", help="also write PNG frames")
+    render.add_argument("--dest", type=Path, default=None, help="destination folder (default: OUT/render)")
+    render.set_defaults(handler=_cmd_render)
+
+    track_points = commands.add_parser("track", help="2D/3D point tracks of a fitted OUT: npz, csv, overlay video")
+    track_points.add_argument("scene", type=Path, help="output directory of `recon4d fit` (or its scene file)")
+    queries = track_points.add_mutually_exclusive_group(required=True)
+    queries.add_argument("--points", nargs="+", metavar="X,Y[,T]",
+                         help="query pixels (scene resolution) on frame T (default: --query-frame)")
+    queries.add_argument("--grid", type=int, metavar="N", help="an N x N grid of query pixels")
+    track_points.add_argument("--query-frame", type=int, default=0, help="frame of the queries (default: 0)")
+    track_points.add_argument("--fps", type=float, default=None, help="frame rate of the overlay (default: the input's)")
+    track_points.add_argument("--dest", type=Path, default=None, help="destination folder (default: OUT/tracks)")
+    track_points.set_defaults(handler=_cmd_track)
 
     evaluate = commands.add_parser("eval", help="score a fitted OUT against synthetic ground truth")
     evaluate.add_argument("scene", type=Path, help="output directory of `recon4d fit` (or its scene file)")
@@ -122,7 +172,8 @@ def _cmd_fit(args: argparse.Namespace) -> int:
 
     device = resolve_device(args.device)
     overrides = {name: getattr(args, name) for name in
-                 ("max_frames", "stride", "short_side", "num_gaussians", "fov_x_deg", "holdout_every", "seed")}
+                 ("max_frames", "stride", "short_side", "num_gaussians", "fov_x_deg", "holdout_every", "seed",
+                  "refine", "refine_iters")}
     config = load_config(args.preset, overrides)
     intrinsics = None
     if args.intrinsics:
@@ -143,12 +194,25 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         depth_options = {"model_path" if args.depth == "depth-anything-v2" else "path": str(args.depth_path)}
     priors = PriorSettings(flow=args.flow, flow_options=flow_options, depth=args.depth, depth_options=depth_options)
     result = fit_video(args.video, out, config, device, intrinsics=intrinsics, prior_settings=priors)
-    m = result.metrics
+    _print_fit_summary(result.metrics, out)
+    return 0
+
+
+def _print_fit_summary(m: dict, out: Path) -> None:
     held = m["held_out"]
     held_text = f", held-out PSNR {held['psnr']:.2f} dB over {held['frames']} frames" if held["frames"] else ""
+    if "sequential" in m and m["sequential"]["held_out"] and m["sequential"]["held_out"].get("psnr") is not None:
+        held_text += f" (sequential pass: {m['sequential']['held_out']['psnr']:.2f} dB)"
     print(f"fitted {m['frames']} frames with {m['gaussians']} Gaussians in {m['seconds_total']:.1f} s: "
           f"PSNR {m['fitted']['psnr']:.2f} dB, SSIM {m['fitted']['ssim']:.3f}{held_text}")
     print(f"wrote {out}/scene.r4d, cameras.json, metrics.json, comparison.mp4")
+
+
+def _cmd_refine(args: argparse.Namespace) -> int:
+    from recon4d.fit.pipeline import refine_output
+
+    result = refine_output(args.scene, resolve_device(args.device), {"refine_iters": args.refine_iters})
+    _print_fit_summary(result.metrics, result.out_dir)
     return 0
 
 
@@ -213,11 +277,79 @@ def _cmd_export(args: argparse.Namespace) -> int:
             except Recon4DError:
                 frames_rgb = None  # the source moved: cameras are still written, without images
         written = list(export_cameras(scene, dest, frames_rgb=frames_rgb).values())
+    elif args.format == "tracks":
+        from recon4d.export.tracks import TrackExportConfig, export_tracks, grid_queries
+
+        config = TrackExportConfig()
+        queries = grid_queries(scene.cameras.width, scene.cameras.height, config.default_grid,
+                               0 if frames == "all" else frames)
+        written = list(export_tracks(scene, dest, queries, config).values())
     else:
         from recon4d.export import export_masks
 
         written = export_masks(scene, dest, frames=frames)
     print(f"wrote {len(written)} file(s) to {dest}")
+    return 0
+
+
+def _scene_folder(path: Path) -> Path:
+    return path if path.is_dir() else path.parent
+
+
+def _cmd_render(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from recon4d.io.scene import load_scene
+    from recon4d.render_views import (
+        PATH_NAMES,
+        PathConfig,
+        make_path,
+        output_size,
+        render_path_to_files,
+        scene_fps,
+    )
+
+    scene = load_scene(args.scene)
+    device = resolve_device(args.device)
+    config = PathConfig()
+    if args.arc is not None:
+        field = "bullet_arc_degrees" if args.path == "bullet-time" else "orbit_degrees"
+        config = dataclasses.replace(config, **{field: args.arc})
+    if args.zoom is not None:
+        config = dataclasses.replace(config, zoom_factor=args.zoom)
+    width, height = output_size(scene.cameras.width, scene.cameras.height, args.width, args.height, args.scale)
+    views = make_path(scene, args.path, count=args.frames, slowmo=args.slowmo, time=args.time,
+                      camera_frame=args.camera_frame, zoom_mode=args.zoom_mode, config=config)
+    extras = [name for name in ("depth", "alpha", "motion") if getattr(args, name)]
+    dest = args.dest or _scene_folder(args.scene) / "render"
+    custom = args.path not in PATH_NAMES  # a JSON file: its cameras are not written again
+    stem = Path(args.path).stem if custom else args.path
+    fps = args.fps or scene_fps(scene)
+    written = render_path_to_files(scene, views, dest, stem, width, height, fps, extras, args.layout, args.png,
+                                   device=device, write_cameras=not custom)
+    print(f"rendered {len(views)} frames at {width}x{height}, {fps:.3g} fps: "
+          f"{', '.join(p.name for p in written)} in {dest}")
+    return 0
+
+
+def _cmd_track(args: argparse.Namespace) -> int:
+    from recon4d.export.tracks import (
+        TrackExportConfig,
+        export_tracks,
+        grid_queries,
+        parse_point_queries,
+    )
+    from recon4d.io.scene import load_scene
+
+    scene = load_scene(args.scene)
+    if args.grid is not None:
+        queries = grid_queries(scene.cameras.width, scene.cameras.height, args.grid, args.query_frame)
+    else:
+        queries = parse_point_queries(args.points, args.query_frame)
+    dest = args.dest or _scene_folder(args.scene) / "tracks"
+    paths = export_tracks(scene, dest, queries, TrackExportConfig(fps=args.fps))
+    print(f"tracked {queries.shape[0]} points over {scene.num_frames} frames: "
+          f"{', '.join(p.name for p in paths.values())} in {dest}")
     return 0
 
 

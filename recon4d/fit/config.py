@@ -49,6 +49,20 @@ class FitConfig:
         densify_every: Gaussian-step iterations between error-driven densifications.
         max_new_per_frame: cap on Gaussians added per frame; max_gaussians: overall cap.
         motion_dilation: pixels by which moving masks are grown before excluding them from the camera step.
+    Continuous-time refinement (`recon4d.fit.refine`, after the sequential pass):
+        refine: run it; refine_iters: optimisation steps, one random fitted frame each.
+        refine_poly_degree, refine_fourier_terms: trajectory basis (Gaussian-Flow: about 3 and 3).
+        refine_min_period_frames: shortest Fourier period in frames; short clips get fewer Fourier terms
+            (with fewer frames per period the terms fit each frame and oscillate between them).
+        refine_ridge: least-squares regularisation of the initial trajectory fit (relative).
+        refine_dynamic_color: let the colour of dynamic Gaussians vary in time (same basis).
+        refine_lambda_flow: flow end-point error (pixels) between consecutive fitted frames, all pixels.
+        refine_lambda_smooth: acceleration of dynamic trajectories over one frame, in depth units.
+        refine_lambda_rigid, refine_rigid_neighbours: change of distances to the k nearest dynamic
+            neighbours between consecutive frames, in depth units.
+        refine_lr_scale: factor on the sequential learning rates of the Gaussians and trajectories;
+        refine_lr_camera: Adam rate of the camera deltas (radians; translation in depth units);
+        refine_lr_decay: factor by which all refinement learning rates shrink over the stage.
     Held-out evaluation:
         holdout_refine_iters: pose iterations (Gaussians frozen) for a held-out frame's interpolated camera.
     """
@@ -99,6 +113,20 @@ class FitConfig:
     motion_dilation: int = 2
 
     holdout_refine_iters: int = 30
+    refine: bool = False
+    refine_iters: int = 600
+    refine_poly_degree: int = 3
+    refine_fourier_terms: int = 3
+    refine_min_period_frames: int = 10
+    refine_ridge: float = 1e-3
+    refine_dynamic_color: bool = True
+    refine_lambda_flow: float = 0.02
+    refine_lambda_smooth: float = 1.0
+    refine_lambda_rigid: float = 1.0
+    refine_rigid_neighbours: int = 8
+    refine_lr_scale: float = 0.5
+    refine_lr_camera: float = 2e-4
+    refine_lr_decay: float = 0.1
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:

@@ -235,27 +235,97 @@ def cameras_json(scene: Scene4D, clip: Clip) -> dict:
     }
 
 
-def fit_video(source: str | Path, out_dir: str | Path, config: FitConfig, device: torch.device,
-              intrinsics: np.ndarray | None = None, prior_settings=None, log=print) -> FitResult:
-    """Run the whole fit; resumes from `out_dir/.checkpoint` when it holds the same run."""
+@dataclass
+class Prepared:
+    """Decoded clip, split, intrinsics and priors of the fitted frames: everything a fit or a refinement reads."""
+
+    clip: Clip
+    fitted: list[int]
+    held: list[int]
+    K: np.ndarray
+    priors: object
+    inputs: FitInputs
+    seconds: dict
+
+
+def prepare(source: str | Path, config: FitConfig, device: torch.device, intrinsics: np.ndarray | None = None,
+            prior_settings=None, log=print) -> Prepared:
+    """Decode the clip, split off held-out frames and compute (or load cached) priors of the fitted frames."""
     from recon4d.priors.pipeline import PriorSettings, compute_priors
 
-    out_dir = Path(out_dir)
     seconds: dict[str, float] = {}
     started = time.perf_counter()
     clip = read_clip(source, stride=config.stride, max_frames=config.max_frames, short_side=config.short_side)
     seconds["decode"] = time.perf_counter() - started
     log(f"decoded {clip.num_frames} frames at {clip.width}x{clip.height} from {source}")
-
     fitted, held = holdout_split(clip.num_frames, config.holdout_every)
     K = default_intrinsics(clip.width, clip.height, config.fov_x_deg) if intrinsics is None else np.asarray(intrinsics, float)
-    frames = clip.frames[fitted]
-
     t0 = time.perf_counter()
-    priors = compute_priors(frames, K, prior_settings or PriorSettings(), clip_hash=f"{clip.source_hash}:{','.join(map(str, fitted))}", log=log)
+    priors = compute_priors(clip.frames[fitted], K, prior_settings or PriorSettings(),
+                            clip_hash=f"{clip.source_hash}:{','.join(map(str, fitted))}", log=log)
     seconds["priors"] = time.perf_counter() - t0
+    return Prepared(clip, fitted, held, K, priors, _to_inputs(clip.frames[fitted], priors, K, device), seconds)
 
-    inputs = _to_inputs(frames, priors, K, device)
+
+def run_refinement(scene: Scene4D, prepared: Prepared, config: FitConfig, device: torch.device) -> tuple[Scene4D, dict]:
+    """Continuous-time refinement of a sequential scene (progress bar on stderr)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from recon4d.fit.refine import RefineInputs, Refiner
+    from recon4d.progress import progress_enabled
+
+    with Progress(TextColumn("refining"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TimeRemainingColumn(), console=Console(stderr=True), disable=not progress_enabled()) as progress:
+        task = progress.add_task("refine", total=config.refine_iters)
+        refiner = Refiner(RefineInputs(scene, prepared.fitted, prepared.inputs), config, device,
+                          on_progress=lambda done, total: progress.update(task, completed=done))
+        return refiner.run()
+
+
+def _summary(metrics: dict) -> dict:
+    return {"fitted": metrics["fitted"], "held_out": metrics["held_out"]}
+
+
+def finish(scene: Scene4D, prepared: Prepared, config: FitConfig, device: torch.device, out_dir: Path,
+           seconds: dict, extra: dict) -> "FitResult":
+    """Evaluate `scene` on every clip frame and write scene.r4d, cameras.json, metrics.json, comparison.mp4."""
+    clip = prepared.clip
+    t0 = time.perf_counter()
+    metrics, renders = evaluate(scene, clip.frames, prepared.held, config, device)
+    seconds["evaluate"] = seconds.get("evaluate", 0.0) + time.perf_counter() - t0
+    metrics.update(extra)
+    metrics.update({
+        "seconds": seconds,
+        "seconds_total": sum(seconds.values()),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None,
+        "gaussians": len(scene.gaussians),
+        "dynamic_gaussians": int(scene.is_dynamic.sum()),
+        "continuous_motion": scene.motion is not None,
+        "device": str(device),
+        "host": platform.node(),
+        "threads": torch.get_num_threads(),
+        "frames": clip.num_frames,
+        "resolution": [clip.width, clip.height],
+        "recon4d_version": __version__,
+    })
+    scene.metrics = {k: v for k, v in metrics.items() if k not in ("per_frame", "frame_stats")}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_scene(scene, out_dir / "scene.r4d")
+    write_bytes_atomic(out_dir / "cameras.json", json.dumps(cameras_json(scene, clip), indent=1).encode())
+    write_bytes_atomic(out_dir / "metrics.json", json.dumps(metrics, indent=1).encode())
+    write_video(out_dir / "comparison.mp4", np.concatenate([clip.frames, renders], axis=2), clip.fps or 10)
+    return FitResult(scene=scene, metrics=metrics, out_dir=out_dir)
+
+
+def fit_video(source: str | Path, out_dir: str | Path, config: FitConfig, device: torch.device,
+              intrinsics: np.ndarray | None = None, prior_settings=None, log=print) -> FitResult:
+    """Run the whole fit; resumes from `out_dir/.checkpoint` when it holds the same run."""
+    out_dir = Path(out_dir)
+    prepared = prepare(source, config, device, intrinsics, prior_settings, log)
+    clip, fitted, K, seconds = prepared.clip, prepared.fitted, prepared.K, dict(prepared.seconds)
+    inputs = prepared.inputs
     checkpoint_dir = out_dir / ".checkpoint"
     checkpoint = checkpoint_dir / CHECKPOINT_NAME
     key = _run_key(clip, config)
@@ -265,7 +335,7 @@ def fit_video(source: str | Path, out_dir: str | Path, config: FitConfig, device
         if saved.get("key") == key:
             state = FitState.from_state_dict(saved["state"], device)
             log(f"resuming from frame {state.next_frame} of {len(fitted)} ({checkpoint})")
-            seconds.update(saved.get("seconds", {}))
+            seconds.update({k: v for k, v in saved.get("seconds", {}).items() if k not in ("decode", "priors")})
         else:
             log("checkpoint belongs to another input or config: starting over")
 
@@ -291,31 +361,47 @@ def fit_video(source: str | Path, out_dir: str | Path, config: FitConfig, device
         state = fitter.run(state)
     seconds["fit"] = prior_fit_seconds + time.perf_counter() - fit_started
 
-    t0 = time.perf_counter()
-    scene = assemble_scene(state, fitted, clip, K, config, priors.moving_masks)
-    metrics, renders = evaluate(scene, clip.frames, held, config, device)
-    seconds["evaluate"] = time.perf_counter() - t0
+    scene = assemble_scene(state, fitted, clip, K, config, prepared.priors.moving_masks)
+    extra = {"camera_inits": [s.get("camera_init") for s in state.frame_stats], "frame_stats": state.frame_stats}
+    if config.refine:
+        t0 = time.perf_counter()
+        sequential_metrics, _ = evaluate(scene, clip.frames, prepared.held, config, device)
+        seconds["evaluate"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        scene, refine_stats = run_refinement(scene, prepared, config, device)
+        seconds["refine"] = time.perf_counter() - t0
+        extra.update({"sequential": _summary(sequential_metrics), "refine_stats": refine_stats})
+        log(f"refined in {seconds['refine']:.0f} s; sequential held-out PSNR {sequential_metrics['held_out']['psnr']}")
+    return finish(scene, prepared, config, device, out_dir, seconds, extra)
 
-    metrics.update({
-        "seconds": seconds,
-        "seconds_total": sum(seconds.values()),
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None,
-        "gaussians": len(scene.gaussians),
-        "dynamic_gaussians": int(scene.is_dynamic.sum()),
-        "device": str(device),
-        "host": platform.node(),
-        "threads": torch.get_num_threads(),
-        "frames": clip.num_frames,
-        "resolution": [clip.width, clip.height],
-        "camera_inits": [s.get("camera_init") for s in state.frame_stats],
-        "frame_stats": state.frame_stats,
-        "recon4d_version": __version__,
-    })
-    scene.metrics = {k: v for k, v in metrics.items() if k not in ("per_frame", "frame_stats")}
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_scene(scene, out_dir / "scene.r4d")
-    write_bytes_atomic(out_dir / "cameras.json", json.dumps(cameras_json(scene, clip), indent=1).encode())
-    write_bytes_atomic(out_dir / "metrics.json", json.dumps(metrics, indent=1).encode())
-    write_video(out_dir / "comparison.mp4", np.concatenate([clip.frames, renders], axis=2), clip.fps or 10)
-    return FitResult(scene=scene, metrics=metrics, out_dir=out_dir)
+
+def refine_output(out_dir: str | Path, device: torch.device, overrides: dict | None = None, log=print) -> FitResult:
+    """`recon4d refine OUT`: continuous-time refinement of an existing sequential result, in place."""
+    from recon4d.fit.config import FitConfig as _FitConfig
+    from recon4d.io.scene import load_scene
+
+    out_dir = Path(out_dir)
+    scene = load_scene(out_dir)
+    if scene.motion is not None:
+        raise InputError(f"{out_dir} is already refined", hint="fit again with `recon4d fit --restart` to start over")
+    stored = dict(scene.config)
+    source = stored.pop("source", None)
+    if not source or not Path(source).exists():
+        raise InputError(f"the source video of {out_dir} is not at {source!r}", hint="refine needs the input frames")
+    known = {f for f in _FitConfig.__dataclass_fields__}
+    config = _FitConfig(**{k: v for k, v in stored.items() if k in known})
+    for name, value in (overrides or {}).items():
+        if value is not None:
+            setattr(config, name, value)
+    config.refine = True
+    intrinsics = scene.cameras.intrinsics[0].double().numpy()
+    prepared = prepare(source, config, device, intrinsics, log=log)
+    if prepared.clip.num_frames != scene.num_frames:
+        raise InputError(f"the source now decodes to {prepared.clip.num_frames} frames, the scene has {scene.num_frames}")
+    seconds = dict(prepared.seconds)
+    sequential = {"fitted": scene.metrics.get("fitted"), "held_out": scene.metrics.get("held_out")}
+    t0 = time.perf_counter()
+    refined, refine_stats = run_refinement(scene, prepared, config, device)
+    seconds["refine"] = time.perf_counter() - t0
+    refined.config = {**config.to_dict(), "source": source}
+    return finish(refined, prepared, config, device, out_dir, seconds, {"sequential": sequential, "refine_stats": refine_stats})
