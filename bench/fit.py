@@ -1,7 +1,7 @@
 """Benchmark of `recon4d fit`: held-out and fitted PSNR/SSIM, seconds per stage, peak RSS, Gaussians.
 
 Usage: python bench/fit.py [--preset default] [--clips bear,apple,backpack,cup] [--frames 30] [--holdout-every 4]
-       [--short-side 90] [--synthetic translate,rotate,static,fast] [--out /tmp/recon4d-bench]
+       [--short-side 90] [--synthetic translate,rotate,static,fast] [--no-refine] [--out /tmp/recon4d-bench]
 
 Each clip is fitted in a fresh subprocess (`recon4d fit`), so peak RSS is per clip. Baseline for held-out
 frames (the bar of issue #4): the average of the two neighbouring input frames, at the same resolution.
@@ -44,6 +44,8 @@ def fit_one(name: str, source: Path, out: Path, args: argparse.Namespace) -> dic
            "--max-frames", str(args.frames), "--holdout-every", str(args.holdout_every), "--restart"]
     if args.short_side:
         cmd += ["--short-side", str(args.short_side)]
+    if args.no_refine:
+        cmd += ["--no-refine"]
     result = subprocess.run(cmd, capture_output=True, text=True, env={**__import__("os").environ, "RECON4D_NO_PROGRESS": "1"})
     if result.returncode != 0:
         return {"clip": name, "error": result.stderr.strip().splitlines()[-1] if result.stderr else "failed"}
@@ -57,8 +59,11 @@ def fit_one(name: str, source: Path, out: Path, args: argparse.Namespace) -> dic
         "clip": name, "frames": metrics["frames"], "size": "x".join(map(str, metrics["resolution"])),
         "psnr_fit": metrics["fitted"]["psnr"], "ssim_fit": metrics["fitted"]["ssim"],
         "psnr_held": metrics["held_out"]["psnr"], "ssim_held": metrics["held_out"]["ssim"],
+        "psnr_held_seq": (metrics.get("sequential") or {}).get("held_out", {}).get("psnr"),
+        "psnr_fit_seq": (metrics.get("sequential") or {}).get("fitted", {}).get("psnr"),
         "baseline_blend": neighbour_blend_psnr(clip.frames, held),
         "priors_s": metrics["seconds"].get("priors"), "fit_s": metrics["seconds"].get("fit"),
+        "refine_s": metrics["seconds"].get("refine"),
         "total_s": metrics["seconds_total"], "rss_mb": metrics["peak_rss_mb"], "gaussians": metrics["gaussians"],
     }
     if (out.parent / f"{name}_gt").is_dir():
@@ -77,6 +82,7 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=30)
     parser.add_argument("--holdout-every", type=int, default=4)
     parser.add_argument("--short-side", type=int, default=None)
+    parser.add_argument("--no-refine", action="store_true", help="sequential pass only (compare with the refined fit)")
     parser.add_argument("--out", type=Path, default=Path("/tmp/recon4d-bench"))
     args = parser.parse_args()
     rows = []
@@ -91,8 +97,8 @@ def main() -> None:
     for name in filter(None, args.clips.split(",")):
         rows.append(fit_one(name, REAL_CLIPS[name], args.out / name, args))
         print(json.dumps(rows[-1]), flush=True)
-    cols = ["clip", "frames", "size", "psnr_held", "baseline_blend", "psnr_fit", "ssim_fit", "ssim_held",
-            "ate_percent", "mask_iou", "track_median_px", "priors_s", "fit_s", "total_s", "rss_mb", "gaussians"]
+    cols = ["clip", "frames", "size", "psnr_held", "psnr_held_seq", "baseline_blend", "psnr_fit", "psnr_fit_seq", "ssim_fit", "ssim_held",
+            "ate_percent", "mask_iou", "track_median_px", "priors_s", "fit_s", "refine_s", "total_s", "rss_mb", "gaussians"]
     print(f"\npreset={args.preset} frames={args.frames} holdout_every={args.holdout_every}")
     print("| " + " | ".join(cols) + " |")
     print("|" + "---|" * len(cols))

@@ -65,6 +65,9 @@ class FitConfig:
         refine_lr_decay: factor by which all refinement learning rates shrink over the stage.
     Held-out evaluation:
         holdout_refine_iters: pose iterations (Gaussians frozen) for a held-out frame's interpolated camera.
+    Outputs:
+        moving_mask_threshold: share of a pixel's rendered colour from dynamic Gaussians above which the
+            stored moving mask marks it (masks rendered from the fitted scene at every frame).
     """
 
     preset: str = "default"
@@ -113,6 +116,7 @@ class FitConfig:
     motion_dilation: int = 2
 
     holdout_refine_iters: int = 30
+    moving_mask_threshold: float = 0.5
     refine: bool = False
     refine_iters: int = 600
     refine_poly_degree: int = 3

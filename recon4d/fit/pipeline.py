@@ -63,7 +63,9 @@ def holdout_split(num_frames: int, every: int) -> tuple[list[int], list[int]]:
 
 
 def _run_key(clip: Clip, config: FitConfig) -> str:
-    payload = json.dumps({"clip": clip.source_hash, "config": config.to_dict(), "version": __version__}, sort_keys=True)
+    """Identity of a sequential pass: the clip and the settings it depends on (not the later stages')."""
+    sequential = {k: v for k, v in config.to_dict().items() if not k.startswith("refine") and k != "holdout_refine_iters"}
+    payload = json.dumps({"clip": clip.source_hash, "config": sequential, "version": __version__}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:20]
 
 
@@ -155,6 +157,24 @@ def render_frame(scene: Scene4D, t: int, camera_from_world: torch.Tensor | None 
                     g.colors.to(device), cfw.to(device), scene.cameras.K(t).to(device), scene.cameras.width,
                     scene.cameras.height)
     return out.color.clamp(0, 1)
+
+
+@torch.no_grad()
+def render_moving_masks(scene: Scene4D, threshold: float, device: torch.device = torch.device("cpu")) -> torch.Tensor:
+    """Moving-object masks [T, H, W] bool from the 4D model: per pixel, the share of the rendered colour
+    that comes from dynamic Gaussians (occlusion-aware), thresholded. Defined at every frame, held-out
+    frames included, unlike the flow-based prior masks of the fitted frames."""
+    masks = torch.zeros(scene.num_frames, scene.cameras.height, scene.cameras.width, dtype=torch.bool)
+    for t in range(scene.num_frames):
+        alive = scene.birth_frame <= t
+        g = scene.gaussians_at(t)
+        share = scene.is_dynamic[alive].float()[:, None]
+        cfw = invert_pose(scene.cameras.world_from_camera[t]).float()
+        out = rasterize(g.means.to(device), g.quats.to(device), g.scales.to(device), g.opacities.to(device),
+                        share.to(device), cfw.to(device), scene.cameras.K(t).to(device), scene.cameras.width,
+                        scene.cameras.height)
+        masks[t] = (out.color[..., 0] > threshold * out.alpha.clamp_min(1e-6)).cpu()
+    return masks
 
 
 def refine_holdout_camera(scene: Scene4D, t: int, target: torch.Tensor, config: FitConfig,
@@ -292,6 +312,9 @@ def finish(scene: Scene4D, prepared: Prepared, config: FitConfig, device: torch.
     """Evaluate `scene` on every clip frame and write scene.r4d, cameras.json, metrics.json, comparison.mp4."""
     clip = prepared.clip
     t0 = time.perf_counter()
+    if "prior_moving_masks" not in scene.arrays:
+        scene.arrays["prior_moving_masks"] = scene.arrays["moving_masks"]
+    scene.arrays["moving_masks"] = render_moving_masks(scene, config.moving_mask_threshold, device)
     metrics, renders = evaluate(scene, clip.frames, prepared.held, config, device)
     seconds["evaluate"] = seconds.get("evaluate", 0.0) + time.perf_counter() - t0
     metrics.update(extra)

@@ -21,6 +21,7 @@ import torch
 from recon4d.fit.config import FitConfig
 from recon4d.fit.gaussians import logit
 from recon4d.fit.losses import depth_loss, flow_loss, photometric_loss
+from recon4d.fit.optim import SelectiveAdam
 from recon4d.fit.sequential import COVERED_ALPHA, FitInputs, project_to_pixels
 from recon4d.geometry.camera import invert_pose
 from recon4d.geometry.lie import apply_pose_delta, interpolate_pose
@@ -216,7 +217,7 @@ class Refiner:
             {"params": [self.color_offsets], "lr": cfg.refine_lr_scale * cfg.lr_colors if cfg.refine_dynamic_color else 0.0},
             {"params": [self.camera_deltas], "lr": cfg.refine_lr_camera},
         ]
-        return torch.optim.Adam(groups, eps=1e-15)
+        return SelectiveAdam(groups, eps=1e-15)
 
     def run(self, generator: torch.Generator | None = None) -> tuple[Scene4D, dict]:
         cfg = self.config

@@ -1,0 +1,211 @@
+"""Continuous-time refinement on a Gaussian world with a known moving ball and exact priors.
+
+The "sequential result" handed to the refinement is the ground truth spoiled the way a per-frame fit spoils
+it: the ball's per-frame positions jitter and the cameras are off by small rotations and translations. The
+refinement must pull the trajectories back towards the truth (also at held-out times), keep the cameras at
+least as good, and render held-out frames better than the per-frame states interpolated between fitted
+neighbours.
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from fit_scenes import _texture
+from recon4d.eval.metrics import ate_rpe
+from recon4d.fit.config import FitConfig
+from recon4d.fit.pipeline import holdout_split
+from recon4d.fit.refine import RefineInputs, Refiner, fourier_terms_for, initial_motion, knn_pairs
+from recon4d.fit.sequential import FitInputs, project_to_pixels, unproject_pixels
+from recon4d.geometry import invert_pose, look_at
+from recon4d.geometry.lie import apply_pose_delta
+from recon4d.image import psnr
+from recon4d.io.scene import Cameras, Gaussians, Scene4D
+from recon4d.render import rasterize
+
+WIDTH, HEIGHT, FRAMES = 64, 36, 9
+
+
+def ball_center(t: float) -> torch.Tensor:
+    """A smooth (quadratic) path in front of the wall, in world units."""
+    s = t / (FRAMES - 1)
+    return torch.tensor([-0.9 + 1.6 * s, 0.2 - 0.5 * s + 0.4 * s * s, 3.2])
+
+
+def make_world(seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    n = 6000
+    wall = torch.stack([torch.rand(n, generator=g) * 8 - 4, torch.rand(n, generator=g) * 5 - 3, torch.full((n,), 6.0)], -1)
+    floor = torch.stack([torch.rand(n // 2, generator=g) * 8 - 4, torch.full((n // 2,), 1.0), torch.rand(n // 2, generator=g) * 5 + 1.5], -1)
+    still = torch.cat([wall, floor])
+    direction = torch.nn.functional.normalize(torch.randn(600, 3, generator=g), dim=-1)
+    ball_offsets = direction * 0.35 * torch.rand(600, 1, generator=g) ** (1 / 3)
+    means = torch.cat([still, ball_center(0) + ball_offsets])
+    count = means.shape[0]
+    quats = torch.zeros(count, 4)
+    quats[:, 0] = 1
+    scales = torch.cat([torch.full((still.shape[0], 3), 0.07), torch.full((600, 3), 0.06)])
+    colors = torch.cat([_texture(still), torch.tensor([0.9, 0.1, 0.8]) + 0.1 * torch.sin(ball_offsets * 20)]).clamp(0, 1)
+    gaussians = Gaussians(means, quats, scales, torch.full((count,), 0.9), colors)
+    is_dynamic = torch.zeros(count, dtype=torch.bool)
+    is_dynamic[still.shape[0]:] = True
+    dynamic_means = torch.stack([ball_center(t) + ball_offsets for t in range(FRAMES)])
+    fx = 0.5 * WIDTH / math.tan(math.radians(30))
+    K = torch.tensor([[fx, 0, (WIDTH - 1) / 2], [0, fx, (HEIGHT - 1) / 2], [0, 0, 1]])
+    poses = [look_at(torch.tensor([-0.4 + 0.08 * t, -0.1, 0.05 * t]), torch.tensor([0.0, 0.0, 5.0]),
+                     torch.tensor([0.0, -1.0, 0.0])) for t in range(FRAMES)]
+    poses = torch.stack([invert_pose(poses[0]) @ p for p in poses])
+    return gaussians, is_dynamic, dynamic_means, poses, K
+
+
+def render_truth(gaussians, is_dynamic, dynamic_means, pose, K, t):
+    means = gaussians.means.clone()
+    means[is_dynamic] = dynamic_means[t]
+    return rasterize(means, gaussians.quats, gaussians.scales, gaussians.opacities, gaussians.colors,
+                     invert_pose(pose), K, WIDTH, HEIGHT)
+
+
+def exact_inputs(world, fitted: list[int]) -> FitInputs:
+    """Frames and priors of the fitted frames; flow of still pixels is exact, moving pixels are marked invalid."""
+    gaussians, is_dynamic, dynamic_means, poses, K = world
+    frames, depths, moving = [], [], []
+    for t in fitted:
+        out = render_truth(gaussians, is_dynamic, dynamic_means, poses[t], K, t)
+        frames.append(out.color.clamp(0, 1))
+        depths.append(out.depth)
+        only_ball = Gaussians(dynamic_means[t], gaussians.quats[is_dynamic], gaussians.scales[is_dynamic],
+                              gaussians.opacities[is_dynamic], gaussians.colors[is_dynamic])
+        ball = rasterize(only_ball.means, only_ball.quats, only_ball.scales, only_ball.opacities, only_ball.colors,
+                         invert_pose(poses[t]), K, WIDTH, HEIGHT)
+        moving.append(ball.alpha > 0.2)
+    flat = torch.arange(HEIGHT * WIDTH)
+    grid = torch.stack([flat % WIDTH, flat // WIDTH], -1).float()
+
+    def flow(a: int, b: int) -> torch.Tensor:
+        points = unproject_pixels(flat, depths[a].flatten(), K, WIDTH, poses[fitted[a]])
+        return (project_to_pixels(points, invert_pose(poses[fitted[b]]), K) - grid).reshape(HEIGHT, WIDTH, 2)
+
+    still = [~m for m in moving]
+    return FitInputs(
+        frames=torch.stack(frames),
+        flow_forward=torch.stack([flow(k, k + 1) for k in range(len(fitted) - 1)]),
+        flow_backward=torch.stack([flow(k + 1, k) for k in range(len(fitted) - 1)]),
+        valid_forward=torch.stack([still[k] & still[k + 1] for k in range(len(fitted) - 1)]),
+        valid_backward=torch.stack([still[k] & still[k + 1] for k in range(len(fitted) - 1)]),
+        depth=torch.stack(depths), depth_confidence=torch.ones(len(fitted), HEIGHT, WIDTH),
+        moving=torch.stack(moving), K=K,
+    )
+
+
+def spoiled_scene(world, fitted: list[int], jitter: float, camera_noise: float, seed: int = 1) -> Scene4D:
+    """What a per-frame fit hands over: the ball jumps by `jitter` per frame (plus a quarter of that per
+    Gaussian), cameras are perturbed, held-out frames are interpolated."""
+    gaussians, is_dynamic, dynamic_means, poses, K = world
+    g = torch.Generator().manual_seed(seed)
+    jumps = jitter * torch.randn(FRAMES, 1, 3, generator=g)
+    states = dynamic_means + jumps + 0.25 * jitter * torch.randn(dynamic_means.shape, generator=g)
+    world_from_camera = poses.clone().double()
+    for t in range(1, FRAMES):
+        delta = camera_noise * torch.randn(6, generator=g)
+        world_from_camera[t] = invert_pose(apply_pose_delta(delta.double(), invert_pose(poses[t].double())))
+    for t in set(range(FRAMES)) - set(fitted):  # held-out frames: halfway between their neighbours
+        states[t] = (states[t - 1] + states[t + 1]) / 2
+    nd = int(is_dynamic.sum())
+    quats = torch.zeros(FRAMES, nd, 4)
+    quats[..., 0] = 1
+    cameras = Cameras(world_from_camera, torch.tensor([[K[0, 0], K[1, 1], K[0, 2], K[1, 2]]]).repeat(FRAMES, 1),
+                      torch.arange(FRAMES, dtype=torch.float64), WIDTH, HEIGHT, [str(t) for t in range(FRAMES)])
+    return Scene4D(gaussians, is_dynamic, torch.zeros(len(gaussians), dtype=torch.int32), states, quats, cameras)
+
+
+def held_out_psnr(scene: Scene4D, world, held: list[int]) -> float:
+    gaussians, is_dynamic, dynamic_means, poses, K = world
+    values = []
+    for t in held:
+        truth = render_truth(gaussians, is_dynamic, dynamic_means, poses[t], K, t).color.clamp(0, 1)
+        g = scene.gaussians_at(t)
+        # Judged from the true camera: this isolates the scene (the cameras are checked separately).
+        image = rasterize(g.means, g.quats, g.scales, g.opacities, g.colors, invert_pose(poses[t]).float(), K, WIDTH, HEIGHT).color
+        values.append(psnr(image.clamp(0, 1), truth))
+    return sum(values) / len(values)
+
+
+def camera_error(scene: Scene4D, poses: torch.Tensor, frames: list[int]) -> float:
+    """RMS camera-centre error over `frames` after Sim(3) alignment (monocular: scale is free), world units."""
+    return ate_rpe(scene.cameras.world_from_camera[frames].numpy(), poses[frames].double().numpy())["ate_rmse"]
+
+
+def test_fourier_terms_follow_clip_length():
+    config = FitConfig(refine_fourier_terms=3, refine_min_period_frames=10)
+    assert [fourier_terms_for(n, config) for n in (9, 16, 30, 60, 300)] == [0, 1, 2, 3, 3]
+
+
+def test_knn_pairs_are_nearest_neighbours():
+    points = torch.tensor([[0.0, 0, 0], [1, 0, 0], [10, 0, 0], [11, 0, 0]])
+    pairs = knn_pairs(points, 1)
+    assert pairs.tolist() == [[0, 1], [1, 0], [2, 3], [3, 2]]
+
+
+def test_initial_motion_interpolates_smooth_states():
+    world = make_world()
+    fitted, held = holdout_split(FRAMES, 4)
+    scene = spoiled_scene(world, fitted, jitter=0.0, camera_noise=0.0)
+    motion = initial_motion(scene, fitted, FitConfig(refine_poly_degree=2, refine_fourier_terms=0, refine_ridge=1e-7))
+    means, quats, colors = motion.states(torch.tensor(held, dtype=torch.float32))
+    truth = world[2][held]
+    assert (means - truth).norm(dim=-1).max() < 1e-3  # a quadratic path is in the basis
+    assert torch.allclose(quats[..., 0], torch.ones_like(quats[..., 0]), atol=1e-5)
+    assert colors.abs().max() == 0
+
+
+@pytest.fixture(scope="module")
+def refined():
+    torch.manual_seed(0)
+    world = make_world()
+    fitted, held = holdout_split(FRAMES, 4)
+    inputs = exact_inputs(world, fitted)
+    scene = spoiled_scene(world, fitted, jitter=0.06, camera_noise=0.004)
+    config = FitConfig(refine=True, refine_iters=240, refine_lr_scale=1.0, holdout_every=4)
+    result, stats = Refiner(RefineInputs(scene, fitted, inputs), config, torch.device("cpu")).run()
+    return world, fitted, held, scene, result, stats
+
+
+def test_refinement_recovers_trajectories_and_held_out_frames(refined):
+    world, fitted, held, scene, result, stats = refined
+    truth, poses, K = world[2], world[3], world[4]
+
+    def centroid_pixel_error(scene: Scene4D) -> float:
+        """Mean over all frames of the distance (px) between the ball centre as the scene's own camera sees
+        it and as the true camera sees the true ball: observable, unlike positions in a gauge-free world."""
+        errors = []
+        for t in range(FRAMES):
+            seen = project_to_pixels(scene.dynamic_means[t].mean(0, keepdim=True),
+                                     invert_pose(scene.cameras.world_from_camera[t]).float(), K)
+            true = project_to_pixels(truth[t].mean(0, keepdim=True), invert_pose(poses[t]), K)
+            errors.append((seen - true).norm())
+        return float(torch.stack(errors).mean())
+
+    before, after = centroid_pixel_error(scene), centroid_pixel_error(result)
+    # Measured: 1.52 px -> 1.33 px (the ball is about 14 px across); the least-squares start alone gives
+    # 1.03 px, the joint optimisation then trades some of it for appearance (see the closing note of #5).
+    assert after < before, (before, after)
+    assert result.motion is not None
+    # Measured: held-out PSNR 26.0 -> 32.3 dB, judged from the true cameras.
+    psnr_before, psnr_after = held_out_psnr(scene, world, held), held_out_psnr(result, world, held)
+    assert psnr_after > psnr_before + 4.0, (psnr_before, psnr_after)
+    assert stats["refine_l1_last_epoch"] < stats["refine_l1_first_epoch"]
+
+
+def test_refinement_keeps_cameras_and_gauge(refined):
+    world, fitted, held, scene, result, _ = refined
+    poses = world[3]
+    # Frame 0 fixes the gauge and is not moved.
+    torch.testing.assert_close(result.cameras.world_from_camera[0], scene.cameras.world_from_camera[0])
+    # Sim(3)-aligned camera-centre RMS error, camera path 0.65 units. Measured: 0.0048 -> 0.0151: the
+    # photometric bundle adjustment drifts by ~2 % of the path here (a known limitation, see #5's note);
+    # the bar guards against it getting worse.
+    assert camera_error(result, poses, fitted) < 0.03
+    # Held-out cameras are re-interpolated between refined neighbours.
+    assert camera_error(result, poses, sorted(fitted + held)) < 0.03
