@@ -12,12 +12,18 @@ import math
 
 import pytest
 import torch
-
 from fit_scenes import _texture
+
 from recon4d.eval.metrics import ate_rpe
 from recon4d.fit.config import FitConfig
 from recon4d.fit.pipeline import holdout_split
-from recon4d.fit.refine import RefineInputs, Refiner, fourier_terms_for, initial_motion, knn_pairs
+from recon4d.fit.refine import (
+    RefineInputs,
+    Refiner,
+    fourier_terms_for,
+    initial_motion,
+    knn_pairs,
+)
 from recon4d.fit.sequential import FitInputs, project_to_pixels, unproject_pixels
 from recon4d.geometry import invert_pose, look_at
 from recon4d.geometry.lie import apply_pose_delta
