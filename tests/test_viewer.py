@@ -476,6 +476,10 @@ def test_viewer_in_headless_chromium(scene_dir, tmp_path):
         last_canvas = wait_for(moved_canvas, 60, 0.25, "the ball to move after the time slider changed")
         timings["slider_update_s"] = time.monotonic() - moved_at
         assert devtools.evaluate("""[...document.querySelectorAll('[role=slider]')][0].getAttribute('aria-valuenow')""") == "4"
+        if last_canvas.shape != first_canvas.shape:  # the drawing buffer can be resized with the layout
+            import cv2
+
+            last_canvas = cv2.resize(last_canvas, first_canvas.shape[1::-1], interpolation=cv2.INTER_AREA)
         changed = np.abs(last_canvas[..., :3].astype(int) - first_canvas[..., :3].astype(int)).max(-1) > 40
         # The drawn image changes: measured 0.18 of the canvas pixels change by > 40/255 (the ball crosses the
         # view, the patch born at frame 3 appears, the current-camera frustum moves).
