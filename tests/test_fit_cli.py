@@ -102,3 +102,27 @@ def test_export_commands(fitted):
     assert abs(cameras.world_from_camera - scene.cameras.world_from_camera.numpy()).max() < 1e-6
     assert len(list((out / "export" / "cameras" / "images").glob("*.png"))) == scene.num_frames
     assert len(list((out / "export" / "masks").glob("mask_*.png"))) == scene.num_frames
+
+
+def test_refine_command_adds_continuous_motion(tmp_path, fitted):
+    import shutil
+
+    out, _, _ = fitted
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    env = {**os.environ, "RECON4D_NO_PROGRESS": "1"}
+    result = subprocess.run([sys.executable, "-m", "recon4d", "refine", str(copy), "--refine-iters", "20"],
+                            capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert "sequential pass" in result.stdout
+    scene = load_scene(copy)
+    assert scene.motion is not None and scene.config["refine"] is True
+    metrics = json.loads((copy / "metrics.json").read_text())
+    assert metrics["refine_stats"]["refine_iters"] == 20 and "refine" in metrics["seconds"]
+    assert metrics["sequential"]["held_out"]["frames"] == metrics["held_out"]["frames"] == 1
+    # Any real time renders: between frames 1 and 2 the Gaussians exist and are finite.
+    g = scene.gaussians_at(1.5)
+    assert len(g) > 0 and bool(g.means.isfinite().all())
+    # A second refine of the same result is refused with one line.
+    again = subprocess.run([sys.executable, "-m", "recon4d", "refine", str(copy)], capture_output=True, text=True, env=env)
+    assert again.returncode == 2 and len(again.stderr.strip().splitlines()) == 1

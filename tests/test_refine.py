@@ -215,3 +215,21 @@ def test_refinement_keeps_cameras_and_gauge(refined):
     assert camera_error(result, poses, fitted) < 0.03
     # Held-out cameras are re-interpolated between refined neighbours.
     assert camera_error(result, poses, sorted(fitted + held)) < 0.03
+
+
+def test_selective_adam_leaves_unseen_rows_alone():
+    from recon4d.fit.optim import SelectiveAdam
+
+    param = torch.nn.Parameter(torch.ones(3, 2))
+    optimizer = SelectiveAdam([param], lr=0.1)
+    for step in range(5):
+        optimizer.zero_grad()
+        rows = [0, 1] if step == 0 else [0]  # row 1 is seen once, row 2 never
+        param[rows].sum().backward()
+        optimizer.step()
+    # Plain Adam would keep moving row 1 on momentum for every later step (to about 0.5 here).
+    assert torch.allclose(param[1], torch.full((2,), 0.9))
+    assert torch.equal(param[2], torch.ones(2))
+    assert torch.allclose(param[0], torch.full((2,), 0.5), atol=1e-4)
+    empty = torch.nn.Parameter(torch.zeros(0, 3))
+    SelectiveAdam([empty], lr=0.1).step()  # no rows: nothing to do, no error

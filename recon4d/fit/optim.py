@@ -19,7 +19,7 @@ class SelectiveAdam(torch.optim.Adam):
         saved = []
         for group in self.param_groups:
             for param in group["params"]:
-                if param.grad is None or param.dim() == 0:
+                if param.grad is None or param.dim() == 0 or param.numel() == 0:
                     continue
                 unseen = (param.grad.reshape(param.shape[0], -1) == 0).all(-1)
                 if not bool(unseen.any()):
