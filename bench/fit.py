@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from table import print_markdown_table  # bench/table.py (scripts run from bench/)
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 REAL_CLIPS = {
@@ -100,17 +101,7 @@ def main() -> None:
     cols = ["clip", "frames", "size", "psnr_held", "psnr_held_seq", "baseline_blend", "psnr_fit", "psnr_fit_seq", "ssim_fit", "ssim_held",
             "ate_percent", "mask_iou", "track_median_px", "priors_s", "fit_s", "refine_s", "total_s", "rss_mb", "gaussians"]
     print(f"\npreset={args.preset} frames={args.frames} holdout_every={args.holdout_every}")
-    print("| " + " | ".join(cols) + " |")
-    print("|" + "---|" * len(cols))
-    for row in rows:
-        if "error" in row:
-            print(f"| {row['clip']} | error: {row['error']} |")
-            continue
-        cells = []
-        for c in cols:
-            v = row.get(c)
-            cells.append("-" if v is None else f"{v:.2f}" if isinstance(v, float) else str(v))
-        print("| " + " | ".join(cells) + " |")
+    print_markdown_table(rows, cols)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from table import print_markdown_table  # bench/table.py (scripts run from bench/)
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 REAL_CLIPS = {
@@ -137,17 +138,7 @@ def main() -> None:
             "render_bullet_s", "mesh_s"]
     print(f"\npreset={args.preset} synthetic frames={args.frames} real frames={args.real_frames}; "
           "*_s = wall seconds of the command (subprocess, start-up included)")
-    print("| " + " | ".join(cols) + " |")
-    print("|" + "---|" * len(cols))
-    for row in rows:
-        if "error" in row:
-            print(f"| {row['clip']} | error: {row['error']} |")
-            continue
-        cells = []
-        for c in cols:
-            v = row.get(c)
-            cells.append("-" if v is None else f"{v:.2f}" if isinstance(v, float) else str(v))
-        print("| " + " | ".join(cells) + " |")
+    print_markdown_table(rows, cols)
 
 
 if __name__ == "__main__":

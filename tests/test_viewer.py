@@ -136,16 +136,18 @@ def test_decimate_keeps_the_most_important():
     assert len(merged) == 2 and merged[0][0] == 0 and sorted(np.concatenate([m for _, m in merged]).tolist()) == list(range(6))
 
 
-def test_interpolated_state_matches_scene(scene_dir):
-    from viewer.app import interpolate_dynamic
-
-    scene = load_scene(scene_dir)
+def test_moving_state_matches_scene(viewer):
+    """The streamed moving Gaussians are the scene's own time-t state (fractional t interpolates)."""
+    scene = viewer.scene
     for t in (0.0, 2.0, 2.25, 4.0):
-        means, quats = interpolate_dynamic(scene.dynamic_means.numpy(), scene.dynamic_quats.numpy(), t)
+        means, quats, _ = viewer._moving_state(t)
         expected = scene.gaussians_at(t)
-        dynamic = scene.is_dynamic[scene.birth_frame <= t]
-        np.testing.assert_allclose(means, expected.means[dynamic].numpy(), atol=1e-6)
-        np.testing.assert_allclose(quats, expected.quats[dynamic].numpy(), atol=1e-6)
+        alive_all = scene.birth_frame <= t
+        position_in_alive = torch.cumsum(alive_all.long(), 0) - 1
+        shown = torch.as_tensor(viewer.moving.index)[torch.as_tensor(viewer.moving.birth) <= t]
+        alive = viewer.moving.birth <= t
+        np.testing.assert_allclose(means[alive], expected.means[position_in_alive[shown]].numpy(), atol=1e-6)
+        np.testing.assert_allclose(quats[alive], expected.quats[position_in_alive[shown]].numpy(), atol=1e-6)
 
 
 # ---------------------------------------------------------------------------------------------------------

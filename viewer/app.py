@@ -37,6 +37,7 @@ from recon4d.errors import InputError, Recon4DError, SceneError
 from recon4d.geometry.camera import invert_pose
 from recon4d.io.scene import Scene4D
 from recon4d.progress import track
+from recon4d.render_views.video import scene_fps
 
 MESH_SUFFIXES = (".ply", ".obj", ".glb")
 VIEWS_DIR = "views"
@@ -179,26 +180,6 @@ def birth_groups(birth_frames: np.ndarray, max_groups: int) -> list[tuple[int, n
     return [(int(frames[g]), np.nonzero(group == g)[0]) for g in range(frames.shape[0]) if (group == g).any()]
 
 
-def interpolate_dynamic(dynamic_means: np.ndarray, dynamic_quats: np.ndarray, t: float) -> tuple[np.ndarray, np.ndarray]:
-    """State of the dynamic Gaussians at time t (frame units), as `Scene4D.gaussians_at` computes it.
-
-    dynamic_means [T, M, 3], dynamic_quats [T, M, 4] -> means [M, 3], unit quats [M, 4]; a fractional t
-    blends the neighbouring frames (positions linearly, rotations by normalised lerp on the short arc).
-    """
-    count = dynamic_means.shape[0]
-    before = min(max(math.floor(t), 0), count - 1)
-    after = min(before + 1, count - 1)
-    weight = float(t) - before
-    if weight <= 0.0 or after == before:
-        quats = dynamic_quats[before]
-        return dynamic_means[before], quats / np.linalg.norm(quats, axis=1, keepdims=True).clip(1e-12)
-    means = (1 - weight) * dynamic_means[before] + weight * dynamic_means[after]
-    q0, q1 = dynamic_quats[before], dynamic_quats[after]
-    q1 = np.where((q0 * q1).sum(1, keepdims=True) < 0, -q1, q1)
-    quats = (1 - weight) * q0 + weight * q1
-    return means, quats / np.linalg.norm(quats, axis=1, keepdims=True).clip(1e-12)
-
-
 def highlight_colors(colors: np.ndarray, moving: bool, config: ViewerConfig) -> np.ndarray:
     """Motion-highlight colouring of colors [N, 3] in [0, 1]: moving ones blended towards the highlight
     colour, still ones turned to dimmed grey (their luminance)."""
@@ -288,14 +269,6 @@ def free_path(folder: Path, stem: str, suffix: str) -> Path:
     while (path := folder / f"{stem}_{index:03d}{suffix}").exists():
         index += 1
     return path
-
-
-def scene_fps(timestamps: np.ndarray, default: float) -> float:
-    """Frames per second from per-frame timestamps [T] in seconds (median spacing); `default` without them."""
-    if timestamps.shape[0] < 2:
-        return default
-    spacing = float(np.median(np.diff(timestamps)))
-    return 1.0 / spacing if spacing > 0 and math.isfinite(spacing) else default
 
 
 def input_frames(scene: Scene4D) -> np.ndarray | None:
@@ -425,10 +398,8 @@ class SceneViewer:
         self.still = subset(still_index[decimate(importance[still_index], self.config.max_still_gaussians)])
         moving_keep = decimate(importance[moving_index], self.config.max_moving_gaussians)
         self.moving = subset(moving_index[moving_keep])
-        # Per-frame states of the kept dynamic Gaussians (dynamic_means is in is_dynamic index order).
+        # The kept dynamic Gaussians' positions in is_dynamic index order (that of Scene4D.dynamic_state_at).
         self._moving_keep = moving_keep
-        self._moving_means = self.scene.dynamic_means[:, moving_keep].detach().float().numpy()
-        self._moving_quats = self.scene.dynamic_quats[:, moving_keep].detach().float().numpy()
         self.unit = display_unit_scale(np.concatenate([self.still.scales, self.moving.scales]), self.config.display_splat_std)
         self.still_covariances = splat_covariances(self.still.quats, self.still.scales) * self.unit**2
 
@@ -436,7 +407,7 @@ class SceneViewer:
         cams = self.scene.cameras
         self.poses = cams.world_from_camera.detach().double().numpy()  # [T, 4, 4]
         self.intrinsics = cams.intrinsics.detach().double().numpy()  # [T, 4]
-        self.fps = scene_fps(cams.timestamps.detach().double().numpy(), self.config.default_fps)
+        self.fps = scene_fps(self.scene, self.config.default_fps)
         # Median depth of the scene from camera 0: sets the size of frustums, lines and clipping planes.
         means = self.scene.gaussians.means.detach().double().numpy()
         camera0 = invert_pose(torch.as_tensor(self.poses[0])).numpy()
@@ -611,16 +582,16 @@ class SceneViewer:
     def _moving_state(self, t: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Means [M, 3], unit quats [M, 4] and colours [M, 3] of the displayed moving Gaussians at time t.
 
-        Per-frame states are interpolated like `Scene4D.gaussians_at`; a scene with a continuous motion model
-        (`scene.motion`, after refinement) is evaluated from it, colour offsets included.
+        The scene's own `dynamic_state_at` (interpolated per-frame states, or the continuous motion model
+        with its colour offsets), restricted to the displayed subset.
         """
-        motion = getattr(self.scene, "motion", None)
-        if motion is None:
-            means, quats = interpolate_dynamic(self._moving_means, self._moving_quats, t)
-            return means, quats, self.moving.colors
         with torch.no_grad():
-            means, quats, offsets = (x[0][self._moving_keep].float().numpy() for x in motion.states(float(t)))
-        return means, quats, np.clip(self.moving.colors + offsets, 0.0, 1.0)
+            means, quats, offsets = self.scene.dynamic_state_at(float(t))
+        keep = self._moving_keep
+        means, quats = means[keep].float().numpy(), quats[keep].float().numpy()
+        if offsets is None:
+            return means, quats, self.moving.colors
+        return means, quats, np.clip(self.moving.colors + offsets[keep].float().numpy(), 0.0, 1.0)
 
     def camera_pose_at(self, t: float) -> np.ndarray:
         """world_from_camera [4, 4] of the input camera at time t (fractional t interpolates)."""

@@ -26,7 +26,7 @@ from recon4d.errors import InputError
 from recon4d.fit.config import FitConfig
 from recon4d.fit.sequential import FitInputs, FitState, SequentialFitter
 from recon4d.geometry.camera import invert_pose
-from recon4d.geometry.lie import apply_pose_delta, interpolate_pose
+from recon4d.geometry.lie import apply_pose_delta, fill_poses
 from recon4d.geometry.quaternion import normalize_quaternion
 from recon4d.image import psnr, ssim
 from recon4d.io.atomic import atomic_path, write_bytes_atomic
@@ -110,7 +110,9 @@ def assemble_scene(state: FitState, fitted: list[int], clip: Clip, K: np.ndarray
         fitted_means[k, slots], fitted_quats[k, slots] = means, quats
 
     num_frames = clip.num_frames
-    cfw_all = torch.empty(num_frames, 4, 4, dtype=torch.float64)
+    world_from_camera = torch.eye(4, dtype=torch.float64).repeat(num_frames, 1, 1)
+    world_from_camera[fitted] = invert_pose(torch.stack(state.camera_from_world).double().cpu())
+    world_from_camera = fill_poses(world_from_camera, fitted)
     means_all = torch.empty(num_frames, nd, 3)
     quats_all = torch.empty(num_frames, nd, 4)
     birth = g.birth_frame.clone().cpu()
@@ -118,14 +120,11 @@ def assemble_scene(state: FitState, fitted: list[int], clip: Clip, K: np.ndarray
     for frame in range(num_frames):
         if frame in fitted_index:
             k = fitted_index[frame]
-            cfw_all[frame] = state.camera_from_world[k].double().cpu()
             means_all[frame], quats_all[frame] = fitted_means[k].cpu(), fitted_quats[k].cpu()
             continue
         after = next(k for k, f in enumerate(fitted) if f > frame)
         before = after - 1
         w = (frame - fitted[before]) / (fitted[after] - fitted[before])
-        pose = interpolate_pose(invert_pose(state.camera_from_world[before]), invert_pose(state.camera_from_world[after]), w)
-        cfw_all[frame] = invert_pose(pose).double().cpu()
         means_all[frame] = ((1 - w) * fitted_means[before] + w * fitted_means[after]).cpu()
         quats_all[frame] = normalize_quaternion((1 - w) * fitted_quats[before] + w * fitted_quats[after]).cpu()
     # birth_frame is stored in clip frame numbers.
@@ -140,7 +139,7 @@ def assemble_scene(state: FitState, fitted: list[int], clip: Clip, K: np.ndarray
     return Scene4D(
         gaussians=gaussians, is_dynamic=g.is_dynamic.cpu(), birth_frame=birth,
         dynamic_means=means_all, dynamic_quats=quats_all,
-        cameras=Cameras(world_from_camera=invert_pose(cfw_all), intrinsics=intrinsics,
+        cameras=Cameras(world_from_camera=world_from_camera, intrinsics=intrinsics,
                         timestamps=torch.as_tensor(clip.timestamps, dtype=torch.float64),
                         width=clip.width, height=clip.height, frame_names=list(clip.names)),
         arrays={"moving_masks": torch.from_numpy(masks), "source_indices": torch.as_tensor(clip.source_indices)},
@@ -400,7 +399,6 @@ def fit_video(source: str | Path, out_dir: str | Path, config: FitConfig, device
 
 def refine_output(out_dir: str | Path, device: torch.device, overrides: dict | None = None, log=print) -> FitResult:
     """`recon4d refine OUT`: continuous-time refinement of an existing sequential result, in place."""
-    from recon4d.fit.config import FitConfig as _FitConfig
     from recon4d.io.scene import load_scene
 
     out_dir = Path(out_dir)
@@ -411,8 +409,7 @@ def refine_output(out_dir: str | Path, device: torch.device, overrides: dict | N
     source = stored.pop("source", None)
     if not source or not Path(source).exists():
         raise InputError(f"the source video of {out_dir} is not at {source!r}", hint="refine needs the input frames")
-    known = {f for f in _FitConfig.__dataclass_fields__}
-    config = _FitConfig(**{k: v for k, v in stored.items() if k in known})
+    config = FitConfig(**{k: v for k, v in stored.items() if k in FitConfig.__dataclass_fields__})
     for name, value in (overrides or {}).items():
         if value is not None:
             setattr(config, name, value)

@@ -24,7 +24,7 @@ from recon4d.fit.losses import depth_loss, flow_loss, photometric_loss
 from recon4d.fit.optim import SelectiveAdam
 from recon4d.fit.sequential import COVERED_ALPHA, FitInputs, project_to_pixels
 from recon4d.geometry.camera import invert_pose
-from recon4d.geometry.lie import apply_pose_delta, interpolate_pose
+from recon4d.geometry.lie import apply_pose_delta, fill_poses
 from recon4d.geometry.quaternion import normalize_quaternion
 from recon4d.geometry.trajectory import basis_size, evaluate_trajectories, fit_trajectories, time_basis
 from recon4d.io.scene import Gaussians, MotionModel, Scene4D
@@ -118,9 +118,9 @@ class Refiner:
         self.camera_deltas = torch.zeros(len(data.fitted), 6, device=device, requires_grad=True)
         first_center = scene.cameras.world_from_camera[data.fitted[0], :3, 3].float().to(device)
         self.depth_unit = float(torch.linalg.norm(g.means.to(device) - first_center, dim=-1).median()) if len(g) else 1.0
-        with torch.no_grad():  # rigidity pairs from each dynamic Gaussian's state at its birth frame
-            birth_state = evaluate_trajectories(self.position, self._basis(self.birth[self.dynamic].float()))
-            birth_state = birth_state[torch.arange(self.dynamic.numel()), torch.arange(self.dynamic.numel())]
+        with torch.no_grad():  # rigidity pairs from each dynamic Gaussian's state at its own birth frame
+            birth_basis = self._basis(self.birth[self.dynamic].float())  # [Nd, B]: one time per Gaussian
+            birth_state = torch.einsum("nbd,nb->nd", self.position, birth_basis)
         self.pairs = knn_pairs(birth_state, config.refine_rigid_neighbours)
 
     # -- model ---------------------------------------------------------------------------------------------
@@ -265,15 +265,9 @@ class Refiner:
         gaussians = Gaussians(means, normalize_quaternion(self.quats.detach().cpu()), torch.exp(self.log_scales.detach().cpu()),
                               torch.sigmoid(self.opacity_logits.detach().cpu()), torch.sigmoid(self.color_logits.detach().cpu()))
         world_from_camera = scene.cameras.world_from_camera.clone()
-        fitted = self.data.fitted
-        for k, t in enumerate(fitted):
+        for k, t in enumerate(self.data.fitted):
             world_from_camera[t] = invert_pose(self.camera_from_world(k).detach().cpu()).to(world_from_camera.dtype)
-        for t in range(scene.num_frames):
-            if t in fitted or t < fitted[0] or t > fitted[-1]:
-                continue
-            after = next(k for k, f in enumerate(fitted) if f > t)
-            w = (t - fitted[after - 1]) / (fitted[after] - fitted[after - 1])
-            world_from_camera[t] = interpolate_pose(world_from_camera[fitted[after - 1]], world_from_camera[fitted[after]], w)
+        world_from_camera = fill_poses(world_from_camera, self.data.fitted)
         cameras = type(scene.cameras)(world_from_camera=world_from_camera, intrinsics=scene.cameras.intrinsics,
                                       timestamps=scene.cameras.timestamps, width=scene.cameras.width,
                                       height=scene.cameras.height, frame_names=list(scene.cameras.frame_names))

@@ -65,3 +65,13 @@ def interpolate_pose(pose_a: torch.Tensor, pose_b: torch.Tensor, weight: float) 
     pose[:3, :3] = rotation_from_quaternion(q)
     pose[:3, 3] = (1 - weight) * pose_a[:3, 3] + weight * pose_b[:3, 3]
     return pose
+
+
+def fill_poses(poses: torch.Tensor, known: list[int]) -> torch.Tensor:
+    """Poses [T, 4, 4] where only frames `known` (sorted) are trusted: each frame between two known ones is
+    interpolated between them (`interpolate_pose` by time); frames outside the known range are kept."""
+    filled = poses.clone()
+    for before, after in zip(known[:-1], known[1:]):
+        for frame in range(before + 1, after):
+            filled[frame] = interpolate_pose(poses[before], poses[after], (frame - before) / (after - before))
+    return filled

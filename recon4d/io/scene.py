@@ -176,29 +176,36 @@ class Scene4D:
     def num_frames(self) -> int:
         return len(self.cameras)
 
-    def gaussians_at(self, t: float) -> Gaussians:
-        """The Gaussians that exist at time t (in frame units), dynamic ones at their time-t state.
+    def dynamic_state_at(self, t: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Positions [Nd, 3], unit quaternions [Nd, 4] and colour offsets [Nd, 3] (None without a motion
+        model) of all dynamic Gaussians, in is_dynamic index order, at time t in frame units.
 
-        An integer t gives the stored state of frame t; a fractional t blends the two neighbouring frames
-        (positions linearly, rotations by normalised lerp), which is what slow motion and held-out frames use.
+        With a motion model, its value at t. Otherwise an integer t gives the stored state of frame t and a
+        fractional t blends the two neighbouring frames (positions linearly, rotations by normalised lerp on
+        the short arc), which is what slow motion and held-out frames use.
         """
         before, after, weight = _neighbours(t, self.num_frames)
-        means, quats = self.gaussians.means.clone(), self.gaussians.quats.clone()
-        colors = self.gaussians.colors
-        dynamic = self.is_dynamic.nonzero().squeeze(1)
         if self.motion is not None:
-            dyn_means, dyn_quats, dyn_colors = (x[0] for x in self.motion.states(float(t)))
-            means[dynamic], quats[dynamic] = dyn_means, dyn_quats
+            means, quats, offsets = (x[0] for x in self.motion.states(float(t)))
+            return means, quats, offsets
+        if weight == 0.0:
+            return self.dynamic_means[before], self.dynamic_quats[before], None
+        q0, q1 = self.dynamic_quats[before], self.dynamic_quats[after]
+        q1 = torch.where((q0 * q1).sum(-1, keepdim=True) < 0, -q1, q1)
+        quats = torch.nn.functional.normalize(torch.lerp(q0, q1, weight), dim=-1)
+        return torch.lerp(self.dynamic_means[before], self.dynamic_means[after], weight), quats, None
+
+    def gaussians_at(self, t: float) -> Gaussians:
+        """The Gaussians that exist at time t (in frame units), dynamic ones at their time-t state
+        (`dynamic_state_at`)."""
+        dyn_means, dyn_quats, dyn_offsets = self.dynamic_state_at(t)
+        dynamic = self.is_dynamic.nonzero().squeeze(1)
+        means, quats = self.gaussians.means.clone(), self.gaussians.quats.clone()
+        means[dynamic], quats[dynamic] = dyn_means, dyn_quats
+        colors = self.gaussians.colors
+        if dyn_offsets is not None:
             colors = colors.clone()
-            colors[dynamic] = (colors[dynamic] + dyn_colors).clamp(0, 1)
-        elif weight == 0.0:
-            means[dynamic] = self.dynamic_means[before]
-            quats[dynamic] = self.dynamic_quats[before]
-        else:
-            means[dynamic] = torch.lerp(self.dynamic_means[before], self.dynamic_means[after], weight)
-            q0, q1 = self.dynamic_quats[before], self.dynamic_quats[after]
-            q1 = torch.where((q0 * q1).sum(-1, keepdim=True) < 0, -q1, q1)  # shortest arc
-            quats[dynamic] = torch.nn.functional.normalize(torch.lerp(q0, q1, weight), dim=-1)
+            colors[dynamic] = (colors[dynamic] + dyn_offsets).clamp(0, 1)
         current = Gaussians(means, quats, self.gaussians.scales, self.gaussians.opacities, colors)
         return current.select(self.birth_frame <= t)
 
