@@ -186,8 +186,9 @@ def test_refinement_recovers_trajectories_and_held_out_frames(refined):
         """Mean over all frames of the distance (px) between the ball centre as the scene's own camera sees
         it and as the true camera sees the true ball: observable, unlike positions in a gauge-free world."""
         errors = []
+        ball = world[1].nonzero().squeeze(1)  # the ball's Gaussians keep their indices (densification appends)
         for t in range(FRAMES):
-            seen = project_to_pixels(scene.dynamic_means[t].mean(0, keepdim=True),
+            seen = project_to_pixels(scene.gaussians_at(t).means[ball].mean(0, keepdim=True),
                                      invert_pose(scene.cameras.world_from_camera[t]).float(), K)
             true = project_to_pixels(truth[t].mean(0, keepdim=True), invert_pose(poses[t]), K)
             errors.append((seen - true).norm())
@@ -198,7 +199,8 @@ def test_refinement_recovers_trajectories_and_held_out_frames(refined):
     # 1.03 px, the joint optimisation then trades some of it for appearance (see the closing note of #5).
     assert after < before, (before, after)
     assert result.motion is not None
-    # Measured: held-out PSNR 26.0 -> 32.3 dB, judged from the true cameras.
+    # Measured: held-out PSNR 26.0 -> 32.0 dB, judged from the true cameras (480 Gaussians added by
+    # densification, 109 still ones relabelled moving).
     psnr_before, psnr_after = held_out_psnr(scene, world, held), held_out_psnr(result, world, held)
     assert psnr_after > psnr_before + 4.0, (psnr_before, psnr_after)
     assert stats["refine_l1_last_epoch"] < stats["refine_l1_first_epoch"]
@@ -233,3 +235,98 @@ def test_selective_adam_leaves_unseen_rows_alone():
     assert torch.allclose(param[0], torch.full((2,), 0.5), atol=1e-4)
     empty = torch.nn.Parameter(torch.zeros(0, 3))
     SelectiveAdam([empty], lr=0.1).step()  # no rows: nothing to do, no error
+
+
+def test_replace_parameter_carries_moments_and_zeroes_new_rows():
+    from recon4d.fit.optim import SelectiveAdam, replace_parameter
+
+    param = torch.nn.Parameter(torch.ones(3, 2))
+    optimizer = SelectiveAdam([param], lr=0.1)
+    param.sum().backward()
+    optimizer.step()
+    grown = torch.cat([param.detach(), param.detach()[:2]]).requires_grad_(True)
+    replace_parameter(optimizer, param, grown, reset_rows=torch.tensor([1]))
+    assert optimizer.param_groups[0]["params"][0] is grown and param not in optimizer.state
+    state = optimizer.state[grown]
+    assert state["exp_avg"].shape == (5, 2)
+    assert torch.all(state["exp_avg"][[0, 2]] > 0) and torch.all(state["exp_avg"][[1, 3, 4]] == 0)
+    grown.sum().backward()
+    optimizer.step()  # the grown parameter trains on
+
+
+def _refiner(world, fitted, scene, **overrides) -> Refiner:
+    config = FitConfig(refine=True, refine_lr_scale=1.0, holdout_every=4, **overrides)
+    return Refiner(RefineInputs(scene, fitted, exact_inputs(world, fitted)), config, torch.device("cpu"))
+
+
+def test_densify_clones_small_and_splits_large_gaussians():
+    world = make_world()
+    fitted, _ = holdout_split(FRAMES, 4)
+    scene = spoiled_scene(world, fitted, jitter=0.0, camera_noise=0.0)
+    refiner = _refiner(world, fitted, scene, refine_densify_fraction=0.01, refine_split_px=1.0)
+    optimizer = refiner.optimizer()
+    count = len(scene.gaussians)
+    # Statistics as after some steps: a few still and a few moving Gaussians stand out.
+    chosen = torch.tensor([5, 17, 4000, count - 3, count - 1])
+    refiner.seen_count[:] = 2
+    refiner.grad_px_sum[:] = 0.0  # only the chosen ones have a gradient, so the budget shrinks to them
+    refiner.grad_px_sum[chosen] = 1.0
+    refiner.footprint_px_sum[:] = 0.2  # small: cloned ...
+    refiner.footprint_px_sum[torch.tensor([17, count - 1])] = 10.0  # ... except these two, split
+    budget = chosen.numel()
+    position_before = refiner.position.detach().clone()
+    scales_before = torch.exp(refiner.log_scales.detach()).clone()
+    added = refiner.densify(optimizer, torch.Generator().manual_seed(0))
+    assert added == budget and refiner.quats.shape[0] == count + budget
+    new = torch.arange(count, count + budget)
+    # Bookkeeping: still and moving indices partition all Gaussians, moving ones in index order.
+    assert torch.equal(torch.sort(torch.cat([refiner.still, refiner.dynamic])).values, torch.arange(count + budget))
+    assert torch.equal(refiner.dynamic, refiner.dynamic.sort().values)
+    assert refiner.still_means.shape[0] == refiner.still.numel() == refiner.still_motion.shape[0]
+    assert refiner.position.shape[0] == refiner.dynamic.numel() == refiner.rotation.shape[0]
+    assert torch.equal(refiner.birth[new], refiner.birth[chosen])
+    assert refiner.dynamic[-2:].tolist() == new[-2:].tolist()  # the two moving ones were copied as moving
+    # Split Gaussians shrink by refine_split_scale, clones keep their size.
+    scales = torch.exp(refiner.log_scales.detach())
+    torch.testing.assert_close(scales[17], scales_before[17] / 1.6)
+    torch.testing.assert_close(scales[5], scales_before[5])
+    # A split moving Gaussian shifts its whole trajectory: only the constant coefficient changes.
+    last_row = int((scene.is_dynamic.nonzero().squeeze(1) == count - 1).nonzero())
+    assert torch.equal(refiner.position.detach()[last_row, 1:], position_before[last_row, 1:])
+    assert not torch.equal(refiner.position.detach()[last_row, 0], position_before[last_row, 0])
+    # Appended rows start with zero Adam moments.
+    state = optimizer.state.get(refiner.log_scales, {})
+    assert not state or torch.all(state["exp_avg"][count:] == 0)
+    refined = refiner.refined_scene()
+    assert len(refined.gaussians) == count + budget and refined.dynamic_means.shape[1] == int(refined.is_dynamic.sum())
+
+
+def test_still_gaussians_that_move_are_relabelled_moving():
+    """The prior missed a slow object: the ball drifts ~5 px over the clip but every Gaussian is labelled
+    still. With the residual-motion penalty the ball's Gaussians take the motion and are relabelled moving,
+    the wall and floor stay still, and held-out frames get better than with still Gaussians held still."""
+    gaussians, is_dynamic, _, poses, K = make_world()
+    offsets = gaussians.means[is_dynamic] - ball_center(0)
+    drift = torch.tensor([0.3, -0.1, 0.0])  # world units over the clip; ~5.4 px at the ball's depth
+    states = torch.stack([ball_center(0) + offsets + drift * t / (FRAMES - 1) for t in range(FRAMES)])
+    world = (gaussians, is_dynamic, states, poses, K)
+    fitted, held = holdout_split(FRAMES, 4)
+    sequential = spoiled_scene(world, fitted, jitter=0.0, camera_noise=0.0)
+    all_still = Scene4D(sequential.gaussians, torch.zeros_like(is_dynamic), sequential.birth_frame,
+                        torch.zeros(FRAMES, 0, 3), torch.zeros(FRAMES, 0, 4), sequential.cameras)
+    results = {}
+    for weight in (0.0, 1.0):
+        torch.manual_seed(0)
+        refiner = _refiner(world, fitted, all_still, refine_iters=200, refine_densify_every=0,
+                           refine_lambda_still_motion=weight, refine_lr_camera=0.0)
+        results[weight] = refiner.run()
+    held_still, held_moving = (held_out_psnr(results[w][0], world, held) for w in (0.0, 1.0))
+    relabelled = results[1.0][0].is_dynamic
+    assert results[0.0][1]["promoted_to_moving"] == 0 and not results[0.0][0].is_dynamic.any()
+    ball_share = float(relabelled[is_dynamic].float().mean())
+    false_share = float(relabelled[~is_dynamic].float().mean())
+    # Measured: 0.56 of the ball's Gaussians relabelled, 0.019 of the wall's and floor's (at the ball's
+    # edges); held-out PSNR 28.8 dB (still held still) -> 31.2 dB.
+    assert ball_share > 0.4 and false_share < 0.04, (ball_share, false_share)
+    assert held_moving > held_still + 1.5, (held_still, held_moving)
+    assert results[1.0][0].motion is not None

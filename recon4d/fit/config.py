@@ -63,6 +63,18 @@ class FitConfig:
         refine_lr_scale: factor on the sequential learning rates of the Gaussians and trajectories;
         refine_lr_camera: Adam rate of the camera deltas (radians; translation in depth units);
         refine_lr_decay: factor by which all refinement learning rates shrink over the stage.
+        refine_lambda_still_motion: weight of the group-lasso penalty (depth units) on the residual motion that
+            still Gaussians may take in the refinement (0 = still ones stay still). Catches motion the prior
+            missed (slow, sub-pixel); refine_promote_px: residual motion (pixels, at some frame) from which
+            a still Gaussian is relabelled moving at the end; refine_still_motion_from: fraction of the
+            steps after which residual motion is allowed (first the cameras settle on a still scene, then
+            residual motion cannot stand in for camera error).
+        refine_densify_every: steps between densifications in the refinement (0 = off); they stop after
+            `refine_densify_until` (a fraction of refine_iters) so that the last steps settle the new ones.
+        refine_densify_fraction: Gaussians added per densification, as a share of the current count (those
+            with the largest mean screen-space position gradient), within `max_gaussians`.
+        refine_split_px: footprint radius (largest scale, pixels) above which a chosen Gaussian is split in two
+            instead of cloned; refine_split_scale: factor by which a split shrinks its scales (3DGS: 1.6).
     Held-out evaluation:
         holdout_refine_iters: pose iterations (Gaussians frozen) for a held-out frame's interpolated camera.
     Outputs:
@@ -131,6 +143,14 @@ class FitConfig:
     refine_lr_scale: float = 0.5
     refine_lr_camera: float = 2e-4
     refine_lr_decay: float = 0.1
+    refine_lambda_still_motion: float = 1.0
+    refine_promote_px: float = 0.5
+    refine_still_motion_from: float = 0.5
+    refine_densify_every: int = 100
+    refine_densify_until: float = 0.5
+    refine_densify_fraction: float = 0.05
+    refine_split_px: float = 0.5
+    refine_split_scale: float = 1.6
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:

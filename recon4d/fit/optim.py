@@ -34,3 +34,26 @@ class SelectiveAdam(torch.optim.Adam):
             for name, value in moments.items():
                 state[name][unseen] = value
         return loss
+
+
+@torch.no_grad()
+def replace_parameter(optimizer: torch.optim.Optimizer, old: torch.Tensor, new: torch.Tensor,
+                      reset_rows: torch.Tensor | None = None) -> None:
+    """Swap parameter `old` [N, ...] for `new` [N + M, ...] (rows appended) in an Adam-type optimizer.
+
+    The moments of the first N rows carry over, appended rows start from zero moments, and rows listed in
+    `reset_rows` (indices < N, e.g. Gaussians that were split in place) get their moments zeroed too.
+    """
+    for group in optimizer.param_groups:
+        group["params"] = [new if p is old else p for p in group["params"]]
+    state = optimizer.state.pop(old, None)
+    if not state:
+        return
+    rows = old.shape[0]
+    for name, value in state.items():
+        if torch.is_tensor(value) and value.shape == old.shape:
+            grown = torch.cat([value, value.new_zeros((new.shape[0] - rows, *value.shape[1:]))])
+            if reset_rows is not None and reset_rows.numel():
+                grown[reset_rows] = 0
+            state[name] = grown
+    optimizer.state[new] = state

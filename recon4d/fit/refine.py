@@ -8,6 +8,13 @@ coefficients (position, rotation, colour) and every camera but the first. Losses
 scale-invariant depth, optical flow between consecutive fitted frames (which ties cameras and motion to the
 2D correspondences), temporal smoothness of the trajectories (acceleration) and KNN rigidity (neighbouring
 dynamic Gaussians keep their distances).
+
+The sequential pass sizes its Gaussian budget for one frame at a time; the joint fit over all frames asks more
+of it (edges that shift by a fraction of a pixel between frames, detail seen from several cameras). So the
+refinement densifies as 3DGS does, driven by the screen-space gradient of each Gaussian's position, but with a
+budget instead of a gradient threshold (a threshold on a loss averaged over pixels depends on the resolution):
+every `refine_densify_every` steps the highest-ranked Gaussians are cloned (small footprint) or split in two
+(large footprint), moving ones with their whole trajectory.
 """
 from __future__ import annotations
 
@@ -21,11 +28,11 @@ import torch
 from recon4d.fit.config import FitConfig
 from recon4d.fit.gaussians import logit
 from recon4d.fit.losses import depth_loss, flow_loss, photometric_loss
-from recon4d.fit.optim import SelectiveAdam
+from recon4d.fit.optim import SelectiveAdam, replace_parameter
 from recon4d.fit.sequential import COVERED_ALPHA, FitInputs, project_to_pixels
 from recon4d.geometry.camera import invert_pose
 from recon4d.geometry.lie import apply_pose_delta, fill_poses
-from recon4d.geometry.quaternion import normalize_quaternion
+from recon4d.geometry.quaternion import normalize_quaternion, rotation_from_quaternion
 from recon4d.geometry.trajectory import basis_size, evaluate_trajectories, fit_trajectories, time_basis
 from recon4d.io.scene import Gaussians, MotionModel, Scene4D
 from recon4d.render import rasterize
@@ -114,6 +121,10 @@ class Refiner:
         self.rotation = tensor(motion.rotation)
         self.color_offsets = tensor(motion.color)
         self.motion_meta = motion.metadata()
+        # Residual motion of still Gaussians: the non-constant coefficients of a trajectory, held near zero
+        # by a group-lasso penalty. The prior's still/moving split misses slow or sub-pixel motion (a hand
+        # shifting its grip); where the images demand it, a still Gaussian moves and is relabelled moving.
+        self.still_motion = tensor(torch.zeros(self.still.numel(), motion.position.shape[1] - 1, 3))
         self.base_cfw = [invert_pose(scene.cameras.world_from_camera[t]).float().to(device) for t in data.fitted]
         self.camera_deltas = torch.zeros(len(data.fitted), 6, device=device, requires_grad=True)
         first_center = scene.cameras.world_from_camera[data.fitted[0], :3, 3].float().to(device)
@@ -122,6 +133,8 @@ class Refiner:
             birth_basis = self._basis(self.birth[self.dynamic].float())  # [Nd, B]: one time per Gaussian
             birth_state = torch.einsum("nbd,nb->nd", self.position, birth_basis)
         self.pairs = knn_pairs(birth_state, config.refine_rigid_neighbours)
+        self._reset_densify_statistics()
+        self.densified = 0
 
     # -- model ---------------------------------------------------------------------------------------------
     def _basis(self, t: torch.Tensor) -> torch.Tensor:
@@ -138,16 +151,17 @@ class Refiner:
             return self.base_cfw[0]
         return apply_pose_delta(self.camera_deltas[k] * self._unit(), self.base_cfw[k])
 
-    def dynamic_positions(self, t: float) -> torch.Tensor:
-        return evaluate_trajectories(self.position, self._basis(torch.tensor([t]))[0])
+    def means_at(self, t: float) -> torch.Tensor:
+        """Positions [N, 3] of all Gaussians at clip time t (differentiable)."""
+        basis = self._basis(torch.tensor([t]))[0]
+        still = self.still_means + evaluate_trajectories(self.still_motion, basis[1:])
+        means = torch.zeros(self.quats.shape[0], 3, device=self.device)
+        return means.index_put((self.still,), still).index_put((self.dynamic,), evaluate_trajectories(self.position, basis))
 
     def gaussians_at(self, t: float) -> tuple[Gaussians, torch.Tensor]:
         """All Gaussians at clip time t (differentiable) and the mask [N] of those alive at t."""
         basis = self._basis(torch.tensor([t]))[0]
-        n = self.quats.shape[0]
-        means = torch.zeros(n, 3, device=self.device)
-        means = means.index_put((self.still,), self.still_means).index_put(
-            (self.dynamic,), evaluate_trajectories(self.position, basis))
+        means = self.means_at(t)
         quats = self.quats.index_put((self.dynamic,), evaluate_trajectories(self.rotation, basis))
         colors = torch.sigmoid(self.color_logits)
         colors = colors.index_put((self.dynamic,), (colors[self.dynamic] + evaluate_trajectories(self.color_offsets, basis)).clamp(0, 1))
@@ -156,19 +170,23 @@ class Refiner:
         return gaussians, self.birth <= t
 
     # -- losses --------------------------------------------------------------------------------------------
-    def frame_loss(self, k: int) -> tuple[torch.Tensor, float]:
-        """Loss of fitted frame k (photometric, depth and flow to fitted frame k+1); returns (loss, L1)."""
+    def frame_loss(self, k: int) -> tuple[torch.Tensor, float, torch.Tensor]:
+        """Loss of fitted frame k (photometric, depth and flow to fitted frame k+1).
+
+        Returns (loss, L1, means [N, 3] of all Gaussians at frame k; their gradient feeds densification).
+        """
         cfg, inputs = self.config, self.data.inputs
         t = float(self.data.fitted[k])
         gaussians, alive = self.gaussians_at(t)
+        means = gaussians.means
+        if means.requires_grad:
+            means.retain_grad()
         view = gaussians.select(alive)
         cfw = self.camera_from_world(k)
         extra = None
         has_next = k + 1 < len(self.data.fitted) and cfg.refine_lambda_flow > 0
         if has_next:
-            next_means = view.means.clone()
-            alive_dynamic = self.is_dynamic_alive(alive)
-            next_means[alive_dynamic] = self.dynamic_positions(float(self.data.fitted[k + 1]))[self.birth[self.dynamic] <= t]
+            next_means = self.means_at(float(self.data.fitted[k + 1]))[alive]
             extra = project_to_pixels(next_means, self.camera_from_world(k + 1), self.K) - project_to_pixels(view.means, cfw, self.K)
         features = view.colors if extra is None else torch.cat([view.colors, extra], -1)
         out = rasterize(view.means, view.quats, view.scales, view.opacities, features, cfw, self.K, self.width, self.height)
@@ -180,23 +198,21 @@ class Refiner:
         if extra is not None:
             loss = loss + cfg.refine_lambda_flow * flow_loss(out.color[..., 3:5], inputs.flow_forward[k], inputs.valid_forward[k].float())
         l1 = float((color.detach() - inputs.frames[k]).abs().mean())
-        return loss, l1
-
-    def is_dynamic_alive(self, alive: torch.Tensor) -> torch.Tensor:
-        """Among the alive Gaussians (in index order), which are dynamic: [alive.sum()] bool."""
-        flags = torch.zeros_like(alive)
-        flags[self.dynamic] = True
-        return flags[alive]
+        return loss, l1, means
 
     def motion_regularisers(self, t: float) -> torch.Tensor:
         """Temporal smoothness (acceleration over one frame) and KNN rigidity at time t, in depth units."""
         cfg = self.config
+        loss = torch.zeros((), device=self.device)
+        if cfg.refine_lambda_still_motion > 0 and self.still.numel():
+            # Group lasso: a Gaussian's whole residual trajectory is zero unless the images pay for it.
+            loss = loss + cfg.refine_lambda_still_motion * (self.still_motion.flatten(1).norm(dim=-1).mean() / self.depth_unit)
         if self.dynamic.numel() == 0:
-            return torch.zeros((), device=self.device)
+            return loss
         times = torch.tensor([t - 1.0, t, t + 1.0]).clamp(0, self.motion_meta["time_span"])
         positions = evaluate_trajectories(self.position, self._basis(times))  # [3, Nd, 3]
         acceleration = (positions[0] - 2 * positions[1] + positions[2]).norm(dim=-1) / self.depth_unit
-        loss = cfg.refine_lambda_smooth * acceleration.mean()
+        loss = loss + cfg.refine_lambda_smooth * acceleration.mean()
         if self.pairs.numel():
             i, j = self.pairs[:, 0], self.pairs[:, 1]
             now = (positions[1, i] - positions[1, j]).norm(dim=-1)
@@ -204,12 +220,123 @@ class Refiner:
             loss = loss + cfg.refine_lambda_rigid * ((now - later).abs() / self.depth_unit).mean()
         return loss
 
+    # -- densification -------------------------------------------------------------------------------------
+    def _reset_densify_statistics(self) -> None:
+        n = self.quats.shape[0]
+        self.grad_px_sum = torch.zeros(n, device=self.device)
+        self.footprint_px_sum = torch.zeros(n, device=self.device)
+        self.seen_count = torch.zeros(n, device=self.device)
+
+    @torch.no_grad()
+    def accumulate_densify_statistics(self, means: torch.Tensor, k: int) -> None:
+        """Add one step's screen-space position gradient (loss per pixel of motion) and footprint radius
+        (pixels) of every Gaussian that got a gradient; means [N, 3] after backward."""
+        if means.grad is None:
+            return
+        cfw = self.camera_from_world(k)
+        depth = means @ cfw[2, :3] + cfw[2, 3]
+        focal = float(self.K[0, 0])
+        seen = (means.grad.abs().sum(-1) > 0) & (depth > 1e-6)
+        depth = depth.clamp_min(1e-6)
+        self.grad_px_sum += torch.where(seen, means.grad.norm(dim=-1) * depth / focal, 0.0)
+        self.footprint_px_sum += torch.where(seen, torch.exp(self.log_scales).amax(-1) * focal / depth, 0.0)
+        self.seen_count += seen.float()
+
+    def densify_now(self, step: int) -> bool:
+        cfg = self.config
+        return (cfg.refine_densify_every > 0 and step > 0 and step % cfg.refine_densify_every == 0
+                and step <= cfg.refine_densify_until * cfg.refine_iters)
+
+    def _reference_rotations(self) -> torch.Tensor:
+        """[N, 4] rotation of each Gaussian: its static one, or a moving one's at its birth frame."""
+        quats = self.quats.detach().clone()
+        if self.dynamic.numel():
+            basis = self._basis(self.birth[self.dynamic].float())
+            quats[self.dynamic] = torch.einsum("nbd,nb->nd", self.rotation.detach(), basis)
+        return normalize_quaternion(quats)
+
+    @torch.no_grad()
+    def densify(self, optimizer: torch.optim.Optimizer, generator: torch.Generator) -> int:
+        """Clone or split the Gaussians with the largest mean screen-space gradient; returns how many were added.
+
+        A budget of `refine_densify_fraction` of the current count (within `max_gaussians`) goes to the
+        highest mean gradients. A Gaussian whose footprint radius exceeds `refine_split_px` is split: it and
+        its copy move to two samples of its own distribution and shrink by `refine_split_scale`; a smaller one
+        is cloned in place. Appended rows start with zero Adam moments, split rows have theirs reset.
+        """
+        cfg = self.config
+        count = self.quats.shape[0]
+        budget = min(int(cfg.refine_densify_fraction * count), cfg.max_gaussians - count)
+        seen = self.seen_count > 0
+        score = torch.where(seen, self.grad_px_sum / self.seen_count.clamp_min(1), 0.0)
+        budget = min(budget, int((score > 0).sum()))
+        if budget <= 0:
+            self._reset_densify_statistics()
+            return 0
+        chosen = score.topk(budget).indices.sort().values
+        split = (self.footprint_px_sum[chosen] / self.seen_count[chosen]) > cfg.refine_split_px
+        is_dynamic = torch.zeros(count, dtype=torch.bool, device=self.device)
+        is_dynamic[self.dynamic] = True
+        row_of = torch.full((count,), -1, dtype=torch.long, device=self.device)  # row in still_means / trajectories
+        row_of[self.still] = torch.arange(self.still.numel(), device=self.device)
+        row_of[self.dynamic] = torch.arange(self.dynamic.numel(), device=self.device)
+
+        # Two samples of each split Gaussian's distribution (local axes scaled, then rotated to world).
+        scales = torch.exp(self.log_scales[chosen])
+        rotations = rotation_from_quaternion(self._reference_rotations()[chosen])
+        noise = torch.randn(2, chosen.numel(), 3, generator=generator).to(self.device)
+        offsets = torch.einsum("nij,knj->kni", rotations, noise * scales) * split[None, :, None]
+        shrink = math.log(cfg.refine_split_scale) * split.float()[:, None]
+
+        chosen_still, chosen_dynamic = ~is_dynamic[chosen], is_dynamic[chosen]
+        new_ids = torch.arange(count, count + chosen.numel(), device=self.device)
+        still_rows, dynamic_rows = row_of[chosen[chosen_still]], row_of[chosen[chosen_dynamic]]
+
+        # A split Gaussian moves to the first sample, its copy to the second; moving ones shift their
+        # whole trajectory (the constant coefficient).
+        still_means = self.still_means.detach().clone()
+        still_means[still_rows] += offsets[0][chosen_still]
+        added_still = self.still_means.detach()[still_rows] + offsets[1][chosen_still]
+        position = self.position.detach().clone()
+        position[dynamic_rows, 0] += offsets[0][chosen_dynamic]
+        added_position = self.position.detach()[dynamic_rows].clone()
+        added_position[:, 0] += offsets[1][chosen_dynamic]
+        log_scales = self.log_scales.detach().clone()
+        log_scales[chosen] -= shrink
+        updates = {
+            "still_means": (torch.cat([still_means, added_still]), still_rows[split[chosen_still]]),
+            "position": (torch.cat([position, added_position]), dynamic_rows[split[chosen_dynamic]]),
+            "still_motion": (torch.cat([self.still_motion.detach(), self.still_motion.detach()[still_rows]]), None),
+            "rotation": (torch.cat([self.rotation.detach(), self.rotation.detach()[dynamic_rows]]), None),
+            "color_offsets": (torch.cat([self.color_offsets.detach(), self.color_offsets.detach()[dynamic_rows]]), None),
+            "quats": (torch.cat([self.quats.detach(), self.quats.detach()[chosen]]), None),
+            "log_scales": (torch.cat([log_scales, log_scales[chosen]]), chosen[split]),
+            "opacity_logits": (torch.cat([self.opacity_logits.detach(), self.opacity_logits.detach()[chosen]]), None),
+            "color_logits": (torch.cat([self.color_logits.detach(), self.color_logits.detach()[chosen]]), None),
+        }
+        for name, (value, reset_rows) in updates.items():
+            old = getattr(self, name)
+            new = value.contiguous().requires_grad_(True)
+            replace_parameter(optimizer, old, new, reset_rows)
+            setattr(self, name, new)
+        self.still = torch.cat([self.still, new_ids[chosen_still]])
+        self.dynamic = torch.cat([self.dynamic, new_ids[chosen_dynamic]])
+        self.birth = torch.cat([self.birth, self.birth[chosen]])
+        if chosen_dynamic.any():
+            birth_state = torch.einsum("nbd,nb->nd", self.position.detach(), self._basis(self.birth[self.dynamic].float()))
+            self.pairs = knn_pairs(birth_state, cfg.refine_rigid_neighbours)
+        self._reset_densify_statistics()
+        self.densified += chosen.numel()
+        return chosen.numel()
+
     # -- driver --------------------------------------------------------------------------------------------
     def optimizer(self) -> torch.optim.Adam:
         cfg, du = self.config, self.depth_unit
         motion_lr = cfg.refine_lr_scale * cfg.lr_means * du
         groups = [
             {"params": [self.still_means, self.position], "lr": motion_lr},
+            {"params": [self.still_motion], "lr": motion_lr if cfg.refine_lambda_still_motion > 0 else 0.0,
+             "start": cfg.refine_still_motion_from * cfg.refine_iters},
             {"params": [self.rotation, self.quats], "lr": cfg.refine_lr_scale * cfg.lr_quats},
             {"params": [self.log_scales], "lr": cfg.refine_lr_scale * cfg.lr_scales},
             {"params": [self.opacity_logits], "lr": cfg.refine_lr_scale * cfg.lr_opacities},
@@ -223,7 +350,8 @@ class Refiner:
         cfg = self.config
         generator = generator or torch.Generator().manual_seed(cfg.seed)
         optimizer = self.optimizer()
-        scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=cfg.refine_lr_decay ** (1 / max(cfg.refine_iters, 1)))
+        decay = lambda start: lambda step: 0.0 if step < start else cfg.refine_lr_decay ** (step / max(cfg.refine_iters, 1))  # noqa: E731
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, [decay(group.get("start", 0)) for group in optimizer.param_groups])
         started = time.perf_counter()
         order: list[int] = []
         l1_history = []
@@ -231,15 +359,19 @@ class Refiner:
             if not order:  # epochs over the fitted frames in random order
                 order = torch.randperm(len(self.data.fitted), generator=generator).tolist()
             k = order.pop()
-            loss, l1 = self.frame_loss(k)
+            loss, l1, means = self.frame_loss(k)
             loss = loss + self.motion_regularisers(float(self.data.fitted[k]))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            self.accumulate_densify_statistics(means, k)
             optimizer.step()
             scheduler.step()
+            if self.densify_now(step + 1):
+                self.densify(optimizer, generator)
             l1_history.append(l1)
             if self.on_progress is not None:
                 self.on_progress(step + 1, cfg.refine_iters)
+        promoted = self.settle_still_motion()
         window = max(1, len(self.data.fitted))
         stats = {
             "refine_iters": cfg.refine_iters,
@@ -247,9 +379,46 @@ class Refiner:
             "refine_l1_first_epoch": sum(l1_history[:window]) / max(len(l1_history[:window]), 1),
             "refine_l1_last_epoch": sum(l1_history[-window:]) / max(len(l1_history[-window:]), 1),
             "dynamic_gaussians": int(self.dynamic.numel()),
+            "refine_densified": self.densified,
+            "promoted_to_moving": promoted,
+            "gaussians": int(self.quats.shape[0]),
             "rigid_pairs": int(self.pairs.shape[0]),
         }
         return self.refined_scene(), stats
+
+    @torch.no_grad()
+    def settle_still_motion(self) -> int:
+        """Relabel as moving the still Gaussians whose residual motion reaches `refine_promote_px` (image
+        pixels, seen from the first camera) at some frame after their birth; the others keep their mean
+        position and lose the residue. Returns how many were relabelled."""
+        if self.still.numel() == 0 or not bool(self.still_motion.detach().abs().gt(0).any()):
+            return 0
+        times = torch.arange(self.data.scene.num_frames, dtype=torch.float32)
+        displacement = evaluate_trajectories(self.still_motion.detach(), self._basis(times)[:, 1:])  # [T, Ns, 3]
+        alive = (times.to(self.device)[:, None] >= self.birth[self.still][None].float()).float()  # [T, Ns]
+        center = invert_pose(self.base_cfw[0])[:3, 3]
+        distance = torch.linalg.norm(self.still_means.detach() - center, dim=-1).clamp_min(1e-6)
+        pixels = (displacement.norm(dim=-1) * alive).amax(0) / distance * float(self.K[0, 0])
+        promote = pixels >= self.config.refine_promote_px
+        mean_displacement = (displacement * alive[..., None]).sum(0) / alive.sum(0).clamp_min(1)[:, None]
+        still_means, still_motion = self.still_means.detach(), self.still_motion.detach()
+        promoted = int(promote.sum())
+        if promoted:
+            count = self.position.shape[1]
+            position = torch.cat([still_means[promote][:, None], still_motion[promote]], 1)  # [P, B, 3]
+            rotation = torch.zeros(promoted, count, 4, device=self.device)
+            rotation[:, 0] = self.quats.detach()[self.still[promote]]
+            ids = torch.cat([self.dynamic, self.still[promote]])
+            order = ids.argsort()  # moving Gaussians are stored in index order
+            self.dynamic = ids[order]
+            self.position = torch.cat([self.position.detach(), position])[order]
+            self.rotation = torch.cat([self.rotation.detach(), rotation])[order]
+            self.color_offsets = torch.cat([self.color_offsets.detach(), torch.zeros(promoted, count, 3, device=self.device)])[order]
+        keep = ~promote
+        self.still = self.still[keep]
+        self.still_means = still_means[keep] + mean_displacement[keep]
+        self.still_motion = torch.zeros_like(still_motion[keep])
+        return promoted
 
     @torch.no_grad()
     def refined_scene(self) -> Scene4D:
@@ -258,10 +427,14 @@ class Refiner:
         scene = self.data.scene
         motion = MotionModel(self.position.detach().cpu(), self.rotation.detach().cpu(), self.color_offsets.detach().cpu(),
                              **self.motion_meta)
-        means = scene.gaussians.means.clone()
+        count = self.quats.shape[0]
+        is_dynamic = torch.zeros(count, dtype=torch.bool)
+        is_dynamic[self.dynamic.cpu()] = True
+        means = torch.zeros(count, 3)
         means[self.still.cpu()] = self.still_means.detach().cpu()
         dyn_means, dyn_quats, _ = motion.states(torch.arange(scene.num_frames, dtype=torch.float32))
-        means[self.dynamic.cpu()] = dyn_means[0] if dyn_means.shape[0] else means[self.dynamic.cpu()]
+        if dyn_means.shape[0]:  # moving Gaussians' static slot: their state at frame 0, as the sequential pass has it
+            means[self.dynamic.cpu()] = dyn_means[0]
         gaussians = Gaussians(means, normalize_quaternion(self.quats.detach().cpu()), torch.exp(self.log_scales.detach().cpu()),
                               torch.sigmoid(self.opacity_logits.detach().cpu()), torch.sigmoid(self.color_logits.detach().cpu()))
         world_from_camera = scene.cameras.world_from_camera.clone()
@@ -271,7 +444,8 @@ class Refiner:
         cameras = type(scene.cameras)(world_from_camera=world_from_camera, intrinsics=scene.cameras.intrinsics,
                                       timestamps=scene.cameras.timestamps, width=scene.cameras.width,
                                       height=scene.cameras.height, frame_names=list(scene.cameras.frame_names))
-        refined = Scene4D(gaussians=gaussians, is_dynamic=scene.is_dynamic, birth_frame=scene.birth_frame,
+        birth_frame = self.birth.cpu().to(scene.birth_frame.dtype)
+        refined = Scene4D(gaussians=gaussians, is_dynamic=is_dynamic, birth_frame=birth_frame,
                           dynamic_means=dyn_means, dynamic_quats=dyn_quats, cameras=cameras, arrays=dict(scene.arrays),
                           config=dict(scene.config), metrics=dict(scene.metrics), motion=motion)
         refined.validate()
