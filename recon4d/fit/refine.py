@@ -15,6 +15,11 @@ refinement densifies as 3DGS does, driven by the screen-space gradient of each G
 budget instead of a gradient threshold (a threshold on a loss averaged over pixels depends on the resolution):
 every `refine_densify_every` steps the highest-ranked Gaussians are cloned (small footprint) or split in two
 (large footprint), moving ones with their whole trajectory.
+
+The prior's still/moving split misses slow motion (below its per-pair threshold), and a Gaussian labelled still
+can then only be explained by the cameras. In the second part of the refinement (`refine_still_motion_from`)
+still Gaussians may take a residual trajectory under a group-lasso penalty; those whose residual motion reaches
+`refine_promote_px` are relabelled moving at the end, the others keep their mean position.
 """
 from __future__ import annotations
 
