@@ -134,10 +134,7 @@ class Refiner:
         self.camera_deltas = torch.zeros(len(data.fitted), 6, device=device, requires_grad=True)
         first_center = scene.cameras.world_from_camera[data.fitted[0], :3, 3].float().to(device)
         self.depth_unit = float(torch.linalg.norm(g.means.to(device) - first_center, dim=-1).median()) if len(g) else 1.0
-        with torch.no_grad():  # rigidity pairs from each dynamic Gaussian's state at its own birth frame
-            birth_basis = self._basis(self.birth[self.dynamic].float())  # [Nd, B]: one time per Gaussian
-            birth_state = torch.einsum("nbd,nb->nd", self.position, birth_basis)
-        self.pairs = knn_pairs(birth_state, config.refine_rigid_neighbours)
+        self.pairs = knn_pairs(self._at_birth(self.position), config.refine_rigid_neighbours)
         self._reset_densify_statistics()
         self.densified = 0
 
@@ -145,6 +142,11 @@ class Refiner:
     def _basis(self, t: torch.Tensor) -> torch.Tensor:
         tau = t.reshape(-1).float() / self.motion_meta["time_span"]
         return time_basis(tau.to(self.device), self.motion_meta["poly_degree"], self.motion_meta["fourier_terms"])
+
+    @torch.no_grad()
+    def _at_birth(self, coeffs: torch.Tensor) -> torch.Tensor:
+        """Each moving Gaussian's trajectory [Nd, B, D] evaluated at its own birth frame -> [Nd, D]."""
+        return torch.einsum("nbd,nb->nd", coeffs.detach(), self._basis(self.birth[self.dynamic].float()))
 
     def _unit(self) -> torch.Tensor:
         du = self.depth_unit
@@ -175,16 +177,17 @@ class Refiner:
         return gaussians, self.birth <= t
 
     # -- losses --------------------------------------------------------------------------------------------
-    def frame_loss(self, k: int) -> tuple[torch.Tensor, float, torch.Tensor]:
+    def frame_loss(self, k: int, track_means: bool = False) -> tuple[torch.Tensor, float, torch.Tensor]:
         """Loss of fitted frame k (photometric, depth and flow to fitted frame k+1).
 
-        Returns (loss, L1, means [N, 3] of all Gaussians at frame k; their gradient feeds densification).
+        Returns (loss, L1, means [N, 3] of all Gaussians at frame k; with `track_means` their gradient is kept
+        after backward for the densification statistics).
         """
         cfg, inputs = self.config, self.data.inputs
         t = float(self.data.fitted[k])
         gaussians, alive = self.gaussians_at(t)
         means = gaussians.means
-        if means.requires_grad:
+        if track_means and means.requires_grad:
             means.retain_grad()
         view = gaussians.select(alive)
         cfw = self.camera_from_world(k)
@@ -247,6 +250,11 @@ class Refiner:
         self.footprint_px_sum += torch.where(seen, torch.exp(self.log_scales).amax(-1) * focal / depth, 0.0)
         self.seen_count += seen.float()
 
+    def densifying(self, step: int) -> bool:
+        """Whether a densification is still ahead at `step` (statistics are only gathered then)."""
+        cfg = self.config
+        return cfg.refine_densify_every > 0 and step < cfg.refine_densify_until * cfg.refine_iters
+
     def densify_now(self, step: int) -> bool:
         cfg = self.config
         return (cfg.refine_densify_every > 0 and step > 0 and step % cfg.refine_densify_every == 0
@@ -256,8 +264,7 @@ class Refiner:
         """[N, 4] rotation of each Gaussian: its static one, or a moving one's at its birth frame."""
         quats = self.quats.detach().clone()
         if self.dynamic.numel():
-            basis = self._basis(self.birth[self.dynamic].float())
-            quats[self.dynamic] = torch.einsum("nbd,nb->nd", self.rotation.detach(), basis)
+            quats[self.dynamic] = self._at_birth(self.rotation)
         return normalize_quaternion(quats)
 
     @torch.no_grad()
@@ -328,8 +335,7 @@ class Refiner:
         self.dynamic = torch.cat([self.dynamic, new_ids[chosen_dynamic]])
         self.birth = torch.cat([self.birth, self.birth[chosen]])
         if chosen_dynamic.any():
-            birth_state = torch.einsum("nbd,nb->nd", self.position.detach(), self._basis(self.birth[self.dynamic].float()))
-            self.pairs = knn_pairs(birth_state, cfg.refine_rigid_neighbours)
+            self.pairs = knn_pairs(self._at_birth(self.position), cfg.refine_rigid_neighbours)
         self._reset_densify_statistics()
         self.densified += chosen.numel()
         return chosen.numel()
@@ -364,11 +370,13 @@ class Refiner:
             if not order:  # epochs over the fitted frames in random order
                 order = torch.randperm(len(self.data.fitted), generator=generator).tolist()
             k = order.pop()
-            loss, l1, means = self.frame_loss(k)
+            track = self.densifying(step)
+            loss, l1, means = self.frame_loss(k, track_means=track)
             loss = loss + self.motion_regularisers(float(self.data.fitted[k]))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            self.accumulate_densify_statistics(means, k)
+            if track:
+                self.accumulate_densify_statistics(means, k)
             optimizer.step()
             scheduler.step()
             if self.densify_now(step + 1):
