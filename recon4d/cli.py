@@ -225,6 +225,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
         "image_size": [scene.cameras.width, scene.cameras.height],
         "gaussians": len(scene.gaussians),
         "dynamic_gaussians": int(scene.is_dynamic.sum()),
+        "moving_gaussians": int(scene.is_moving.sum()),
         "arrays": {name: list(value.shape) for name, value in scene.arrays.items()},
         "metrics": scene.metrics,
     }

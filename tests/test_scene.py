@@ -41,7 +41,7 @@ def test_round_trip_is_bit_exact(tmp_path):
     for name in ("means", "quats", "scales", "opacities", "colors"):
         a, b = getattr(scene.gaussians, name), getattr(loaded.gaussians, name)
         assert a.dtype == b.dtype and torch.equal(a, b)
-    for name in ("is_dynamic", "birth_frame", "dynamic_means", "dynamic_quats"):
+    for name in ("is_dynamic", "is_moving", "birth_frame", "dynamic_means", "dynamic_quats"):
         assert torch.equal(getattr(scene, name), getattr(loaded, name))
     assert loaded.cameras.world_from_camera.dtype == torch.float64
     assert torch.equal(scene.cameras.world_from_camera, loaded.cameras.world_from_camera)
@@ -108,3 +108,30 @@ def test_inconsistent_scene_is_not_written(tmp_path):
     with pytest.raises(SceneError, match="dynamic_means"):
         save_scene(scene, tmp_path / "scene.r4d")
     assert not any(tmp_path.iterdir())
+
+
+def test_moving_label_is_a_subset_of_dynamic(tmp_path):
+    """is_moving defaults to is_dynamic (files written before it existed read the same way), may leave out
+    dynamic Gaussians (background with a residual trajectory) and may not name a still one."""
+    from safetensors.torch import load_file, save_file
+
+    scene = make_scene()
+    assert torch.equal(scene.is_moving, scene.is_dynamic)
+    dynamic = scene.is_dynamic.nonzero().squeeze(1)
+    scene.is_moving = scene.is_dynamic.clone()
+    scene.is_moving[dynamic[0]] = False
+    path = save_scene(scene, tmp_path / "scene.r4d")
+    assert int(load_scene(path).is_moving.sum()) == int(scene.is_dynamic.sum()) - 1
+
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as reader:
+        metadata = reader.metadata()
+    tensors = load_file(str(path))
+    del tensors["is_moving"]
+    save_file(tensors, str(tmp_path / "old.r4d"), metadata=metadata)
+    assert torch.equal(load_scene(tmp_path / "old.r4d").is_moving, scene.is_dynamic)
+
+    scene.is_moving[(~scene.is_dynamic).nonzero()[0]] = True
+    with pytest.raises(SceneError, match="is_moving must be a subset"):
+        save_scene(scene, tmp_path / "bad.r4d")

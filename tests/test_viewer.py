@@ -203,6 +203,39 @@ def test_viewer_budget_decimates_display(scene_dir, tmp_path):
         app.close()
 
 
+def test_dynamic_background_follows_the_still_layer(scene_dir, tmp_path):
+    """A dynamic Gaussian that is not a moving thing (background with a residual trajectory) moves with its
+    trajectory in the streamed node but is shown, hidden and coloured with the still layer."""
+    import viser
+
+    from viewer.app import SceneViewer
+
+    scene = load_scene(scene_dir)
+    dynamic = scene.is_dynamic.nonzero().squeeze(1)
+    scene.is_moving = scene.is_dynamic.clone()
+    scene.is_moving[dynamic[::2]] = False  # half of the ball: a drifting background
+    with contextlib.redirect_stdout(sys.stderr):
+        server = viser.ViserServer(host="127.0.0.1", port=0, verbose=False)
+    app = SceneViewer(scene, tmp_path, server)
+    try:
+        drifting = int((~scene.is_moving[dynamic]).sum())
+        app.set_time(2.0)
+        assert app.moving_node.visible and app.moving_node.buffer.shape[0] == len(dynamic)
+        app.set_layer("moving", False)
+        assert app.moving_node.visible and app.moving_node.buffer.shape[0] == drifting
+        app.set_layer("moving", True)
+        app.set_layer("still", False)
+        assert app.moving_node.buffer.shape[0] == len(dynamic) - drifting
+        app.set_layer("still", True)
+        app.set_layer("highlight", True)
+        rgbs = app.moving_node.rgbs.astype(np.float32)
+        grey = np.abs(rgbs - rgbs.mean(-1, keepdims=True)).max(-1) < 2 / 255
+        shown_moving = scene.is_moving[torch.as_tensor(app.moving.index)].numpy()
+        assert grey[~shown_moving].all() and not grey[shown_moving].any()
+    finally:
+        app.close()
+
+
 def test_render_view_and_export(viewer):
     import cv2
 

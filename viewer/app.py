@@ -37,6 +37,7 @@ from recon4d.errors import InputError, Recon4DError, SceneError
 from recon4d.geometry.camera import invert_pose
 from recon4d.io.scene import Scene4D
 from recon4d.progress import track
+from recon4d.render.highlight import MotionHighlight, motion_highlight
 from recon4d.render_views.video import scene_fps
 
 MESH_SUFFIXES = (".ply", ".obj", ".glb")
@@ -64,9 +65,7 @@ class ViewerConfig:
         default_fps: frames per second of playback at speed 1 when the scene has no timestamps.
         time_step: slider resolution in frames (fractional times interpolate the scene).
         max_speed: fastest playback speed (x real time).
-        highlight_rgb: colour moving Gaussians are blended towards in motion-highlight mode.
-        highlight_mix: blend weight of that colour, in [0, 1].
-        still_dim: brightness of still Gaussians (grey) in motion-highlight mode, in [0, 1].
+        highlight: colours of the motion-highlight mode (`recon4d.render.highlight`, as path videos have it).
         track_grid_columns: columns of the query grid of point tracks (rows follow the aspect ratio).
         track_point_size_fraction: size of track heads as a fraction of the median scene depth.
         render_height: height in pixels of "render view" images; None uses the scene's image height.
@@ -88,9 +87,7 @@ class ViewerConfig:
     default_fps: float = 30.0
     time_step: float = 0.05
     max_speed: float = 4.0
-    highlight_rgb: tuple[float, float, float] = (1.0, 0.2, 0.05)
-    highlight_mix: float = 0.6
-    still_dim: float = 0.55
+    highlight: MotionHighlight = MotionHighlight()
     track_grid_columns: int = 16
     track_point_size_fraction: float = 0.01
     render_height: int | None = None
@@ -180,14 +177,12 @@ def birth_groups(birth_frames: np.ndarray, max_groups: int) -> list[tuple[int, n
     return [(int(frames[g]), np.nonzero(group == g)[0]) for g in range(frames.shape[0]) if (group == g).any()]
 
 
-def highlight_colors(colors: np.ndarray, moving: bool, config: ViewerConfig) -> np.ndarray:
-    """Motion-highlight colouring of colors [N, 3] in [0, 1]: moving ones blended towards the highlight
-    colour, still ones turned to dimmed grey (their luminance)."""
-    colors = np.asarray(colors, dtype=np.float32)
-    if moving:
-        return (1 - config.highlight_mix) * colors + config.highlight_mix * np.asarray(config.highlight_rgb, np.float32)
-    luminance = colors @ np.array([0.299, 0.587, 0.114], np.float32)
-    return np.repeat((config.still_dim * luminance)[:, None], 3, axis=1)
+def highlight_colors(colors: np.ndarray, is_moving: np.ndarray | bool, config: ViewerConfig) -> np.ndarray:
+    """`recon4d.render.highlight.motion_highlight` of colors [N, 3] in [0, 1] as float32 numpy; is_moving [N]
+    bool, or one bool for all."""
+    colors = torch.from_numpy(np.asarray(colors, dtype=np.float32))
+    moving = torch.as_tensor(np.broadcast_to(np.asarray(is_moving, dtype=bool), colors.shape[:1]).copy())
+    return motion_highlight(colors, moving, config.highlight).numpy()
 
 
 def rotation_to_wxyz(rotation: np.ndarray) -> np.ndarray:
@@ -398,6 +393,9 @@ class SceneViewer:
         self.still = subset(still_index[decimate(importance[still_index], self.config.max_still_gaussians)])
         moving_keep = decimate(importance[moving_index], self.config.max_moving_gaussians)
         self.moving = subset(moving_index[moving_keep])
+        # Dynamic Gaussians that are not moving things (background with a residual drift) follow their
+        # trajectory in the moving node but belong to the still layer and are never highlighted.
+        self._moving_is_moving = self.scene.is_moving.numpy().astype(bool)[self.moving.index]
         # The kept dynamic Gaussians' positions in is_dynamic index order (that of Scene4D.dynamic_state_at).
         self._moving_keep = moving_keep
         self.unit = display_unit_scale(np.concatenate([self.still.scales, self.moving.scales]), self.config.display_splat_std)
@@ -492,7 +490,7 @@ class SceneViewer:
         g = self.scene.gaussians
         gui.add_markdown(
             f"**{self.num_frames} frames**, {self.scene.cameras.width}x{self.scene.cameras.height} px, "
-            f"{len(g)} Gaussians ({int(self.scene.is_dynamic.sum())} moving); showing "
+            f"{len(g)} Gaussians ({int(self.scene.is_moving.sum())} moving); showing "
             f"{self.still.index.shape[0]} still + {self.moving.index.shape[0]} moving.")
         with gui.add_folder("Time"):
             last = max(self.num_frames - 1, 1)
@@ -564,15 +562,16 @@ class SceneViewer:
     def _update_moving(self) -> None:
         if self.moving_node is None:
             return
-        alive = self.moving.birth <= self.time
+        is_moving = self._moving_is_moving
+        alive = (self.moving.birth <= self.time) & np.where(is_moving, self.layers.moving, self.layers.still)
         self._moving_count = int(alive.sum())
-        if not self.layers.moving or self._moving_count == 0:
+        if self._moving_count == 0:
             self.moving_node.visible = False
             return
         means, quats, colors = self._moving_state(self.time)
         colors = colors[alive]
         if self.layers.highlight:
-            colors = highlight_colors(colors, True, self.config)
+            colors = highlight_colors(colors, is_moving[alive], self.config)
         self.moving_node.set_gaussians(
             centers=means[alive] * self.unit,
             covariances=splat_covariances(quats[alive], self.moving.scales[alive]) * self.unit**2,
@@ -736,16 +735,13 @@ class SceneViewer:
 
         with torch.no_grad():
             g = self.scene.gaussians_at(t)
-            dynamic = self.scene.is_dynamic[self.scene.birth_frame <= t]
-            shown = (dynamic & self.layers.moving) | (~dynamic & self.layers.still)
+            is_moving = self.scene.is_moving[self.scene.birth_frame <= t]
+            shown = (is_moving & self.layers.moving) | (~is_moving & self.layers.still)
             g = g.select(shown)
             colors = g.colors.float().clamp(0, 1)
             if self.layers.highlight:
-                moving = dynamic[shown].numpy()
-                highlighted = colors.numpy().copy()
-                highlighted[moving] = highlight_colors(highlighted[moving], True, self.config)
-                highlighted[~moving] = highlight_colors(highlighted[~moving], False, self.config)
-                colors = torch.from_numpy(highlighted)
+                moving = is_moving[shown].numpy()
+                colors = torch.from_numpy(highlight_colors(colors.numpy(), moving, self.config))
             pose = torch.as_tensor(np.asarray(world_from_camera), dtype=torch.float32)
             out = rasterize(g.means.float(), g.quats.float(), g.scales.float(), g.opacities.float(), colors,
                             invert_pose(pose), K.float(), int(width), int(height),

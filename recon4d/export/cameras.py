@@ -201,9 +201,9 @@ def _pycolmap():
 
 
 def _colmap_points(scene: Scene4D, config: CameraExportConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Still, opaque Gaussians -> points [M, 3] float64 and colours [M, 3] uint8 (evenly thinned to max_points)."""
+    """Opaque Gaussians that are not moving things (canonical positions) -> points [M, 3] float64 and colours [M, 3] uint8 (evenly thinned to max_points)."""
     g = scene.gaussians
-    keep = (~scene.is_dynamic) & (g.opacities >= config.min_point_opacity)
+    keep = (~scene.is_moving) & (g.opacities >= config.min_point_opacity)
     index = keep.nonzero().squeeze(1)
     if config.max_points <= 0:
         index = index[:0]

@@ -180,12 +180,12 @@ def mesh_gaussians(scene: Scene4D, frame: int | None = None, static_only: bool =
     """The Gaussians a mesh is made of, and the frame used.
 
     frame None means the last frame (Gaussians are only ever added, so it holds the most). With
-    static_only, only still Gaussians alive at that frame (frame None: every still Gaussian).
+    static_only, only the Gaussians alive at that frame that are not moving things (frame None: all of them).
     """
     (t,) = frame_indices(scene.num_frames - 1 if frame is None else frame, scene.num_frames)
     gaussians = scene.gaussians_at(t)
     if static_only:
-        gaussians = gaussians.select(~scene.is_dynamic[scene.birth_frame <= t])
+        gaussians = gaussians.select(~scene.is_moving[scene.birth_frame <= t])
     return gaussians, t
 
 

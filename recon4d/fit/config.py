@@ -65,8 +65,9 @@ class FitConfig:
         refine_lr_decay: factor by which all refinement learning rates shrink over the stage.
         refine_lambda_still_motion: weight of the group-lasso penalty (depth units) on the residual motion that
             still Gaussians may take in the refinement (0 = still ones stay still). Catches motion the prior
-            missed (slow, sub-pixel); refine_promote_px: residual motion (pixels, at some frame) from which
-            a still Gaussian is relabelled moving at the end; refine_still_motion_from: fraction of the
+            missed (slow, sub-pixel); refine_keep_motion_px: residual motion (pixels, at some frame) from which
+            a still Gaussian keeps it as a trajectory at the end (it is then dynamic, but not labelled
+            moving: masks and highlights show only what the prior saw move); refine_still_motion_from: fraction of the
             steps after which residual motion is allowed (first the cameras settle on a still scene, then
             residual motion cannot stand in for camera error).
         refine_densify_every: steps between densifications in the refinement (0 = off); they stop after
@@ -144,7 +145,7 @@ class FitConfig:
     refine_lr_camera: float = 2e-4
     refine_lr_decay: float = 0.1
     refine_lambda_still_motion: float = 0.0
-    refine_promote_px: float = 0.5
+    refine_keep_motion_px: float = 0.5
     refine_still_motion_from: float = 0.5
     refine_densify_every: int = 100
     refine_densify_until: float = 0.5

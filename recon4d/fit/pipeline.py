@@ -161,13 +161,13 @@ def render_frame(scene: Scene4D, t: int, camera_from_world: torch.Tensor | None 
 @torch.no_grad()
 def render_moving_masks(scene: Scene4D, threshold: float, device: torch.device = torch.device("cpu")) -> torch.Tensor:
     """Moving-object masks [T, H, W] bool from the 4D model: per pixel, the share of the rendered colour
-    that comes from dynamic Gaussians (occlusion-aware), thresholded. Defined at every frame, held-out
+    that comes from moving Gaussians (`Scene4D.is_moving`, occlusion-aware), thresholded. Defined at every frame, held-out
     frames included, unlike the flow-based prior masks of the fitted frames."""
     masks = torch.zeros(scene.num_frames, scene.cameras.height, scene.cameras.width, dtype=torch.bool)
     for t in range(scene.num_frames):
         alive = scene.birth_frame <= t
         g = scene.gaussians_at(t)
-        share = scene.is_dynamic[alive].float()[:, None]
+        share = scene.is_moving[alive].float()[:, None]
         cfw = invert_pose(scene.cameras.world_from_camera[t]).float()
         out = rasterize(g.means.to(device), g.quats.to(device), g.scales.to(device), g.opacities.to(device),
                         share.to(device), cfw.to(device), scene.cameras.K(t).to(device), scene.cameras.width,
@@ -324,6 +324,7 @@ def finish(scene: Scene4D, prepared: Prepared, config: FitConfig, device: torch.
         "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None,
         "gaussians": len(scene.gaussians),
         "dynamic_gaussians": int(scene.is_dynamic.sum()),
+        "moving_gaussians": int(scene.is_moving.sum()),
         "continuous_motion": scene.motion is not None,
         "device": str(device),
         "host": platform.node(),

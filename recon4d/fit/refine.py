@@ -19,7 +19,9 @@ every `refine_densify_every` steps the highest-ranked Gaussians are cloned (smal
 The prior's still/moving split misses slow motion (below its per-pair threshold), and a Gaussian labelled still
 can then only be explained by the cameras. In the second part of the refinement (`refine_still_motion_from`)
 still Gaussians may take a residual trajectory under a group-lasso penalty; those whose residual motion reaches
-`refine_promote_px` are relabelled moving at the end, the others keep their mean position.
+`refine_keep_motion_px` keep it as a trajectory (dynamic, but not labelled moving: a residue this small is as
+often the background absorbing what the cameras and depth cannot explain as a slow object), the others keep
+their mean position.
 """
 from __future__ import annotations
 
@@ -114,6 +116,7 @@ class Refiner:
         self.dynamic = scene.is_dynamic.nonzero().squeeze(1).to(device)
         self.still = (~scene.is_dynamic).nonzero().squeeze(1).to(device)
         self.birth = scene.birth_frame.to(device)
+        self.is_moving = scene.is_moving.to(device)
         g = scene.gaussians
         tensor = lambda x: x.detach().to(device=device, dtype=torch.float32).clone().requires_grad_(True)  # noqa: E731
         self.still_means = tensor(g.means[self.still.cpu()])
@@ -128,7 +131,7 @@ class Refiner:
         self.motion_meta = motion.metadata()
         # Residual motion of still Gaussians: the non-constant coefficients of a trajectory, held near zero
         # by a group-lasso penalty. The prior's still/moving split misses slow or sub-pixel motion (a hand
-        # shifting its grip); where the images demand it, a still Gaussian moves and is relabelled moving.
+        # shifting its grip); where the images demand it, a still Gaussian moves and keeps a trajectory.
         self.still_motion = tensor(torch.zeros(self.still.numel(), motion.position.shape[1] - 1, 3))
         self.base_cfw = [invert_pose(scene.cameras.world_from_camera[t]).float().to(device) for t in data.fitted]
         self.camera_deltas = torch.zeros(len(data.fitted), 6, device=device, requires_grad=True)
@@ -334,6 +337,7 @@ class Refiner:
         self.still = torch.cat([self.still, new_ids[chosen_still]])
         self.dynamic = torch.cat([self.dynamic, new_ids[chosen_dynamic]])
         self.birth = torch.cat([self.birth, self.birth[chosen]])
+        self.is_moving = torch.cat([self.is_moving, self.is_moving[chosen]])
         if chosen_dynamic.any():
             self.pairs = knn_pairs(self._at_birth(self.position), cfg.refine_rigid_neighbours)
         self._reset_densify_statistics()
@@ -384,7 +388,7 @@ class Refiner:
             l1_history.append(l1)
             if self.on_progress is not None:
                 self.on_progress(step + 1, cfg.refine_iters)
-        promoted = self.settle_still_motion()
+        residual = self.settle_still_motion()
         window = max(1, len(self.data.fitted))
         stats = {
             "refine_iters": cfg.refine_iters,
@@ -393,7 +397,7 @@ class Refiner:
             "refine_l1_last_epoch": sum(l1_history[-window:]) / max(len(l1_history[-window:]), 1),
             "dynamic_gaussians": int(self.dynamic.numel()),
             "refine_densified": self.densified,
-            "promoted_to_moving": promoted,
+            "residual_motion_gaussians": residual,
             "gaussians": int(self.quats.shape[0]),
             "rigid_pairs": int(self.pairs.shape[0]),
         }
@@ -401,9 +405,10 @@ class Refiner:
 
     @torch.no_grad()
     def settle_still_motion(self) -> int:
-        """Relabel as moving the still Gaussians whose residual motion reaches `refine_promote_px` (image
-        pixels, seen from the first camera) at some frame after their birth; the others keep their mean
-        position and lose the residue. Returns how many were relabelled."""
+        """Turn into dynamic Gaussians (trajectory = mean + residual motion; not labelled moving) the still
+        ones whose residual motion reaches `refine_keep_motion_px` (image pixels, seen from the first camera)
+        at some frame after their birth; the others keep their mean position and lose the residue. Returns
+        how many kept a trajectory."""
         if self.still.numel() == 0 or not bool(self.still_motion.detach().abs().gt(0).any()):
             return 0
         times = torch.arange(self.data.scene.num_frames, dtype=torch.float32)
@@ -412,7 +417,7 @@ class Refiner:
         center = invert_pose(self.base_cfw[0])[:3, 3]
         distance = torch.linalg.norm(self.still_means.detach() - center, dim=-1).clamp_min(1e-6)
         pixels = (displacement.norm(dim=-1) * alive).amax(0) / distance * float(self.K[0, 0])
-        promote = pixels >= self.config.refine_promote_px
+        promote = pixels >= self.config.refine_keep_motion_px
         mean_displacement = (displacement * alive[..., None]).sum(0) / alive.sum(0).clamp_min(1)[:, None]
         still_means, still_motion = self.still_means.detach(), self.still_motion.detach()
         promoted = int(promote.sum())
@@ -460,6 +465,7 @@ class Refiner:
         birth_frame = self.birth.cpu().to(scene.birth_frame.dtype)
         refined = Scene4D(gaussians=gaussians, is_dynamic=is_dynamic, birth_frame=birth_frame,
                           dynamic_means=dyn_means, dynamic_quats=dyn_quats, cameras=cameras, arrays=dict(scene.arrays),
-                          config=dict(scene.config), metrics=dict(scene.metrics), motion=motion)
+                          config=dict(scene.config), metrics=dict(scene.metrics), motion=motion,
+                          is_moving=self.is_moving.cpu().clone())
         refined.validate()
         return refined

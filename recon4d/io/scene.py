@@ -8,7 +8,10 @@ it never unpickles code. Writes are atomic.
 
 A dynamic scene keeps one canonical set of N Gaussians. Still Gaussians never move. The Nd dynamic ones
 (``is_dynamic``) have one position and rotation per frame in ``dynamic_means`` / ``dynamic_quats``;
-a Gaussian exists from its ``birth_frame`` on.
+a Gaussian exists from its ``birth_frame`` on. ``is_moving`` (a subset of ``is_dynamic``) marks the Gaussians
+of independently moving things, which moving masks and highlights show; a dynamic Gaussian that is not moving
+is background that drifts by a residue (the refinement's residual motion). Files without it read it as
+``is_dynamic``.
 """
 from __future__ import annotations
 
@@ -148,7 +151,7 @@ class Scene4D:
 
     Attributes:
         gaussians: canonical Gaussians (positions of dynamic ones at their birth frame).
-        is_dynamic: [N] bool.
+        is_dynamic: [N] bool, has a per-frame state (a trajectory).
         birth_frame: [N] int32, first frame a Gaussian exists in.
         dynamic_means: [T, Nd, 3] per-frame positions of the dynamic Gaussians (in index order).
         dynamic_quats: [T, Nd, 4] per-frame rotations of the dynamic Gaussians.
@@ -159,6 +162,8 @@ class Scene4D:
         motion: continuous-time model of the dynamic Gaussians (after `recon4d refine`), or None. When set,
             it defines the dynamic states: dynamic_means/dynamic_quats are its values at the frames, and
             the file stores only the coefficients.
+        is_moving: [N] bool, the Gaussians of moving things (moving masks, highlights, static exports leave
+            them out); a subset of is_dynamic. None means all dynamic Gaussians.
     """
 
     gaussians: Gaussians
@@ -171,6 +176,11 @@ class Scene4D:
     config: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     motion: MotionModel | None = None
+    is_moving: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.is_moving is None:
+            self.is_moving = self.is_dynamic.clone()
 
     @property
     def num_frames(self) -> int:
@@ -213,9 +223,14 @@ class Scene4D:
         """Raise SceneError if the parts do not fit together."""
         n, t = len(self.gaussians), self.num_frames
         nd = int(self.is_dynamic.sum())
+        dynamic_ok = tuple(self.is_dynamic.shape) == (n,) and self.is_dynamic.dtype == torch.bool
+        moving_ok = tuple(self.is_moving.shape) == (n,) and self.is_moving.dtype == torch.bool
         checks = [
             (all(getattr(self.gaussians, f).shape[0] == n for f in _GAUSSIAN_FIELDS), "Gaussian fields differ in length"),
-            (tuple(self.is_dynamic.shape) == (n,) and self.is_dynamic.dtype == torch.bool, "is_dynamic must be bool [N]"),
+            (dynamic_ok, "is_dynamic must be bool [N]"),
+            (moving_ok, "is_moving must be bool [N]"),
+            (not (moving_ok and dynamic_ok) or not bool((self.is_moving & ~self.is_dynamic).any()),
+             "is_moving must be a subset of is_dynamic"),
             (tuple(self.birth_frame.shape) == (n,), "birth_frame must be [N]"),
             (tuple(self.dynamic_means.shape) == (t, nd, 3), f"dynamic_means must be [{t}, {nd}, 3]"),
             (tuple(self.dynamic_quats.shape) == (t, nd, 4), f"dynamic_quats must be [{t}, {nd}, 4]"),
@@ -239,6 +254,7 @@ def save_scene(scene: Scene4D, path: str | os.PathLike) -> Path:
     tensors = {f"gaussians/{name}": getattr(scene.gaussians, name) for name in _GAUSSIAN_FIELDS}
     tensors.update({
         "is_dynamic": scene.is_dynamic,
+        "is_moving": scene.is_moving,
         "birth_frame": scene.birth_frame,
         "cameras/world_from_camera": scene.cameras.world_from_camera,
         "cameras/intrinsics": scene.cameras.intrinsics,
@@ -316,6 +332,7 @@ def load_scene(path: str | os.PathLike) -> Scene4D:
             config=manifest.get("config", {}),
             metrics=manifest.get("metrics", {}),
             motion=motion,
+            is_moving=tensors.get("is_moving"),
         )
     except KeyError as exc:
         raise SceneError(f"scene file {path} lacks the entry {exc.args[0]!r}") from exc

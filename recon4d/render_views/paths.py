@@ -171,7 +171,7 @@ def scene_centre(scene: Scene4D, config: PathConfig = PathConfig()) -> torch.Ten
     Median, then the median again of the points within the `centre_outlier_percentile` of distances to it.
     """
     means = scene.gaussians.means.double()
-    still = means[~scene.is_dynamic] if bool((~scene.is_dynamic).any()) else means
+    still = means[~scene.is_moving] if bool((~scene.is_moving).any()) else means
     if still.shape[0] == 0:
         return scene.cameras.world_from_camera[:, :3, 3].double().median(0).values
     centre = still.median(0).values

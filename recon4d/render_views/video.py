@@ -33,6 +33,7 @@ from recon4d.io.scene import Scene4D
 from recon4d.io.video_writer import write_video
 from recon4d.progress import track
 from recon4d.render import rasterize
+from recon4d.render.highlight import MotionHighlight, motion_highlight
 from recon4d.render_views.paths import PathView, scale_intrinsics, write_camera_path
 
 EXTRAS = ("depth", "alpha", "motion")
@@ -50,9 +51,7 @@ class ViewRenderConfig:
         depth_low_percentile, depth_high_percentile: inverse-depth percentiles (over all covered pixels of the
             video) mapped to the ends of the colour map; outside values are clipped.
         coverage_threshold: alpha below which a pixel counts as empty (black in the depth view).
-        motion_color: RGB in [0, 1] given to dynamic Gaussians in the motion view.
-        motion_tint: share of the highlight in a dynamic Gaussian's colour (1 = pure highlight).
-        still_brightness: grey level factor of still Gaussians in the motion view (their luminance times this).
+        highlight: colours of the motion view (`recon4d.render.highlight`).
     """
 
     background: tuple[float, float, float] = (0.0, 0.0, 0.0)
@@ -60,9 +59,7 @@ class ViewRenderConfig:
     depth_low_percentile: float = 2.0
     depth_high_percentile: float = 98.0
     coverage_threshold: float = 0.5
-    motion_color: tuple[float, float, float] = (1.0, 0.15, 0.1)
-    motion_tint: float = 0.75
-    still_brightness: float = 0.6
+    highlight: MotionHighlight = MotionHighlight()
 
 
 @dataclass
@@ -87,17 +84,6 @@ def to_uint8(image: torch.Tensor) -> np.ndarray:
     return (image.detach().clamp(0, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8)
 
 
-def motion_colors(colors: torch.Tensor, is_dynamic: torch.Tensor,
-                  config: ViewRenderConfig = ViewRenderConfig()) -> torch.Tensor:
-    """Colours [N, 3] of the motion view: dynamic Gaussians tinted with the highlight, still ones dimmed grey."""
-    rgb = colors[:, :3]
-    grey = (rgb * torch.tensor([0.299, 0.587, 0.114], dtype=rgb.dtype, device=rgb.device)).sum(-1, keepdim=True)
-    still = (grey * config.still_brightness).expand(-1, 3)
-    highlight = torch.tensor(config.motion_color, dtype=rgb.dtype, device=rgb.device)
-    moving = (1 - config.motion_tint) * rgb + config.motion_tint * highlight
-    return torch.where(is_dynamic[:, None], moving, still)
-
-
 def render_view(scene: Scene4D, view: PathView, width: int, height: int, motion: bool = False,
                 config: ViewRenderConfig = ViewRenderConfig(), device: torch.device = CPU):
     """Render one view at (width, height) -> RenderResult (colour [H, W, 3], or [H, W, 6] with the motion view
@@ -108,7 +94,7 @@ def render_view(scene: Scene4D, view: PathView, width: int, height: int, motion:
     colors = g.colors[:, :3]
     background = torch.tensor(config.background, dtype=colors.dtype)
     if motion:
-        colors = torch.cat([colors, motion_colors(colors, scene.is_dynamic[alive], config)], -1)
+        colors = torch.cat([colors, motion_highlight(colors, scene.is_moving[alive], config.highlight)], -1)
         background = torch.cat([background, background])
     K = scale_intrinsics(view.K, scene.cameras.width, scene.cameras.height, width, height).float()
     camera_from_world = invert_pose(view.world_from_camera).float()
