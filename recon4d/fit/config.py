@@ -144,7 +144,7 @@ class FitConfig:
     refine_lr_scale: float = 0.5
     refine_lr_camera: float = 2e-4
     refine_lr_decay: float = 0.1
-    refine_lambda_still_motion: float = 0.0
+    refine_lambda_still_motion: float = 1.0
     refine_keep_motion_px: float = 0.5
     refine_still_motion_from: float = 0.5
     refine_densify_every: int = 100
