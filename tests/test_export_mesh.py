@@ -270,6 +270,7 @@ def test_errors(tmp_path):
         export_mesh(scene, tmp_path / "mesh.ply", frame=2)
     everything_moves = surface_scene(num_frames=2, width=48, height=27, spacing=0.2)[0]
     everything_moves.is_dynamic[:] = True
+    everything_moves.is_moving[:] = True
     everything_moves.dynamic_means = everything_moves.gaussians.means[None].repeat(2, 1, 1)
     everything_moves.dynamic_quats = everything_moves.gaussians.quats[None].repeat(2, 1, 1)
     with pytest.raises(SceneError, match="no still Gaussians"):

@@ -92,6 +92,7 @@ def test_extreme_values_stay_finite(tmp_path):
     scene.gaussians.quats = torch.tensor([[0.0, 0.0, 0.0, 0.0]] + [[2.0, 0.0, 0.0, 0.0]] * 3)
     scene.birth_frame = torch.zeros(4, dtype=torch.int32)
     scene.is_dynamic = torch.zeros(4, dtype=torch.bool)
+    scene.is_moving = scene.is_dynamic.clone()
     scene.dynamic_means, scene.dynamic_quats = torch.zeros(1, 0, 3), torch.zeros(1, 0, 4)
     (path,) = export_ply(scene, tmp_path)
     vertex = PlyData.read(str(path))["vertex"]
