@@ -491,7 +491,7 @@ class SceneViewer:
         gui.add_markdown(
             f"**{self.num_frames} frames**, {self.scene.cameras.width}x{self.scene.cameras.height} px, "
             f"{len(g)} Gaussians ({int(self.scene.is_moving.sum())} moving); showing "
-            f"{self.still.index.shape[0]} still + {self.moving.index.shape[0]} moving.")
+            f"{self.still.index.shape[0]} fixed + {self.moving.index.shape[0]} with a trajectory.")
         with gui.add_folder("Time"):
             last = max(self.num_frames - 1, 1)
             self.time_slider = gui.add_slider("Time (frame)", min=0.0, max=float(last), step=self.config.time_step,
