@@ -103,6 +103,7 @@ def test_extreme_values_stay_finite(tmp_path):
     assert torch.equal(back.quats[0], torch.tensor([1.0, 0.0, 0.0, 0.0]))
 
 
+@pytest.mark.slow
 def test_spz_and_compressed_ply_through_gsply(tmp_path):
     scene = make_scene(num_frames=2, n=300, seed=5)
     expected = expected_at(scene, 1)

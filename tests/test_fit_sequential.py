@@ -33,6 +33,7 @@ def test_camera_path_within_two_percent(world):
     assert all(s.get("camera_init") == "pnp" for s in state.frame_stats[1:])
 
 
+@pytest.mark.slow
 def test_interrupted_fit_resumes_to_the_same_result(world):
     inputs, _ = world
     config = tiny_config()

@@ -178,6 +178,7 @@ def refined():
     return world, fitted, held, scene, result, stats
 
 
+@pytest.mark.slow
 def test_refinement_recovers_trajectories_and_held_out_frames(refined):
     world, fitted, held, scene, result, stats = refined
     truth, poses, K = world[2], world[3], world[4]
@@ -301,6 +302,7 @@ def test_densify_clones_small_and_splits_large_gaussians():
     assert len(refined.gaussians) == count + budget and refined.dynamic_means.shape[1] == int(refined.is_dynamic.sum())
 
 
+@pytest.mark.slow
 def test_still_gaussians_that_move_keep_a_trajectory():
     """The prior missed a slow object: the ball drifts ~5 px over the clip but every Gaussian is labelled
     still. With the residual-motion penalty the ball's Gaussians take the motion and keep it as a trajectory,

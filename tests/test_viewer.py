@@ -428,6 +428,7 @@ def wait_for(condition, timeout: float, interval: float, what: str):
 
 
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="needs /usr/bin/chromium (Debian package `chromium`)")
+@pytest.mark.slow
 def test_viewer_in_headless_chromium(scene_dir, tmp_path):
     out = tmp_path / "out"
     shutil.copytree(scene_dir, out)
