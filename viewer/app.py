@@ -35,10 +35,10 @@ import torch
 
 from recon4d.errors import InputError, Recon4DError, SceneError
 from recon4d.geometry.camera import invert_pose
+from recon4d.io.frames import scene_fps
 from recon4d.io.scene import Scene4D
 from recon4d.progress import track
 from recon4d.render.highlight import MotionHighlight, motion_highlight
-from recon4d.render_views.video import scene_fps
 
 MESH_SUFFIXES = (".ply", ".obj", ".glb")
 VIEWS_DIR = "views"

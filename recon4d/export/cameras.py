@@ -36,8 +36,8 @@ import numpy as np
 import torch
 
 from recon4d.errors import BackendError, InputError
-from recon4d.export.frames import frame_file_name
 from recon4d.io.atomic import write_bytes_atomic
+from recon4d.io.frames import frame_file_name
 from recon4d.io.scene import Scene4D
 
 # Pixel-centre shift from recon4d/OpenCV (centre of pixel (0, 0) at 0) to COLMAP/nerfstudio (at 0.5).

@@ -9,8 +9,8 @@ import numpy as np
 import torch
 
 from recon4d.errors import InputError, SceneError
-from recon4d.export.frames import FrameSelection, frame_file_name, frame_indices
 from recon4d.io.atomic import write_bytes_atomic
+from recon4d.io.frames import FrameSelection, frame_file_name, frame_indices
 from recon4d.io.scene import Scene4D
 
 MASKS_ARRAY = "moving_masks"

@@ -42,9 +42,9 @@ import numpy as np
 import torch
 
 from recon4d.errors import BackendError, InputError, SceneError
-from recon4d.export.frames import FrameSelection, frame_file_name, frame_indices
 from recon4d.geometry import invert_pose, look_at
 from recon4d.io.atomic import write_bytes_atomic
+from recon4d.io.frames import FrameSelection, frame_file_name, frame_indices
 from recon4d.io.scene import Gaussians, Scene4D
 
 MESH_SUFFIXES = (".ply", ".obj", ".glb")

@@ -36,8 +36,8 @@ import numpy as np
 import torch
 
 from recon4d.errors import BackendError, InputError, SceneError
-from recon4d.export.frames import FrameSelection, frame_file_name, frame_indices
 from recon4d.io.atomic import atomic_path, write_bytes_atomic
+from recon4d.io.frames import FrameSelection, frame_file_name, frame_indices
 from recon4d.io.scene import Gaussians, Scene4D
 
 SH_C0 = 0.28209479177387814  # Y_0^0 = 1 / (2 sqrt(pi)); rgb = 0.5 + SH_C0 * f_dc

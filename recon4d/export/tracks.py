@@ -28,11 +28,11 @@ import torch
 from recon4d.errors import InputError, Recon4DError
 from recon4d.geometry.camera import invert_pose
 from recon4d.io.atomic import atomic_path, write_bytes_atomic
+from recon4d.io.frames import scene_fps
 from recon4d.io.scene import Scene4D
 from recon4d.io.video_writer import write_video
 from recon4d.progress import track
 from recon4d.render import rasterize
-from recon4d.render_views.video import scene_fps
 from recon4d.track import TrackConfig, Tracks, track_points
 
 CSV_HEADER = "frame,point,u,v,x,y,z,visible"

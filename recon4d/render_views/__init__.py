@@ -5,6 +5,7 @@
     render_path_to_files(scene, views, "out/render", "bullet-time", width, height, fps=30, extras=("depth",))
 """
 
+from recon4d.io.frames import scene_fps  # re-exported: the CLI reads the fps of a scene from here
 from recon4d.render_views.paths import (
     PATH_NAMES,
     ZOOM_MODES,
@@ -25,7 +26,6 @@ from recon4d.render_views.video import (
     render_path,
     render_path_to_files,
     render_view,
-    scene_fps,
     visualise,
     write_outputs,
 )

@@ -27,8 +27,8 @@ import numpy as np
 import torch
 
 from recon4d.errors import InputError
-from recon4d.export.frames import frame_file_name
 from recon4d.geometry.camera import invert_pose
+from recon4d.io.frames import frame_file_name
 from recon4d.io.scene import Scene4D
 from recon4d.io.video_writer import write_video
 from recon4d.progress import track
@@ -220,10 +220,3 @@ def render_path_to_files(scene: Scene4D, views: Sequence[PathView], dest: str | 
     if write_cameras:
         written.append(write_camera_path(Path(dest) / f"{stem}_cameras.json", list(views)))
     return written
-
-
-def scene_fps(scene: Scene4D, default: float = 30.0) -> float:
-    """Frame rate of the input frames: 1 / median timestamp step (default when timestamps are missing/flat)."""
-    steps = np.diff(scene.cameras.timestamps.double().numpy())
-    steps = steps[np.isfinite(steps) & (steps > 0)]
-    return float(1.0 / np.median(steps)) if steps.size else default

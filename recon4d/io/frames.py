@@ -1,11 +1,17 @@
-"""Which frames of a scene an export covers: "all", one index, or a list of indices."""
+"""Frames of a scene as outputs see them: which ones an output covers ("all", one index, or a list of
+indices), how their files are named, and the frame rate of the input they came from.
+
+Shared by every output (export, render_views, viewer), so it lives below them in io."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Literal, Union
 
+import numpy as np
+
 from recon4d.errors import InputError
+from recon4d.io.scene import Scene4D
 
 FrameSelection = Union[Literal["all"], int, Sequence[int]]
 
@@ -34,3 +40,10 @@ def frame_indices(frames: FrameSelection, num_frames: int) -> list[int]:
 def frame_file_name(prefix: str, index: int, suffix: str) -> str:
     """'frame', 3, '.ply' -> 'frame_0003.ply' (four digits, more when the index needs them)."""
     return f"{prefix}_{index:04d}{suffix}"
+
+
+def scene_fps(scene: Scene4D, default: float = 30.0) -> float:
+    """Frame rate of the input frames: 1 / median timestamp step (default when timestamps are missing/flat)."""
+    steps = np.diff(scene.cameras.timestamps.double().numpy())
+    steps = steps[np.isfinite(steps) & (steps > 0)]
+    return float(1.0 / np.median(steps)) if steps.size else default
