@@ -15,7 +15,7 @@ import pytest
 from recon4d.errors import PriorError
 from recon4d.eval.metrics import depth_errors
 from recon4d.eval.synthetic import make_synthetic
-from recon4d.priors import depth as depth_module
+from recon4d.priors.depth import depth_anything as depth_module
 from recon4d.priors.depth import (
     DepthAnythingV2,
     FileDepth,

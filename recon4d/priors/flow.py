@@ -32,6 +32,7 @@ import cv2
 import numpy as np
 
 from recon4d.errors import PriorError
+from recon4d.priors.registry import BackendRegistry, config_from_options
 from recon4d.priors.types import FlowEstimator, FlowResult
 
 __all__ = [
@@ -458,27 +459,8 @@ class TorchScriptFlow:
         return _pairwise_flow(frames, self.make_solver, prepare, self.consistency, num_threads=1)
 
 
-#: Flow backends by name; each factory takes the options of make_flow_estimator.
-FLOW_ESTIMATORS: dict[str, Callable[..., FlowEstimator]] = {}
-
-
-def _config_from_options(config_type: type, options: dict[str, Any], backend: str) -> Any:
-    """Build `config_type` from keyword options; a nested `consistency` may be a dict. Unknown keys -> PriorError."""
-    known = {f.name for f in dataclasses.fields(config_type)}
-    unknown = sorted(set(options) - known)
-    if unknown:
-        raise PriorError(
-            f"unknown option(s) for flow backend {backend!r}: {', '.join(unknown)}",
-            hint=f"valid: {', '.join(sorted(known))}",
-        )
-    options = dict(options)
-    if isinstance(options.get("consistency"), dict):
-        options["consistency"] = ConsistencyConfig(**options["consistency"])
-    return config_type(**options)
-
-
 def _make_dis(**options: Any) -> DISFlow:
-    config = _config_from_options(DISFlowConfig, options, "dis")  # validates names, builds nested configs
+    config = config_from_options(DISFlowConfig, options, "flow estimator", "dis")  # validates, builds nested
     if "preset" in options:
         # A named preset means OpenCV's preset, changed only by the other options given.
         given = {name: getattr(config, name) for name in options if name != "preset"}
@@ -487,7 +469,7 @@ def _make_dis(**options: Any) -> DISFlow:
 
 
 def _make_farneback(**options: Any) -> FarnebackFlow:
-    return FarnebackFlow(_config_from_options(FarnebackFlowConfig, options, "farneback"))
+    return FarnebackFlow(config_from_options(FarnebackFlowConfig, options, "flow estimator", "farneback"))
 
 
 def _make_torchscript(
@@ -495,17 +477,21 @@ def _make_torchscript(
 ) -> TorchScriptFlow:
     if unknown:
         raise PriorError(
-            f"unknown option(s) for flow backend 'torchscript': {', '.join(sorted(unknown))}",
+            f"unknown option(s) for the flow estimator 'torchscript': {', '.join(sorted(unknown))}",
             hint="valid: path, device, consistency",
         )
     if path is None:
         raise PriorError("flow backend 'torchscript' needs a model path", hint=TORCHSCRIPT_EXPORT_HINT)
     if isinstance(consistency, dict):
-        consistency = ConsistencyConfig(**consistency)
+        consistency = config_from_options(ConsistencyConfig, consistency, "flow estimator", "torchscript.consistency")
     return TorchScriptFlow(path, device=device, consistency=consistency)
 
 
-FLOW_ESTIMATORS.update({"dis": _make_dis, "farneback": _make_farneback, "torchscript": _make_torchscript})
+#: Flow backends by name; each factory takes the options of make_flow_estimator.
+FLOW_ESTIMATORS: BackendRegistry[FlowEstimator] = BackendRegistry("flow estimator")
+FLOW_ESTIMATORS.register("dis", DISFlow, _make_dis)
+FLOW_ESTIMATORS.register("farneback", FarnebackFlow, _make_farneback)
+FLOW_ESTIMATORS.register("torchscript", TorchScriptFlow, _make_torchscript)
 
 
 def make_flow_estimator(name: str = "dis", **options: Any) -> FlowEstimator:
@@ -514,12 +500,4 @@ def make_flow_estimator(name: str = "dis", **options: Any) -> FlowEstimator:
     For "dis", naming a ``preset`` gives OpenCV's plain preset (``DISFlowConfig.from_preset``) changed only by
     the other options; without it the tuned defaults of DISFlowConfig apply. Unknown name or option ->
     PriorError."""
-    factory = FLOW_ESTIMATORS.get(name)
-    if factory is None:
-        raise PriorError(f"unknown flow estimator {name!r}", hint=f"choose one of {', '.join(FLOW_ESTIMATORS)}")
-    try:
-        return factory(**options)
-    except TypeError as error:  # a bad value type inside a config dataclass
-        raise PriorError(
-            f"bad options for flow estimator {name!r}: {error}", hint="check the option names and values"
-        ) from error
+    return FLOW_ESTIMATORS.make(name, **options)

@@ -6,7 +6,7 @@ Flow vectors are in pixels: a pixel at (u, v) in frame t moves to (u + flow[...,
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -54,12 +54,23 @@ class FlowEstimator(Protocol):
         """frames: [T, H, W, 3] uint8 RGB, T >= 2."""
         ...
 
+    def settings(self) -> dict[str, Any]:
+        """Everything that changes the result (JSON-serialisable): the key of cached priors."""
+        ...
+
 
 class DepthEstimator(Protocol):
     """Estimates per-frame depth."""
 
     name: str
 
-    def __call__(self, frames: np.ndarray, flow: FlowResult | None, intrinsics: np.ndarray) -> DepthResult:
-        """frames: [T, H, W, 3] uint8 RGB; intrinsics: [4] fx, fy, cx, cy in pixels."""
+    def __call__(self, frames: np.ndarray, flow: FlowResult | None, intrinsics: np.ndarray | None,
+                 moving_masks: np.ndarray | None = None) -> DepthResult:
+        """frames: [T, H, W, 3] uint8 RGB; flow: on the same frames (None where the backend needs none);
+        intrinsics: [4] fx, fy, cx, cy in pixels; moving_masks: [T, H, W] bool, pixels of moving objects
+        (not to be triangulated as if still), None = nothing known to move."""
+        ...
+
+    def settings(self) -> dict[str, Any]:
+        """Everything that changes the result (JSON-serialisable): the key of cached priors."""
         ...
