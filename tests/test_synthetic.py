@@ -277,7 +277,8 @@ def _surface_distance(kind: str, size: np.ndarray, local: np.ndarray) -> np.ndar
 
 def test_depth_lands_on_the_analytic_surfaces(clips: dict[str, SyntheticClip]) -> None:
     """Every pixel's unprojected depth lies on some primitive of the scene, at its pose of that frame."""
-    from recon4d.eval.synthetic import SyntheticConfig, _build_scene
+    from recon4d.eval.synthetic import SyntheticConfig
+    from recon4d.eval.synthetic.scene import build_scene as _build_scene
 
     for variant, clip in clips.items():
         scene = _build_scene(variant, 0, SyntheticConfig())
