@@ -28,6 +28,7 @@ import contextlib
 import math
 import os
 import re
+import socket
 import sys
 import time
 from collections import Counter
@@ -41,6 +42,8 @@ Status = Literal["ok", "failed", "skipped"]
 
 #: How often the driver wakes up while tasks run (seconds), to refresh the display and notice Ctrl-C.
 POLL_SECONDS = 0.5
+#: Seconds to wait for the head node to accept a TCP connection before giving up (Ray itself waits minutes).
+CONNECT_TIMEOUT_S = 5.0
 #: On a cluster without a ``workers`` cap, tasks kept queued per free job slot, so Ray always has the next
 #: task at hand while a Ctrl-C cancels few.
 QUEUE_PER_SLOT = 2
@@ -76,6 +79,19 @@ def check_address(address: str) -> str:
         raise InputError(f"--address {address!r} is not a Ray address",
                          hint="use auto, HOST:PORT of the head node, or ray://HOST:PORT")
     return address
+
+
+def check_reachable(address: str) -> None:
+    """InputError unless HOST:PORT of `address` accepts a TCP connection (``auto`` is left to Ray, which
+    finds a local cluster or fails at once)."""
+    if address == "auto":
+        return
+    host, port = address.removeprefix("ray://").rsplit(":", 1)
+    try:
+        socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as exc:
+        raise InputError(f"cannot reach the Ray head at {address}: {exc.strerror or exc}",
+                         hint="start it with `ray start --head` and check host, port and firewall") from None
 
 
 def check_resources(workers: int, num_cpus_per_job: float, num_gpus_per_job: float, max_retries: int) -> None:
@@ -197,6 +213,7 @@ def ray_session(address: str | None, workers: int, num_cpus_per_job: float,
         if address is None:
             options["num_cpus"] = max(1, math.ceil(max(workers, 1) * num_cpus_per_job))
         else:
+            check_reachable(address)
             options = {"address": address, "log_to_driver": False, "logging_level": "ERROR"}
         try:
             ray.init(**options)
