@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from recon4d.errors import InputError
+
 
 @dataclass(frozen=True)
 class DistContext:
@@ -74,12 +76,24 @@ def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def make_sampler(dataset, ctx: DistContext, shuffle: bool = True, seed: int = 0):  # noqa: ANN001
-    """A DistributedSampler that gives each rank its shard (None in a single process: use the default)."""
-    if ctx.world_size <= 1:
-        return None
+    """A DistributedSampler that gives each rank its shard of every epoch (call ``set_epoch(epoch)``).
+
+    A single process gets the same sampler with one replica, so the order of the samples (and with it the
+    whole run) is the same for any number of processes that train with the same global batch: rank r of N
+    sees samples r, r + N, r + 2N, ... of the epoch's permutation, and the per-rank batches of one step
+    together are exactly the single process's batch.
+    """
     from torch.utils.data.distributed import DistributedSampler
 
     return DistributedSampler(dataset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=shuffle, seed=seed)
+
+
+def local_batch_size(global_batch: int, ctx: DistContext) -> int:
+    """Samples per rank and step for `global_batch` samples per step over the job; InputError unless it divides."""
+    if global_batch < ctx.world_size or global_batch % ctx.world_size:
+        raise InputError(f"a batch of {global_batch} does not split evenly over {ctx.world_size} processes",
+                         hint=f"use a multiple of {ctx.world_size}")
+    return global_batch // ctx.world_size
 
 
 def barrier() -> None:

@@ -170,7 +170,6 @@ def _cmd_fit_batch(args: argparse.Namespace) -> int:
     skipped = len(inputs) - len(jobs)
     if skipped:
         print(f"fit-batch: {skipped} of {len(inputs)} inputs already fitted with these flags; skipping them")
-    save()
     start = time.perf_counter()
     try:
         run_jobs(run_fit, jobs, address=address, workers=_workers(args, len(jobs)), num_cpus_per_job=args.cpus_per_fit,
@@ -182,6 +181,7 @@ def _cmd_fit_batch(args: argparse.Namespace) -> int:
                 entry["status"] = "interrupted"
         save()
         raise
+    save()  # also when every fit was skipped (no results came)
     _print_summary(list(entries.values()), out_root, time.perf_counter() - start)
     return 1 if any(entry["status"] == "failed" for entry in entries.values()) else 0
 
