@@ -131,6 +131,38 @@ def test_killed_worker_is_retried_and_fit_resumes(clips):
     assert "resuming from frame" in logs[killed[0]].split("\n== ")[-1]  # the retry continued the checkpoint
 
 
+@pytest.mark.slow
+def test_ctrl_c_cancels_cleanly_and_rerun_resumes(clips):
+    out = clips / "interrupted"
+    inputs = [str(clips / "inputs" / "a.mp4"), str(clips / "inputs" / "b.mp4")]
+    flags = ["-o", str(out), "--preset", str(clips / "tiny.yaml"), "--max-frames", "8", "--workers", "2"]
+    env = {**os.environ, "RECON4D_NO_PROGRESS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "recon4d", "fit-batch", *inputs, *flags], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 600
+        while not list(out.glob("*/.checkpoint/*.safetensors")):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130 and "interrupted" in stderr.strip().splitlines()[-1]
+    assert "Traceback" not in stderr
+    assert {e["status"] for e in manifest(out).values()} == {"interrupted"}
+    assert not list(out.glob("*/scene.r4d"))
+    time.sleep(1)
+    assert not _busy_fit_workers()  # the running fits were cancelled with their workers
+
+    again = batch(*inputs, *flags)
+    assert again.returncode == 0, again.stderr
+    assert [manifest(out)[n]["status"] for n in ("a", "b")] == ["ok", "ok"]
+    resumed = [n for n in ("a", "b") if "resuming from frame" in (out / "batch_logs" / f"{n}.log").read_text()]
+    assert resumed  # at least the fit that had a checkpoint continued from it
+    assert all(load_scene(out / n).num_frames == 8 for n in ("a", "b"))
+
+
 def run_inline(capsys, *args: str) -> tuple[int, str]:
     from recon4d.cli import main
 
