@@ -235,7 +235,8 @@ def ray_session(address: str | None, workers: int, num_cpus_per_job: float,
             ray.shutdown()
 
 
-def _run_ray(fn, jobs, keys, in_flight, num_cpus, num_gpus, max_retries, description, report) -> list[JobResult]:  # noqa: ANN001
+def _run_ray(fn, jobs, keys, in_flight, num_cpus, num_gpus, max_retries, description,  # noqa: ANN001
+             report) -> list[JobResult]:
     import ray
     from ray.exceptions import RayTaskError
 

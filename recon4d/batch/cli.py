@@ -54,7 +54,8 @@ def register(commands: argparse._SubParsersAction) -> None:
                         help="fits at a time (default: CPUs / --cpus-per-fit here, as many as the cluster holds "
                              "with --address); 1 runs them one after another in this process, without Ray")
     parser.add_argument("--cpus-per-fit", type=float, default=DEFAULT_CPUS_PER_FIT,
-                        help=f"CPUs Ray reserves for each fit, also its torch threads (default: {DEFAULT_CPUS_PER_FIT:g})")
+                        help="CPUs Ray reserves for each fit, also its torch threads "
+                             f"(default: {DEFAULT_CPUS_PER_FIT:g})")
     parser.add_argument("--gpus-per-fit", type=float, default=DEFAULT_GPUS_PER_FIT,
                         help="GPUs Ray reserves for each fit (fractions share a GPU); > 0 fits on cuda "
                              f"(default: {DEFAULT_GPUS_PER_FIT:g}, CPU)")

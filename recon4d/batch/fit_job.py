@@ -93,7 +93,7 @@ def run_fit(job: dict) -> dict:
         summary = fit_summary(Path(job["out"]))
         if summary is None:
             raise RuntimeError(f"recon4d fit exited 0 but {job['out']} lacks {' or '.join(FIT_OUTPUTS)}")
-        return summary
+        return {**summary, "host": platform.node()}  # where the output was written (per-node disks)
     message = _last_error(log, offset)
     if code == 2:
         raise InputError(message)

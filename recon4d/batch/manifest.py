@@ -1,9 +1,10 @@
 """OUT_ROOT/batch.json: one entry per input of `recon4d fit-batch`, rewritten atomically after every fit.
 
 Entry fields: name, input, status (ok | failed | skipped | pending | interrupted), seconds (wall time of the
-last attempt), psnr and held_out_psnr (from the fit's metrics.json), frames, gaussians, fit_seconds (the fit's own total), output, log, error
-(one line, for failures), fingerprint (input size/mtime + fit flags: a finished fit is skipped on a re-run
-only while it matches), finished (UTC time).
+last attempt), psnr and held_out_psnr (from the fit's metrics.json), frames, gaussians, fit_seconds (the
+fit's own total), host (the node that wrote the output), output, log, error (one line, for failures),
+fingerprint (input size/mtime + fit flags: a finished fit is skipped on a re-run only while it matches),
+finished (UTC time).
 
 Example:
     {"format": "recon4d.batch/1", "updated": "2026-12-03T07:00:00Z", "fit_flags": ["--preset", "fast"],
@@ -61,8 +62,8 @@ def is_finished(entry: dict | None, fingerprint_now: str, out: Path) -> bool:
 
 def new_entry(item: BatchInput, out: Path, log: Path, fingerprint_now: str) -> dict:
     return {"name": item.name, "input": str(item.path), "status": "pending", "seconds": None, "psnr": None,
-            "held_out_psnr": None, "frames": None, "gaussians": None, "fit_seconds": None, "output": str(out), "log": str(log),
-            "error": None, "fingerprint": fingerprint_now, "finished": None}
+            "held_out_psnr": None, "frames": None, "gaussians": None, "fit_seconds": None, "host": None,
+            "output": str(out), "log": str(log), "error": None, "fingerprint": fingerprint_now, "finished": None}
 
 
 def write_manifest(out_root: Path, entries: list[dict], flags: list[str]) -> None:
