@@ -236,3 +236,31 @@ def test_fit_flags_pass_through_unchanged(tmp_path):
     for name in ("preset", "max_frames", "fov_x_deg", "refine", "restart", "stride", "seed"):
         assert getattr(fit_args, name) == getattr(args, name), name
     assert fit_args.refine is False and fit_args.max_frames == 6
+
+
+def test_finished_fit_is_recognised_only_for_the_same_input_and_flags(tmp_path):
+    from recon4d.batch.inputs import BatchInput
+    from recon4d.batch.manifest import fingerprint, is_finished, new_entry, read_manifest, write_manifest
+
+    video = tmp_path / "clip.mp4"
+    video.write_bytes(b"frames")
+    item, out = BatchInput("clip", video), tmp_path / "out" / "clip"
+    key = fingerprint(item, ["--preset", "fast"], "cpu")
+    entry = {**new_entry(item, out, tmp_path / "clip.log", key), "status": "ok"}
+    assert not is_finished(entry, key, out)  # no outputs yet
+    out.mkdir(parents=True)
+    (out / "scene.r4d").write_bytes(b"scene")
+    (out / "metrics.json").write_text(json.dumps({"fitted": {"psnr": 31.5}, "held_out": {"psnr": None},
+                                                  "frames": 8, "gaussians": 100, "seconds_total": 3.0}))
+    write_manifest(tmp_path / "out", [entry], ["--preset", "fast"])
+    entry = read_manifest(tmp_path / "out")["clip"]
+    assert is_finished(entry, key, out)
+    assert not is_finished({**entry, "status": "failed"}, key, out)
+    assert not is_finished(entry, fingerprint(item, ["--preset", "default"], "cpu"), out)  # other flags
+    os.utime(video, ns=(1, 1))
+    assert not is_finished(entry, fingerprint(item, ["--preset", "fast"], "cpu"), out)  # the input changed
+    (tmp_path / "out" / "batch.json").write_text('{"format": "something else"}')
+    from recon4d.errors import InputError
+
+    with pytest.raises(InputError, match="is not a recon4d.batch/1 manifest"):
+        read_manifest(tmp_path / "out")
