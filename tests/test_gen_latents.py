@@ -26,6 +26,15 @@ SMALL = CorpusConfig(count=3, views=12, width=32, height=32)
 RED = [0.85, 0.1, 0.1]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Small renders do not parallelise; on a shared machine extra threads only spin-wait."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("corpus")

@@ -39,6 +39,37 @@ def register(commands: argparse._SubParsersAction) -> None:
     decode.add_argument("--no-preview", action="store_true", help="write only scene.r4d")
     decode.set_defaults(handler=_cmd_decode)
 
+    train = sub.add_parser("train", help="train the rectified-flow text-to-latent model (torchrun for data parallel)")
+    train.add_argument("latents", type=Path, help="latents folder of `recon4d gen encode`")
+    train.add_argument("-o", "--out", type=Path, required=True, help="model directory")
+    train.add_argument("--config", type=Path, default=None, help="YAML preset (configs/gen*.yaml); flags override it")
+    train.add_argument("--stages", default=None, help="comma list of rf1,boss,rf2,onestep,refiner (default: rf1,boss)")
+    train.add_argument("--steps", type=int, default=None, help="1-RF optimiser steps")
+    train.add_argument("--batch", type=int, default=None, help="GLOBAL batch, split evenly over torchrun processes")
+    train.add_argument("--lr", type=float, default=None, help="1-RF learning rate")
+    train.add_argument("--sampler", default=None, choices=("uniform", "logit_normal", "u_shaped"),
+                       help="1-RF timestep sampler (default: logit_normal)")
+    train.add_argument("--loss", default=None, choices=("mse", "pseudo_huber"), help="1-RF loss (default: mse)")
+    train.add_argument("--reflow-steps", type=int, default=None, help="2-RF optimiser steps")
+    train.add_argument("--distill-steps", type=int, default=None, help="one-step student optimiser steps")
+    train.add_argument("--refiner-steps", type=int, default=None, help="FlowTurbo refiner optimiser steps")
+    train.add_argument("--size", default=None, choices=("cpu", "gpu"), help="denoiser size (default: cpu, a few M parameters)")
+    train.add_argument("--seed", type=int, default=None, help="random seed")
+    train.set_defaults(handler=_cmd_train)
+
+    sample = sub.add_parser("sample", help="generate 3D Gaussian scenes from a prompt")
+    sample.add_argument("prompt", help='text, e.g. "a red mug"')
+    sample.add_argument("-o", "--out", type=Path, required=True,
+                        help="scene directory (with --num N > 1: OUT/sample_000 ...)")
+    sample.add_argument("--model", type=Path, default=None, help="model directory (default: the shipped model)")
+    sample.add_argument("--steps", type=int, default=8, help="velocity evaluations (default: 8; 1 = one-step student)")
+    sample.add_argument("--solver", default="euler", choices=("euler", "heun", "boss", "turbo", "onestep"))
+    sample.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale (default: the model's)")
+    sample.add_argument("--reflow", action="store_true", help="sample the 2-RF model")
+    sample.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    sample.add_argument("--num", type=int, default=1, help="number of samples (default: 1)")
+    sample.set_defaults(handler=_cmd_sample)
+
     gen.set_defaults(handler=lambda args: _missing_subcommand(gen))
 
 
@@ -93,4 +124,36 @@ def _cmd_decode(args: argparse.Namespace) -> int:
     latent = load_latent(args.latent)
     path = decode_latent(latent, args.out, preview=not args.no_preview)
     print(path)
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from recon4d.gen.config import pipeline_config
+
+    overrides = {"stages": args.stages, "steps": args.steps, "batch": args.batch, "lr": args.lr,
+                 "sampler": args.sampler, "loss": args.loss, "reflow_steps": args.reflow_steps,
+                 "distill_steps": args.distill_steps, "refiner_steps": args.refiner_steps, "size": args.size,
+                 "seed": args.seed}
+    config = pipeline_config(args.config, {k: v for k, v in overrides.items() if v is not None})
+    if not args.latents.is_dir():
+        raise InputError(f"{args.latents} is not a latents folder", hint="make one with `recon4d gen encode`")
+    from recon4d.gen.pipeline import run_pipeline
+
+    summary = run_pipeline(args.latents, args.out, config)
+    from recon4d import distributed
+
+    if distributed.is_rank0():
+        print(json.dumps(summary, indent=1, default=str))
+    distributed.shutdown()
+    return 0
+
+
+def _cmd_sample(args: argparse.Namespace) -> int:
+    from recon4d.gen.sample import SampleRequest, check_request, sample_to_dirs
+
+    request = SampleRequest(args.prompt, steps=args.steps, solver=args.solver, cfg=args.cfg, seed=args.seed,
+                            num=args.num, reflow=args.reflow)
+    check_request(request)
+    for path in sample_to_dirs(request, args.out, args.model):
+        print(path)
     return 0

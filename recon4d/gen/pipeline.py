@@ -1,0 +1,154 @@
+"""`recon4d gen train`: the training stages of a model directory, in order.
+
+    rf1      rectified flow on the latents (MM-DiT + MiniLM, CFG dropout, EMA)         model.safetensors
+    boss     BOSS schedules of the 1-RF (and 2-RF) model for NFE 1..32                  boss.json
+    rf2      reflow on (noise, 1-RF sample) pairs, starting from the 1-RF weights       reflow.safetensors
+    onestep  InstaFlow one-step student from the 2-RF model's pairs                     onestep.safetensors
+    refiner  FlowTurbo velocity refiner on the 1-RF model's paths                       refiner.safetensors
+Each stage reads what the earlier ones wrote, so stages can be run one at a time (`--stages rf2`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from recon4d import distributed
+from recon4d.errors import InputError
+from recon4d.gen.boss import save_schedules, schedules, step_costs
+from recon4d.gen.data import FlowData, TextTable, load_flow_data, split_names, text_table
+from recon4d.gen.flow import guided, straightness
+from recon4d.gen.mmdit import MMDiT, ModelConfig
+from recon4d.gen.model_io import KINDS, load_model_file
+from recon4d.gen.reflow import PairConfig, make_pairs
+from recon4d.gen.text import TextEncoder
+from recon4d.gen.train import TrainConfig, train_velocity_model
+from recon4d.gen.turbo import RefinerConfig, save_refiner, train_refiner
+from recon4d.io.atomic import atomic_path
+
+STAGES = ("rf1", "boss", "rf2", "onestep", "refiner")
+SUMMARY_FILE = "training.json"
+
+
+@dataclass
+class PipelineConfig:
+    """Everything `recon4d gen train` runs.
+
+    Attributes:
+        stages: which stages to run, in STAGES order.
+        model: denoiser size; rf1/rf2/onestep: their optimisation; pairs: reflow/distillation pairs.
+        default_cfg: guidance stored with the 1-RF model (2-RF and the student bake guidance into their
+            pairs and sample with 1.0).
+        boss_fine_steps, boss_samples: reference grid and paths of the BOSS cost matrix.
+        refiner, refiner_steps, refiner_batch, refiner_paths: FlowTurbo refiner training.
+        straightness_samples: noise draws for the straightness numbers.
+        split: corpus split trained on (objects of other splits are left out); save_dtype: float32 | float16.
+    """
+
+    stages: tuple[str, ...] = ("rf1", "boss")
+    model: ModelConfig = field(default_factory=ModelConfig)
+    rf1: TrainConfig = field(default_factory=TrainConfig)
+    rf2: TrainConfig = field(default_factory=lambda: TrainConfig(steps=1000, cfg_drop=0.1, lr=2e-4, warmup=50))
+    onestep: TrainConfig = field(default_factory=lambda: TrainConfig(steps=1000, timestep_sampler="zero", cfg_drop=0.0,
+                                                                     lr=2e-4, warmup=50))
+    pairs: PairConfig = field(default_factory=PairConfig)
+    default_cfg: float = 3.0
+    boss_fine_steps: int = 64
+    boss_samples: int = 16
+    refiner: RefinerConfig = field(default_factory=RefinerConfig)
+    refiner_steps: int = 800
+    refiner_batch: int = 64
+    refiner_paths: int = 64
+    straightness_samples: int = 16
+    split: str = "train"
+    save_dtype: str = "float32"
+
+
+def _load_stored(out: Path, kind: str) -> tuple[MMDiT, dict]:
+    stored = load_model_file(out / KINDS[kind], kind)
+    model = MMDiT(ModelConfig(**stored.config))
+    model.load_state_dict(stored.state)
+    return model.eval().requires_grad_(False), stored.state
+
+
+def _noise_and_captions(data: FlowData, count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    captions = torch.randint(len(data.captions) - 1, (count,), generator=generator)
+    return torch.randn((count, *data.x1.shape[1:]), generator=generator), captions
+
+
+def _velocity(model: MMDiT, text: TextTable, data: FlowData, captions: torch.Tensor, cfg: float):
+    uncond = text.take(torch.full_like(captions, data.unconditional_index))
+    return guided(model, text.take(captions), uncond, cfg)
+
+
+def run_pipeline(latents_dir: Path, out: Path, config: PipelineConfig) -> dict:
+    """Run the configured stages; returns (and writes, rank 0) MODEL_DIR/training.json."""
+    unknown = [s for s in config.stages if s not in STAGES]
+    if unknown:
+        raise InputError(f"unknown stage {unknown[0]!r}; stages are {', '.join(STAGES)}")
+    if out.exists() and not out.is_dir():
+        raise InputError(f"output {out} exists and is not a directory")
+    dtype = {"float32": torch.float32, "float16": torch.float16}[config.save_dtype]
+    names = split_names(latents_dir, None, config.split)
+    data, stats = load_flow_data(latents_dir, names, num_gaussians=config.model.num_gaussians)
+    out.mkdir(parents=True, exist_ok=True)
+    encoder = TextEncoder(out / "text_cache.safetensors")
+    text = text_table(encoder, data.captions)
+    if distributed.is_rank0():
+        encoder.save_cache()
+    summary_path = out / SUMMARY_FILE
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    summary["objects"] = len(data)
+    x0, captions = _noise_and_captions(data, config.straightness_samples, seed=99)
+    for stage in (s for s in STAGES if s in config.stages):
+        if stage == "rf1":
+            model, summary["rf1"] = train_velocity_model(
+                data, text, stats, config.model, config.rf1, out, stage="rf1", kind="rf1",
+                info={"default_cfg": config.default_cfg}, save_dtype=dtype)
+        elif stage == "boss":
+            summary["boss"] = {}
+            for kind in ("rf1", "rf2"):
+                if (out / KINDS[kind]).is_file():
+                    model, _ = _load_stored(out, kind)
+                    cfg = config.default_cfg if kind == "rf1" else 1.0
+                    b_x0, b_captions = _noise_and_captions(data, config.boss_samples, seed=7)
+                    costs = step_costs(_velocity(model, text, data, b_captions, cfg), b_x0, config.boss_fine_steps)
+                    table = schedules(costs)
+                    if distributed.is_rank0():
+                        save_schedules(out, kind, table, {"fine_steps": config.boss_fine_steps, "cfg": cfg})
+                    summary["boss"][kind] = table
+        elif stage == "rf2":
+            teacher, teacher_state = _load_stored(out, "rf1")
+            pairs = make_pairs(teacher, data, text, stats, dataclasses.replace(config.pairs, cfg=config.default_cfg))
+            before = straightness(_velocity(teacher, text, data, captions, config.default_cfg), x0)
+            model, info = train_velocity_model(pairs, text, stats, config.model, config.rf2, out, stage="rf2",
+                                               kind="rf2", init_state=teacher_state,
+                                               info={"default_cfg": 1.0, "pairs": len(pairs)}, save_dtype=dtype)
+            after = straightness(_velocity(model, text, data, captions, 1.0), x0)
+            summary["rf2"] = {**info, "straightness_rf1": before, "straightness_rf2": after}
+        elif stage == "onestep":
+            teacher, teacher_state = _load_stored(out, "rf2")
+            pairs = make_pairs(teacher, data, text, stats, dataclasses.replace(config.pairs, cfg=1.0, seed=config.pairs.seed + 1))
+            _, summary["onestep"] = train_velocity_model(
+                pairs, text, stats, config.model, config.onestep, out, stage="onestep", kind="onestep",
+                init_state=teacher_state, info={"default_cfg": 1.0, "pairs": len(pairs)}, save_dtype=dtype)
+        elif stage == "refiner":
+            teacher, _ = _load_stored(out, "rf1")
+            r_x0, r_captions = _noise_and_captions(data, config.refiner_paths, seed=11)
+            velocity = _velocity(teacher, text, data, r_captions, config.default_cfg)
+            refiner_config = dataclasses.replace(config.refiner, patch=config.model.patch)
+            refiner, loss = train_refiner(velocity, r_x0, refiner_config, config.refiner_steps, config.refiner_batch)
+            parameters = sum(p.numel() for p in refiner.parameters())
+            info = {"final_loss": loss, "parameters": parameters, "steps": config.refiner_steps,
+                    "share_of_model": parameters / sum(p.numel() for p in teacher.parameters())}
+            if distributed.is_rank0():
+                save_refiner(out, refiner, stats, info)
+            summary["refiner"] = info
+    if distributed.is_rank0():
+        with atomic_path(summary_path) as tmp:
+            tmp.write_text(json.dumps(summary, indent=1, default=str))
+    return summary
