@@ -166,3 +166,42 @@ def test_bad_sample_requests_give_one_line_and_exit_2(tiny_model, tmp_path):
     assert run.returncode == 2 and len(run.stderr.strip().splitlines()) == 1, run.stderr
     run = _cli("sample", "a ball", "-o", str(tmp_path / "e"), "--model", str(tmp_path / "nowhere"))
     assert run.returncode == 2 and len(run.stderr.strip().splitlines()) == 1 and "recon4d gen train" in run.stderr
+
+
+def test_turbo_sampler_keeps_its_evaluation_budget():
+    from recon4d.gen.turbo import RefinerConfig, VelocityRefiner, turbo_sample
+
+    calls = []
+
+    def velocity(x, t):
+        calls.append(1)
+        return -x + t[:, None, None]
+
+    refiner = VelocityRefiner(RefinerConfig(patch=8))
+    x0 = torch.randn(2, 16, 14, generator=torch.Generator().manual_seed(0))
+    for nfe in (1, 2, 3, 4, 8):
+        calls.clear()
+        out = turbo_sample(velocity, refiner, x0, nfe)
+        assert len(calls) == nfe and torch.isfinite(out).all()
+
+
+def test_reflow_distillation_and_refiner_stages(tiny_latents, tiny_model, tmp_path):
+    import json
+    import shutil
+
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny_model, model_dir)
+    short = TrainConfig(steps=20, batch=8, lr=5e-4, warmup=5, ema_decay=0.9, log_every=10)
+    config = PipelineConfig(stages=("rf2", "onestep", "refiner", "boss"), model=TINY_MODEL, rf2=short,
+                            onestep=TrainConfig(**{**short.__dict__, "timestep_sampler": "zero", "cfg_drop": 0.0}),
+                            pairs=PairConfig(per_caption=2, euler_steps=6), boss_fine_steps=16, boss_samples=4,
+                            refiner_steps=20, refiner_batch=8, refiner_paths=4, straightness_samples=4)
+    summary = run_pipeline(tiny_latents, model_dir, config)
+    assert summary["rf2"]["straightness_rf1"] > 0 and summary["rf2"]["straightness_rf2"] >= 0
+    assert 0 < summary["refiner"]["share_of_model"] < 0.5
+    assert set(json.loads((model_dir / "boss.json").read_text())) >= {"rf1", "rf2"}
+    generator = Generator(model_dir)
+    for request in (SampleRequest("a red ball", steps=1), SampleRequest("a red ball", steps=4, solver="turbo"),
+                    SampleRequest("a red ball", steps=4, reflow=True), SampleRequest("a red ball", steps=2, solver="boss",
+                                                                                    reflow=True)):
+        assert generator.generate(request).shape == (1, 64, 14)

@@ -80,23 +80,25 @@ def render_object_views(parts, config: CorpusConfig, azimuth_offset_deg: float =
 def build_object(job: dict) -> str:
     """Render one object (a `recon4d.cluster` job: {"key", "folder", "seed", "config"}) into its folder.
 
-    A complete folder (labels.json is written last) is skipped. Returns the caption.
+    A complete folder (transforms.json is written last) is skipped. Returns the caption.
     """
     from recon4d.cluster import JobSkipped
 
     folder_path, seed = Path(job["folder"]), int(job["seed"])
     torch.set_num_threads(1)  # small images do not parallelise; several jobs at a time use the cores
-    if (folder_path / "labels.json").is_file():
+    if (folder_path / "transforms.json").is_file() and (folder_path / "labels.json").is_file():
         raise JobSkipped("already rendered")
     spec = sample_object(seed)
     corpus_config = _config_from_dict(job["config"])
     azimuth = (zlib.crc32(folder_path.name.encode()) % 360) * 1.0  # objects are not all seen from the same angles
-    write_view_set(folder_path, render_object_views(spec.parts, corpus_config, azimuth))
+    folder_path.mkdir(parents=True, exist_ok=True)
     with atomic_path(folder_path / "caption.txt") as tmp:
         tmp.write_text(spec.caption + "\n")
     labels = {**spec.labels, "seed": seed, "parts": [p.to_json() for p in spec.parts]}
     with atomic_path(folder_path / "labels.json") as tmp:
         tmp.write_text(json.dumps(labels, indent=1))
+    # transforms.json is written last: a folder with it is a complete object for `gen encode`
+    write_view_set(folder_path, render_object_views(spec.parts, corpus_config, azimuth))
     return spec.caption
 
 

@@ -1,10 +1,10 @@
 """`recon4d gen train`: the training stages of a model directory, in order.
 
     rf1      rectified flow on the latents (MM-DiT + MiniLM, CFG dropout, EMA)         model.safetensors
-    boss     BOSS schedules of the 1-RF (and 2-RF) model for NFE 1..32                  boss.json
     rf2      reflow on (noise, 1-RF sample) pairs, starting from the 1-RF weights       reflow.safetensors
     onestep  InstaFlow one-step student from the 2-RF model's pairs                     onestep.safetensors
     refiner  FlowTurbo velocity refiner on the 1-RF model's paths                       refiner.safetensors
+    boss     BOSS schedules of the 1-RF and 2-RF models for NFE 1..32                   boss.json
 Each stage reads what the earlier ones wrote, so stages can be run one at a time (`--stages rf2`).
 """
 from __future__ import annotations
@@ -29,7 +29,7 @@ from recon4d.gen.train import TrainConfig, train_velocity_model
 from recon4d.gen.turbo import RefinerConfig, save_refiner, train_refiner
 from recon4d.io.atomic import atomic_path
 
-STAGES = ("rf1", "boss", "rf2", "onestep", "refiner")
+STAGES = ("rf1", "rf2", "onestep", "refiner", "boss")
 SUMMARY_FILE = "training.json"
 
 

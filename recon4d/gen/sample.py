@@ -108,9 +108,14 @@ class Generator:
     def generate_standardized(self, request: SampleRequest, x0: torch.Tensor | None = None) -> torch.Tensor:
         """Standardised latents [num, G, 14] for a request (x0: the noise, default from the seed)."""
         check_request(request)
-        solver = "onestep" if request.steps == 1 and request.solver == "euler" and self.has("onestep") else request.solver
         x0 = self.noise(request.num, request.seed) if x0 is None else x0
-        prompts = [request.prompt] * x0.shape[0]
+        return self.solve([request.prompt] * x0.shape[0], x0, request)
+
+    @torch.no_grad()
+    def solve(self, prompts: list[str], x0: torch.Tensor, request: SampleRequest) -> torch.Tensor:
+        """Standardised latents [B, G, 14] from noise x0 [B, G, 14], one prompt per row, with the request's
+        solver, steps, guidance and model (its prompt and seed are not used)."""
+        solver = "onestep" if request.steps == 1 and request.solver == "euler" and self.has("onestep") else request.solver
         if solver == "onestep":
             self._need("onestep")
             return onestep_sample(self.velocity("onestep", prompts, self._cfg(request, "onestep")), x0)
@@ -129,9 +134,7 @@ class Generator:
         from recon4d.gen.turbo import load_refiner, turbo_sample
 
         self._need("refiner")
-        refiner = load_refiner(self.model_dir)
-        cond, uncond = self.conditions(prompts)
-        return turbo_sample(velocity, refiner, cond, uncond, self._cfg(request, kind), x0, request.steps)
+        return turbo_sample(velocity, load_refiner(self.model_dir), x0, request.steps)
 
     def _cfg(self, request: SampleRequest, kind: str) -> float:
         return request.cfg if request.cfg is not None else self.default_cfg(kind)

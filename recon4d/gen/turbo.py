@@ -66,8 +66,8 @@ def split_budget(nfe: int, refine_steps: int = 2) -> tuple[int, int, int]:
 
 
 @torch.no_grad()
-def turbo_sample(velocity: Velocity, refiner: VelocityRefiner, cond: tuple, uncond: tuple, cfg: float,
-                 x0: torch.Tensor, nfe: int, refine_steps: int = 2) -> torch.Tensor:
+def turbo_sample(velocity: Velocity, refiner: VelocityRefiner, x0: torch.Tensor, nfe: int,
+                 refine_steps: int = 2) -> torch.Tensor:
     """Integrate 0 -> 1 with at most `nfe` model evaluations plus `refine_steps` refiner evaluations."""
     heun_steps, corrector_steps, refine_steps = split_budget(nfe, refine_steps)
     times = uniform_times(heun_steps + corrector_steps + refine_steps + (1 if heun_steps + corrector_steps == 0 else 0))
@@ -136,7 +136,7 @@ def train_refiner(velocity: Velocity, x0: torch.Tensor, config: RefinerConfig, s
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-    return refiner.eval().requires_grad_(False), float(loss)
+    return refiner.eval().requires_grad_(False), float(loss.detach())
 
 
 def save_refiner(model_dir: Path, refiner: VelocityRefiner, stats, info: dict) -> Path:  # noqa: ANN001
