@@ -29,10 +29,10 @@ from recon4d.nerf.nelf.config import DistillConfig
 from recon4d.nerf.nelf.encoding import RayFrame, flops_per_pixel
 from recon4d.nerf.nelf.evaluate import frame_timings, image_quality, model_megabytes
 from recon4d.nerf.nelf.onnx_export import export_and_verify, onnx_session
+from recon4d.nerf.nelf.rays import check_resolution
 from recon4d.nerf.nelf.student import (
     StudentInfo,
     build_student,
-    check_student_resolution,
     probe_rays,
     save_student,
     student_rays,
@@ -66,11 +66,11 @@ def distill(fit_dir: str | os.PathLike, out_dir: str | os.PathLike, config: Dist
     out_dir = Path(out_dir)
     _check_output(out_dir)
     scene = load_scene(fit_dir)
-    teacher = make_teacher(scene, time, config.data)
     width, height = scene.cameras.width, scene.cameras.height
+    check_resolution(width, height, config.r2l.sr_factor if config.model == "r2l" else 1)
+    teacher = make_teacher(scene, time, config.data)
     torch.manual_seed(config.train.seed)
     model = build_student(config, RayFrame(teacher.centre, teacher.radius, teacher.near, teacher.far))
-    check_student_resolution(model, width, height)
     checkpoint = out_dir / CHECKPOINT_DIR
     if restart and checkpoint.exists():
         shutil.rmtree(checkpoint)

@@ -50,12 +50,12 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, example_rays: torch.T
 
 
 def onnx_session(path: str | os.PathLike, threads: int | None = None):
-    """onnxruntime CPU session of an exported student."""
+    """onnxruntime CPU session of an exported student, with `threads` intra-op threads (default: as many as
+    PyTorch uses, so that both runtimes are compared on the same cores)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
+    options.intra_op_num_threads = threads or torch.get_num_threads()
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
