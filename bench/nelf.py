@@ -58,7 +58,7 @@ def ensure_fit(clip: str, work: Path, frames: int, env: dict[str, str]) -> Path:
     return fit
 
 
-def row(clip: str, model: str, metrics: dict, peak_mb: float) -> dict:
+def row(clip: str, model: str, metrics: dict, peak_mb: float | None) -> dict:
     return {
         "clip": clip, "model": model, "res": f"{metrics['width']}x{metrics['height']}",
         **{k: metrics.get(k) for k in ("psnr_vs_teacher", "ssim_vs_teacher", "psnr_vs_real", "teacher_psnr_vs_real",
@@ -98,9 +98,9 @@ def main() -> None:
         for model in args.models:
             out = args.work / f"{clip}_{model}"
             peak_file = args.work / f"{clip}_{model}.peak_mb"
-            if args.reuse and (out / "metrics.json").is_file() and peak_file.is_file():
-                rows.append(row(clip, model, json.loads((out / "metrics.json").read_text()),
-                                float(peak_file.read_text())))
+            if args.reuse and (out / "metrics.json").is_file():  # peak memory only if this script ran it
+                peak = float(peak_file.read_text()) if peak_file.is_file() else None
+                rows.append(row(clip, model, json.loads((out / "metrics.json").read_text()), peak))
                 continue
             command = [*RECON4D, "nerf", "distill", str(fit), "--model", model, "-o", str(out), "--preset",
                        args.preset, "--restart"]

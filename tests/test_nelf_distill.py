@@ -99,7 +99,9 @@ def test_export_cli_writes_a_model_onnxruntime_loads(r2l_model, tmp_path, capsys
     out, _ = r2l_model
     assert main(["nerf", "export", str(out), "--onnx", str(tmp_path / "student.onnx")]) == 0
     session = ort.InferenceSession(str(tmp_path / "student.onnx"), providers=["CPUExecutionProvider"])
-    rgb = session.run(None, {"rays": np.zeros((1, 6, 5, 7), np.float32) + np.array([0, 0, 0, 0, 0, 1], np.float32)[:, None, None]})[0]
+    rays = np.zeros((1, 6, 5, 7), np.float32)
+    rays[:, 5] = 1.0  # looking along +z from the origin
+    rgb = session.run(None, {"rays": rays})[0]
     assert rgb.shape == (1, 3, 10, 14)
     assert "onnxruntime matches PyTorch" in capsys.readouterr().out
 
@@ -140,7 +142,8 @@ def test_bad_inputs_exit_2(fit_dir, r2l_model, tmp_path, capsys):
     assert main(["nerf", "distill", str(fit_dir), "--model", "r2l", "--time", "99", "-o", str(tmp_path / "m")]) == 2
     assert "outside the scene's time range" in _one_error_line(capsys)
     # 36 x 24 is not divisible by the paper preset's x8 super-resolution.
-    assert main(["nerf", "distill", str(fit_dir), "--model", "r2l", "--preset", "paper", "-o", str(tmp_path / "m")]) == 2
+    paper = ["nerf", "distill", str(fit_dir), "--model", "r2l", "--preset", "paper", "-o", str(tmp_path / "m")]
+    assert main(paper) == 2
     assert "not allowed by the student's super-resolution factor 8" in _one_error_line(capsys)
     assert not (tmp_path / "m" / "model.safetensors").exists()
     assert main(["nerf", "export", str(tmp_path), "--onnx", str(tmp_path / "x.onnx")]) == 2

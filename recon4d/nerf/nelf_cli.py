@@ -13,7 +13,8 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     state.add_argument("--time", type=float, default=None, help="teacher: the whole scene at this time (frame units)")
     state.add_argument("--static", action="store_true", help="teacher: the still part of the scene (default)")
     distill.add_argument("--out", "-o", type=Path, required=True, help="model folder to write")
-    distill.add_argument("--preset", default="cpu", help="cpu (default, trains in minutes) or paper (published sizes, GPU)")
+    distill.add_argument("--preset", default="cpu",
+                         help="cpu (default, trains in minutes) or paper (published sizes, for a GPU)")
     distill.add_argument("--steps", type=int, default=None, help="steps on teacher views (default: the preset's)")
     distill.add_argument("--finetune-steps", type=int, default=None, help="steps on the real frames afterwards")
     distill.add_argument("--views", type=int, default=None, help="teacher views sampled around the camera path")
@@ -28,11 +29,19 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _cmd_distill(args: argparse.Namespace) -> int:
+    import torch
+
     from recon4d.nerf.nelf import distill, preset_config, with_overrides
 
     config = with_overrides(preset_config(args.model, args.preset), steps=args.steps,
                             finetune_steps=args.finetune_steps, views=args.views, seed=args.seed)
-    metrics = distill(args.fit_dir, args.out, config, time=args.time, restart=args.restart)
+    from recon4d.errors import InputError
+
+    # Only training uses the device (the teacher runs in recon4d's CPU rasterizer), so gsplat is not needed.
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda but no CUDA GPU is visible to torch", hint="use --device cpu")
+    device = torch.device("cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu")
+    metrics = distill(args.fit_dir, args.out, config, time=args.time, restart=args.restart, device=device)
     print(f"wrote {args.out}/model.safetensors, model.onnx, metrics.json "
           f"(PSNR vs teacher {metrics['psnr_vs_teacher']:.2f} dB)")
     return 0

@@ -59,10 +59,11 @@ def _with_rays(model: torch.nn.Module, views: ViewSet, width: int, height: int) 
 
 
 def distill(fit_dir: str | os.PathLike, out_dir: str | os.PathLike, config: DistillConfig,
-            time: float | None = None, restart: bool = False,
+            time: float | None = None, restart: bool = False, device: torch.device = torch.device("cpu"),
             log: Callable[[str], None] = print) -> dict[str, Any]:
     """Distil the teacher of `fit_dir` (still part, or the scene at `time`) into a student in `out_dir`.
-    Resumes an interrupted run of the same settings; returns the metrics (also written to metrics.json)."""
+    Resumes an interrupted run of the same settings; returns the metrics (also written to metrics.json).
+    Training runs on `device`; the teacher, evaluation and timings on the CPU."""
     out_dir = Path(out_dir)
     _check_output(out_dir)
     scene = load_scene(fit_dir)
@@ -100,7 +101,7 @@ def distill(fit_dir: str | os.PathLike, out_dir: str | os.PathLike, config: Dist
     fingerprint = f"{Path(fit_dir).resolve()}|{teacher.state}|{len(teacher.gaussians)}"
     started = clock.perf_counter()
     losses = train_student(model, pseudo, real if config.train.finetune_steps > 0 else None, config, checkpoint,
-                           fingerprint)
+                           fingerprint, device)
     train_seconds = clock.perf_counter() - started
 
     metrics: dict[str, Any] = {"model": config.model, "preset": config.preset, "state": teacher.state,

@@ -10,7 +10,6 @@ import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
@@ -89,8 +88,7 @@ def student_color(model: nn.Module, rays: torch.Tensor) -> torch.Tensor:
     return out[0] if isinstance(out, tuple) else out
 
 
-def save_student(model: nn.Module, info: StudentInfo, config: DistillConfig, folder: str | os.PathLike,
-                 extra: dict[str, Any] | None = None) -> Path:
+def save_student(model: nn.Module, info: StudentInfo, config: DistillConfig, folder: str | os.PathLike) -> Path:
     """Write model.safetensors and model.json into `folder` (atomically each)."""
     from safetensors.torch import save_file
 
@@ -99,8 +97,7 @@ def save_student(model: nn.Module, info: StudentInfo, config: DistillConfig, fol
     tensors = {name: value.detach().cpu().contiguous() for name, value in model.state_dict().items()}
     with atomic_path(folder / WEIGHTS_FILE) as tmp:
         save_file(tensors, str(tmp), metadata={"format": MODEL_FORMAT})
-    meta = {"format": MODEL_FORMAT, "kind": config.model, "config": config.to_dict(), "info": asdict(info),
-            **(extra or {})}
+    meta = {"format": MODEL_FORMAT, "kind": config.model, "config": config.to_dict(), "info": asdict(info)}
     write_bytes_atomic(folder / INFO_FILE, json.dumps(meta, indent=2).encode())
     return folder
 

@@ -128,7 +128,8 @@ def sample_cameras(scene: Scene4D, count: int, config: PseudoDataConfig, scene_d
         pose = cams.world_from_camera_at(t).double()
         mix = float(torch.rand((), generator=generator, dtype=torch.float64))
         centre = torch.lerp(pose[:3, 3], cams.world_from_camera_at(other).double()[:3, 3], mix)
-        centre = centre + torch.randn(3, generator=generator, dtype=torch.float64) * config.position_jitter * scene_depth
+        offset = torch.randn(3, generator=generator, dtype=torch.float64)
+        centre = centre + offset * config.position_jitter * scene_depth
         turn = torch.randn(3, generator=generator, dtype=torch.float64) * math.radians(config.rotation_jitter_deg)
         pose[:3, :3] = pose[:3, :3] @ so3_exp(turn)
         pose[:3, 3] = centre

@@ -38,6 +38,10 @@ class Batch:
     weights: torch.Tensor
     profiles: torch.Tensor | None
 
+    def to(self, device: torch.device) -> "Batch":
+        return Batch(*(None if x is None else x.to(device) for x in (self.rays, self.colors, self.weights,
+                                                                       self.profiles)))
+
 
 def image_batch(views: ViewSet, count: int, generator: torch.Generator) -> Batch:
     """`count` whole views drawn at random."""
@@ -93,7 +97,7 @@ def learning_rate(step: int, config: DistillConfig) -> float:
 
 def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
     state = optimizer.state_dict()["state"]
-    return {f"adam/{index}/{key}": torch.as_tensor(value).clone() for index, entry in state.items()
+    return {f"adam/{index}/{key}": torch.as_tensor(value).detach().cpu().clone() for index, entry in state.items()
             for key, value in entry.items()}
 
 
@@ -145,10 +149,13 @@ def load_checkpoint(folder: Path, model: nn.Module, optimizer: torch.optim.Optim
 
 
 def train_student(model: nn.Module, pseudo: ViewSet, real: ViewSet | None, config: DistillConfig,
-                  checkpoint_dir: Path, fingerprint: str) -> dict[str, float]:
+                  checkpoint_dir: Path, fingerprint: str,
+                  device: torch.device = torch.device("cpu")) -> dict[str, float]:
     """Optimise `model` in place: config.train.steps on `pseudo`, then finetune_steps on `real` + `pseudo`
-    (skipped when `real` is None). Resumes from `checkpoint_dir`. Returns the last losses."""
+    (skipped when `real` is None). Resumes from `checkpoint_dir`. Batches are drawn on the CPU and moved to
+    `device`; the model ends on the CPU. Returns the last losses."""
     train = config.train
+    model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=train.lr)
     generator = torch.Generator().manual_seed(train.seed + 1)
     start = load_checkpoint(checkpoint_dir, model, optimizer, generator, config, fingerprint)
@@ -162,10 +169,10 @@ def train_student(model: nn.Module, pseudo: ViewSet, real: ViewSet | None, confi
     for step in track(range(start, total), f"distilling {config.model}", total=total - start):
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, config)
-        loss = distillation_loss(model, draw(pseudo, size, generator), profile_weight)
+        loss = distillation_loss(model, draw(pseudo, size, generator).to(device), profile_weight)
         losses["pseudo"] = loss.item()
         if step >= train.steps:
-            real_loss = distillation_loss(model, draw(real, size, generator), profile_weight)
+            real_loss = distillation_loss(model, draw(real, size, generator).to(device), profile_weight)
             losses["real"] = real_loss.item()
             loss = loss + real_loss
         optimizer.zero_grad(set_to_none=True)
@@ -174,7 +181,7 @@ def train_student(model: nn.Module, pseudo: ViewSet, real: ViewSet | None, confi
         done = step + 1
         if done % train.checkpoint_every == 0 or done == total:  # the last one lets a rerun skip training
             save_checkpoint(checkpoint_dir, model, optimizer, generator, done, config, fingerprint)
-    model.eval()
+    model.cpu().eval()
     return losses
 
 
