@@ -24,6 +24,36 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"recon4d: error: {message} (see `{self.prog} --help`)\n")
 
 
+def _number(kind: type, low: float | None = None, high: float | None = None, low_open: bool = False):
+    """argparse type: a finite int/float in [low, high] (or (low, high] with low_open); else a one-line usage error."""
+    import math
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+        if low is not None and (value < low or (low_open and value == low)):
+            raise argparse.ArgumentTypeError(f"must be {'>' if low_open else '>='} {low:g}, got {text}")
+        if high is not None and value > high:
+            raise argparse.ArgumentTypeError(f"must be <= {high:g}, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
+POSITIVE_FPS = _number(float, 0, 1000, low_open=True)
+
+
+def _add_out(parser: argparse.ArgumentParser, default_text: str) -> None:
+    """The destination of a command that writes: -o/--out everywhere, --dest kept as an alias."""
+    parser.add_argument("--out", "-o", "--dest", dest="out", type=Path, default=None,
+                        help=f"destination folder (default: {default_text})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="recon4d", description="Monocular video to a 4D Gaussian scene with a camera per frame.")
     parser.add_argument("--version", action="version", version=f"recon4d {__version__}")
@@ -37,31 +67,35 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--out", "-o", type=Path, default=None, help="output directory (default: out/<video name>)")
     fit.add_argument("--preset", default="default",
                      help="fast | default | quality, or a YAML file with config fields (default: default)")
-    fit.add_argument("--max-frames", type=int, default=None, help="use at most this many frames")
-    fit.add_argument("--stride", type=int, default=None, help="use every k-th frame")
-    fit.add_argument("--short-side", type=int, default=None, help="working resolution: short image side in pixels")
-    fit.add_argument("--gaussians", dest="num_gaussians", type=int, default=None, help="Gaussians on frame 0")
-    fit.add_argument("--fov", dest="fov_x_deg", type=float, default=None, help="horizontal field of view, degrees")
+    fit.add_argument("--max-frames", type=_number(int, 2), default=None, help="use at most this many frames")
+    fit.add_argument("--stride", type=_number(int, 1), default=None, help="use every k-th frame")
+    fit.add_argument("--short-side", type=_number(int, 16, 4096), default=None, help="working resolution: short image side in pixels")
+    fit.add_argument("--gaussians", dest="num_gaussians", type=_number(int, 1, 10_000_000), default=None, help="Gaussians on frame 0")
+    fit.add_argument("--fov", dest="fov_x_deg", type=_number(float, 0, 180, low_open=True), default=None, help="horizontal field of view, degrees")
     fit.add_argument("--intrinsics", type=str, default=None,
                      help="fx,fy,cx,cy in pixels of the working resolution (overrides --fov)")
-    fit.add_argument("--holdout-every", type=int, default=None,
+    fit.add_argument("--holdout-every", type=_number(int, 0), default=None,
                      help="withhold every K-th frame from the fit and report held-out PSNR (0 = off)")
-    fit.add_argument("--seed", type=int, default=None, help="random seed")
+    fit.add_argument("--seed", type=_number(int, 0, 2**63 - 1), default=None, help="random seed")
     fit.add_argument("--flow", default="dis", help="flow prior: dis (default, no weights) | farneback | torchscript")
     fit.add_argument("--flow-model", type=Path, default=None, help="TorchScript flow model file for --flow torchscript")
     fit.add_argument("--depth", default="video",
                      help="depth prior: video (default, no weights) | file | depth-anything-v2")
     fit.add_argument("--depth-path", type=Path, default=None,
                      help="depth maps (--depth file) or a local Depth Anything V2 folder (--depth depth-anything-v2)")
-    fit.add_argument("--restart", action="store_true", help="ignore an existing checkpoint in OUT")
+    fit.add_argument("--restart", action="store_true",
+                     help="ignore an existing checkpoint in OUT and start over (replaces a finished scene there)")
+    fit.add_argument("--overwrite", action="store_true",
+                     help="replace a finished scene of another input or settings in OUT (refused otherwise)")
     fit.add_argument("--refine", action=argparse.BooleanOptionalAction, default=None,
                      help="continuous-time refinement after the sequential fit (default: as the preset says)")
-    fit.add_argument("--refine-iters", type=int, default=None, help="refinement steps")
+    fit.add_argument("--refine-iters", type=_number(int, 0), default=None, help="refinement steps")
     fit.set_defaults(handler=_cmd_fit)
 
     refine = commands.add_parser("refine", help="continuous-time refinement of an existing `recon4d fit` OUT")
     refine.add_argument("scene", type=Path, help="output directory of `recon4d fit` (sequential result)")
-    refine.add_argument("--refine-iters", type=int, default=None, help="refinement steps (default: as fitted)")
+    refine.add_argument("--refine-iters", type=_number(int, 0), default=None,
+                        help="refinement steps (default: as fitted)")
     refine.set_defaults(handler=_cmd_refine)
 
     info = commands.add_parser("info", help="summarise a scene file or output directory")
@@ -77,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="frame index or 'all' (ply, mesh, masks; tracks: the query frame, 'all' = 0; default: all)")
     export.add_argument("--static", action="store_true", help="mesh: only the still Gaussians (background)")
     export.add_argument("--mesh-format", default=".ply", choices=(".ply", ".obj", ".glb"), help="mesh file type")
-    export.add_argument("--dest", type=Path, default=None, help="destination folder (default: OUT/export/<format>)")
+    _add_out(export, "OUT/export/<format>")
     export.set_defaults(handler=_cmd_export)
 
     render = commands.add_parser("render", help="render a camera path of a fitted OUT to mp4 (and PNG frames)")
@@ -85,19 +119,20 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--path", default="input",
                         help="input | orbit | spiral | bullet-time | stabilized | zoom, or a camera path .json "
                              "(schema: recon4d/render_views/paths.py) (default: input)")
-    render.add_argument("--width", type=int, default=None, help="output width in pixels (default: the scene's)")
-    render.add_argument("--height", type=int, default=None, help="output height in pixels (default: the scene's)")
-    render.add_argument("--scale", type=float, default=None, help="output size as a multiple of the scene's")
-    render.add_argument("--fps", type=float, default=None, help="frame rate of the video (default: the input's)")
-    render.add_argument("--frames", type=int, default=None, help="number of frames of the path")
-    render.add_argument("--slowmo", type=float, default=1.0,
+    render.add_argument("--width", type=_number(int, 1), default=None, help="output width in pixels (default: the scene's)")
+    render.add_argument("--height", type=_number(int, 1), default=None, help="output height in pixels (default: the scene's)")
+    render.add_argument("--scale", type=_number(float, 0, low_open=True), default=None,
+                        help="output size as a multiple of the scene's")
+    render.add_argument("--fps", type=POSITIVE_FPS, default=None, help="frame rate of the video (default: the input's)")
+    render.add_argument("--frames", type=_number(int, 1, 100_000), default=None, help="number of frames of the path")
+    render.add_argument("--slowmo", type=_number(float, 1, 100), default=1.0,
                         help="slow motion factor on paths where time runs: interpolated frames in between (default: 1)")
-    render.add_argument("--time", type=float, default=None,
+    render.add_argument("--time", type=_number(float, 0), default=None,
                         help="bullet-time: the frozen time (default: middle); orbit/spiral/zoom: freeze time here")
-    render.add_argument("--camera-frame", type=float, default=0.0, help="stabilized/zoom: the held camera (default: 0)")
-    render.add_argument("--arc", type=float, default=None,
+    render.add_argument("--camera-frame", type=_number(float, 0), default=0.0, help="stabilized/zoom: the held camera (default: 0)")
+    render.add_argument("--arc", type=_number(float, 0, 3600, low_open=True), default=None,
                         help="degrees: bullet-time swing (default 30) or orbit sweep (default 360)")
-    render.add_argument("--zoom", type=float, default=None, help="zoom: final magnification (default: 2)")
+    render.add_argument("--zoom", type=_number(float, 0, 100, low_open=True), default=None, help="zoom: final magnification (default: 2)")
     render.add_argument("--zoom-mode", default="focal", choices=("focal", "dolly", "vertigo"),
                         help="zoom: change the focal length, move the camera, or both (dolly zoom)")
     render.add_argument("--depth", action="store_true", help="also render depth (colour-mapped inverse depth)")
@@ -106,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--layout", default="side-by-side", choices=("side-by-side", "separate"),
                         help="extra views in the same video or in separate videos (default: side-by-side)")
     render.add_argument("--png", action="store_true", help="also write PNG frames")
-    render.add_argument("--dest", type=Path, default=None, help="destination folder (default: OUT/render)")
+    _add_out(render, "OUT/render")
     render.set_defaults(handler=_cmd_render)
 
     track_points = commands.add_parser("track", help="2D/3D point tracks of a fitted OUT: npz, csv, overlay video")
@@ -114,10 +149,10 @@ def build_parser() -> argparse.ArgumentParser:
     queries = track_points.add_mutually_exclusive_group(required=True)
     queries.add_argument("--points", nargs="+", metavar="X,Y[,T]",
                          help="query pixels (scene resolution) on frame T (default: --query-frame)")
-    queries.add_argument("--grid", type=int, metavar="N", help="an N x N grid of query pixels")
-    track_points.add_argument("--query-frame", type=int, default=0, help="frame of the queries (default: 0)")
-    track_points.add_argument("--fps", type=float, default=None, help="frame rate of the overlay (default: the input's)")
-    track_points.add_argument("--dest", type=Path, default=None, help="destination folder (default: OUT/tracks)")
+    queries.add_argument("--grid", type=_number(int, 1), metavar="N", help="an N x N grid of query pixels (N <= 256)")
+    track_points.add_argument("--query-frame", type=_number(int, 0), default=0, help="frame of the queries (default: 0)")
+    track_points.add_argument("--fps", type=POSITIVE_FPS, default=None, help="frame rate of the overlay (default: the input's)")
+    _add_out(track_points, "OUT/tracks")
     track_points.set_defaults(handler=_cmd_track)
 
     evaluate = commands.add_parser("eval", help="score a fitted OUT against synthetic ground truth")
@@ -164,12 +199,17 @@ def _unavailable(message: str):
 
 
 def _cmd_fit(args: argparse.Namespace) -> int:
-    import shutil
+    import math
 
     from recon4d.errors import InputError
     from recon4d.fit.config import load_config
     from recon4d.fit.pipeline import fit_video
+    from recon4d.io.outputs import check_output_dir
+    from recon4d.priors.pipeline import PriorSettings
 
+    out = check_output_dir(args.out or Path("out") / args.video.stem)
+    if not args.video.exists():
+        raise InputError(f"input not found: {args.video}", hint="pass a video file or an image folder")
     device = resolve_device(args.device)
     overrides = {name: getattr(args, name) for name in
                  ("max_frames", "stride", "short_side", "num_gaussians", "fov_x_deg", "holdout_every", "seed",
@@ -181,19 +221,19 @@ def _cmd_fit(args: argparse.Namespace) -> int:
             intrinsics = [float(x) for x in args.intrinsics.split(",")]
         except ValueError:
             intrinsics = []
-        if len(intrinsics) != 4:
-            raise InputError(f"--intrinsics expects fx,fy,cx,cy, got {args.intrinsics!r}")
-    out = args.out or Path("out") / args.video.stem
-    if args.restart and (out / ".checkpoint").exists():
-        shutil.rmtree(out / ".checkpoint")
-    from recon4d.priors.pipeline import PriorSettings
-
+        if len(intrinsics) != 4 or not all(map(math.isfinite, intrinsics)) or min(intrinsics[:2]) <= 0:
+            raise InputError(f"--intrinsics expects fx,fy,cx,cy (finite, fx and fy > 0), got {args.intrinsics!r}")
+    if args.flow_model is not None and not args.flow_model.is_file():
+        raise InputError(f"--flow-model {args.flow_model} is not a file")
+    if args.depth_path is not None and not args.depth_path.exists():
+        raise InputError(f"--depth-path {args.depth_path} does not exist")
     flow_options = {"path": str(args.flow_model)} if args.flow_model else {}
     depth_options = {}
     if args.depth_path:
         depth_options = {"model_path" if args.depth == "depth-anything-v2" else "path": str(args.depth_path)}
     priors = PriorSettings(flow=args.flow, flow_options=flow_options, depth=args.depth, depth_options=depth_options)
-    result = fit_video(args.video, out, config, device, intrinsics=intrinsics, prior_settings=priors)
+    result = fit_video(args.video, out, config, device, intrinsics=intrinsics, prior_settings=priors,
+                       overwrite=args.overwrite, restart=args.restart)
     _print_fit_summary(result.metrics, out)
     return 0
 
@@ -239,11 +279,12 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from recon4d.errors import InputError
+    from recon4d.io.outputs import check_output_dir
     from recon4d.io.scene import load_scene
 
-    scene = load_scene(args.scene)
     base = args.scene if args.scene.is_dir() else args.scene.parent
-    dest = args.dest or base / "export" / args.format
+    dest = check_output_dir(args.out or base / "export" / args.format)
+    scene = load_scene(args.scene)
     if args.frame == "all":
         frames = "all"
     else:
@@ -251,6 +292,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
             frames = int(args.frame)
         except ValueError:
             raise InputError(f"--frame expects an index or 'all', got {args.frame!r}") from None
+        if not 0 <= frames < scene.num_frames:
+            raise InputError(f"--frame {frames} is not a frame index 0..{scene.num_frames - 1} (or 'all')")
     if args.format in ("ply", "spz", "compressed_ply"):
         from recon4d.export import export_ply
 
@@ -300,6 +343,7 @@ def _scene_folder(path: Path) -> Path:
 def _cmd_render(args: argparse.Namespace) -> int:
     import dataclasses
 
+    from recon4d.io.outputs import check_output_dir
     from recon4d.io.scene import load_scene
     from recon4d.render_views import (
         PATH_NAMES,
@@ -310,6 +354,7 @@ def _cmd_render(args: argparse.Namespace) -> int:
         scene_fps,
     )
 
+    dest = check_output_dir(args.out or _scene_folder(args.scene) / "render")
     scene = load_scene(args.scene)
     device = resolve_device(args.device)
     config = PathConfig()
@@ -322,7 +367,6 @@ def _cmd_render(args: argparse.Namespace) -> int:
     views = make_path(scene, args.path, count=args.frames, slowmo=args.slowmo, time=args.time,
                       camera_frame=args.camera_frame, zoom_mode=args.zoom_mode, config=config)
     extras = [name for name in ("depth", "alpha", "motion") if getattr(args, name)]
-    dest = args.dest or _scene_folder(args.scene) / "render"
     custom = args.path not in PATH_NAMES  # a JSON file: its cameras are not written again
     stem = Path(args.path).stem if custom else args.path
     fps = args.fps or scene_fps(scene)
@@ -340,14 +384,15 @@ def _cmd_track(args: argparse.Namespace) -> int:
         grid_queries,
         parse_point_queries,
     )
+    from recon4d.io.outputs import check_output_dir
     from recon4d.io.scene import load_scene
 
+    dest = check_output_dir(args.out or _scene_folder(args.scene) / "tracks")
     scene = load_scene(args.scene)
     if args.grid is not None:
         queries = grid_queries(scene.cameras.width, scene.cameras.height, args.grid, args.query_frame)
     else:
         queries = parse_point_queries(args.points, args.query_frame)
-    dest = args.dest or _scene_folder(args.scene) / "tracks"
     paths = export_tracks(scene, dest, queries, TrackExportConfig(fps=args.fps))
     print(f"tracked {queries.shape[0]} points over {scene.num_frames} frames: "
           f"{', '.join(p.name for p in paths.values())} in {dest}")
@@ -384,6 +429,15 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
     return 0
 
 
+def _broken_pipe() -> int:
+    """The reader of our stdout went away (`recon4d info ... | head`): stop quietly, like other Unix tools."""
+    import os
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())  # Python's final flush of stdout must not fail again
+    return 141  # 128 + SIGPIPE, what a shell reports for a tool stopped by a closed pipe
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -392,6 +446,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return args.handler(args)
+    except BrokenPipeError:
+        return _broken_pipe()
     except Recon4DError as exc:
         print(f"recon4d: error: {exc.one_line()}", file=sys.stderr)
         return exc.exit_code

@@ -66,10 +66,15 @@ class TrackExportConfig:
 # Queries
 
 
+#: Most points per side of a query grid: 256^2 = 65,536 tracks, whose per-frame tables (T x P floats,
+#: CSV rows and overlay markers) stay in the megabytes for clips of hundreds of frames.
+MAX_GRID_SIDE = 256
+
+
 def grid_queries(width: int, height: int, points_per_side: int, query_frame: int = 0) -> torch.Tensor:
     """An N x N grid of pixel queries [N*N, 3] (t0, u, v), cell centres of an even split of the image."""
-    if points_per_side < 1:
-        raise InputError(f"--grid needs at least 1 point per side, got {points_per_side}")
+    if not 1 <= points_per_side <= MAX_GRID_SIDE:
+        raise InputError(f"--grid needs at least 1 point per side and at most {MAX_GRID_SIDE}, got {points_per_side}")
     u = (torch.arange(points_per_side, dtype=torch.float32) + 0.5) * width / points_per_side - 0.5
     v = (torch.arange(points_per_side, dtype=torch.float32) + 0.5) * height / points_per_side - 0.5
     vv, uu = torch.meshgrid(v, u, indexing="ij")

@@ -152,10 +152,80 @@ class FitConfig:
     refine_densify_fraction: float = 0.05
     refine_split_px: float = 0.5
     refine_split_scale: float = 1.6
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def validate(self) -> "FitConfig":
+        """Raise InputError (one line) for a value of the wrong type or outside its range."""
+        validate_fields(self)
+        return self
+
+
+# Ranges beyond the defaults of `validate_fields` (ints and floats >= 0, finite): (low, high, low_open).
+_RANGES: dict[str, tuple[float | None, float | None, bool]] = {
+    "short_side": (16, 4096, False),
+    "max_frames": (2, None, False),
+    "stride": (1, None, False),
+    "fov_x_deg": (0, 180, True),
+    "holdout_every": (0, None, False),
+    "num_gaussians": (1, 10_000_000, False),
+    "max_gaussians": (1, 50_000_000, False),
+    "init_opacity": (0, 1, True),
+    "init_scale": (0, None, True),
+    "lambda_ssim": (0, 1, False),
+    "new_content_alpha": (0, 1, False),
+    "moving_mask_threshold": (0, 1, False),
+    "camera_lr_decay": (0, 1, True),
+    "plateau_patience": (1, None, False),
+    "densify_every": (1, None, False),
+    "refine_poly_degree": (1, 8, False),
+    "refine_min_period_frames": (1, None, False),
+    "refine_still_motion_from": (0, 1, False),
+    "refine_densify_every": (1, None, False),
+    "refine_densify_until": (0, 1, False),
+    "refine_densify_fraction": (0, 1, False),
+    "refine_split_scale": (1, None, True),
+    "refine_rigid_neighbours": (1, 64, False),
+}
+_POSITIVE_PREFIXES = ("lr_", "refine_lr_")  # learning rates must move something
+
+
+def _type_name(annotation: str) -> str:
+    return annotation.replace("| None", "or null").replace("None |", "null or").strip()
+
+
+def validate_fields(config: Any) -> None:
+    """Check every field of a config dataclass against its annotation and range (see `_RANGES`)."""
+    import math
+
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        annotation = str(f.type)
+        if value is None:
+            if "None" not in annotation:
+                raise InputError(f"config field {f.name} must not be empty (null)")
+            continue
+        if annotation.startswith("bool"):
+            ok = isinstance(value, bool)
+        elif annotation.startswith("int"):
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif annotation.startswith("float"):
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        elif annotation.startswith("str"):
+            ok = isinstance(value, str)
+        else:
+            ok = True
+        if not ok:
+            raise InputError(f"config field {f.name} must be {_type_name(annotation)}, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        low, high, low_open = _RANGES.get(f.name, (0, None, f.name.startswith(_POSITIVE_PREFIXES)))
+        if low is not None and (value < low or (low_open and value == low)):
+            bound = f"> {low}" if low_open else f">= {low}"
+            raise InputError(f"config field {f.name} must be {bound}, got {value!r}")
+        if high is not None and value > high:
+            raise InputError(f"config field {f.name} must be <= {high}, got {value!r}")
 
 
 def presets_dir() -> Path:
@@ -177,13 +247,17 @@ def load_config(preset: str = "default", overrides: dict[str, Any] | None = None
     if not path.is_file():
         raise InputError(f"config file not found: {path}")
     try:
-        values = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
+        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise InputError(f"cannot parse config {path}: {str(exc).splitlines()[0]}") from exc
+    except OSError as exc:
+        raise InputError(f"cannot read config {path}: {exc.strerror}") from exc
+    if not isinstance(values, dict):
+        raise InputError(f"config {path} must be a mapping of field: value, not a {type(values).__name__}")
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
     known = {f.name for f in dataclasses.fields(FitConfig)}
-    unknown = sorted(set(values) - known)
+    unknown = sorted(str(k) for k in set(values) - known)
     if unknown:
         raise InputError(f"unknown config field(s) {', '.join(unknown)} in {path}")
     values.setdefault("preset", path.stem)
-    return FitConfig(**values)
+    return FitConfig(**values).validate()

@@ -5,7 +5,12 @@ Output directory layout:
     cameras.json     one camera per input frame, in order
     metrics.json     per-frame and mean PSNR/SSIM (fitted and held-out), seconds per stage, memory, ...
     comparison.mp4   input | reconstruction, side by side
-    .checkpoint/     per-frame checkpoint; a rerun of the same command resumes from it
+    .checkpoint/     per-frame checkpoint (safetensors + JSON); a rerun of the same command resumes from it
+    .lock            held while a fit or refinement writes here (a second run exits 2)
+
+The four outputs are replaced together (`recon4d.io.outputs.OutputSet`): a reader sees the previous set or
+the new one, never a mix. A folder that holds a finished scene of another run (other input or settings)
+is never replaced without `overwrite`.
 """
 from __future__ import annotations
 
@@ -22,21 +27,24 @@ import numpy as np
 import torch
 
 from recon4d import __version__
-from recon4d.errors import InputError
+from recon4d.errors import InputError, Recon4DError
+from recon4d.fit.checkpoint import CHECKPOINT_NAME, LEGACY_NAMES, DamagedCheckpoint, load_checkpoint, save_checkpoint
 from recon4d.fit.config import FitConfig
 from recon4d.fit.sequential import FitInputs, FitState, SequentialFitter
 from recon4d.geometry.camera import invert_pose
 from recon4d.geometry.lie import apply_pose_delta, fill_poses
 from recon4d.geometry.quaternion import normalize_quaternion
 from recon4d.image import psnr, ssim
-from recon4d.io.atomic import atomic_path, write_bytes_atomic
-from recon4d.io.scene import Cameras, Gaussians, Scene4D, save_scene
+from recon4d.io.atomic import write_bytes_atomic
+from recon4d.io.outputs import OutputSet, check_output_dir, locked_output_dir
+from recon4d.io.scene import Cameras, Gaussians, Scene4D, read_manifest, save_scene
 from recon4d.io.video import Clip, read_clip
 from recon4d.io.video_writer import write_video
+from recon4d.priors.pipeline import PriorSettings
 from recon4d.progress import track
 from recon4d.render import rasterize
 
-CHECKPOINT_NAME = "state.pt"
+OUTPUT_NAMES = ("scene.r4d", "cameras.json", "metrics.json", "comparison.mp4")
 
 
 @dataclass
@@ -62,11 +70,28 @@ def holdout_split(num_frames: int, every: int) -> tuple[list[int], list[int]]:
     return [i for i in range(num_frames) if i not in set(held)], held
 
 
-def _run_key(clip: Clip, config: FitConfig) -> str:
-    """Identity of a sequential pass: the clip and the settings it depends on (not the later stages')."""
+def _run_key(clip: Clip, config: FitConfig, K: np.ndarray, prior_settings) -> str:
+    """Identity of a sequential pass: the clip, the intrinsics, the prior backends and the settings it
+    depends on (not the later stages')."""
     sequential = {k: v for k, v in config.to_dict().items() if not k.startswith("refine") and k != "holdout_refine_iters"}
-    payload = json.dumps({"clip": clip.source_hash, "config": sequential, "version": __version__}, sort_keys=True)
+    priors = (prior_settings or PriorSettings()).to_dict()
+    payload = json.dumps({"clip": clip.source_hash, "config": sequential, "intrinsics": [float(x) for x in K],
+                          "priors": priors, "version": __version__}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:20]
+
+
+def check_replaceable(out_dir: Path, key: str | None, overwrite: bool) -> None:
+    """Refuse to replace a finished scene of another run in `out_dir` unless `overwrite` is set."""
+    scene_file = out_dir / "scene.r4d"
+    if overwrite or not scene_file.is_file():
+        return
+    try:
+        stored = read_manifest(scene_file).get("config", {}).get("run_key")
+    except Recon4DError:
+        stored = None  # a damaged or foreign file is not a finished result of this run either
+    if key is None or stored != key:
+        raise InputError(f"{out_dir} holds a finished scene of another input or settings",
+                         hint="pass --overwrite to replace it, or choose another --out")
 
 
 def _to_inputs(frames: np.ndarray, priors, K: np.ndarray, device: torch.device) -> FitInputs:
@@ -268,9 +293,13 @@ class Prepared:
 
 
 def prepare(source: str | Path, config: FitConfig, device: torch.device, intrinsics: np.ndarray | None = None,
-            prior_settings=None, log=print) -> Prepared:
-    """Decode the clip, split off held-out frames and compute (or load cached) priors of the fitted frames."""
-    from recon4d.priors.pipeline import PriorSettings, compute_priors
+            prior_settings=None, log=print, before_priors=None) -> Prepared:
+    """Decode the clip, split off held-out frames and compute (or load cached) priors of the fitted frames.
+
+    `before_priors(clip, K)`, if given, runs after decoding and before the (expensive) priors: the place
+    for checks that need the decoded clip.
+    """
+    from recon4d.priors.pipeline import compute_priors
 
     seconds: dict[str, float] = {}
     started = time.perf_counter()
@@ -279,6 +308,8 @@ def prepare(source: str | Path, config: FitConfig, device: torch.device, intrins
     log(f"decoded {clip.num_frames} frames at {clip.width}x{clip.height} from {source}")
     fitted, held = holdout_split(clip.num_frames, config.holdout_every)
     K = default_intrinsics(clip.width, clip.height, config.fov_x_deg) if intrinsics is None else np.asarray(intrinsics, float)
+    if before_priors is not None:
+        before_priors(clip, K)
     t0 = time.perf_counter()
     priors = compute_priors(clip.frames[fitted], K, prior_settings or PriorSettings(),
                             clip_hash=f"{clip.source_hash}:{','.join(map(str, fitted))}", log=log)
@@ -334,42 +365,81 @@ def finish(scene: Scene4D, prepared: Prepared, config: FitConfig, device: torch.
         "recon4d_version": __version__,
     })
     scene.metrics = {k: v for k, v in metrics.items() if k not in ("per_frame", "frame_stats")}
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_scene(scene, out_dir / "scene.r4d")
-    write_bytes_atomic(out_dir / "cameras.json", json.dumps(cameras_json(scene, clip), indent=1).encode())
-    write_bytes_atomic(out_dir / "metrics.json", json.dumps(metrics, indent=1).encode())
-    write_video(out_dir / "comparison.mp4", np.concatenate([clip.frames, renders], axis=2), clip.fps or 10)
+    outputs = OutputSet(out_dir)
+    try:
+        save_scene(scene, outputs.path("scene.r4d"))
+        write_bytes_atomic(outputs.path("cameras.json"), json.dumps(cameras_json(scene, clip), indent=1).encode())
+        write_bytes_atomic(outputs.path("metrics.json"), json.dumps(metrics, indent=1).encode())
+        write_video(outputs.path("comparison.mp4"), np.concatenate([clip.frames, renders], axis=2), clip.fps or 10)
+    except BaseException:
+        outputs.discard()
+        raise
+    outputs.commit()
     return FitResult(scene=scene, metrics=metrics, out_dir=out_dir)
 
 
 def fit_video(source: str | Path, out_dir: str | Path, config: FitConfig, device: torch.device,
-              intrinsics: np.ndarray | None = None, prior_settings=None, log=print) -> FitResult:
-    """Run the whole fit; resumes from `out_dir/.checkpoint` when it holds the same run."""
-    out_dir = Path(out_dir)
-    prepared = prepare(source, config, device, intrinsics, prior_settings, log)
+              intrinsics: np.ndarray | None = None, prior_settings=None, log=print, overwrite: bool = False,
+              restart: bool = False) -> FitResult:
+    """Run the whole fit; resumes from `out_dir/.checkpoint` when it holds the same run.
+
+    `restart` ignores the checkpoint and, like `overwrite`, allows replacing a finished scene of another run.
+    """
+    out_dir = check_output_dir(out_dir)
+    with locked_output_dir(out_dir):
+        return _fit_locked(source, out_dir, config, device, intrinsics, prior_settings, log, overwrite or restart,
+                           restart)
+
+
+def _read_checkpoint(checkpoint_dir: Path, key: str, num_fitted: int, device: torch.device, restart: bool,
+                     log) -> tuple:
+    """(state or None, seconds) of a usable checkpoint of this run; removes legacy, foreign or damaged ones."""
+    for legacy in LEGACY_NAMES:  # pickled checkpoints could execute code: never read, never kept
+        (checkpoint_dir / legacy).unlink(missing_ok=True)
+    checkpoint = checkpoint_dir / CHECKPOINT_NAME
+    if not checkpoint.is_file():
+        return None, {}
+    if restart:
+        checkpoint.unlink()
+        return None, {}
+    try:
+        saved = load_checkpoint(checkpoint, device)
+    except DamagedCheckpoint as exc:
+        log(f"checkpoint {checkpoint} is damaged ({exc}): starting over")
+        checkpoint.unlink()
+        return None, {}
+    if saved.key != key:
+        log("checkpoint belongs to another input or config: starting over")
+        return None, {}
+    log(f"resuming from frame {saved.state.next_frame} of {num_fitted} ({checkpoint})")
+    return saved.state, {k: v for k, v in saved.seconds.items() if k not in ("decode", "priors")}
+
+
+def _fit_locked(source, out_dir: Path, config: FitConfig, device: torch.device, intrinsics, prior_settings, log,
+                overwrite: bool, restart: bool) -> FitResult:
+    def check_before_priors(clip: Clip, K: np.ndarray) -> None:
+        check_replaceable(out_dir, _run_key(clip, config, K, prior_settings), overwrite)
+
+    prepared = prepare(source, config, device, intrinsics, prior_settings, log, before_priors=check_before_priors)
     clip, fitted, K, seconds = prepared.clip, prepared.fitted, prepared.K, dict(prepared.seconds)
     inputs = prepared.inputs
+    key = _run_key(clip, config, K, prior_settings)
     checkpoint_dir = out_dir / ".checkpoint"
-    checkpoint = checkpoint_dir / CHECKPOINT_NAME
-    key = _run_key(clip, config)
-    state = None
-    if checkpoint.is_file():
-        saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
-        if saved.get("key") == key:
-            state = FitState.from_state_dict(saved["state"], device)
-            log(f"resuming from frame {state.next_frame} of {len(fitted)} ({checkpoint})")
-            seconds.update({k: v for k, v in saved.get("seconds", {}).items() if k not in ("decode", "priors")})
-        else:
-            log("checkpoint belongs to another input or config: starting over")
+    state, saved_seconds = _read_checkpoint(checkpoint_dir, key, len(fitted), device, restart, log)
+    seconds.update(saved_seconds)
 
     fit_started = time.perf_counter()
     prior_fit_seconds = seconds.get("fit", 0.0)
 
-    def save_checkpoint(current: FitState, t: int) -> None:
+    def on_frame(current: FitState, t: int) -> None:
         seconds["fit"] = prior_fit_seconds + time.perf_counter() - fit_started
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        with atomic_path(checkpoint) as tmp:
-            torch.save({"key": key, "state": current.state_dict(), "seconds": dict(seconds)}, tmp)
+        try:
+            save_checkpoint(checkpoint_dir / CHECKPOINT_NAME, key, current, dict(seconds))
+        except BaseException:
+            if checkpoint_dir.is_dir() and not any(checkpoint_dir.iterdir()):
+                checkpoint_dir.rmdir()  # no empty .checkpoint/ after a failed first write
+            raise
         progress.update(task, completed=t + 1)
 
     from rich.console import Console
@@ -380,11 +450,13 @@ def fit_video(source: str | Path, out_dir: str | Path, config: FitConfig, device
     with Progress(TextColumn("fitting frames"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   TimeRemainingColumn(), console=Console(stderr=True), disable=not progress_enabled()) as progress:
         task = progress.add_task("fit", total=len(fitted), completed=0 if state is None else state.next_frame)
-        fitter = SequentialFitter(inputs, config, on_frame=save_checkpoint)
+        fitter = SequentialFitter(inputs, config, on_frame=on_frame)
         state = fitter.run(state)
     seconds["fit"] = prior_fit_seconds + time.perf_counter() - fit_started
 
     scene = assemble_scene(state, fitted, clip, K, config, prepared.priors.moving_masks)
+    scene.config["run_key"] = key
+    scene.config["priors"] = (prior_settings or PriorSettings()).to_dict()
     extra = {"camera_inits": [s.get("camera_init") for s in state.frame_stats], "frame_stats": state.frame_stats}
     if config.refine:
         t0 = time.perf_counter()
@@ -399,10 +471,17 @@ def fit_video(source: str | Path, out_dir: str | Path, config: FitConfig, device
 
 
 def refine_output(out_dir: str | Path, device: torch.device, overrides: dict | None = None, log=print) -> FitResult:
-    """`recon4d refine OUT`: continuous-time refinement of an existing sequential result, in place."""
+    """`recon4d refine OUT`: continuous-time refinement of an existing sequential result, in place.
+
+    The priors are those the fit used (backends and options stored in the scene)."""
+    out_dir = check_output_dir(out_dir, "scene folder")
+    with locked_output_dir(out_dir):
+        return _refine_locked(out_dir, device, overrides or {}, log)
+
+
+def _refine_locked(out_dir: Path, device: torch.device, overrides: dict, log) -> FitResult:
     from recon4d.io.scene import load_scene
 
-    out_dir = Path(out_dir)
     scene = load_scene(out_dir)
     if scene.motion is not None:
         raise InputError(f"{out_dir} is already refined", hint="fit again with `recon4d fit --restart` to start over")
@@ -410,13 +489,14 @@ def refine_output(out_dir: str | Path, device: torch.device, overrides: dict | N
     source = stored.pop("source", None)
     if not source or not Path(source).exists():
         raise InputError(f"the source video of {out_dir} is not at {source!r}", hint="refine needs the input frames")
-    config = FitConfig(**{k: v for k, v in stored.items() if k in FitConfig.__dataclass_fields__})
-    for name, value in (overrides or {}).items():
-        if value is not None:
-            setattr(config, name, value)
-    config.refine = True
+    values = {k: v for k, v in stored.items() if k in FitConfig.__dataclass_fields__}
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    values["refine"] = True
+    config = FitConfig(**values)
+    config.validate()
+    prior_settings = PriorSettings.from_dict(stored.get("priors", {}))
     intrinsics = scene.cameras.intrinsics[0].double().numpy()
-    prepared = prepare(source, config, device, intrinsics, log=log)
+    prepared = prepare(source, config, device, intrinsics, prior_settings, log=log)
     if prepared.clip.num_frames != scene.num_frames:
         raise InputError(f"the source now decodes to {prepared.clip.num_frames} frames, the scene has {scene.num_frames}")
     seconds = dict(prepared.seconds)
@@ -424,5 +504,6 @@ def refine_output(out_dir: str | Path, device: torch.device, overrides: dict | N
     t0 = time.perf_counter()
     refined, refine_stats = run_refinement(scene, prepared, config, device)
     seconds["refine"] = time.perf_counter() - t0
-    refined.config = {**config.to_dict(), "source": source}
+    refined.config = {**config.to_dict(), "source": source, "priors": prior_settings.to_dict(),
+                      **({"run_key": stored["run_key"]} if "run_key" in stored else {})}
     return finish(refined, prepared, config, device, out_dir, seconds, {"sequential": sequential, "refine_stats": refine_stats})

@@ -281,28 +281,85 @@ def save_scene(scene: Scene4D, path: str | os.PathLike) -> Path:
     return path
 
 
-def load_scene(path: str | os.PathLike) -> Scene4D:
-    """Read a scene file; raises SceneError (one line) for a missing, truncated, foreign or newer file."""
-    from safetensors import safe_open
+#: Largest image side a scene may declare (pixels): bounds every buffer sized from the manifest.
+MAX_IMAGE_SIDE = 16384
 
+
+def _scene_file(path: str | os.PathLike) -> Path:
     path = Path(path)
     if path.is_dir():
+        from recon4d.io.outputs import recover_outputs
+
+        recover_outputs(path)  # an interrupted commit of a fit is finished before anything is read
         path = path / "scene.r4d"
     if not path.is_file():
         raise SceneError(f"no scene file at {path}", hint="run `recon4d fit VIDEO --out DIR` first")
+    return path
+
+
+def _read_header(reader, path: Path) -> dict:  # noqa: ANN001 - a safetensors reader
+    metadata = reader.metadata() or {}
+    if metadata.get("format") != FORMAT_NAME:
+        raise SceneError(f"{path} is not a recon4d scene file")
+    try:
+        version = int(metadata.get("version", "0"))
+    except ValueError:
+        raise SceneError(f"{path} has a malformed format version") from None
+    if version > FORMAT_VERSION:
+        raise SceneError(
+            f"{path} was written by a newer recon4d (format {version}, this one reads <= {FORMAT_VERSION})",
+            hint="pip install -U recon4d",
+        )
+    try:
+        manifest = json.loads(metadata["manifest"])
+    except (KeyError, ValueError):
+        raise SceneError(f"{path} has no readable manifest") from None
+    _check_manifest(manifest, path)
+    return manifest
+
+
+def _check_manifest(manifest: Any, path: Path) -> None:
+    """The manifest sizes buffers and names frames: refuse anything but the documented shape."""
+    if not isinstance(manifest, dict):
+        raise SceneError(f"{path}: the manifest must be a JSON object, not {type(manifest).__name__}")
+    for side in ("width", "height"):
+        value = manifest.get(side)
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_IMAGE_SIDE:
+            raise SceneError(f"{path}: manifest {side} must be an integer in 1..{MAX_IMAGE_SIDE}, got {value!r}")
+    names = manifest.get("frame_names")
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise SceneError(f"{path}: manifest frame_names must be a list of strings")
+    for key in ("config", "metrics"):
+        if not isinstance(manifest.get(key, {}), dict):
+            raise SceneError(f"{path}: manifest {key} must be a JSON object")
+    if manifest.get("motion") is not None and not isinstance(manifest["motion"], dict):
+        raise SceneError(f"{path}: manifest motion must be a JSON object or null")
+
+
+def read_manifest(path: str | os.PathLike) -> dict:
+    """The JSON manifest of a scene file (size, frame names, config, metrics) without reading its tensors."""
+    from safetensors import safe_open
+
+    path = _scene_file(path)
     try:
         with safe_open(str(path), framework="pt") as reader:
-            metadata = reader.metadata() or {}
-            if metadata.get("format") != FORMAT_NAME:
-                raise SceneError(f"{path} is not a recon4d scene file")
-            version = int(metadata.get("version", "0"))
-            if version > FORMAT_VERSION:
-                raise SceneError(
-                    f"{path} was written by a newer recon4d (format {version}, this one reads <= {FORMAT_VERSION})",
-                    hint="pip install -U recon4d",
-                )
+            return _read_header(reader, path)
+    except SceneError:
+        raise
+    except Exception as exc:  # safetensors raises its own error types for truncated or garbage files
+        raise SceneError(f"cannot read scene file {path}: it is truncated or not a recon4d scene") from exc
+
+
+def load_scene(path: str | os.PathLike) -> Scene4D:
+    """Read a scene file; raises SceneError (one line) for a missing, truncated, foreign, malformed or newer
+    file."""
+    from safetensors import safe_open
+
+    path = _scene_file(path)
+    try:
+        with safe_open(str(path), framework="pt") as reader:
+            manifest = _read_header(reader, path)
             tensors = {name: reader.get_tensor(name) for name in reader.keys()}
-            manifest = json.loads(metadata["manifest"])
     except SceneError:
         raise
     except Exception as exc:  # safetensors raises its own error types for truncated or garbage files
@@ -324,8 +381,8 @@ def load_scene(path: str | os.PathLike) -> Scene4D:
                 world_from_camera=tensors["cameras/world_from_camera"],
                 intrinsics=tensors["cameras/intrinsics"],
                 timestamps=tensors["cameras/timestamps"],
-                width=int(manifest["width"]),
-                height=int(manifest["height"]),
+                width=manifest["width"],
+                height=manifest["height"],
                 frame_names=list(manifest["frame_names"]),
             ),
             arrays={name[len("arrays/"):]: value for name, value in tensors.items() if name.startswith("arrays/")},
@@ -336,5 +393,7 @@ def load_scene(path: str | os.PathLike) -> Scene4D:
         )
     except KeyError as exc:
         raise SceneError(f"scene file {path} lacks the entry {exc.args[0]!r}") from exc
+    except (TypeError, ValueError, RuntimeError, IndexError) as exc:
+        raise SceneError(f"scene file {path} is malformed ({type(exc).__name__}: {str(exc).splitlines()[0]})") from exc
     scene.validate()
     return scene

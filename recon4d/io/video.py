@@ -35,6 +35,10 @@ import numpy as np
 
 from recon4d.errors import VideoError
 
+# OpenCV prints its own warnings (e.g. for odd image files) on stderr; every failure of ours is raised as
+# one VideoError line instead, so its log is silenced. PyAV (>= 13) keeps FFmpeg's log off by default.
+cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+
 __all__ = [
     "Clip",
     "VideoInfo",
@@ -56,6 +60,10 @@ IMAGE_FOLDER_FPS: float = 1.0
 # Bumped whenever decoding changes what pixels come out for the same input and options, so caches keyed
 # by ``Clip.source_hash`` (flow, depth) are invalidated.
 _DECODER_VERSION = "recon4d.io.video/1"
+
+#: Smallest short side (pixels) of a source that can be reconstructed: below it, flow and depth have
+#: nothing to work with, and upscaling only invents pixels.
+MIN_SOURCE_SIDE: int = 16
 
 # Bytes read at a time while hashing a file.
 _HASH_CHUNK_BYTES = 1 << 20
@@ -324,6 +332,18 @@ def _check_options(
         )
 
 
+def _check_source_size(width: int, height: int, short_side: int | None, name: str) -> None:
+    """Refuse sources too small to reconstruct; say so (one stderr line) when frames are upscaled."""
+    if min(width, height) < MIN_SOURCE_SIDE:
+        raise VideoError(f"{name} is only {width}x{height} pixels",
+                         f"recon4d needs at least {MIN_SOURCE_SIDE} pixels on the short side")
+    if short_side is not None and short_side > min(width, height):
+        import sys
+
+        print(f"recon4d: warning: upscaling {width}x{height} frames to a short side of {short_side} px "
+              "adds no detail; a smaller --short-side fits faster", file=sys.stderr)
+
+
 def _target_size(width: int, height: int, short_side: int | None) -> tuple[int, int]:
     """(width, height) after scaling so that min(width, height) == short_side; round half up."""
     if short_side is None:
@@ -550,6 +570,7 @@ def _decode_selection(
             continue  # decoded (later frames depend on it) but never converted to RGB
         if orientation is None:
             orientation = _frame_orientation(frame) or tag_orientation
+            _check_source_size(frame.width, frame.height, short_side, "the video")  # type: ignore[arg-type]
             display_size = _target_size(
                 *((frame.height, frame.width) if orientation.swaps_axes else (frame.width, frame.height)),
                 short_side,  # type: ignore[arg-type]
@@ -650,7 +671,11 @@ def _list_images(folder: Path) -> list[Path]:
 
 def _decode_image(path: Path, data: bytes) -> np.ndarray:
     """Encoded image bytes -> ``[H, W, 3]`` uint8 RGB, EXIF orientation applied, 16-bit scaled to 8-bit."""
-    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR) if data else None
+    try:
+        image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR) if data else None
+    except cv2.error:
+        raise VideoError(f"cannot decode image {path.name}: its header claims a size OpenCV refuses "
+                         "(more than 2^30 pixels) or the data is corrupt", "remove or re-save it") from None
     if image is None:
         raise VideoError(
             f"cannot read image {path.name}", "the file is empty, truncated or not an image; remove or re-save it"
@@ -691,6 +716,7 @@ def _read_image_folder(folder: Path, options: dict[str, object]) -> Clip:
         size = (int(image.shape[1]), int(image.shape[0]))
         if source_size is None:
             source_size = size
+            _check_source_size(*size, short_side, path.name)  # type: ignore[arg-type]
         elif size != source_size:
             raise VideoError(
                 f"images differ in size: {files[selected[0]].name} is {source_size[0]}x{source_size[1]}, "

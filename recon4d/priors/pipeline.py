@@ -27,6 +27,16 @@ class PriorSettings:
     depth_options: dict[str, Any] = field(default_factory=dict)
     use_cache: bool = True
 
+    def to_dict(self) -> dict[str, Any]:
+        """What identifies the priors of a fit (stored in the scene; part of the fit's checkpoint key)."""
+        return {"flow": self.flow, "flow_options": dict(self.flow_options), "depth": self.depth,
+                "depth_options": dict(self.depth_options)}
+
+    @staticmethod
+    def from_dict(values: dict[str, Any]) -> "PriorSettings":
+        return PriorSettings(flow=values.get("flow", "dis"), flow_options=dict(values.get("flow_options", {})),
+                             depth=values.get("depth", "video"), depth_options=dict(values.get("depth_options", {})))
+
 
 @dataclass
 class Priors:
@@ -56,7 +66,9 @@ def compute_priors(frames: np.ndarray, intrinsics: np.ndarray, settings: PriorSe
     size = {"shape": list(frames.shape)}
     seconds: dict[str, float] = {}
 
+    # Both estimators first: a bad backend name or a missing model file fails before any computing.
     flow_estimator = make_flow_estimator(settings.flow, **settings.flow_options)
+    depth_estimator = make_depth_estimator(settings.depth, **settings.depth_options)
     flow_key = {**_settings(flow_estimator, {"name": settings.flow, **settings.flow_options}), **size}
     cached = cache.get("flow", clip_hash, flow_key) if cache else None
     start = time.perf_counter()
@@ -74,7 +86,6 @@ def compute_priors(frames: np.ndarray, intrinsics: np.ndarray, settings: PriorSe
     motion = estimate_moving_masks(flow, motion_config, frames=frames)
     seconds["motion"] = time.perf_counter() - start
 
-    depth_estimator = make_depth_estimator(settings.depth, **settings.depth_options)
     depth_key = {**_settings(depth_estimator, {"name": settings.depth, **settings.depth_options}), **size,
                  "intrinsics": [float(x) for x in intrinsics], "flow": flow_key}
     cached = cache.get("depth", clip_hash, depth_key) if cache else None

@@ -353,6 +353,12 @@ def make_path(scene: Scene4D, name: str, *, count: int | None = None, slowmo: fl
 # Resolution
 
 
+#: Bounds of a rendered frame: 8K a side, 32 MP (8192 x 4096); beyond that one frame's float buffers
+#: (colour, depth, alpha, tiles) need gigabytes.
+MAX_OUTPUT_SIDE = 8192
+MAX_OUTPUT_PIXELS = 8192 * 4096
+
+
 def output_size(scene_width: int, scene_height: int, width: int | None = None, height: int | None = None,
                 scale: float | None = None) -> tuple[int, int]:
     """Output (width, height): given sizes win; one given side keeps the aspect ratio; else scale (default 1)."""
@@ -370,6 +376,10 @@ def output_size(scene_width: int, scene_height: int, width: int | None = None, h
         height = round(scene_height * width / scene_width)
     if width < 1 or height < 1:
         raise InputError(f"output size {width}x{height} must be at least 1x1 pixels")
+    if max(width, height) > MAX_OUTPUT_SIDE or width * height > MAX_OUTPUT_PIXELS:
+        raise InputError(f"output size {width}x{height} is too large",
+                         hint=f"at most {MAX_OUTPUT_SIDE} px a side and {MAX_OUTPUT_PIXELS // 10**6} MP a frame "
+                              "(each frame's buffers grow with the pixels)")
     return int(width), int(height)
 
 
