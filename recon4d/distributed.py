@@ -60,14 +60,19 @@ def is_rank0() -> bool:
     return not is_distributed() or dist.get_rank() == 0
 
 
-def wrap_model(model: torch.nn.Module, ctx: DistContext) -> torch.nn.Module:
-    """DistributedDataParallel around `model` in a multi-process job (gradients all-reduced), else `model`."""
+def wrap_model(model: torch.nn.Module, ctx: DistContext, find_unused_parameters: bool = False) -> torch.nn.Module:
+    """DistributedDataParallel around `model` in a multi-process job (gradients all-reduced), else `model`.
+
+    A model with parameters that some steps leave out of the loss (e.g. the text stream of the last block of
+    an MM-DiT, an expert no token was routed to) must pass ``find_unused_parameters=True``, or the next
+    step fails with "Expected to have finished reduction"; better still, do not create dead parameters.
+    """
     if ctx.world_size <= 1:
         return model
     from torch.nn.parallel import DistributedDataParallel
 
     device_ids = [ctx.local_rank] if ctx.device.type == "cuda" else None
-    return DistributedDataParallel(model, device_ids=device_ids)
+    return DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=find_unused_parameters)
 
 
 def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
