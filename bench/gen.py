@@ -180,6 +180,29 @@ def sample_all(generator: Generator, items: list[dict], request: SampleRequest, 
     return generator.stats.destandardize(torch.cat(latents)), (time.perf_counter() - start) / len(items)
 
 
+def ablation(args: argparse.Namespace, judge: Judge, reference: torch.Tensor, items: list[dict]) -> list[dict]:
+    """Train one 1-RF model per timestep sampler on the same latents and score them at NFE 4 and 16."""
+    import dataclasses
+
+    from recon4d.gen.config import load_preset
+    from recon4d.gen.pipeline import run_pipeline
+
+    preset = load_preset(Path(__file__).resolve().parents[1] / "configs" / "gen.yaml")
+    rows = []
+    for sampler in ("uniform", "logit_normal", "u_shaped"):
+        config = dataclasses.replace(preset, stages=("rf1",), rf1=dataclasses.replace(
+            preset.rf1, steps=args.ablation_steps, timestep_sampler=sampler))
+        summary = run_pipeline(args.ablation_latents, args.ablation_work / sampler, config)
+        generator = Generator(args.ablation_work / sampler)
+        for nfe in (4, 16):
+            latents, _ = sample_all(generator, items, SampleRequest("-", steps=nfe), 32)
+            row, features = score(judge, latents, items)
+            rows.append({"sampler": sampler, "nfe": nfe, **row, "fd": frechet(features, reference),
+                         "final_loss": summary["rf1"]["final_loss"]})
+            print(rows[-1], flush=True)
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--corpus", type=Path, required=True, help="corpus with splits.json (judge training, FD reference)")
@@ -188,6 +211,10 @@ def main() -> int:
     parser.add_argument("--nfe", default="1,2,4,8,16,32")
     parser.add_argument("--judge-epochs", type=int, default=4)
     parser.add_argument("--methods", default="rf1-euler,rf2-euler,boss,turbo,onestep")
+    parser.add_argument("--ablation-latents", type=Path, default=None,
+                        help="latents to train the timestep-sampler ablation on (1-RF, uniform/logit-normal/U-shaped)")
+    parser.add_argument("--ablation-steps", type=int, default=600, help="1-RF steps of each ablation model")
+    parser.add_argument("--ablation-work", type=Path, default=Path("out/bench_gen_ablation"))
     args = parser.parse_args()
     torch.set_num_threads(1)
     import json
@@ -223,6 +250,10 @@ def main() -> int:
           "compositional; goals: colour >= 90 %, shape >= 80 % at 4 steps)\n")
     print_markdown_table(rows, ["method", "nfe", "color_acc", "hue_color_acc", "shape_acc", "comp_color_acc",
                                 "comp_shape_acc", "fd", "s_per_sample"], key="method")
+    if args.ablation_latents is not None:
+        print("\n## Timestep sampler ablation (1-RF, Euler; same recipe otherwise)\n")
+        print_markdown_table(ablation(args, judge, reference, items), ["sampler", "nfe", "color_acc", "shape_acc", "fd",
+                                                                        "final_loss"], key="sampler")
     training, recipe = generator.model_dir / "training.json", generator.model_dir / "recipe.json"
     summary = json.loads(training.read_text()) if training.is_file() else \
         json.loads(recipe.read_text()).get("training", {}) if recipe.is_file() else {}

@@ -23,12 +23,14 @@ class PreviewConfig:
     """Cameras of a decoded scene and its previews.
 
     Attributes:
-        frames: turntable cameras stored in the scene (its "frames"); width, height: their image size.
+        frames: frames of the turntable preview video; scene_cameras: cameras stored in the scene (its
+            "frames"; the Gaussians are static, so every frame holds the same set); width, height: image size.
         fov_x_deg: field of view; distance: camera distance in object radii; elevation_deg: orbit elevation.
         fps: frame rate of preview.mp4 and of the scene's timestamps.
     """
 
-    frames: int = 24
+    frames: int = 48
+    scene_cameras: int = 8
     width: int = 128
     height: int = 128
     fov_x_deg: float = 40.0
@@ -37,10 +39,11 @@ class PreviewConfig:
     fps: float = 12.0
 
 
-def turntable(center: torch.Tensor, radius: float, config: PreviewConfig,
+def turntable(center: torch.Tensor, radius: float, config: PreviewConfig, count: int | None = None,
               up: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """OpenCV world_from_camera [T, 4, 4] around an object (world up `up`, default +z) and intrinsics [3, 3]."""
-    poses = orbit_poses(config.frames, config.distance * radius, (config.elevation_deg,), center=center, up=up)
+    """`count` (default config.frames) OpenCV world_from_camera [T, 4, 4] around an object (world up `up`,
+    default +z) and the intrinsics [3, 3]."""
+    poses = orbit_poses(count or config.frames, config.distance * radius, (config.elevation_deg,), center=center, up=up)
     return poses, intrinsics(config.fov_x_deg, config.width, config.height)
 
 
@@ -48,8 +51,8 @@ def static_scene(gaussians: Gaussians, center: torch.Tensor, radius: float, conf
                  info: dict | None = None) -> Scene4D:
     """A static Scene4D of `gaussians` with a turntable of cameras about `center`."""
     n = len(gaussians)
-    poses, K = turntable(center, radius, config)
-    frames = config.frames
+    frames = config.scene_cameras
+    poses, K = turntable(center, radius, config, frames)
     scene = Scene4D(
         gaussians=Gaussians(*(t.detach().float().contiguous() for t in
                               (gaussians.means, gaussians.quats, gaussians.scales, gaussians.opacities, gaussians.colors))),
@@ -103,7 +106,7 @@ def write_scene_dir(out: Path, gaussians: Gaussians, center: torch.Tensor, radiu
         frames = render_turntable(gaussians, center, radius, config)
         write_video(out / "preview.mp4", (frames.numpy() * 255 + 0.5).astype(np.uint8), config.fps)
         step = max(1, config.frames // 8)
-        write_png(out / "contact.png", contact_sheet([frames[::step][:8]]))
+        write_png(out / "contact.png", contact_sheet([frames[::step][:8]]))  # 8 views around the object
     return out / "scene.r4d"
 
 

@@ -221,5 +221,5 @@ def encode_views(views: ViewSet, config: EncodeConfig, info: dict | None = None)
     metrics["cpu_seconds"] = time.process_time() - cpu_start  # this process's CPU time: robust to a busy machine
     heldout = score_views(to_gaussians(latent, center, radius), views, metrics["holdout_views"])
     metrics.update({f"heldout_{k}": v for k, v in heldout.items()})
-    metrics["num_gaussians"] = config.num_gaussians
+    metrics.update({"num_gaussians": config.num_gaussians, "steps": config.steps})
     return Latent(latent, center, radius, {**(info or {}), "metrics": metrics})

@@ -9,6 +9,7 @@ training numbers.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -33,15 +34,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2, help="parallel corpus/encode jobs")
     parser.add_argument("--preset", type=Path, default=PRESET, help="training preset")
     parser.add_argument("--stages", default=None, help="override the preset's stages (comma list)")
+    parser.add_argument("--latents", type=Path, default=None,
+                        help="train on these latents (with their stats.json) instead of building WORK/corpus and WORK/latents")
     args = parser.parse_args(argv)
-    corpus, latents, model = args.work / "corpus", args.work / "latents", args.work / "model"
-    build_corpus(corpus, CorpusConfig(count=args.count, seed=0), workers=args.workers)
-    encode_corpus(corpus, latents, EncodeConfig(), workers=args.workers)
+    corpus, latents, model = args.work / "corpus", args.latents or args.work / "latents", args.work / "model"
+    if args.latents is None:
+        build_corpus(corpus, CorpusConfig(count=args.count, seed=0), workers=args.workers)
+        encode_corpus(corpus, latents, EncodeConfig(), workers=args.workers)
     config = load_preset(args.preset)
     if args.stages:
         config.stages = tuple(args.stages.split(","))
-    run_pipeline(latents, model, config)
-    ship(model, {"corpus_objects": args.count, "preset": args.preset.name})
+    summary = run_pipeline(latents, model, config)
+    ship(model, {"corpus_objects": args.count, "training_objects": summary["objects"], "preset": args.preset.name,
+                 "preset_values": dataclasses.asdict(config)})
     return 0
 
 
