@@ -126,6 +126,18 @@ class MoEFeedForward(nn.Module):
         return out.reshape(shape), routing
 
 
+def consistency_terms(points: torch.Tensor, probabilities: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum of weight x KL, sum of weights) of :func:`spatial_consistency_loss`, so that data-parallel
+    ranks can add both over the global batch before dividing."""
+    distance = torch.cdist(points[:, 0], points[:, 1])  # [P, S, S]
+    nearest_distance, nearest = distance.min(-1)
+    first = probabilities[:, 0].clamp(min=_EPS)
+    second = probabilities[:, 1].gather(1, nearest[..., None].expand_as(first)).clamp(min=_EPS)
+    kl = (first * (first.log() - second.log())).sum(-1)
+    weight = torch.exp(-nearest_distance.detach() / scale)
+    return (weight * kl).sum(), weight.sum()
+
+
 def spatial_consistency_loss(points: torch.Tensor, probabilities: torch.Tensor, scale: float) -> torch.Tensor:
     """Gate agreement of neighbouring rays.
 
@@ -133,10 +145,5 @@ def spatial_consistency_loss(points: torch.Tensor, probabilities: torch.Tensor, 
     distributions. For each sample of the first ray of a pair, its nearest sample on the second ray
     (distance d) contributes KL(p_first || p_second) with weight exp(-d / scale); returns the weighted mean.
     """
-    distance = torch.cdist(points[:, 0], points[:, 1])  # [P, S, S]
-    nearest_distance, nearest = distance.min(-1)
-    first = probabilities[:, 0].clamp(min=_EPS)
-    second = probabilities[:, 1].gather(1, nearest[..., None].expand_as(first)).clamp(min=_EPS)
-    kl = (first * (first.log() - second.log())).sum(-1)
-    weight = torch.exp(-nearest_distance.detach() / scale)
-    return (weight * kl).sum() / weight.sum().clamp(min=_EPS)
+    numerator, denominator = consistency_terms(points, probabilities, scale)
+    return numerator / denominator.clamp(min=_EPS)

@@ -26,7 +26,7 @@ from recon4d.nerf.gnt.train import train
 TRAIN_SCENES = 32
 TEST_SEED_START = 1000
 SHIP_SPEC = SceneSpec(views=16, size=32)
-SHIP_TRAIN = TrainConfig(steps=1500, rays=64, lr=2e-3, holdout_every=8, eval_every=100)
+SHIP_TRAIN = TrainConfig(steps=600, rays=64, lr=2e-3, holdout_every=8, eval_every=100)
 
 
 def scene_folder(work: Path, seed: int) -> Path:

@@ -35,7 +35,7 @@ from recon4d.nerf.gnt.checkpoint import (
 )
 from recon4d.nerf.gnt.config import GNTConfig, TrainConfig
 from recon4d.nerf.gnt.model import GNT, RenderOutput
-from recon4d.nerf.gnt.moe import cv_squared
+from recon4d.nerf.gnt.moe import consistency_terms, cv_squared
 from recon4d.nerf.gnt.rays import nearest_views
 from recon4d.nerf.gnt.render import render_view, target_rays
 from recon4d.progress import track
@@ -144,20 +144,12 @@ def moe_losses(out: RenderOutput, near: float, far: float) -> tuple[torch.Tensor
     rays, samples = out.points.shape[:2]
     pairs = out.points.reshape(rays // 2, 2, samples, 3)
     scale = (far - near) / samples  # one sample spacing: neighbours closer than that should agree
-    distance = torch.cdist(pairs[:, 0], pairs[:, 1])
-    nearest_distance, nearest = distance.min(-1)
-    weight = torch.exp(-nearest_distance.detach() / scale)
     for routing in out.routings:
         experts = routing.gates.shape[-1]
         importance = _global_sum(routing.gates.reshape(-1, experts).sum(0))
-        load = _global_sum(routing.load)
-        balance = balance + cv_squared(importance) + cv_squared(load)
-        probabilities = routing.probabilities.reshape(rays // 2, 2, samples, experts).clamp(min=1e-10)
-        first = probabilities[:, 0]
-        second = probabilities[:, 1].gather(1, nearest[..., None].expand_as(first))
-        kl = (first * (first.log() - second.log())).sum(-1)
-        numerator, denominator = _global_sum((weight * kl).sum()), _global_sum(weight.sum())
-        consistency = consistency + numerator / denominator.clamp(min=1e-10)
+        balance = balance + cv_squared(importance) + cv_squared(_global_sum(routing.load))
+        numerator, denominator = consistency_terms(pairs, routing.probabilities.reshape(rays // 2, 2, samples, experts), scale)
+        consistency = consistency + _global_sum(numerator) / _global_sum(denominator).clamp(min=1e-10)
     return balance, consistency
 
 
