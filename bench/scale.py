@@ -7,9 +7,11 @@ Usage: python bench/scale.py [--clips bear,apple,backpack,cup] [--frames 8] [--p
 Sections (each prints a markdown table):
 1. Runner overhead: cold start of a local Ray (init + first task, worker start included), warm seconds per
    no-op task at 2 workers against the serial in-process runner, and the pickled size of a fit-batch job.
-2. fit-batch on real clips, serial (--workers 1, no Ray, 2 torch threads per fit) vs local Ray (--workers 2,
-   1 thread per fit): wall time and its ratio; "overhead/fit" = slot-seconds not spent inside a job, per fit
-   (Ray start-up, worker start, scheduling, idle slots at the end) = (wall x workers - sum of job seconds) / fits.
+2. fit-batch on real clips, serial (--workers 1, no Ray; 2 and 1 torch threads per fit) vs local Ray (--workers
+   2, 1 thread per fit): wall time and its ratio; "job - fit's own" = seconds of a job outside the fit's own
+   stages (argument parsing, imports in a fresh worker, writing outputs); "overhead/fit" = slot-seconds not
+   spent inside a job, per fit (Ray start-up, worker start, scheduling, idle slots at the end) =
+   (wall x workers - sum of job seconds) / fits.
 3. DDP (torchrun, gloo, CPU): the same training run (a conv regressor, Adam, global batch 64) in 1 process x 2
    threads and 2 processes x 1 thread: largest loss difference over the run, largest parameter difference at
    the end, samples per second and their ratio.
@@ -26,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -58,6 +61,8 @@ DDP_WARMUP_STEPS = 3  # not timed: first-step allocations and gloo connection se
 VIDEO_SECONDS, FIT_FPS, VIDEOS = 60, 10, 10_000
 CPU_CLUSTER_NODES, CPU_CLUSTER_CORES = 50, 64
 REFINE_ITERS_DEFAULT = 1500
+GEN_LATENTS, GEN_EPOCHS, GEN_TEXT_TOKENS = 1_000_000, 50, 16
+GPUS, GPU_PEAK_FLOPS, GPU_MFU = 8, 989e12, 0.3  # H100 SXM dense bf16 peak; utilisation is an assumption
 
 
 def noop(job: dict) -> int:
@@ -65,8 +70,11 @@ def noop(job: dict) -> int:
 
 
 def run(command: list[str], env: dict | None = None, timeout: float = 3600) -> tuple[float, subprocess.CompletedProcess]:
-    start = time.perf_counter()
+    """(wall seconds, result) of a subprocess; its CPU seconds (user + system) in result.cpu_seconds."""
+    start, before = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
     result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=timeout)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    result.cpu_seconds = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return time.perf_counter() - start, result
 
 
@@ -105,22 +113,30 @@ def runner_overhead() -> list[dict]:
 # 2. fit-batch 1 vs 2 workers
 
 
+#: (label, --workers, extra environment): serial with the default 2 torch threads per fit, serial with 1 thread
+#: (the threads a Ray fit gets with --cpus-per-fit 1), local Ray with 2 workers of 1 thread.
+BATCH_RUNS = (("serial, 2 threads", 1, {}), ("serial, 1 thread", 1, {"OMP_NUM_THREADS": "1"}),
+              ("Ray, 2 workers x 1 thread", 2, {}))
+
+
 def batch_comparison(clips: list[str], frames: int, preset: str, out: Path) -> list[dict]:
     rows = []
     inputs = [str(CLIPS[name]) for name in clips]
-    for workers in (1, 2):
-        dest = out / f"batch_w{workers}"
+    for label, workers, env in BATCH_RUNS:
+        dest = out / f"batch_{label.split(',')[0].lower()}_{workers}_{len(env)}"
         wall, result = run([sys.executable, "-m", "recon4d", "fit-batch", *inputs, "-o", str(dest), "--preset", preset,
                             "--max-frames", str(frames), "--workers", str(workers), "--restart"],
-                           env={"RECON4D_NO_PROGRESS": "1"})
+                           env={"RECON4D_NO_PROGRESS": "1", **env})
         entries = json.loads((dest / "batch.json").read_text())["inputs"]
         ok = [e for e in entries if e["status"] == "ok"]
         jobs = sum(e["seconds"] for e in entries)
-        rows.append({"workers": workers, "fits ok": f"{len(ok)}/{len(entries)}", "wall s": wall,
-                     "mean job s": jobs / len(entries), "mean fit's own s": sum(e["fit_seconds"] for e in ok) / max(len(ok), 1),
+        own = sum(e["fit_seconds"] for e in ok)
+        rows.append({"run": label, "fits ok": f"{len(ok)}/{len(entries)}", "wall s": wall,
+                     "mean job s": jobs / len(entries), "job - fit's own s": (jobs - own) / max(len(ok), 1),
                      "overhead/fit s": (wall * workers - jobs) / len(entries),
                      "mean PSNR": sum(e["psnr"] for e in ok) / max(len(ok), 1), "exit": result.returncode})
-    rows[1]["wall ratio 1/2"] = rows[0]["wall s"] / rows[1]["wall s"]
+    for row in rows:
+        row["wall / Ray wall"] = row["wall s"] / rows[-1]["wall s"]
     return rows
 
 
@@ -203,44 +219,93 @@ def ddp_comparison(out: Path) -> list[dict]:
 
 
 def fit_unit_costs(frames: int, out: Path) -> dict:
-    """Seconds per fitted frame (decode + priors + sequential fit) and per refinement step, default preset."""
+    """Core-seconds per fitted frame (decode + priors + sequential fit + evaluation) and per refinement step of
+    a default-preset fit in one thread. CPU time, not wall time: it barely depends on what else runs on the
+    machine. The process's CPU seconds are split over the stages in proportion to their wall seconds."""
     dest = out / "projection_fit"
     refine_iters = 100
     wall, result = run([sys.executable, "-m", "recon4d", "fit", str(CLIPS["bear"]), "-o", str(dest), "--restart",
-                        "--max-frames", str(frames), "--refine-iters", str(refine_iters)], env={"RECON4D_NO_PROGRESS": "1"})
+                        "--max-frames", str(frames), "--refine-iters", str(refine_iters)],
+                       env={"RECON4D_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1"})
     if result.returncode:
         raise RuntimeError(result.stderr[-2000:])
     metrics = json.loads((dest / "metrics.json").read_text())
     seconds = metrics["seconds"]
-    per_frame = (seconds.get("decode", 0) + seconds.get("priors", 0) + seconds["fit"] + seconds.get("evaluate", 0)) / frames
-    return {"per_frame": per_frame, "per_refine_step": seconds.get("refine", 0) / refine_iters,
-            "threads": metrics["threads"], "resolution": metrics["resolution"], "frames": frames, "wall": wall}
+    cpu_per_wall = result.cpu_seconds / wall
+    per_frame_wall = sum(seconds.get(k, 0) for k in ("decode", "priors", "fit", "evaluate")) / frames
+    return {"per_frame": per_frame_wall * cpu_per_wall, "per_refine_step": seconds.get("refine", 0) / refine_iters
+            * cpu_per_wall, "resolution": metrics["resolution"], "psnr": metrics["fitted"]["psnr"],
+            "cpu_share": cpu_per_wall}
 
 
 def projections(costs: dict, overhead_per_fit: float | None) -> list[dict]:
     frames = VIDEO_SECONDS * FIT_FPS
-    core_seconds = costs["threads"] * (frames * costs["per_frame"] + REFINE_ITERS_DEFAULT * costs["per_refine_step"])
+    core_seconds = frames * costs["per_frame"] + REFINE_ITERS_DEFAULT * costs["per_refine_step"]
     cores = CPU_CLUSTER_NODES * CPU_CLUSTER_CORES
-    per_fit_overhead = overhead_per_fit or 0.0
-    hours = VIDEOS * (core_seconds + per_fit_overhead) / cores / 3600
+    hours = VIDEOS * (core_seconds + (overhead_per_fit or 0.0)) / cores / 3600
+    size = f"{costs['resolution'][0]}x{costs['resolution'][1]}"
     return [
-        {"quantity": f"measured: s per fitted frame at {costs['resolution'][0]}x{costs['resolution'][1]} "
-                     f"({costs['threads']} threads, default preset)", "value": costs["per_frame"]},
-        {"quantity": "measured: s per refinement step", "value": costs["per_refine_step"]},
+        {"quantity": f"measured: core-s per fitted frame at {size}, default preset, 1 thread (the process got "
+                     f"{costs['cpu_share']:.0%} of a core)", "value": costs["per_frame"]},
+        {"quantity": "measured: core-s per refinement step", "value": costs["per_refine_step"]},
         {"quantity": f"core-hours per one-minute video ({frames} frames at {FIT_FPS} fps, "
                      f"{REFINE_ITERS_DEFAULT} refinement steps)", "value": core_seconds / 3600},
-        {"quantity": f"wall hours for {VIDEOS} videos on {CPU_CLUSTER_NODES} nodes x {CPU_CLUSTER_CORES} cores "
-                     "(1 core per fit, linear per-frame cost)", "value": hours},
+        {"quantity": f"wall hours for {VIDEOS:,} one-minute videos on {CPU_CLUSTER_NODES} nodes x "
+                     f"{CPU_CLUSTER_CORES} cores (1 core per fit, per-frame cost constant, + measured Ray "
+                     "overhead per fit)", "value": hours},
     ]
 
 
-def generator_projection() -> list[dict]:
-    """FLOPs per training sample of the gen model, when `recon4d gen train` exists; else nothing to project."""
-    import importlib.util
+def generator_unit_costs(batch: int = 32, timed_steps: int = 3) -> list[dict]:
+    """Training FLOPs per sample (counted) of the gen denoiser, CPU and GPU configs, and measured CPU samples/s
+    of the CPU config (forward + backward + AdamW at `batch`)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
 
-    if importlib.util.find_spec("recon4d.gen.train") is None:
-        return [{"quantity": "generator: recon4d.gen.train not present in this tree; not projected", "value": None}]
-    return [{"quantity": "generator: see README (model present, projection not wired)", "value": None}]
+    from recon4d.gen.mmdit import MMDiT, ModelConfig
+
+    torch.manual_seed(0)
+    costs = []
+    for name, config in (("cpu", ModelConfig()), ("gpu", ModelConfig.gpu())):
+        model = MMDiT(config)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+        def step(b: int) -> None:
+            x = torch.randn(b, config.num_gaussians, model.latent_in.in_features // config.patch)
+            tokens = torch.randn(b, GEN_TEXT_TOKENS, config.text_dim)
+            out = model(x, torch.rand(b), tokens, torch.ones(b, GEN_TEXT_TOKENS, dtype=torch.bool),
+                        torch.randn(b, config.text_dim))
+            optimizer.zero_grad()
+            out.pow(2).mean().backward()
+            optimizer.step()
+
+        with FlopCounterMode(display=False) as counter:
+            step(2)
+        row = {"config": name, "parameters": sum(p.numel() for p in model.parameters()),
+               "train GFLOP/sample": counter.get_total_flops() / 2 / 1e9}
+        if name == "cpu":
+            step(batch)  # warm-up
+            start = time.perf_counter()
+            for _ in range(timed_steps):
+                step(batch)
+            row["CPU samples/s"] = timed_steps * batch / (time.perf_counter() - start)
+        costs.append(row)
+    return costs
+
+
+def generator_projection(costs: list[dict]) -> list[dict]:
+    samples = GEN_LATENTS * GEN_EPOCHS
+    rows = []
+    for cost in costs:
+        seconds = samples * cost["train GFLOP/sample"] * 1e9 / (GPUS * GPU_PEAK_FLOPS * GPU_MFU)
+        rows.append({"quantity": f"generator ({cost['config']} config, {cost['parameters'] / 1e6:.1f} M parameters): "
+                                 f"hours for {GEN_LATENTS:,} latents x {GEN_EPOCHS} epochs on {GPUS} x H100 "
+                                 f"({GPU_PEAK_FLOPS / 1e12:.0f} TFLOP/s bf16 at {GPU_MFU:.0%} utilisation)",
+                     "value": seconds / 3600})
+        if "CPU samples/s" in cost:
+            rows.append({"quantity": "  the same on this 2-core CPU at the measured samples/s (hours)",
+                         "value": samples / cost["CPU samples/s"] / 3600})
+    return rows
 
 
 def main() -> None:
@@ -272,9 +337,9 @@ def main() -> None:
         clips = args.clips.split(",")
         print(f"\n## fit-batch: {len(clips)} clips x {args.frames} frames, preset {Path(preset).name}\n")
         rows = batch_comparison(clips, args.frames, preset, args.out)
-        overhead = rows[1]["overhead/fit s"]
-        print_markdown_table(rows, ["workers", "fits ok", "wall s", "mean job s", "mean fit's own s", "overhead/fit s",
-                                    "mean PSNR", "wall ratio 1/2", "exit"], key="workers")
+        overhead = rows[-1]["overhead/fit s"]
+        print_markdown_table(rows, ["run", "fits ok", "wall s", "mean job s", "job - fit's own s", "overhead/fit s",
+                                    "mean PSNR", "wall / Ray wall", "exit"], key="run")
     if "ddp" not in skip:
         print(f"\n## DDP on CPU (gloo): {DDP_STEPS} steps, global batch {DDP_GLOBAL_BATCH}\n")
         print_markdown_table(ddp_comparison(args.out), ["processes x threads", "parameters", "samples/s", "first loss",
@@ -282,7 +347,10 @@ def main() -> None:
                                                         "throughput ratio 2/1"], key="processes x threads")
     if "projection" not in skip:
         print("\n## Projections from measured per-unit costs\n")
-        rows = projections(fit_unit_costs(args.projection_frames, args.out), overhead) + generator_projection()
+        gen_costs = generator_unit_costs()
+        print_markdown_table(gen_costs, ["config", "parameters", "train GFLOP/sample", "CPU samples/s"], key="config")
+        print()
+        rows = projections(fit_unit_costs(args.projection_frames, args.out), overhead) + generator_projection(gen_costs)
         print_markdown_table(rows, ["quantity", "value"], key="quantity")
 
 
