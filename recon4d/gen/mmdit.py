@@ -69,25 +69,30 @@ class RMSNorm(nn.Module):
 
 
 class StreamLayers(nn.Module):
-    """The per-stream weights of one block: adaLN modulation, QKV with QK-norm, output and MLP."""
+    """The per-stream weights of one block: adaLN modulation, QKV with QK-norm, output and MLP.
 
-    def __init__(self, width: int, heads: int, mlp_ratio: float) -> None:
+    `pre_only`: the stream only contributes keys/values (and queries) to the joint attention and has no
+    output path; SD3 uses this for the text stream of the last block, whose outputs nothing reads.
+    """
+
+    def __init__(self, width: int, heads: int, mlp_ratio: float, pre_only: bool = False) -> None:
         super().__init__()
-        self.heads = heads
-        self.modulation = nn.Linear(width, 6 * width)
+        self.heads, self.pre_only = heads, pre_only
+        self.modulation = nn.Linear(width, (2 if pre_only else 6) * width)
         self.norm1 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
         self.qkv = nn.Linear(width, 3 * width)
         self.q_norm, self.k_norm = RMSNorm(width // heads), RMSNorm(width // heads)
-        self.out = nn.Linear(width, width)
-        self.norm2 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
-        hidden = int(width * mlp_ratio)
-        self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, width))
+        if not pre_only:
+            self.out = nn.Linear(width, width)
+            self.norm2 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
+            hidden = int(width * mlp_ratio)
+            self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, width))
         nn.init.zeros_(self.modulation.weight)
         nn.init.zeros_(self.modulation.bias)
 
     def pre_attention(self, x: torch.Tensor, c: torch.Tensor):
         """x [B, N, W], c [B, W] -> q, k, v [B, heads, N, W/heads] and the modulation for later."""
-        mods = self.modulation(F.silu(c)).chunk(6, -1)
+        mods = self.modulation(F.silu(c)).chunk(2 if self.pre_only else 6, -1)
         h = modulate(self.norm1(x), mods[0], mods[1])
         b, n, w = h.shape
         q, k, v = self.qkv(h).reshape(b, n, 3, self.heads, w // self.heads).permute(2, 0, 3, 1, 4)
@@ -101,13 +106,14 @@ class StreamLayers(nn.Module):
 class JointBlock(nn.Module):
     """One MM-DiT block: both streams attend jointly over [latent tokens, text tokens]."""
 
-    def __init__(self, width: int, heads: int, mlp_ratio: float) -> None:
+    def __init__(self, width: int, heads: int, mlp_ratio: float, last: bool = False) -> None:
         super().__init__()
         self.latent = StreamLayers(width, heads, mlp_ratio)
-        self.text = StreamLayers(width, heads, mlp_ratio)
+        self.text = StreamLayers(width, heads, mlp_ratio, pre_only=last)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, c: torch.Tensor, text_mask: torch.Tensor):
-        """x [B, N, W] latent tokens, y [B, L, W] text tokens, c [B, W], text_mask [B, L] (True = real)."""
+        """x [B, N, W] latent tokens, y [B, L, W] text tokens, c [B, W], text_mask [B, L] (True = real).
+        Returns the new (x, y); y is None after the last block."""
         qx, kx, vx, mx = self.latent.pre_attention(x, c)
         qy, ky, vy, my = self.text.pre_attention(y, c)
         q, k, v = torch.cat([qx, qy], 2), torch.cat([kx, ky], 2), torch.cat([vx, vy], 2)
@@ -115,7 +121,8 @@ class JointBlock(nn.Module):
         attended = F.scaled_dot_product_attention(q, k, v, attn_mask=keep[:, None, None, :])
         attended = attended.transpose(1, 2).reshape(x.shape[0], -1, x.shape[2])
         n = x.shape[1]
-        return self.latent.post_attention(x, attended[:, :n], mx), self.text.post_attention(y, attended[:, n:], my)
+        y = None if self.text.pre_only else self.text.post_attention(y, attended[:, n:], my)
+        return self.latent.post_attention(x, attended[:, :n], mx), y
 
 
 class MMDiT(nn.Module):
@@ -132,7 +139,8 @@ class MMDiT(nn.Module):
         self.text_in = nn.Linear(config.text_dim, w)
         self.time_mlp = nn.Sequential(nn.Linear(config.frequency_dim, w), nn.SiLU(), nn.Linear(w, w))
         self.pooled_mlp = nn.Sequential(nn.Linear(config.text_dim, w), nn.SiLU(), nn.Linear(w, w))
-        self.blocks = nn.ModuleList(JointBlock(w, config.heads, config.mlp_ratio) for _ in range(config.depth))
+        self.blocks = nn.ModuleList(JointBlock(w, config.heads, config.mlp_ratio, last=i == config.depth - 1)
+                                    for i in range(config.depth))
         self.final_modulation = nn.Linear(w, 2 * w)
         self.final_norm = nn.LayerNorm(w, elementwise_affine=False, eps=1e-6)
         self.latent_out = nn.Linear(w, config.patch * NUM_CHANNELS)
