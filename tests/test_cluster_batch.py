@@ -194,6 +194,15 @@ def test_unwritable_out_root_and_missing_input_exit_2(clips, tmp_path, capsys):
     assert code == 2 and "input not found" in err and not (tmp_path / "out").exists()
 
 
+def test_one_batch_per_out_root(clips, tmp_path, capsys):
+    from recon4d.io.outputs import OutputLock
+
+    out = tmp_path / "out"
+    with OutputLock(out):  # another fit-batch is writing there
+        code, err = run_inline(capsys, str(clips / "inputs" / "a.mp4"), "-o", str(out))
+    assert code == 2 and "in use by another recon4d process" in err and not (out / "batch.json").exists()
+
+
 def test_inputs_from_folders_and_lists(tmp_path):
     import cv2
     import numpy as np

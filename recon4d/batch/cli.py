@@ -3,7 +3,8 @@
 Each input is fitted into OUT_ROOT/<name>/ exactly as `recon4d fit INPUT --out OUT_ROOT/<name>` would (the
 job runs that command line), its output goes to OUT_ROOT/batch_logs/<name>.log, and OUT_ROOT/batch.json
 records every input's outcome. Re-running the same command skips fits that finished with the same input and
-flags, and resumes interrupted ones from their checkpoints. Exit code: 0 when every input is fitted, 1 when
+flags, and resumes interrupted ones from their checkpoints. One batch writes to an OUT_ROOT at a time
+(OUT_ROOT/.lock). Exit code: 0 when every input is fitted, 1 when
 some failed (listed in batch.json), 2 for bad arguments (before any work), 130 after Ctrl-C.
 """
 from __future__ import annotations
@@ -16,7 +17,7 @@ import time
 from pathlib import Path
 
 from recon4d.batch.fit_job import fit_summary, run_fit
-from recon4d.batch.inputs import expand_inputs
+from recon4d.batch.inputs import BatchInput, expand_inputs
 from recon4d.batch.manifest import (
     MANIFEST_NAME,
     fingerprint,
@@ -28,6 +29,7 @@ from recon4d.batch.manifest import (
 )
 from recon4d.cluster import JobResult, check_address, run_jobs
 from recon4d.errors import InputError
+from recon4d.io.outputs import OutputLock
 
 #: Folder of OUT_ROOT with one log per input.
 LOG_DIR = "batch_logs"
@@ -141,9 +143,14 @@ def _cmd_fit_batch(args: argparse.Namespace) -> int:
         load_config(str(_absolute_if_file(args.preset)))  # a bad preset fails here, not once per input
     inputs = expand_inputs(args.inputs)
     out_root = writable_root(args.out)
+    with OutputLock(out_root):  # one batch per OUT_ROOT at a time: batch.json has one writer
+        return _run_batch(args, inputs, out_root, address, device)
+
+
+def _run_batch(args: argparse.Namespace, inputs: list[BatchInput], out_root: Path, address: str | None,
+               device: str) -> int:
     flags = fit_flags(args, args.fit_batch_actions)
     previous = read_manifest(out_root)
-
     entries: dict[str, dict] = {}
     jobs = []
     for item in inputs:
