@@ -4,8 +4,8 @@ Each input is fitted into OUT_ROOT/<name>/ exactly as `recon4d fit INPUT --out O
 job runs that command line), its output goes to OUT_ROOT/batch_logs/<name>.log, and OUT_ROOT/batch.json
 records every input's outcome. Re-running the same command skips fits that finished with the same input and
 flags, and resumes interrupted ones from their checkpoints. One batch writes to an OUT_ROOT at a time
-(OUT_ROOT/.lock). Exit code: 0 when every input is fitted, 1 when
-some failed (listed in batch.json), 2 for bad arguments (before any work), 130 after Ctrl-C.
+(OUT_ROOT/.lock). Exit code: 0 when every input is fitted, 1 when some failed (listed in batch.json), 2 for
+bad arguments (before any work), 130 after Ctrl-C.
 """
 from __future__ import annotations
 
