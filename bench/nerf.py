@@ -42,7 +42,7 @@ def _datasets(short_side: int, test_scenes: int) -> dict:
     return sets
 
 
-def _ms_per_frame(model, data, held: int, sources: list[int]) -> float:  # noqa: ANN001
+def _ms_per_frame(model, data, held: int, sources: list[int]) -> float:
     pool = data.subset(sources)
     started = time.perf_counter()
     render_view(model, pool, data.world_from_camera[held], data.intrinsics[held], data.width, data.height)

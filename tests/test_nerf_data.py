@@ -14,7 +14,12 @@ import torch
 from recon4d.errors import InputError
 from recon4d.geometry import look_at
 from recon4d.io.scene import save_scene
-from recon4d.nerf.data import PosedImages, holdout_split, load_posed_images, write_transforms
+from recon4d.nerf.data import (
+    PosedImages,
+    holdout_split,
+    load_posed_images,
+    write_transforms,
+)
 from recon4d.nerf.data.conventions import scale_intrinsics
 
 WIDTH, HEIGHT = 40, 30
@@ -74,7 +79,7 @@ def test_transforms_round_trip_and_opengl_projection(tmp_path, per_frame):
     content = json.loads(path.read_text())
     point = np.array([0.3, -0.2, 0.1])
     for i, frame in enumerate(content["frames"]):
-        get = lambda k: frame.get(k, content.get(k))  # noqa: E731
+        get = lambda k, frame=frame: frame.get(k, content.get(k))
         expected = project_opengl_half_pixel(np.array(frame["transform_matrix"]), get("fl_x"), get("fl_y"),
                                              get("cx"), get("cy"), point)
         ours = project(read.world_from_camera[i].double().numpy(), read.intrinsics[i].double().numpy(), point)

@@ -17,9 +17,21 @@ from recon4d.nerf.gnt.attack import AttackConfig, attack, purify
 from recon4d.nerf.gnt.checkpoint import load_model, save_model
 from recon4d.nerf.gnt.config import GNTConfig, TrainConfig
 from recon4d.nerf.gnt.model import GNT
-from recon4d.nerf.gnt.moe import CosineGate, balance_loss, cv_squared, probability_in_top_k, spatial_consistency_loss
+from recon4d.nerf.gnt.moe import (
+    CosineGate,
+    balance_loss,
+    cv_squared,
+    probability_in_top_k,
+    spatial_consistency_loss,
+)
 from recon4d.nerf.gnt.procedural import SceneSpec, render_scene
-from recon4d.nerf.gnt.rays import importance_depths, nearest_views, pixel_rays, project_points, uniform_depths
+from recon4d.nerf.gnt.rays import (
+    importance_depths,
+    nearest_views,
+    pixel_rays,
+    project_points,
+    uniform_depths,
+)
 from recon4d.nerf.gnt.render import render_view
 from recon4d.nerf.gnt.train import sample_batch, split_scenes, train
 

@@ -112,7 +112,7 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     attack.set_defaults(handler=_cmd_attack)
 
 
-def _load(data: Path, short_side: int, device: str = "cpu"):  # noqa: ANN202
+def _load(data: Path, short_side: int, device: str = "cpu"):
     from recon4d.nerf.data import load_posed_images
 
     return load_posed_images(data, short_side=short_side).to(device)

@@ -13,7 +13,10 @@ from pathlib import Path
 import numpy as np
 
 from recon4d.errors import BackendError, InputError
-from recon4d.nerf.data.conventions import principal_point_from_half_pixel, undistort_image
+from recon4d.nerf.data.conventions import (
+    principal_point_from_half_pixel,
+    undistort_image,
+)
 from recon4d.nerf.data.posed import (
     PosedImages,
     bounds_from_cameras,

@@ -28,12 +28,12 @@ from recon4d.export.cameras import PIXEL_CENTER_OFFSET, opengl_from_opencv
 
 __all__ = [
     "PIXEL_CENTER_OFFSET",
-    "opengl_from_opencv",
-    "opencv_from_opengl",
-    "principal_point_from_half_pixel",
-    "principal_point_to_half_pixel",
     "focal_from_fov",
     "fov_from_focal",
+    "opencv_from_opengl",
+    "opengl_from_opencv",
+    "principal_point_from_half_pixel",
+    "principal_point_to_half_pixel",
     "scale_intrinsics",
     "undistort_image",
 ]

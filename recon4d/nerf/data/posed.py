@@ -71,17 +71,17 @@ class PosedImages:
     def width(self) -> int:
         return self.images.shape[2]
 
-    def subset(self, index) -> "PosedImages":  # noqa: ANN001
+    def subset(self, index) -> PosedImages:
         """The views at `index` (list of ints or a LongTensor), in that order."""
         index = torch.as_tensor(index, dtype=torch.long, device=self.images.device)
-        pick = lambda t: None if t is None else t[index]  # noqa: E731
+        pick = lambda t: None if t is None else t[index]
         return replace(self, images=self.images[index], alphas=pick(self.alphas), valid=pick(self.valid),
                        world_from_camera=self.world_from_camera[index], intrinsics=self.intrinsics[index],
                        names=[self.names[i] for i in index.tolist()])
 
-    def to(self, device: torch.device | str) -> "PosedImages":
+    def to(self, device: torch.device | str) -> PosedImages:
         """The same set with its tensors on `device`."""
-        move = lambda t: None if t is None else t.to(device)  # noqa: E731
+        move = lambda t: None if t is None else t.to(device)
         return replace(self, images=self.images.to(device), alphas=move(self.alphas), valid=move(self.valid),
                        world_from_camera=self.world_from_camera.to(device), intrinsics=self.intrinsics.to(device))
 

@@ -67,7 +67,7 @@ def _image_path(root: Path, file_path: str) -> Path:
 
 def _frame_camera(content: dict, frame: dict, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
     """(intrinsics [4] OpenCV centres, distortion [5]) of one frame from its own and the shared keys."""
-    get = lambda key: frame.get(key, content.get(key))  # noqa: E731
+    get = lambda key: frame.get(key, content.get(key))
     fx, fy = get("fl_x"), get("fl_y")
     if fx is None and get("camera_angle_x") is not None:
         fx = focal_from_fov(float(get("camera_angle_x")), width)

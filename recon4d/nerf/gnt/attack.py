@@ -55,7 +55,7 @@ def purify(images: torch.Tensor, sigma: float) -> torch.Tensor:
     """Gaussian blur of images [V, H, W, 3] with std `sigma` pixels (reflect padding); identity for sigma <= 0."""
     if sigma <= 0:
         return images
-    radius = max(1, int(round(3 * sigma)))
+    radius = max(1, round(3 * sigma))
     x = torch.arange(-radius, radius + 1, dtype=images.dtype, device=images.device)
     kernel = torch.exp(-0.5 * (x / sigma) ** 2)
     kernel = kernel / kernel.sum()
@@ -148,7 +148,7 @@ def attack(model: GNT, data: PosedImages, held: list[int], source_index: list[in
                                                   truth, config.defence_sigma)
         row["max_abs_perturbation"] = float(deltas[(i, 0.0)].abs().max())
         rows.append(row)
-    mean = lambda key: sum(r[key] for r in rows) / len(rows)  # noqa: E731
+    mean = lambda key: sum(r[key] for r in rows) / len(rows)
     keys = ["clean_psnr", "clean_ssim", "attacked_psnr", "attacked_ssim", "defended_clean_psnr", "defended_attacked_psnr"]
     result = {key: mean(key) for key in keys}
     result.update({"psnr_drop": result["clean_psnr"] - result["attacked_psnr"],

@@ -53,7 +53,7 @@ class GNTConfig:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, content: dict) -> "GNTConfig":
+    def from_json(cls, content: dict) -> GNTConfig:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in content.items() if k in known})
 

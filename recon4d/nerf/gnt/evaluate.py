@@ -72,7 +72,7 @@ def evaluate(model: GNT, data: PosedImages, held: list[int], source_index: list[
             row.update({"dense_psnr": psnr(dense, truth), "dense_ssim": float(ssim(dense, truth))})
         per_view.append(row)
     seconds = time.perf_counter() - started
-    mean = lambda key: sum(r[key] for r in per_view) / len(per_view)  # noqa: E731
+    mean = lambda key: sum(r[key] for r in per_view) / len(per_view)
     keys = ["psnr", "ssim", "nearest_view_psnr", "nearest_view_ssim"] + (["dense_psnr", "dense_ssim"] if baseline else [])
     result = {key: mean(key) for key in keys}
     pixels = len(held) * data.width * data.height * (2 if baseline else 1)

@@ -9,8 +9,8 @@ exposure, as IBRNet's does.
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 
 def _conv(in_channels: int, out_channels: int, stride: int = 1) -> nn.Sequential:

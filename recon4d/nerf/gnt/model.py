@@ -14,13 +14,19 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 from recon4d.nerf.gnt.config import GNTConfig
 from recon4d.nerf.gnt.features import FeatureNet
 from recon4d.nerf.gnt.moe import Routing
-from recon4d.nerf.gnt.rays import direction_difference, importance_depths, project_points, sample_maps, uniform_depths
+from recon4d.nerf.gnt.rays import (
+    direction_difference,
+    importance_depths,
+    project_points,
+    sample_maps,
+    uniform_depths,
+)
 from recon4d.nerf.gnt.transformer import RayBlock, ViewBlock
 
 _EMBED_DIM = 4  # normalised depth + unit direction in the target camera frame
@@ -88,7 +94,7 @@ class GNT(nn.Module):
         return SourceContext(self.features(cnn_images.permute(0, 3, 1, 2)), colours,
                              None if valid is None else valid[:, None].float(), world_from_camera, intrinsics, near, far)
 
-    def _aggregate(self, points, depths, origins, directions, context, noise):  # noqa: ANN001, ANN202
+    def _aggregate(self, points, depths, origins, directions, context, noise):
         """points [R, S, 3] -> (rgb [R, 3], weights [R, S], routings)."""
         height, width = context.colours.shape[-2:]
         pixels, visible = project_points(points, context.world_from_camera, context.intrinsics, width, height)

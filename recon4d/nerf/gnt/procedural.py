@@ -47,7 +47,7 @@ def _texture(points: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
     return a * t + b * (1 - t)
 
 
-def _sphere_hits(origins, directions, centre, radius):  # noqa: ANN001, ANN202
+def _sphere_hits(origins, directions, centre, radius):
     """Nearest positive ray parameter of a sphere, inf where missed; directions need not be unit."""
     oc = origins - centre
     a = (directions * directions).sum(-1)
@@ -60,7 +60,7 @@ def _sphere_hits(origins, directions, centre, radius):  # noqa: ANN001, ANN202
     return torch.where(disc >= 0, t, torch.full_like(t, math.inf))
 
 
-def _box_hits(origins, directions, centre, half, rotation):  # noqa: ANN001, ANN202
+def _box_hits(origins, directions, centre, half, rotation):
     """(t, local normal index, sign) of the slab test of a box with axes `rotation` [3, 3] (columns)."""
     o = (origins - centre) @ rotation
     d = directions @ rotation

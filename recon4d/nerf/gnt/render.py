@@ -11,7 +11,7 @@ from recon4d.nerf.gnt.rays import image_pixels, nearest_views, pixel_rays
 RENDER_CHUNK = 1024
 
 
-def target_rays(world_from_camera: torch.Tensor, intrinsics: torch.Tensor, pixels: torch.Tensor):  # noqa: ANN201
+def target_rays(world_from_camera: torch.Tensor, intrinsics: torch.Tensor, pixels: torch.Tensor):
     """(origins, world directions, camera-frame directions), each [R, 3], of `pixels` [R, 2] of a camera."""
     origins, directions = pixel_rays(world_from_camera, intrinsics, pixels)
     return origins, directions, directions @ world_from_camera[:3, :3]

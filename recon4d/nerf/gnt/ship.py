@@ -5,8 +5,14 @@ redistribute) written as transforms.json folders under the work folder, then cro
 the default GNTConfig (moe on or off) and TrainConfig. Seeds >= TEST_SEED_START and NeRF-synthetic lego
 are never trained on (bench/nerf.py evaluates on them). Resumable: rerun the same command.
 
-    nice -n 10 python -m recon4d.nerf.gnt.ship --variant moe  --work out/gnt_ship
-    nice -n 10 python -m recon4d.nerf.gnt.ship --variant dense --work out/gnt_ship
+The shipped models are two stages of the same folder: 600 steps (a full cosine schedule), then the
+same command with ``--steps 1200``, which resumes at step 600 on the 1200-step schedule (a warm restart).
+Every step is seeded by (seed, step), so the recipe is deterministic. On a shared CPU set
+OMP_NUM_THREADS=1 (OpenMP spin-waiting otherwise costs ~10x):
+
+    OMP_NUM_THREADS=1 nice -n 10 python -m recon4d.nerf.gnt.ship --variant moe  --work out/gnt_ship
+    OMP_NUM_THREADS=1 nice -n 10 python -m recon4d.nerf.gnt.ship --variant moe  --work out/gnt_ship --steps 1200
+    (the same two for --variant dense)
 """
 from __future__ import annotations
 
@@ -59,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     train_config = dataclasses.replace(SHIP_TRAIN, steps=args.steps)
     out = args.work / args.variant
     recipe = {"recipe": {"data": f"procedural scenes 0..{args.scenes - 1}, {SHIP_SPEC.views} views of {SHIP_SPEC.size}px",
-                         "command": f"python -m recon4d.nerf.gnt.ship --variant {args.variant} --steps {args.steps}"}}
+                         "command": f"python -m recon4d.nerf.gnt.ship --variant {args.variant} --steps {args.steps}",
+                         "stages": "600 steps, then --steps 1200 (resumed: warm restart)"}}
     record = train(scenes, out, model_config, train_config, extra=recipe)
     print(json.dumps(record))
     if not args.no_install:

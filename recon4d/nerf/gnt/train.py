@@ -70,11 +70,11 @@ class Batch:
     uniforms: torch.Tensor
     noise: torch.Tensor | None
 
-    def shard(self, rank: int, world_size: int) -> "Batch":
+    def shard(self, rank: int, world_size: int) -> Batch:
         """The rank's contiguous share of the rays (whole pairs); source views are shared."""
         per_rank = self.origins.shape[0] // world_size
         part = slice(rank * per_rank, (rank + 1) * per_rank)
-        pick = lambda t: None if t is None else t[part]  # noqa: E731
+        pick = lambda t: None if t is None else t[part]
         return Batch(self.images, self.valid, self.world_from_camera, self.intrinsics, self.near, self.far,
                      self.origins[part], self.directions[part], self.camera_directions[part], self.target_rgb[part],
                      self.jitter[part], self.uniforms[part], pick(self.noise))
@@ -193,7 +193,7 @@ def train(scenes: list[PosedImages], out_dir: str | os.PathLike, model_config: G
     started = time.perf_counter()
     for step in track(range(start, config.steps), "training GNT", total=config.steps - start):
         batch = sample_batch(splits, model_config, config, model.moe_layers, step).shard(ctx.rank, ctx.world_size)
-        to = lambda t: None if t is None else t.to(ctx.device)  # noqa: E731
+        to = lambda t: None if t is None else t.to(ctx.device)
         out = wrapped(to(batch.images), to(batch.world_from_camera), to(batch.intrinsics), batch.near, batch.far,
                       to(batch.origins), to(batch.directions), to(batch.camera_directions), to(batch.jitter),
                       to(batch.uniforms), to(batch.noise), to(batch.valid))

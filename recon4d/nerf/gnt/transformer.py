@@ -6,8 +6,8 @@ Shapes: R rays, S samples per ray, V source views, C token width.
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 from recon4d.nerf.gnt.moe import FeedForward, MoEFeedForward, Routing
 
@@ -72,7 +72,7 @@ class ViewBlock(_Block):
         super().__init__(width, hidden, moe_args)
         self.attn = SubtractionAttention(width)
 
-    def forward(self, q, k, pos, mask, noise=None):  # noqa: ANN001, ANN201
+    def forward(self, q, k, pos, mask, noise=None):
         q = q + self.attn(self.attn_norm(q), k, pos, mask)
         return self._feed(q, noise)
 
@@ -86,7 +86,7 @@ class RayBlock(_Block):
         self.out_fc = nn.Linear(width, width)
         self.heads = heads
 
-    def forward(self, x, noise=None):  # noqa: ANN001, ANN201
+    def forward(self, x, noise=None):
         rays, samples, width = x.shape
         q, k, v = self.qkv(self.attn_norm(x)).reshape(rays, samples, 3, self.heads, width // self.heads).permute(2, 0, 3, 1, 4)
         attended = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(rays, samples, width)
