@@ -173,3 +173,42 @@ def test_nerf_train_under_torchrun_matches_one_process(tmp_path):
     # Equal up to float summation order; Adam's normalised step turns that noise on near-zero gradients into
     # moves of up to lr (1e-3) on a handful of weights, so the bulk is compared tightly and the tail loosely.
     assert float(diff.mean()) < 1e-6 and float((diff > 1e-4).float().mean()) < 1e-3 and float(diff.max()) < 5e-3
+
+
+GEN_TINY = """stages: [rf1]
+model: {num_gaussians: 64, patch: 16, width: 32, depth: 2, heads: 2, mlp_ratio: 2.0}
+rf1: {steps: 4, batch: 4, lr: 0.001, warmup: 1, ema_decay: 0.5, checkpoint_every: 2, log_every: 1}
+"""
+
+
+@pytest.mark.slow
+def test_gen_train_under_torchrun_matches_one_process(tmp_path):
+    """`torchrun --nproc-per-node 2 -m recon4d gen train` (MM-DiT rectified flow, gloo) against the plain command:
+    same loss per step, same EMA weights and optimiser state, written once (rank 0)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "RECON4D_NO_PROGRESS": "1"}
+
+    def recon4d(*args: str, launcher: tuple[str, ...] = (sys.executable, "-m", "recon4d")) -> None:
+        result = subprocess.run([*launcher, *args], capture_output=True, text=True, env=env, timeout=900)
+        assert result.returncode == 0, result.stderr[-3000:]
+
+    recon4d("gen", "corpus", "-o", str(tmp_path / "corpus"), "--count", "4", "--views", "8", "--size", "32")
+    recon4d("gen", "encode", str(tmp_path / "corpus"), "-o", str(tmp_path / "latents"), "--gaussians", "64",
+            "--steps", "10")
+    config = tmp_path / "tiny.yaml"
+    config.write_text(GEN_TINY)
+    train = ("gen", "train", str(tmp_path / "latents"), "--config", str(config))
+    recon4d(*train, "-o", str(tmp_path / "single"))
+    recon4d(*train, "-o", str(tmp_path / "ddp"), launcher=(sys.executable, "-m", "torch.distributed.run",
+                                                            "--standalone", "--nproc-per-node=2", "-m", "recon4d"))
+    logs = {name: [json.loads(line) for line in (tmp_path / name / "train_rf1.jsonl").read_text().splitlines()]
+            for name in ("single", "ddp")}
+    assert [r["step"] for r in logs["ddp"]] == [1, 2, 3, 4]
+    for one, two in zip(logs["single"], logs["ddp"]):
+        assert two["loss"] == pytest.approx(one["loss"], rel=1e-5)
+    assert logs["single"][-1]["loss"] < logs["single"][0]["loss"]  # it trained
+    assert sorted(p.name for p in (tmp_path / "ddp").iterdir()) == sorted(p.name for p in (tmp_path / "single").iterdir())
+    for name in ("model.safetensors", "checkpoint_rf1.safetensors"):
+        one, two = (load_file(str(tmp_path / run / name)) for run in ("single", "ddp"))
+        assert one.keys() == two.keys()
+        floats = [k for k in one if one[k].is_floating_point()]
+        assert max(float((one[k].float() - two[k].float()).abs().max()) for k in floats) < 1e-5, name
