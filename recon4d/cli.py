@@ -141,6 +141,11 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--layout", default="side-by-side", choices=("side-by-side", "separate"),
                         help="extra views in the same video or in separate videos (default: side-by-side)")
     render.add_argument("--png", action="store_true", help="also write PNG frames")
+    render.add_argument("--renderer", default="splats", choices=("splats", "r2l", "nerdf"),
+                        help="splats (the scene's Gaussians) or a light-field student distilled from them by "
+                             "`recon4d nerf distill` (default: splats)")
+    render.add_argument("--model", type=Path, default=None,
+                        help="--renderer r2l|nerdf: the student's folder (default: OUT/nelf/<renderer>)")
     _add_out(render, "OUT/render")
     render.set_defaults(handler=_cmd_render)
 
@@ -370,11 +375,35 @@ def _cmd_render(args: argparse.Namespace) -> int:
     custom = args.path not in PATH_NAMES  # a JSON file: its cameras are not written again
     stem = Path(args.path).stem if custom else args.path
     fps = args.fps or scene_fps(scene)
-    written = render_path_to_files(scene, views, dest, stem, width, height, fps, extras, args.layout, args.png,
-                                   device=device, write_cameras=not custom)
+    if args.renderer == "splats":
+        written = render_path_to_files(scene, views, dest, stem, width, height, fps, extras, args.layout, args.png,
+                                       device=device, write_cameras=not custom)
+    else:
+        written = _render_with_student(args, scene, views, dest, stem, width, height, fps, extras, custom)
     print(f"rendered {len(views)} frames at {width}x{height}, {fps:.3g} fps: "
           f"{', '.join(p.name for p in written)} in {dest}")
     return 0
+
+
+def _render_with_student(args: argparse.Namespace, scene, views, dest: Path, stem: str, width: int, height: int,  # noqa: ANN001
+                         fps: float, extras: list[str], custom: bool) -> list[Path]:
+    """`recon4d render --renderer r2l|nerdf`: the same camera path through a distilled light-field student."""
+    from recon4d.errors import InputError
+    from recon4d.nerf.nelf.render import render_path_with_student
+    from recon4d.render_views import write_camera_path, write_outputs
+
+    if extras:
+        raise InputError(f"--{extras[0]} needs --renderer splats", hint="a light-field student renders colour only")
+    model_dir = args.model or _scene_folder(args.scene) / "nelf" / args.renderer
+    if not model_dir.is_dir():
+        raise InputError(f"no {args.renderer} student at {model_dir}",
+                         hint=f"run `recon4d nerf distill {_scene_folder(args.scene)} --model {args.renderer} -o "
+                              f"{model_dir}` or pass --model")
+    frames = render_path_with_student(model_dir, scene, views, width, height, expected_kind=args.renderer)
+    written = write_outputs({"color": frames}, dest, f"{stem}_{args.renderer}", fps, args.layout, args.png)
+    if not custom:
+        written.append(write_camera_path(dest / f"{stem}_cameras.json", list(views)))
+    return written
 
 
 def _cmd_track(args: argparse.Namespace) -> int:

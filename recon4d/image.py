@@ -1,4 +1,21 @@
-"""Differentiable image similarity on [H, W, C] tensors in [0, 1]."""
+"""Image similarity on [H, W, C] tensors: the one SSIM and PSNR of recon4d (losses, metrics.json, tests).
+
+SSIM follows Wang et al. 2004 with a Gaussian window (sigma 1.5, truncated at 3.5 sigma: 11 taps) and
+C1 = (0.01 L)^2, C2 = (0.03 L)^2 for values in [0, L]. Two uses, one computation:
+
+- :func:`ssim` is the reported metric: borders mirrored (``d c b a | a b c d``, scipy's "reflect") and
+  the mean taken over the interior, a window radius away from the border, like scikit-image's
+  ``structural_similarity(gaussian_weights=True)``; `recon4d.eval.metrics.ssim` is the same number for
+  numpy arrays.
+- :func:`ssim_map` is the per-pixel map for losses (differentiable): every pixel counts, borders repeat
+  the edge pixel, which keeps gradients at the image border.
+
+Example:
+    >>> import torch
+    >>> image = torch.rand(32, 32, 3)
+    >>> round(float(ssim(image, image)), 6), psnr(image, image)
+    (1.0, inf)
+"""
 from __future__ import annotations
 
 import math
@@ -6,43 +23,71 @@ import math
 import torch
 import torch.nn.functional as F
 
-SSIM_WINDOW = 11
 SSIM_SIGMA = 1.5
-SSIM_C1 = 0.01**2
-SSIM_C2 = 0.03**2
+SSIM_TRUNCATE = 3.5
+SSIM_K1 = 0.01
+SSIM_K2 = 0.03
+SSIM_RADIUS = int(SSIM_TRUNCATE * SSIM_SIGMA + 0.5)  # 5: an 11 x 11 window
 
 
-def _gaussian_window(size: int, sigma: float, channels: int, like: torch.Tensor) -> torch.Tensor:
-    coords = torch.arange(size, dtype=like.dtype, device=like.device) - (size - 1) / 2
-    g = torch.exp(-(coords**2) / (2 * sigma**2))
-    g = g / g.sum()
-    return (g[:, None] * g[None, :]).expand(channels, 1, size, size).contiguous()
+def _gaussian_taps(like: torch.Tensor) -> torch.Tensor:
+    coords = torch.arange(-SSIM_RADIUS, SSIM_RADIUS + 1, dtype=like.dtype, device=like.device)
+    taps = torch.exp(-(coords**2) / (2 * SSIM_SIGMA**2))
+    return taps / taps.sum()
 
 
-def ssim_map(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """a, b: [H, W, C] in [0, 1] -> per-pixel SSIM [H, W] (mean over channels), Gaussian window 11/1.5."""
-    channels = a.shape[-1]
-    x, y = a.permute(2, 0, 1)[None], b.permute(2, 0, 1)[None]
-    window = _gaussian_window(SSIM_WINDOW, SSIM_SIGMA, channels, a)
-    pad = SSIM_WINDOW // 2
+def _pad(x: torch.Tensor, mode: str) -> torch.Tensor:
+    """x [B, C, H, W] padded by the window radius: 'replicate' or 'symmetric' (edge pixel repeated once)."""
+    r = SSIM_RADIUS
+    if mode == "replicate":
+        return F.pad(x, (r, r, r, r), mode="replicate")
+
+    def symmetric(n: int) -> torch.Tensor:
+        index = torch.arange(-r, n + r, device=x.device)
+        index = torch.where(index < 0, -index - 1, index)
+        return torch.where(index >= n, 2 * n - 1 - index, index)
+
+    rows, cols = symmetric(x.shape[-2]), symmetric(x.shape[-1])
+    return x.index_select(-2, rows).index_select(-1, cols)
+
+
+def _ssim_values(x: torch.Tensor, y: torch.Tensor, max_value: float, padding: str) -> torch.Tensor:
+    """x, y: [B, C, H, W] -> SSIM per pixel and channel [B, C, H, W] (separable Gaussian blur)."""
+    channels = x.shape[1]
+    taps = _gaussian_taps(x)
+    horizontal = taps.view(1, 1, 1, -1).expand(channels, 1, 1, taps.numel())
+    vertical = taps.view(1, 1, -1, 1).expand(channels, 1, taps.numel(), 1)
 
     def blur(z: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(F.pad(z, (pad,) * 4, mode="replicate"), window, groups=channels)
+        return F.conv2d(F.conv2d(_pad(z, padding), horizontal, groups=channels), vertical, groups=channels)
 
+    c1, c2 = (SSIM_K1 * max_value) ** 2, (SSIM_K2 * max_value) ** 2
     mu_x, mu_y = blur(x), blur(y)
     var_x = blur(x * x) - mu_x**2
     var_y = blur(y * y) - mu_y**2
     cov = blur(x * y) - mu_x * mu_y
-    value = ((2 * mu_x * mu_y + SSIM_C1) * (2 * cov + SSIM_C2)) / ((mu_x**2 + mu_y**2 + SSIM_C1) * (var_x + var_y + SSIM_C2))
-    return value[0].mean(0)
+    return ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
 
 
-def ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Mean SSIM of two [H, W, C] images in [0, 1] (scalar tensor, differentiable)."""
-    return ssim_map(a, b).mean()
+def ssim_map(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a, b: [H, W, C] in [0, 1] -> per-pixel SSIM [H, W] (mean over channels), edge-replicated borders."""
+    x, y = a.permute(2, 0, 1)[None], b.permute(2, 0, 1)[None]
+    return _ssim_values(x, y, 1.0, "replicate")[0].mean(0)
+
+
+def ssim(a: torch.Tensor, b: torch.Tensor, max_value: float = 1.0) -> torch.Tensor:
+    """Mean SSIM (the reported metric; scalar tensor, differentiable) of [H, W, C] or [T, H, W, C] images
+    with values in [0, max_value]: mirrored borders, mean over the interior pixels of every channel."""
+    if a.shape != b.shape or a.dim() not in (3, 4):
+        raise ValueError(f"ssim takes two [H, W, C] or [T, H, W, C] images of one shape, got {a.shape}, {b.shape}")
+    x, y = (z.permute(2, 0, 1)[None] if z.dim() == 3 else z.permute(0, 3, 1, 2) for z in (a, b))
+    r = SSIM_RADIUS
+    if min(x.shape[-2:]) <= 2 * r:
+        raise ValueError(f"images {tuple(x.shape[-2:])} are smaller than the SSIM window")
+    return _ssim_values(x, y, max_value, "symmetric")[..., r:-r, r:-r].mean()
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor, max_value: float = 1.0) -> float:
-    """Peak signal-to-noise ratio in dB of two images of equal shape."""
-    mse = float(((a.float() - b.float()) ** 2).mean())
+    """Peak signal-to-noise ratio in dB of two images of equal shape (inf when equal)."""
+    mse = float(((a.double() - b.double()) ** 2).mean())
     return float("inf") if mse == 0 else 10 * math.log10(max_value**2 / mse)

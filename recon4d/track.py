@@ -12,7 +12,7 @@ import torch
 
 from recon4d.geometry.camera import invert_pose, transform_points
 from recon4d.io.scene import Scene4D
-from recon4d.render import rasterize
+from recon4d.io.scene_render import render_scene
 
 
 @dataclass(frozen=True)
@@ -34,11 +34,8 @@ class Tracks:
 
 
 def _render_depth(scene: Scene4D, t: int) -> torch.Tensor:
-    g = scene.gaussians_at(t)
-    camera_from_world = invert_pose(scene.cameras.world_from_camera[t]).float()
     with torch.no_grad():
-        out = rasterize(g.means, g.quats, g.scales, g.opacities, g.colors, camera_from_world, scene.cameras.K(t),
-                        scene.cameras.width, scene.cameras.height)
+        out = render_scene(scene, t)
     return torch.where(out.alpha > 0.5, out.depth, torch.full_like(out.depth, float("inf")))
 
 

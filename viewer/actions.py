@@ -97,21 +97,22 @@ class SavePanel:
                t: float) -> np.ndarray:
         """Render every shown Gaussian (all of them, not the display subset) at time t with
         `recon4d.render.rasterize` -> RGB [height, width, 3] float32 in [0, 1]."""
-        from recon4d.render import rasterize
+        from recon4d.io.scene_render import render_scene
 
-        with torch.no_grad():
-            g = self.scene.gaussians_at(t)
-            is_moving = self.scene.is_moving[self.scene.birth_frame <= t]
-            shown = (is_moving & self.layers.moving) | (~is_moving & self.layers.still)
-            g = g.select(shown)
-            colors = g.colors.float().clamp(0, 1)
+        is_moving = self.scene.is_moving[self.scene.birth_frame <= t]
+        shown = (is_moving & self.layers.moving) | (~is_moving & self.layers.still)
+
+        def features(gaussians, alive):  # noqa: ANN001, ANN202 - render_scene's feature function
+            colors = gaussians.colors.float().clamp(0, 1)
             if self.layers.highlight:
-                moving = is_moving[shown].numpy()
-                colors = torch.from_numpy(highlight_colors(colors.numpy(), moving, self.config))
-            pose = torch.as_tensor(np.asarray(world_from_camera), dtype=torch.float32)
-            out = rasterize(g.means.float(), g.quats.float(), g.scales.float(), g.opacities.float(), colors,
-                            invert_pose(pose), K.float(), int(width), int(height),
-                            background=torch.tensor(self.config.render_background, dtype=torch.float32))
+                colors = torch.from_numpy(highlight_colors(colors.numpy(), is_moving.numpy(), self.config))
+            return colors
+
+        pose = torch.as_tensor(np.asarray(world_from_camera), dtype=torch.float32)
+        with torch.no_grad():
+            out = render_scene(self.scene, t, camera_from_world=invert_pose(pose), K=K, size=(int(width), int(height)),
+                               colors=features, select=shown,
+                               background=torch.tensor(self.config.render_background, dtype=torch.float32))
         return out.color.clamp(0, 1).numpy()
 
     def save_view(self, client=None) -> Path:

@@ -7,9 +7,8 @@ import torch
 
 from recon4d.eval.metrics import ate_rpe, depth_errors, mask_iou, track_errors
 from recon4d.eval.synthetic import SyntheticClip
-from recon4d.geometry.camera import invert_pose
 from recon4d.io.scene import Scene4D
-from recon4d.render import rasterize
+from recon4d.io.scene_render import render_scene
 from recon4d.track import track_points
 
 
@@ -35,10 +34,8 @@ def evaluate_scene(scene: Scene4D, gt: SyntheticClip) -> dict:
 
     rendered, alphas = [], []
     for t in range(num_frames):
-        g = scene.gaussians_at(t)
         with torch.no_grad():
-            out = rasterize(g.means, g.quats, g.scales, g.opacities, g.colors,
-                            invert_pose(scene.cameras.world_from_camera[t]).float(), scene.cameras.K(t), width, height)
+            out = render_scene(scene, t, size=(width, height))
         rendered.append(out.depth.numpy())
         alphas.append(out.alpha.numpy())
     gt_depth = np.stack([cv2.resize(d, (width, height), interpolation=cv2.INTER_AREA) for d in gt.depth[:num_frames]])

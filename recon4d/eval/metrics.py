@@ -8,7 +8,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage
 
 from recon4d.errors import InputError
 
@@ -18,17 +17,10 @@ class MetricsConfig:
     """Numbers the metrics depend on.
 
     Attributes:
-        ssim_sigma: std (pixels) of the Gaussian SSIM window (Wang et al. 2004 use 1.5).
-        ssim_truncate: window radius in sigmas; 3.5 * 1.5 gives the usual 11x11 window.
-        ssim_k1, ssim_k2: SSIM stabilising constants, C = (K * max_val)^2.
         degenerate_centre_std: camera centres whose RMS spread about their mean is below this (scene units)
             count as not moving (rotation-only or static camera) in :func:`ate_rpe`.
     """
 
-    ssim_sigma: float = 1.5
-    ssim_truncate: float = 3.5
-    ssim_k1: float = 0.01
-    ssim_k2: float = 0.03
     degenerate_centre_std: float = 1e-6
 
 
@@ -271,40 +263,29 @@ def psnr(a: np.ndarray, b: np.ndarray, max_val: float = 1.0) -> float:
     return float(10.0 * np.log10(max_val**2 / mse))
 
 
-def ssim(a: np.ndarray, b: np.ndarray, max_val: float = 1.0, config: MetricsConfig = DEFAULT_METRICS) -> float:
-    """Mean structural similarity with a Gaussian window (Wang et al. 2004), channels computed separately.
+def ssim(a: np.ndarray, b: np.ndarray, max_val: float = 1.0) -> float:
+    """Mean structural similarity (Wang et al. 2004), computed by :func:`recon4d.image.ssim` in float64.
 
     Args:
         a, b: [H, W] grey, [H, W, C] or [T, H, W, C] images with values in [0, max_val].
 
-    The local statistics use reflected borders; the mean skips a border as wide as the window radius, like
+    The local statistics use mirrored borders; the mean skips a border as wide as the window radius, like
     scikit-image's ``structural_similarity(gaussian_weights=True)``.
     """
+    import torch
+
+    from recon4d.image import SSIM_RADIUS, ssim as ssim_tensor
+
     a = np.asarray(a, np.float64)
     b = np.asarray(b, np.float64)
     _check_same_shape("a", a, "b", b)
     if a.ndim == 2:
-        a, b = a[None, :, :, None], b[None, :, :, None]
-    elif a.ndim == 3:
-        a, b = a[None], b[None]
-    elif a.ndim != 4:
+        a, b = a[:, :, None], b[:, :, None]
+    elif a.ndim not in (3, 4):
         raise InputError(f"ssim takes [H, W], [H, W, C] or [T, H, W, C], got {a.shape}", hint="reshape images")
-    radius = int(config.ssim_truncate * config.ssim_sigma + 0.5)
-    if min(a.shape[1:3]) <= 2 * radius:
-        raise InputError(f"images {a.shape[1:3]} are smaller than the SSIM window", hint="use larger images")
-    sigma = (0.0, config.ssim_sigma, config.ssim_sigma, 0.0)
-
-    def blur(x: np.ndarray) -> np.ndarray:
-        return ndimage.gaussian_filter(x, sigma=sigma, truncate=config.ssim_truncate, mode="reflect")
-
-    c1 = (config.ssim_k1 * max_val) ** 2
-    c2 = (config.ssim_k2 * max_val) ** 2
-    mu_a, mu_b = blur(a), blur(b)
-    var_a = blur(a * a) - mu_a**2
-    var_b = blur(b * b) - mu_b**2
-    cov = blur(a * b) - mu_a * mu_b
-    ssim_map = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
-    return float(ssim_map[:, radius:-radius, radius:-radius, :].mean())
+    if min(a.shape[-3:-1]) <= 2 * SSIM_RADIUS:
+        raise InputError(f"images {a.shape[-3:-1]} are smaller than the SSIM window", hint="use larger images")
+    return float(ssim_tensor(torch.from_numpy(a), torch.from_numpy(b), max_val))
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -26,13 +26,12 @@ import numpy as np
 import torch
 
 from recon4d.errors import InputError, Recon4DError
-from recon4d.geometry.camera import invert_pose
 from recon4d.io.atomic import atomic_path, write_bytes_atomic
 from recon4d.io.frames import scene_fps
 from recon4d.io.scene import Scene4D
 from recon4d.io.video_writer import write_video
 from recon4d.progress import track
-from recon4d.render import rasterize
+from recon4d.io.scene_render import render_scene
 from recon4d.track import TrackConfig, Tracks, track_points
 
 CSV_HEADER = "frame,point,u,v,x,y,z,visible"
@@ -146,10 +145,8 @@ def rendered_frames(scene: Scene4D) -> np.ndarray:
     width, height = scene.cameras.width, scene.cameras.height
     frames = np.empty((scene.num_frames, height, width, 3), np.uint8)
     for t in range(scene.num_frames):
-        g = scene.gaussians_at(t)
         with torch.no_grad():
-            out = rasterize(g.means, g.quats, g.scales, g.opacities, g.colors[:, :3],
-                            invert_pose(scene.cameras.world_from_camera[t]).float(), scene.cameras.K(t), width, height)
+            out = render_scene(scene, t, colors=lambda gaussians, alive: gaussians.colors[:, :3])
         frames[t] = (out.color.clamp(0, 1).numpy() * 255 + 0.5).astype(np.uint8)
     return frames
 

@@ -20,6 +20,7 @@ import math
 import platform
 import resource
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,11 +39,11 @@ from recon4d.image import psnr, ssim
 from recon4d.io.atomic import write_bytes_atomic
 from recon4d.io.outputs import OutputSet, check_output_dir, locked_output_dir
 from recon4d.io.scene import Cameras, Gaussians, Scene4D, read_manifest, save_scene
+from recon4d.io.scene_render import render_scene
 from recon4d.io.video import Clip, read_clip
 from recon4d.io.video_writer import write_video
 from recon4d.priors.pipeline import PriorSettings
 from recon4d.progress import track
-from recon4d.render import rasterize
 
 OUTPUT_NAMES = ("scene.r4d", "cameras.json", "metrics.json", "comparison.mp4")
 
@@ -172,32 +173,25 @@ def assemble_scene(state: FitState, fitted: list[int], clip: Clip, K: np.ndarray
     )
 
 
-def render_frame(scene: Scene4D, t: int, camera_from_world: torch.Tensor | None = None,
-                 device: torch.device = torch.device("cpu")) -> torch.Tensor:
-    """Render frame t of the scene (optionally from another camera) -> [H, W, 3] in [0, 1]."""
-    g = scene.gaussians_at(t)
-    cfw = invert_pose(scene.cameras.world_from_camera[t]).float() if camera_from_world is None else camera_from_world
-    out = rasterize(g.means.to(device), g.quats.to(device), g.scales.to(device), g.opacities.to(device),
-                    g.colors.to(device), cfw.to(device), scene.cameras.K(t).to(device), scene.cameras.width,
-                    scene.cameras.height)
-    return out.color.clamp(0, 1)
+def moving_share(scene: Scene4D) -> Callable[[Gaussians, torch.Tensor], torch.Tensor]:
+    """Feature function for `render_scene`: 1 for moving Gaussians (`Scene4D.is_moving`), else 0 -> [Na, 1]."""
+    return lambda gaussians, alive: scene.is_moving[alive].float()[:, None]
+
+
+def moving_mask_from(share: torch.Tensor, alpha: torch.Tensor, threshold: float) -> torch.Tensor:
+    """[H, W] bool: pixels whose rendered colour comes mostly (> threshold) from moving Gaussians
+    (occlusion-aware, since the share is alpha-blended like colour)."""
+    return share > threshold * alpha.clamp_min(1e-6)
 
 
 @torch.no_grad()
 def render_moving_masks(scene: Scene4D, threshold: float, device: torch.device = torch.device("cpu")) -> torch.Tensor:
-    """Moving-object masks [T, H, W] bool from the 4D model: per pixel, the share of the rendered colour
-    that comes from moving Gaussians (`Scene4D.is_moving`, occlusion-aware), thresholded. Defined at every frame, held-out
+    """Moving-object masks [T, H, W] bool from the 4D model (`moving_mask_from`), at every frame, held-out
     frames included, unlike the flow-based prior masks of the fitted frames."""
     masks = torch.zeros(scene.num_frames, scene.cameras.height, scene.cameras.width, dtype=torch.bool)
     for t in range(scene.num_frames):
-        alive = scene.birth_frame <= t
-        g = scene.gaussians_at(t)
-        share = scene.is_moving[alive].float()[:, None]
-        cfw = invert_pose(scene.cameras.world_from_camera[t]).float()
-        out = rasterize(g.means.to(device), g.quats.to(device), g.scales.to(device), g.opacities.to(device),
-                        share.to(device), cfw.to(device), scene.cameras.K(t).to(device), scene.cameras.width,
-                        scene.cameras.height)
-        masks[t] = (out.color[..., 0] > threshold * out.alpha.clamp_min(1e-6)).cpu()
+        out = render_scene(scene, t, colors=moving_share(scene), device=device)
+        masks[t] = moving_mask_from(out.color[..., 0], out.alpha, threshold).cpu()
     return masks
 
 
@@ -208,16 +202,14 @@ def refine_holdout_camera(scene: Scene4D, t: int, target: torch.Tensor, config: 
 
     init = invert_pose(scene.cameras.world_from_camera[t]).float().to(device)
     g = scene.gaussians_at(t)
-    g = Gaussians(*(x.to(device) for x in (g.means, g.quats, g.scales, g.opacities, g.colors)))
-    depth_unit = float(torch.linalg.norm(g.means - invert_pose(init)[:3, 3], dim=-1).median()) if len(g) else 1.0
+    depth_unit = float(torch.linalg.norm(g.means.to(device) - invert_pose(init)[:3, 3], dim=-1).median()) if len(g) else 1.0
     delta = torch.zeros(6, device=device, requires_grad=True)
     unit = torch.tensor([1.0, 1.0, 1.0, depth_unit, depth_unit, depth_unit], device=device)
     optimizer = torch.optim.Adam([delta], lr=config.lr_camera_rotation)
     weight = torch.ones(target.shape[:2], device=device)
-    K = scene.cameras.K(t).to(device)
     for _ in range(config.holdout_refine_iters):
         cfw = apply_pose_delta(delta * unit, init)
-        out = rasterize(g.means, g.quats, g.scales, g.opacities, g.colors, cfw, K, scene.cameras.width, scene.cameras.height)
+        out = render_scene(scene, t, camera_from_world=cfw, device=device)
         loss = photometric_loss(out.color, target, weight, config.lambda_ssim)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -225,10 +217,21 @@ def refine_holdout_camera(scene: Scene4D, t: int, target: torch.Tensor, config: 
     return apply_pose_delta(delta.detach() * unit, init)
 
 
-def evaluate(scene: Scene4D, frames: np.ndarray, held: list[int], config: FitConfig,
-             device: torch.device) -> tuple[dict, np.ndarray]:
-    """Per-frame PSNR/SSIM of the fitted frames and of held-out frames; returns metrics and renders [T,H,W,3]."""
+def evaluate(scene: Scene4D, frames: np.ndarray, held: list[int], config: FitConfig, device: torch.device,
+             with_masks: bool = False) -> tuple[dict, np.ndarray, torch.Tensor | None]:
+    """Per-frame PSNR/SSIM of the fitted frames and of held-out frames.
+
+    Returns metrics, renders [T, H, W, 3] uint8 and, with `with_masks`, the moving masks [T, H, W] of
+    `render_moving_masks` from the same renders (one render per fitted frame: colour and moving share are
+    blended together; a held-out frame is evaluated from its photometrically refined camera, while its mask
+    belongs to the stored camera, so it gets a second render)."""
     renders = np.zeros_like(frames)
+    masks = torch.zeros(scene.num_frames, scene.cameras.height, scene.cameras.width, dtype=torch.bool) if with_masks else None
+    share = moving_share(scene)
+
+    def features(gaussians: Gaussians, alive: torch.Tensor) -> torch.Tensor:
+        return torch.cat([gaussians.colors, share(gaussians, alive)], -1) if with_masks else gaussians.colors
+
     per_frame = []
     held = set(held)
     for t in track(range(scene.num_frames), "evaluating", total=scene.num_frames):
@@ -236,10 +239,16 @@ def evaluate(scene: Scene4D, frames: np.ndarray, held: list[int], config: FitCon
         if t in held:
             cfw = refine_holdout_camera(scene, t, target, config, device) if config.holdout_refine_iters > 0 else None
             with torch.no_grad():
-                image = render_frame(scene, t, cfw, device)
+                image = render_scene(scene, t, camera_from_world=cfw, device=device).color.clamp(0, 1)
+                if with_masks:
+                    out = render_scene(scene, t, colors=share, device=device)
+                    masks[t] = moving_mask_from(out.color[..., 0], out.alpha, config.moving_mask_threshold).cpu()
         else:
             with torch.no_grad():
-                image = render_frame(scene, t, None, device)
+                out = render_scene(scene, t, colors=features, device=device)
+            image = out.color[..., :3].clamp(0, 1)
+            if with_masks:
+                masks[t] = moving_mask_from(out.color[..., 3], out.alpha, config.moving_mask_threshold).cpu()
         renders[t] = (image.cpu().numpy() * 255 + 0.5).astype(np.uint8)
         per_frame.append({"frame": t, "held_out": t in held, "psnr": psnr(image, target),
                           "ssim": float(ssim(image, target))})
@@ -257,7 +266,7 @@ def evaluate(scene: Scene4D, frames: np.ndarray, held: list[int], config: FitCon
         "lpips_note": "LPIPS needs network weights that are not bundled; install `lpips` with its weights to add it",
         "per_frame": per_frame,
     }
-    return metrics, renders
+    return metrics, renders, masks
 
 
 def cameras_json(scene: Scene4D, clip: Clip) -> dict:
@@ -344,8 +353,8 @@ def finish(scene: Scene4D, prepared: Prepared, config: FitConfig, device: torch.
     t0 = time.perf_counter()
     if "prior_moving_masks" not in scene.arrays:
         scene.arrays["prior_moving_masks"] = scene.arrays["moving_masks"]
-    scene.arrays["moving_masks"] = render_moving_masks(scene, config.moving_mask_threshold, device)
-    metrics, renders = evaluate(scene, clip.frames, prepared.held, config, device)
+    metrics, renders, masks = evaluate(scene, clip.frames, prepared.held, config, device, with_masks=True)
+    scene.arrays["moving_masks"] = masks
     seconds["evaluate"] = seconds.get("evaluate", 0.0) + time.perf_counter() - t0
     metrics.update(extra)
     metrics.update({
@@ -460,7 +469,7 @@ def _fit_locked(source, out_dir: Path, config: FitConfig, device: torch.device, 
     extra = {"camera_inits": [s.get("camera_init") for s in state.frame_stats], "frame_stats": state.frame_stats}
     if config.refine:
         t0 = time.perf_counter()
-        sequential_metrics, _ = evaluate(scene, clip.frames, prepared.held, config, device)
+        sequential_metrics, _, _ = evaluate(scene, clip.frames, prepared.held, config, device)
         seconds["evaluate"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         scene, refine_stats = run_refinement(scene, prepared, config, device)

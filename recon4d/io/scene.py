@@ -30,7 +30,7 @@ from recon4d.geometry.trajectory import evaluate_trajectories, time_basis
 from recon4d.io.atomic import atomic_path
 
 FORMAT_NAME = "recon4d.scene"
-FORMAT_VERSION = 2  # 2: optional continuous motion model; 1 is still read
+FORMAT_VERSION = 3  # 3: motion coefficients may be stored sparse; 2: continuous motion model; 1, 2 are read
 
 
 @dataclass
@@ -246,6 +246,28 @@ class Scene4D:
                 raise SceneError(f"inconsistent scene: {message}")
 
 
+def _pack_coefficients(name: str, value: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Trajectory coefficients [Nd, B, C] as stored: dense, or, when most are zero (background with a
+    residual drift has a constant term and a few low-order ones; colour offsets are often all zero), a mask
+    of the non-zero (Gaussian, basis function) pairs [Nd, B] bool and their values [K, C]."""
+    nonzero = (value != 0).any(-1)
+    sparse_bytes = nonzero.numel() + int(nonzero.sum()) * value.shape[-1] * value.element_size()
+    if sparse_bytes >= value.numel() * value.element_size():
+        return {name: value}
+    return {f"{name}/nonzero": nonzero, f"{name}/values": value[nonzero]}
+
+
+def _unpack_coefficients(name: str, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+    if name in tensors:
+        return tensors[name]
+    nonzero, values = tensors[f"{name}/nonzero"], tensors[f"{name}/values"]
+    if nonzero.dtype != torch.bool or values.dim() != 2 or int(nonzero.sum()) != values.shape[0]:
+        raise ValueError(f"{name}: sparse coefficients do not match their mask")
+    dense = torch.zeros(*nonzero.shape, values.shape[1], dtype=values.dtype)
+    dense[nonzero] = values
+    return dense
+
+
 def save_scene(scene: Scene4D, path: str | os.PathLike) -> Path:
     """Write `scene` to `path` atomically; returns the path."""
     from safetensors.torch import save_file
@@ -263,7 +285,8 @@ def save_scene(scene: Scene4D, path: str | os.PathLike) -> Path:
     if scene.motion is None:
         tensors.update({"dynamic_means": scene.dynamic_means, "dynamic_quats": scene.dynamic_quats})
     else:  # the per-frame states follow from the model: store only its coefficients
-        tensors.update({f"motion/{name}": getattr(scene.motion, name) for name in MotionModel.TENSORS})
+        for name in MotionModel.TENSORS:
+            tensors.update(_pack_coefficients(f"motion/{name}", getattr(scene.motion, name)))
     tensors.update({f"arrays/{name}": value for name, value in scene.arrays.items()})
     tensors = {name: value.detach().cpu().contiguous() for name, value in tensors.items()}
     manifest = {
@@ -367,7 +390,8 @@ def load_scene(path: str | os.PathLike) -> Scene4D:
     try:
         motion = None
         if manifest.get("motion") is not None:
-            motion = MotionModel(*(tensors[f"motion/{name}"] for name in MotionModel.TENSORS), **manifest["motion"])
+            motion = MotionModel(*(_unpack_coefficients(f"motion/{name}", tensors) for name in MotionModel.TENSORS),
+                                 **manifest["motion"])
             num_frames = tensors["cameras/world_from_camera"].shape[0]
             dyn_means, dyn_quats, _ = motion.states(torch.arange(num_frames, dtype=motion.position.dtype))
             tensors["dynamic_means"], tensors["dynamic_quats"] = dyn_means, dyn_quats

@@ -32,7 +32,7 @@ from recon4d.io.frames import frame_file_name
 from recon4d.io.scene import Scene4D
 from recon4d.io.video_writer import write_video
 from recon4d.progress import track
-from recon4d.render import rasterize
+from recon4d.io.scene_render import render_scene
 from recon4d.render.highlight import MotionHighlight, motion_highlight
 from recon4d.render_views.paths import PathView, scale_intrinsics, write_camera_path
 
@@ -88,20 +88,20 @@ def render_view(scene: Scene4D, view: PathView, width: int, height: int, motion:
                 config: ViewRenderConfig = ViewRenderConfig(), device: torch.device = CPU):
     """Render one view at (width, height) -> RenderResult (colour [H, W, 3], or [H, W, 6] with the motion view
     in channels 3..5 when `motion`). Intrinsics are scaled from the scene's size to (width, height)."""
-    t = view.time
-    g = scene.gaussians_at(t)
-    alive = scene.birth_frame <= t
-    colors = g.colors[:, :3]
-    background = torch.tensor(config.background, dtype=colors.dtype)
-    if motion:
-        colors = torch.cat([colors, motion_highlight(colors, scene.is_moving[alive], config.highlight)], -1)
-        background = torch.cat([background, background])
+    background = torch.tensor(config.background, dtype=torch.float32)
+
+    def features(gaussians, alive):  # noqa: ANN001, ANN202 - render_scene's feature function
+        colors = gaussians.colors[:, :3]
+        if not motion:
+            return colors
+        return torch.cat([colors, motion_highlight(colors, scene.is_moving[alive], config.highlight)], -1)
+
     K = scale_intrinsics(view.K, scene.cameras.width, scene.cameras.height, width, height).float()
     camera_from_world = invert_pose(view.world_from_camera).float()
     with torch.no_grad():
-        return rasterize(g.means.to(device), g.quats.to(device), g.scales.to(device), g.opacities.to(device),
-                         colors.to(device), camera_from_world.to(device), K.to(device), width, height,
-                         background=background.to(device))
+        return render_scene(scene, view.time, camera_from_world=camera_from_world, K=K, size=(width, height),
+                            colors=features, background=torch.cat([background, background]) if motion else background,
+                            device=device)
 
 
 def render_path(scene: Scene4D, views: Sequence[PathView], width: int, height: int, extras: Sequence[str] = (),
