@@ -77,14 +77,16 @@ def ssim_map(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def ssim(a: torch.Tensor, b: torch.Tensor, max_value: float = 1.0) -> torch.Tensor:
     """Mean SSIM (the reported metric; scalar tensor, differentiable) of [H, W, C] or [T, H, W, C] images
-    with values in [0, max_value]: mirrored borders, mean over the interior pixels of every channel."""
+    with values in [0, max_value]: mirrored borders, mean over the interior pixels of every channel (over all
+    pixels for images of 10 px or less, which have no interior)."""
     if a.shape != b.shape or a.dim() not in (3, 4):
         raise ValueError(f"ssim takes two [H, W, C] or [T, H, W, C] images of one shape, got {a.shape}, {b.shape}")
     x, y = (z.permute(2, 0, 1)[None] if z.dim() == 3 else z.permute(0, 3, 1, 2) for z in (a, b))
+    values = _ssim_values(x, y, max_value, "symmetric")
     r = SSIM_RADIUS
-    if min(x.shape[-2:]) <= 2 * r:
-        raise ValueError(f"images {tuple(x.shape[-2:])} are smaller than the SSIM window")
-    return _ssim_values(x, y, max_value, "symmetric")[..., r:-r, r:-r].mean()
+    if min(x.shape[-2:]) <= 2 * r:  # no interior (thumbnails): every pixel counts
+        return values.mean()
+    return values[..., r:-r, r:-r].mean()
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor, max_value: float = 1.0) -> float:
