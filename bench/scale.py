@@ -299,9 +299,10 @@ def generator_projection(costs: list[dict]) -> list[dict]:
     for cost in costs:
         seconds = samples * cost["train GFLOP/sample"] * 1e9 / (GPUS * GPU_PEAK_FLOPS * GPU_MFU)
         rows.append({"quantity": f"generator ({cost['config']} config, {cost['parameters'] / 1e6:.1f} M parameters): "
-                                 f"hours for {GEN_LATENTS:,} latents x {GEN_EPOCHS} epochs on {GPUS} x H100 "
-                                 f"({GPU_PEAK_FLOPS / 1e12:.0f} TFLOP/s bf16 at {GPU_MFU:.0%} utilisation)",
-                     "value": seconds / 3600})
+                                 f"minutes for {GEN_LATENTS:,} latents x {GEN_EPOCHS} epochs on {GPUS} x H100 "
+                                 f"({GPU_PEAK_FLOPS / 1e12:.0f} TFLOP/s bf16 at {GPU_MFU:.0%} utilisation; a FLOP "
+                                 "bound: small models are launch- and input-bound below it)",
+                     "value": seconds / 60})
         if "CPU samples/s" in cost:
             rows.append({"quantity": "  the same on this 2-core CPU at the measured samples/s (hours)",
                          "value": samples / cost["CPU samples/s"] / 3600})
