@@ -6,7 +6,7 @@ runs' metrics.json: student vs teacher at held-out cameras, student and teacher 
 ms per frame at the working resolution and at 2x (student in onnxruntime and PyTorch, teacher in recon4d's CPU
 splat rasterizer, measured in the same process), model size, FLOPs per pixel, training time, peak memory.
 
-    .venv/bin/python bench/nelf.py                      # cup + two clips of ../shared/data
+    nice -n 10 .venv/bin/python bench/nelf.py           # cup + two clips of ../shared/data
     .venv/bin/python bench/nelf.py --clips cup --steps 300 --threads 1
 
 Timings depend on the machine's load (it is shared while these numbers are taken): compare columns of one
@@ -39,9 +39,9 @@ COLUMNS = ["clip", "model", "res", "psnr_vs_teacher", "ssim_vs_teacher", "psnr_v
 
 
 def run_measured(command: list[str], env: dict[str, str], log: Path) -> tuple[int, float]:
-    """Run `command` (nice'd), output to `log` -> (exit code, peak RSS in MB of that process)."""
+    """Run `command`, output to `log` -> (exit code, peak RSS in MB of that process)."""
     with open(log, "w") as out:
-        process = subprocess.Popen(["nice", "-n", "10", *command], stdout=out, stderr=subprocess.STDOUT, env=env,
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env,
                                    cwd=ROOT)
         _, status, usage = os.wait4(process.pid, 0)
     return os.waitstatus_to_exitcode(status), usage.ru_maxrss / 1024
