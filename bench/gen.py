@@ -203,6 +203,20 @@ def ablation(args: argparse.Namespace, judge: Judge, reference: torch.Tensor, it
     return rows
 
 
+def load_or_train_judge(args: argparse.Namespace, train_names: list[str]) -> Judge:
+    from safetensors.torch import load_file, save_file
+
+    if args.judge_file is not None and args.judge_file.is_file():
+        judge = Judge()
+        judge.load_state_dict(load_file(str(args.judge_file)))
+        return judge.eval()
+    images, colors, shapes = corpus_images(args.corpus, train_names)
+    judge = train_judge(images, colors, shapes, args.judge_epochs)
+    if args.judge_file is not None:
+        save_file({k: v.contiguous() for k, v in judge.state_dict().items()}, str(args.judge_file))
+    return judge
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--corpus", type=Path, required=True, help="corpus with splits.json (judge training, FD reference)")
@@ -210,6 +224,9 @@ def main() -> int:
     parser.add_argument("--prompts", type=int, default=200)
     parser.add_argument("--nfe", default="1,2,4,8,16,32")
     parser.add_argument("--judge-epochs", type=int, default=4)
+    parser.add_argument("--judge-file", type=Path, default=None,
+                        help="safetensors of the judge: loaded when it exists, else trained and saved there")
+    parser.add_argument("--judge-only", action="store_true", help="train (and save) the judge, then stop")
     parser.add_argument("--methods", default="rf1-euler,rf2-euler,boss,turbo,onestep")
     parser.add_argument("--ablation-latents", type=Path, default=None,
                         help="latents to train the timestep-sampler ablation on (1-RF, uniform/logit-normal/U-shaped)")
@@ -220,8 +237,9 @@ def main() -> int:
     import json
 
     splits = json.loads((args.corpus / "splits.json").read_text())
-    images, colors, shapes = corpus_images(args.corpus, splits["train"])
-    judge = train_judge(images, colors, shapes, args.judge_epochs)
+    judge = load_or_train_judge(args, splits["train"])
+    if args.judge_only:
+        return 0
     test_names = splits["test"] + splits["test_compositional"]
     test_images, test_colors, test_shapes = corpus_images(args.corpus, test_names)
     with torch.no_grad():
