@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -87,14 +88,16 @@ def test_corrupt_input_is_isolated_and_rerun_skips_finished(clips):
     assert entries["a"]["psnr"] == json.loads((out / "a" / "metrics.json").read_text())["fitted"]["psnr"]
 
 
-def _busy_fit_workers() -> list:
-    import psutil
-
+def _busy_fit_workers() -> list[int]:
+    """PIDs of Ray workers running a fit-batch task (Ray titles them after the task: /proc/PID/cmdline)."""
     found = []
-    for proc in psutil.process_iter(["cmdline"]):
-        cmdline = " ".join(proc.info["cmdline"] or [])
-        if cmdline.startswith("ray::recon4d fit-batch"):
-            found.append(proc)
+    for entry in Path("/proc").iterdir():
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:  # not a process, or it just ended
+            continue
+        if entry.name.isdigit() and cmdline.startswith("ray::recon4d fit-batch"):
+            found.append(int(entry.name))
     return found
 
 
@@ -108,14 +111,15 @@ def test_killed_worker_is_retried_and_fit_resumes(clips):
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         deadline = time.monotonic() + 600
-        # Mid-fit: a per-frame checkpoint exists but no fit has finished.
-        while not list(out.glob("*/.checkpoint/*.safetensors")):
+        # Mid-fit: a per-frame checkpoint of one input exists but its fit has not finished.
+        while not (started := sorted(p.parent.parent.name for p in out.glob("*/.checkpoint/*.safetensors"))):
             assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
             time.sleep(0.1)
-        assert not list(out.glob("*/scene.r4d"))
-        workers = _busy_fit_workers()
-        assert workers, "no Ray worker running a fit"
-        workers[0].send_signal(signal.SIGKILL)
+        victim = started[0]
+        assert not (out / victim / "scene.r4d").exists()
+        pid = int(re.findall(r" pid (\d+): ", (out / "batch_logs" / f"{victim}.log").read_text())[-1])
+        assert pid in _busy_fit_workers()  # the Ray worker running that fit (the job logs its pid)
+        os.kill(pid, signal.SIGKILL)
         stdout, stderr = proc.communicate(timeout=900)
     finally:
         proc.kill()
@@ -124,11 +128,11 @@ def test_killed_worker_is_retried_and_fit_resumes(clips):
     assert [entries[n]["status"] for n in ("a", "b")] == ["ok", "ok"]
     for name in ("a", "b"):
         assert load_scene(out / name).num_frames == 8
-    logs = {name: (out / "batch_logs" / f"{name}.log").read_text() for name in ("a", "b")}
-    attempts = {name: text.count("\n== ") + text.startswith("== ") for name, text in logs.items()}
-    killed = [name for name, n in attempts.items() if n == 2]
-    assert len(killed) == 1 and sorted(attempts.values()) == [1, 2], attempts
-    assert "resuming from frame" in logs[killed[0]].split("\n== ")[-1]  # the retry continued the checkpoint
+    attempts = {name: re.split(r"^== ", (out / "batch_logs" / f"{name}.log").read_text(), flags=re.M)[1:]
+                for name in ("a", "b")}  # one "== <time> host <host> pid <pid>: <command>" header per attempt
+    assert {name: len(runs) for name, runs in attempts.items()} == {"a": 1, "b": 1, victim: 2}
+    assert f" pid {pid}: " not in attempts[victim][1]  # the retry ran in another worker process
+    assert "resuming from frame" in attempts[victim][1]  # and continued from the checkpoint
 
 
 @pytest.mark.slow
