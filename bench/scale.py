@@ -69,10 +69,12 @@ def noop(job: dict) -> int:
     return job["x"]
 
 
-def run(command: list[str], env: dict | None = None, timeout: float = 3600) -> tuple[float, subprocess.CompletedProcess]:
+def run(command: list[str], env: dict | None = None,
+        timeout: float = 3600) -> tuple[float, subprocess.CompletedProcess]:
     """(wall seconds, result) of a subprocess; its CPU seconds (user + system) in result.cpu_seconds."""
     start, before = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
-    result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=timeout)
+    result = subprocess.run(command, check=False, capture_output=True, text=True, env={**os.environ, **(env or {})},
+                            timeout=timeout)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     result.cpu_seconds = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return time.perf_counter() - start, result
@@ -198,7 +200,8 @@ def ddp_comparison(out: Path) -> list[dict]:
         dest.mkdir(parents=True, exist_ok=True)
         launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={procs}"]
         args = [__file__, "--ddp-worker", str(dest), "--ddp-steps", str(DDP_STEPS)]
-        _, result = run(launcher + args if procs > 1 else [sys.executable, *args], env={"OMP_NUM_THREADS": str(threads)})
+        command = launcher + args if procs > 1 else [sys.executable, *args]
+        _, result = run(command, env={"OMP_NUM_THREADS": str(threads)})
         if result.returncode:
             raise RuntimeError(result.stderr[-2000:])
         runs[procs] = (json.loads((dest / "log.json").read_text()), torch.load(dest / "params.pt", weights_only=True))
@@ -256,6 +259,20 @@ def projections(costs: dict, overhead_per_fit: float | None) -> list[dict]:
     ]
 
 
+def _denoiser_step(model, optimizer, batch: int) -> None:
+    """One training step of the gen denoiser on random inputs of its shapes (cost, not learning)."""
+    import torch
+
+    config = model.config
+    x = torch.randn(batch, config.num_gaussians, model.latent_in.in_features // config.patch)
+    tokens = torch.randn(batch, GEN_TEXT_TOKENS, config.text_dim)
+    out = model(x, torch.rand(batch), tokens, torch.ones(batch, GEN_TEXT_TOKENS, dtype=torch.bool),
+                torch.randn(batch, config.text_dim))
+    optimizer.zero_grad()
+    out.pow(2).mean().backward()
+    optimizer.step()
+
+
 def generator_unit_costs(batch: int = 32, timed_steps: int = 3) -> list[dict]:
     """Training FLOPs per sample (counted) of the gen denoiser, CPU and GPU configs, and measured CPU samples/s
     of the CPU config (forward + backward + AdamW at `batch`)."""
@@ -269,25 +286,15 @@ def generator_unit_costs(batch: int = 32, timed_steps: int = 3) -> list[dict]:
     for name, config in (("cpu", ModelConfig()), ("gpu", ModelConfig.gpu())):
         model = MMDiT(config)
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-
-        def step(b: int) -> None:
-            x = torch.randn(b, config.num_gaussians, model.latent_in.in_features // config.patch)
-            tokens = torch.randn(b, GEN_TEXT_TOKENS, config.text_dim)
-            out = model(x, torch.rand(b), tokens, torch.ones(b, GEN_TEXT_TOKENS, dtype=torch.bool),
-                        torch.randn(b, config.text_dim))
-            optimizer.zero_grad()
-            out.pow(2).mean().backward()
-            optimizer.step()
-
         with FlopCounterMode(display=False) as counter:
-            step(2)
+            _denoiser_step(model, optimizer, 2)
         row = {"config": name, "parameters": sum(p.numel() for p in model.parameters()),
                "train GFLOP/sample": counter.get_total_flops() / 2 / 1e9}
         if name == "cpu":
-            step(batch)  # warm-up
+            _denoiser_step(model, optimizer, batch)  # warm-up
             start = time.perf_counter()
             for _ in range(timed_steps):
-                step(batch)
+                _denoiser_step(model, optimizer, batch)
             row["CPU samples/s"] = timed_steps * batch / (time.perf_counter() - start)
         costs.append(row)
     return costs

@@ -34,7 +34,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 from recon4d.errors import InputError
 
@@ -164,7 +164,7 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
-def _run_serial(fn, jobs, keys, max_retries, description, report) -> list[JobResult]:  # noqa: ANN001
+def _run_serial(fn, jobs, keys, max_retries, description, report) -> list[JobResult]:
     results = []
     with JobDisplay(description, len(jobs)) as display:
         for job, key in zip(jobs, keys):
@@ -174,7 +174,7 @@ def _run_serial(fn, jobs, keys, max_retries, description, report) -> list[JobRes
                 try:
                     result = execute(fn, job, key)
                     break
-                except Exception as exc:  # a system failure: try again, report the last one
+                except Exception as exc:  # noqa: BLE001 - any failure of fn is a system failure: retry, then report
                     result = JobResult(key, "failed", None, f"{_one_line(exc)} (after {attempt + 1} attempts)",
                                        time.perf_counter() - start)
             results.append(result)
@@ -217,7 +217,7 @@ def ray_session(address: str | None, workers: int, num_cpus_per_job: float,
             options = {"address": address, "log_to_driver": False, "logging_level": "ERROR"}
         try:
             ray.init(**options)
-        except Exception as exc:  # ConnectionError, grpc errors, a missing ray[client]: one line for the user
+        except Exception as exc:  # noqa: BLE001 - ConnectionError, gRPC errors, no ray[client]: one line for the user
             raise InputError(f"cannot connect to Ray at {address or 'a local instance'}: {_one_line(exc)}",
                              hint="start a cluster with `ray start --head` or fix --address") from None
     try:
@@ -235,7 +235,7 @@ def ray_session(address: str | None, workers: int, num_cpus_per_job: float,
             ray.shutdown()
 
 
-def _run_ray(fn, jobs, keys, in_flight, num_cpus, num_gpus, max_retries, description,  # noqa: ANN001
+def _run_ray(fn, jobs, keys, in_flight, num_cpus, num_gpus, max_retries, description,
              report) -> list[JobResult]:
     import ray
     from ray.exceptions import RayTaskError
@@ -311,12 +311,12 @@ class JobDisplay:
                                      redirect_stdout=False, redirect_stderr=False)
             self.task = self.progress.add_task(self.description, total=total, state="")
 
-    def __enter__(self) -> JobDisplay:
+    def __enter__(self) -> Self:
         if self.progress is not None:
             self.progress.start()
         return self
 
-    def __exit__(self, *exc_info) -> None:  # noqa: ANN002
+    def __exit__(self, *exc_info) -> None:
         if self.progress is not None:
             self.progress.stop()
 

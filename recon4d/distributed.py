@@ -80,7 +80,7 @@ def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
     return getattr(model, "module", model)
 
 
-def make_sampler(dataset, ctx: DistContext, shuffle: bool = True, seed: int = 0):  # noqa: ANN001
+def make_sampler(dataset, ctx: DistContext, shuffle: bool = True, seed: int = 0):
     """A DistributedSampler that gives each rank its shard of every epoch (call ``set_epoch(epoch)``).
 
     A single process gets the same sampler with one replica, so the order of the samples (and with it the

@@ -32,8 +32,8 @@ FIT_FILES = {"scene.r4d", "metrics.json", "cameras.json", "comparison.mp4"}
 
 def batch(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
     env = {**os.environ, "RECON4D_NO_PROGRESS": "1"}
-    return subprocess.run([sys.executable, "-m", "recon4d", "fit-batch", *args], capture_output=True, text=True,
-                          env=env, timeout=timeout)
+    return subprocess.run([sys.executable, "-m", "recon4d", "fit-batch", *args], check=False, capture_output=True,
+                          text=True, env=env, timeout=timeout)
 
 
 def manifest(out: Path) -> dict[str, dict]:
@@ -120,7 +120,7 @@ def test_killed_worker_is_retried_and_fit_resumes(clips):
         pid = int(re.findall(r" pid (\d+): ", (out / "batch_logs" / f"{victim}.log").read_text())[-1])
         assert pid in _busy_fit_workers()  # the Ray worker running that fit (the job logs its pid)
         os.kill(pid, signal.SIGKILL)
-        stdout, stderr = proc.communicate(timeout=900)
+        _, stderr = proc.communicate(timeout=900)
     finally:
         proc.kill()
     assert proc.returncode == 0, stderr
@@ -128,7 +128,7 @@ def test_killed_worker_is_retried_and_fit_resumes(clips):
     assert [entries[n]["status"] for n in ("a", "b")] == ["ok", "ok"]
     for name in ("a", "b"):
         assert load_scene(out / name).num_frames == 8
-    attempts = {name: re.split(r"^== ", (out / "batch_logs" / f"{name}.log").read_text(), flags=re.M)[1:]
+    attempts = {name: re.split(r"^== ", (out / "batch_logs" / f"{name}.log").read_text(), flags=re.MULTILINE)[1:]
                 for name in ("a", "b")}  # one "== <time> host <host> pid <pid>: <command>" header per attempt
     assert {name: len(runs) for name, runs in attempts.items()} == {"a": 1, "b": 1, victim: 2}
     assert f" pid {pid}: " not in attempts[victim][1]  # the retry ran in another worker process
@@ -253,7 +253,13 @@ def test_fit_flags_pass_through_unchanged(tmp_path):
 
 def test_finished_fit_is_recognised_only_for_the_same_input_and_flags(tmp_path):
     from recon4d.batch.inputs import BatchInput
-    from recon4d.batch.manifest import fingerprint, is_finished, new_entry, read_manifest, write_manifest
+    from recon4d.batch.manifest import (
+        fingerprint,
+        is_finished,
+        new_entry,
+        read_manifest,
+        write_manifest,
+    )
 
     video = tmp_path / "clip.mp4"
     video.write_bytes(b"frames")

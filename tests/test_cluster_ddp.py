@@ -75,8 +75,8 @@ def run_trainer(tmp_path: Path, name: str, nproc: int) -> Path:
     launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
                 if nproc > 1 else [sys.executable])
     env = {**os.environ, "OMP_NUM_THREADS": "1", "RECON4D_NO_PROGRESS": "1"}
-    result = subprocess.run([*launcher, str(script), str(out), str(STEPS), str(GLOBAL_BATCH)], capture_output=True,
-                            text=True, env=env, timeout=600)
+    result = subprocess.run([*launcher, str(script), str(out), str(STEPS), str(GLOBAL_BATCH)], check=False,
+                            capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     return out
 
@@ -151,7 +151,8 @@ def test_nerf_train_under_torchrun_matches_one_process(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "RECON4D_NO_PROGRESS": "1"}
     corpus = tmp_path / "corpus"
     made = subprocess.run([sys.executable, "-m", "recon4d", "gen", "corpus", "-o", str(corpus), "--count", "2",
-                           "--views", "10", "--size", "32"], capture_output=True, text=True, env=env, timeout=600)
+                           "--views", "10", "--size", "32"], check=False, capture_output=True, text=True, env=env,
+                          timeout=600)
     assert made.returncode == 0, made.stderr[-2000:]
     data = [str(p) for p in sorted(corpus.glob("obj_*"))]
     models = {}
@@ -159,7 +160,7 @@ def test_nerf_train_under_torchrun_matches_one_process(tmp_path):
                            ("ddp", [sys.executable, "-m", "torch.distributed.run", "--standalone",
                                     "--nproc-per-node=2", "-m", "recon4d"])):
         result = subprocess.run([*launcher, "nerf", "train", *data, "-o", str(tmp_path / name), *NERF_ARGS],
-                                capture_output=True, text=True, env=env, timeout=900)
+                                check=False, capture_output=True, text=True, env=env, timeout=900)
         assert result.returncode == 0, result.stderr[-3000:]
         models[name] = tmp_path / name
     logs = {name: [json.loads(line) for line in (path / "log.jsonl").read_text().splitlines()]
@@ -188,7 +189,7 @@ def test_gen_train_under_torchrun_matches_one_process(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "RECON4D_NO_PROGRESS": "1"}
 
     def recon4d(*args: str, launcher: tuple[str, ...] = (sys.executable, "-m", "recon4d")) -> None:
-        result = subprocess.run([*launcher, *args], capture_output=True, text=True, env=env, timeout=900)
+        result = subprocess.run([*launcher, *args], check=False, capture_output=True, text=True, env=env, timeout=900)
         assert result.returncode == 0, result.stderr[-3000:]
 
     recon4d("gen", "corpus", "-o", str(tmp_path / "corpus"), "--count", "4", "--views", "8", "--size", "32")
