@@ -43,10 +43,11 @@ class Judge(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.body = nn.Sequential(
-            nn.Conv2d(3, 32, 3, 2, 1), nn.ReLU(), nn.Conv2d(32, 64, 3, 2, 1), nn.ReLU(),
-            nn.Conv2d(64, 96, 3, 2, 1), nn.ReLU(), nn.Conv2d(96, 128, 3, 2, 1), nn.ReLU(),
-            nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        layers, channels = [], 3
+        for width in (32, 64, 96, 128):
+            layers += [nn.Conv2d(channels, width, 3, 2, 1), nn.BatchNorm2d(width), nn.ReLU()]
+            channels = width
+        self.body = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.color = nn.Linear(128, len(COLOR_NAMES))
         self.shape = nn.Linear(128, len(SHAPES))
 
@@ -76,7 +77,9 @@ def train_judge(images: torch.Tensor, colors: torch.Tensor, shapes: torch.Tensor
     torch.manual_seed(0)
     judge = Judge()
     optimizer = torch.optim.Adam(judge.parameters(), lr=2e-3)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs)
     generator = torch.Generator().manual_seed(0)
+    judge.train()
     for _ in range(epochs):
         for index in torch.randperm(len(images), generator=generator).split(64):
             batch = images[index]
@@ -90,6 +93,7 @@ def train_judge(images: torch.Tensor, colors: torch.Tensor, shapes: torch.Tensor
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
+        schedule.step()
     return judge.eval()
 
 
@@ -223,7 +227,7 @@ def main() -> int:
     parser.add_argument("--model", type=Path, default=None, help="model directory (default: the shipped model)")
     parser.add_argument("--prompts", type=int, default=200)
     parser.add_argument("--nfe", default="1,2,4,8,16,32")
-    parser.add_argument("--judge-epochs", type=int, default=4)
+    parser.add_argument("--judge-epochs", type=int, default=10)
     parser.add_argument("--judge-file", type=Path, default=None,
                         help="safetensors of the judge: loaded when it exists, else trained and saved there")
     parser.add_argument("--judge-only", action="store_true", help="train (and save) the judge, then stop")

