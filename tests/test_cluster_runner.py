@@ -106,3 +106,13 @@ def test_ray_tasks_isolate_retry_and_survive_killed_workers(local_ray, tmp_path)
     killed_pids = Path(jobs[4]["log"]).read_text().split()
     assert results["killed"].value["attempt"] == 2 and killed_pids[0] != killed_pids[1]
     assert attempts(jobs[5]) == 3 and "worker died 3 times" in results["doomed"].error
+
+
+def test_address_forms():
+    from recon4d.cluster import check_address
+
+    for good in ("auto", "10.0.0.5:6379", "head-node.example.org:6379", "ray://head:10001", " auto "):
+        assert check_address(good) == good.strip()
+    for bad in ("", "head", "http://head:8265", "ray://head", "head:port", "a b:1", "ray://:10001"):
+        with pytest.raises(InputError, match="is not a Ray address"):
+            check_address(bad)
