@@ -478,3 +478,37 @@ def test_scene_loads_after_an_interrupted_switch(tmp_path):
     save_scene(make_scene(num_frames=4, n=20), staged.path("scene.r4d"))
     (out / ".staging" / "COMMIT").write_text(json.dumps({"files": ["scene.r4d"]}))
     assert load_scene(out).num_frames == 4
+
+
+# ------------------------------------------------------------------------------------------------------
+# The prior backends belong to the run (#15 defects): another backend is another run; refine reuses them
+
+
+def test_other_prior_backend_is_another_run(finished, tmp_path, monkeypatch):
+    from recon4d.fit.pipeline import refine_output
+    from recon4d.priors import pipeline as prior_pipeline
+    from recon4d.priors.pipeline import PriorSettings
+
+    out = tmp_path / "out"
+    shutil.copytree(finished, out)
+    with pytest.raises(InputError, match="another input or settings"):
+        _tiny_fit(SAMPLE, out, prior_settings=PriorSettings(flow="farneback"))
+    lines: list[str] = []
+    from recon4d.fit.pipeline import fit_video
+
+    config = dataclasses.replace(load_config("fast"), **TINY, refine=False)
+    result = fit_video(SAMPLE, out, config, torch.device("cpu"), prior_settings=PriorSettings(flow="farneback"),
+                       overwrite=True, log=lines.append)
+    assert any("another input or config: starting over" in line for line in lines), lines
+    assert result.scene.config["priors"]["flow"] == "farneback"
+
+    used = []
+    real = prior_pipeline.compute_priors
+
+    def spy(frames, intrinsics, settings, **kwargs):
+        used.append(settings.flow)
+        return real(frames, intrinsics, settings, **kwargs)
+
+    monkeypatch.setattr("recon4d.priors.pipeline.compute_priors", spy)
+    refined = refine_output(out, torch.device("cpu"), {"refine_iters": 2}, log=lambda *_: None)
+    assert used == ["farneback"] and refined.scene.config["priors"]["flow"] == "farneback"
