@@ -315,17 +315,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
             written = [stats.path]
     elif args.format == "cameras":
         from recon4d.export import export_cameras
-        from recon4d.io.video import read_clip
+        from recon4d.io.scene_frames import read_scene_frames
 
-        frames_rgb = None
-        source = scene.config.get("source")
-        if source:
-            try:
-                frames_rgb = read_clip(source, stride=scene.config.get("stride", 1), max_frames=scene.num_frames,
-                                       short_side=min(scene.cameras.width, scene.cameras.height)).frames
-            except Recon4DError:
-                frames_rgb = None  # the source moved: cameras are still written, without images
-        written = list(export_cameras(scene, dest, frames_rgb=frames_rgb).values())
+        # Without the source (moved, changed) the cameras are still written, without images.
+        written = list(export_cameras(scene, dest, frames_rgb=read_scene_frames(scene)).values())
     elif args.format == "tracks":
         from recon4d.export.tracks import TrackExportConfig, export_tracks, grid_queries
 

@@ -18,10 +18,10 @@ from recon4d.export.tracks import (
     parse_point_queries,
     read_tracks_csv,
     rendered_frames,
-    source_frames,
     track_colors,
 )
 from recon4d.io.scene import save_scene
+from recon4d.io.scene_frames import read_scene_frames as source_frames
 from recon4d.io.video import probe_video
 from recon4d.io.video_writer import write_video
 

@@ -158,7 +158,8 @@ def test_moving_state_matches_scene(viewer):
 def viewer(scene_dir, tmp_path):
     import viser
 
-    from viewer.app import SceneViewer, input_frames
+    from recon4d.io.scene_frames import read_scene_frames as input_frames
+    from viewer.app import SceneViewer
 
     out = tmp_path / "out"
     shutil.copytree(scene_dir, out)

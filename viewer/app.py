@@ -36,14 +36,15 @@ import numpy as np
 from recon4d.errors import InputError, SceneError
 from recon4d.io.scene import Scene4D
 from viewer.actions import SavePanel
-from viewer.cameras import CameraNodes, input_frames
+from recon4d.io.scene_frames import read_scene_frames
+from viewer.cameras import CameraNodes
 from viewer.config import ViewerConfig
 from viewer.layers import LayerPanel, Layers, TrackLayer, find_meshes
 from viewer.playback import PlaybackPanel
 from viewer.splats import SplatNodes, birth_groups, decimate, splat_covariances, splat_importance
 
 # Importable from viewer.app as before the split (the CLI, tests and users import them from here).
-__all__ = ["SceneViewer", "ViewerConfig", "birth_groups", "decimate", "find_meshes", "input_frames",
+__all__ = ["SceneViewer", "ViewerConfig", "birth_groups", "decimate", "find_meshes",
            "splat_covariances", "splat_importance", "start_viewer"]
 
 
@@ -131,7 +132,7 @@ def start_viewer(scene_path: Path, host: str = "127.0.0.1", port: int = 8080, co
     log(f"loading {scene_path}")
     scene = load_scene(scene_path)
     log("reading the input frames for the camera frustums")
-    frames = input_frames(scene)
+    frames = read_scene_frames(scene)
     import viser
 
     log("building the scene nodes")

@@ -7,10 +7,8 @@ import math
 import numpy as np
 import torch
 
-from recon4d.errors import Recon4DError
 from recon4d.geometry.camera import invert_pose
 from recon4d.io.frames import scene_fps
-from recon4d.io.scene import Scene4D
 from recon4d.progress import track
 
 
@@ -24,25 +22,6 @@ def rotation_to_wxyz(rotation: np.ndarray) -> np.ndarray:
 def vertical_fov(fy: float, height: int) -> float:
     """Vertical field of view in radians of a pinhole camera with focal fy and `height` pixel rows."""
     return 2.0 * math.atan(0.5 * height / fy)
-
-
-def input_frames(scene: Scene4D) -> np.ndarray | None:
-    """The scene's input frames [T, H, W, 3] uint8 read again from its source, or None when the source is
-    gone or does not match the scene (frame count or size)."""
-    from recon4d.io.video import read_clip
-
-    source = scene.config.get("source")
-    if not source:
-        return None
-    try:
-        clip = read_clip(source, stride=int(scene.config.get("stride") or 1), max_frames=scene.num_frames,
-                         short_side=min(scene.cameras.width, scene.cameras.height))
-    except Recon4DError:
-        return None
-    frames = np.asarray(clip.frames)
-    if frames.shape[:3] != (scene.num_frames, scene.cameras.height, scene.cameras.width):
-        return None
-    return frames
 
 
 def resize_long_side(image: np.ndarray, long_side: int) -> np.ndarray:

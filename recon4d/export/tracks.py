@@ -25,10 +25,11 @@ import cv2
 import numpy as np
 import torch
 
-from recon4d.errors import InputError, Recon4DError
+from recon4d.errors import InputError
 from recon4d.io.atomic import atomic_path, write_bytes_atomic
 from recon4d.io.frames import scene_fps
 from recon4d.io.scene import Scene4D
+from recon4d.io.scene_frames import read_scene_frames
 from recon4d.io.video_writer import write_video
 from recon4d.progress import track
 from recon4d.io.scene_render import render_scene
@@ -116,28 +117,6 @@ def check_queries(scene: Scene4D, queries: torch.Tensor) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------------------------------------
 # Input frames
-
-
-def source_frames(scene: Scene4D) -> np.ndarray | None:
-    """The scene's input frames [T, H, W, 3] uint8 re-read from `scene.config["source"]`, or None when the source
-    is gone, unreadable, or does not decode to the scene's frames (count, size, source frame indices)."""
-    from recon4d.io.video import read_clip
-
-    source = scene.config.get("source")
-    if not source or not Path(source).exists():
-        return None
-    width, height = scene.cameras.width, scene.cameras.height
-    try:
-        clip = read_clip(source, stride=int(scene.config.get("stride") or 1), max_frames=scene.num_frames,
-                         short_side=min(width, height))
-    except Recon4DError:
-        return None
-    if clip.frames.shape != (scene.num_frames, height, width, 3):
-        return None
-    indices = scene.arrays.get("source_indices")
-    if indices is not None and not np.array_equal(np.asarray(indices), clip.source_indices):
-        return None
-    return clip.frames
 
 
 def rendered_frames(scene: Scene4D) -> np.ndarray:
@@ -251,7 +230,7 @@ def export_tracks(scene: Scene4D, out_dir: str | os.PathLike, queries: torch.Ten
     tracks.csv and overlay.mp4 into out_dir (each atomically) -> {"npz", "csv", "overlay"} paths.
 
     frames_rgb: [T, H, W, 3] uint8 background of the overlay; default the source video (see
-    `source_frames`), else renders of the input cameras. track_config: see `recon4d.track.TrackConfig`.
+    `read_scene_frames`), else renders of the input cameras. track_config: see `recon4d.track.TrackConfig`.
     Everything is computed before the first file is written.
     """
     width, height = scene.cameras.width, scene.cameras.height
@@ -260,7 +239,7 @@ def export_tracks(scene: Scene4D, out_dir: str | os.PathLike, queries: torch.Ten
     queries = check_queries(scene, torch.as_tensor(queries, dtype=torch.float32))
     tracks = track_points(scene, queries, track_config or TrackConfig())
     if frames_rgb is None:
-        frames_rgb = source_frames(scene)
+        frames_rgb = read_scene_frames(scene)
     if frames_rgb is None:
         frames_rgb = rendered_frames(scene)
     if frames_rgb.shape != (scene.num_frames, height, width, 3):

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from recon4d.errors import InputError, Recon4DError
+from recon4d.errors import InputError
 from recon4d.export.masks import MASKS_ARRAY
 from recon4d.nerf.data.posed import (
     PosedImages,
@@ -46,23 +46,14 @@ def _valid_from_moving(moving: torch.Tensor) -> np.ndarray:
 def read_fit(path: str | os.PathLike, short_side: int | None = None) -> PosedImages:
     """Read a fit directory (or its scene.r4d) -> the input frames with the recovered cameras."""
     from recon4d.io.scene import load_scene
-    from recon4d.io.video import read_clip
+    from recon4d.io.scene_frames import read_scene_frames
 
     scene = load_scene(path)
-    source = scene.config.get("source")
-    if not source:
-        raise InputError(f"the scene at {path} does not record its source video")
     cameras = scene.cameras
-    try:
-        clip = read_clip(source, stride=scene.config.get("stride", 1), max_frames=scene.num_frames,
-                         short_side=min(cameras.width, cameras.height))
-    except Recon4DError as exc:
-        raise InputError(f"cannot re-read the source of {path}: {exc.one_line()}",
-                         hint="the fit's source video moved") from exc
-    frames = clip.frames[: scene.num_frames]
-    if frames.shape[1:3] != (cameras.height, cameras.width) or len(frames) != scene.num_frames:
-        raise InputError(f"the source of {path} decodes to {tuple(frames.shape)}, the scene has "
-                         f"{scene.num_frames} frames of {cameras.width}x{cameras.height}")
+    frames = read_scene_frames(scene)
+    if frames is None:
+        raise InputError(f"cannot re-read the input frames of {path} from {scene.config.get('source')!r}",
+                         hint="the fit's source video moved, changed or is not recorded")
     moving = scene.arrays.get(MASKS_ARRAY)
     valid = _valid_from_moving(moving) if moving is not None else np.ones(frames.shape[:3], bool)
     size = target_size(cameras.width, cameras.height, short_side)
