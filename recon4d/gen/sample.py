@@ -6,7 +6,8 @@ Solvers (NFE = velocity evaluations per sample, CFG doubles the batch, not the N
     boss     K Euler steps on the BOSS schedule stored for K in MODEL_DIR/boss.json
     turbo    FlowTurbo: Heun + pseudo-corrector steps + the velocity refiner (MODEL_DIR/refiner.safetensors)
     onestep  the distilled student: x1 = x0 + v(x0, 0) (MODEL_DIR/onestep.safetensors)
-`--steps 1` picks the one-step student when the model directory has one.
+The default solver, auto, is the one-step student at `--steps 1` (when the model directory has one) and
+Euler otherwise.
 
 The viewer's "Generate" panel calls `Generator(model_dir).generate(prompt, steps, seed)` and
 `write_scene_dirs(...)` like the command does.
@@ -28,7 +29,7 @@ from recon4d.gen.mmdit import MMDiT, ModelConfig
 from recon4d.gen.model_io import KINDS, load_model_file, resolve_model_dir
 from recon4d.gen.text import TextEncoder
 
-SOLVERS = ("euler", "heun", "boss", "turbo", "onestep")
+SOLVERS = ("auto", "euler", "heun", "boss", "turbo", "onestep")
 MAX_STEPS = 1000
 MAX_PROMPT_CHARS = 300
 DEFAULT_CFG = 3.0
@@ -40,7 +41,7 @@ class SampleRequest:
 
     prompt: str
     steps: int = 8
-    solver: str = "euler"
+    solver: str = "auto"
     cfg: float | None = None
     seed: int = 0
     num: int = 1
@@ -115,7 +116,9 @@ class Generator:
     def solve(self, prompts: list[str], x0: torch.Tensor, request: SampleRequest) -> torch.Tensor:
         """Standardised latents [B, G, 14] from noise x0 [B, G, 14], one prompt per row, with the request's
         solver, steps, guidance and model (its prompt and seed are not used)."""
-        solver = "onestep" if request.steps == 1 and request.solver == "euler" and self.has("onestep") else request.solver
+        solver = request.solver
+        if solver == "auto":  # the one-step student for a one-evaluation budget, Euler otherwise
+            solver = "onestep" if request.steps == 1 and self.has("onestep") else "euler"
         if solver == "onestep":
             self._need("onestep")
             return onestep_sample(self.velocity("onestep", prompts, self._cfg(request, "onestep")), x0)
