@@ -22,8 +22,13 @@ from recon4d.nerf.nelf.views import ViewSet, real_views
 
 
 @pytest.fixture(autouse=True)
-def _quiet(monkeypatch):
+def _quiet_and_one_thread(monkeypatch):
+    """No progress bars; one thread (small convolutions run many times faster that way on a shared, busy CPU)."""
     monkeypatch.setenv("RECON4D_NO_PROGRESS", "1")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def test_pixel_rays_reproject_to_their_pixels():
