@@ -153,3 +153,29 @@ def test_bad_inputs_exit_2(fit_dir, r2l_model, tmp_path, capsys):
     out, _ = r2l_model
     with pytest.raises(Exception, match="super-resolution factor 2"):
         render_path_with_student(out, load_scene(fit_dir), make_path(load_scene(fit_dir), "input"), 35, 24)
+
+
+def test_render_command_with_the_student(r2l_model, fit_dir, tmp_path, capsys):
+    """`recon4d render --renderer r2l` writes the path as the student sees it: the frames the student
+    function gives, encoded; a student of the other kind or a splats-only view is one line, exit 2."""
+    import av
+
+    from recon4d.io.scene import load_scene
+
+    out, _ = r2l_model
+    dest = tmp_path / "render"
+    assert main(["render", str(fit_dir), "--renderer", "r2l", "--model", str(out), "-o", str(dest)]) == 0
+    with av.open(str(dest / "input_r2l.mp4")) as container:
+        decoded = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+    scene = load_scene(fit_dir)
+    expected = render_path_with_student(out, scene, make_path(scene, "input"), WIDTH, HEIGHT)
+    assert decoded.shape == expected.shape
+    mse = np.mean((decoded.astype(float) - expected.astype(float)) ** 2)
+    assert 10 * np.log10(255.0**2 / max(mse, 1e-12)) > 30.0  # only the video codec in between
+    assert (dest / "input_cameras.json").is_file()
+    capsys.readouterr()
+    assert main(["render", str(fit_dir), "--renderer", "nerdf", "--model", str(out), "-o", str(dest)]) == 2
+    assert main(["render", str(fit_dir), "--renderer", "r2l", "--model", str(out), "--depth", "-o", str(dest)]) == 2
+    assert main(["render", str(fit_dir), "--renderer", "r2l", "-o", str(dest)]) == 2  # no OUT/nelf/r2l
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 3 and all(line.startswith("recon4d: error:") for line in errors), errors

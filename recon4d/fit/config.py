@@ -5,7 +5,7 @@ Every tunable number of the fit lives here with its unit; the resolved config is
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 

@@ -39,7 +39,8 @@ from recon4d.nerf.nelf.student import (
 )
 from recon4d.nerf.nelf.teacher import input_cameras, make_teacher, median_scene_depth, sample_cameras
 from recon4d.nerf.nelf.train import CHECKPOINT_DIR, predict, train_student
-from recon4d.nerf.nelf.views import ViewSet, read_real_frames, real_views, render_teacher_views
+from recon4d.io.scene_frames import read_scene_frames
+from recon4d.nerf.nelf.views import ViewSet, real_views, render_teacher_views
 
 ONNX_FILE, METRICS_FILE = "model.onnx", "metrics.json"
 HELD_OUT_SEED_OFFSET = 1000  # held-out cameras come from another random stream than the training ones
@@ -90,7 +91,7 @@ def distill(fit_dir: str | os.PathLike, out_dir: str | os.PathLike, config: Dist
                                                     "teacher views"), width, height)
     held = _with_rays(model, render_teacher_views(teacher, held_poses, held_Ks, width, height, None,
                                                   "held-out views"), width, height)
-    frames = read_real_frames(scene)
+    frames = read_scene_frames(scene)
     real = real_views(scene, frames, time) if frames is not None else None
     if real is None:
         log("finetune on real frames: skipped (the fit's source frames are not readable or show no frame "

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from recon4d.errors import Recon4DError
 from recon4d.io.scene import Scene4D
 from recon4d.nerf.nelf.teacher import Teacher, render_gaussians
 from recon4d.progress import track
@@ -52,24 +51,6 @@ def render_teacher_views(teacher: Teacher, poses: torch.Tensor, Ks: torch.Tensor
     colors_t = torch.stack(colors)
     return ViewSet(poses, Ks, colors_t, torch.ones_like(colors_t[:, :1]),
                    torch.stack(profiles) if profiles else None)
-
-
-def read_real_frames(scene: Scene4D) -> np.ndarray | None:
-    """The fit's input frames [T, H, W, 3] uint8 re-read from its source (as `recon4d export --format cameras`
-    does), or None when the source is gone or does not match the scene's size."""
-    from recon4d.io.video import read_clip
-
-    source = scene.config.get("source")
-    if not source:
-        return None
-    try:
-        frames = read_clip(source, stride=scene.config.get("stride", 1), max_frames=scene.num_frames,
-                           short_side=min(scene.cameras.width, scene.cameras.height)).frames
-    except Recon4DError:
-        return None
-    if frames.shape[0] != scene.num_frames or frames.shape[1:3] != (scene.cameras.height, scene.cameras.width):
-        return None
-    return frames
 
 
 def real_views(scene: Scene4D, frames: np.ndarray, time: float | None) -> ViewSet | None:
