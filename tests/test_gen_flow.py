@@ -32,13 +32,7 @@ OBJECTS = {"a red ball": ("sphere", [0.6], (0.85, 0.1, 0.1)), "a blue ball": ("s
            "a red box": ("cube", [0.4, 0.4, 0.4], (0.85, 0.1, 0.1)), "a blue box": ("cube", [0.4, 0.4, 0.4], (0.15, 0.3, 0.9))}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models do not parallelise; on a shared machine extra threads only spin-wait."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from recon4d.gen.corpus import CorpusConfig, HELDOUT_PAIRS, build_corpus, render
 from recon4d.gen.decode import decode_latent
 from recon4d.gen.encode import EncodeConfig, encode_views
 from recon4d.gen.encode_batch import encode_any
-from recon4d.gen.latents import (Latent, LatentStats, canonicalize, compute_stats, load_latent, load_stats,
+from recon4d.gen.latents import (LatentStats, canonicalize, compute_stats, load_latent, load_stats,
                                  morton_order, pack, save_latent, save_stats, sort_rows, to_gaussians)
 from recon4d.gen.objects import sample_object
 from recon4d.gen.shapes import Part, sdf_primitive
@@ -26,13 +26,7 @@ SMALL = CorpusConfig(count=3, views=12, width=32, height=32)
 RED = [0.85, 0.1, 0.1]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small renders do not parallelise; on a shared machine extra threads only spin-wait."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

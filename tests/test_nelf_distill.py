@@ -22,13 +22,7 @@ from recon4d.render_views import make_path, render_path
 WIDTH, HEIGHT, FRAMES = 36, 24, 4
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Small convolutions: one thread is many times faster than several on a shared, busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _small_config(model: str):

@@ -42,13 +42,7 @@ TINY_SPEC = SceneSpec(views=10, size=16)
 OVERFIT_STEPS, OVERFIT_PSNR = 300, 18.0
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: on a shared, busy CPU OpenMP spin-waiting costs far more than it gains."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_gate_routes_each_token_to_top2_with_weights_summing_to_one():
