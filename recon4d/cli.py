@@ -219,7 +219,6 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     overrides = {name: getattr(args, name) for name in
                  ("max_frames", "stride", "short_side", "num_gaussians", "fov_x_deg", "holdout_every", "seed",
                   "refine", "refine_iters")}
-    config = load_config(args.preset, overrides)
     intrinsics = None
     if args.intrinsics:
         try:
@@ -236,9 +235,11 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     depth_options = {}
     if args.depth_path:
         depth_options = {"model_path" if args.depth == "depth-anything-v2" else "path": str(args.depth_path)}
-    priors = PriorSettings(flow=args.flow, flow_options=flow_options, depth=args.depth, depth_options=depth_options)
-    result = fit_video(args.video, out, config, device, intrinsics=intrinsics, prior_settings=priors,
-                       overwrite=args.overwrite, restart=args.restart)
+    overrides["priors"] = PriorSettings(flow=args.flow, flow_options=flow_options, depth=args.depth,
+                                        depth_options=depth_options)
+    overrides["input.intrinsics"] = intrinsics
+    config = load_config(args.preset, overrides)
+    result = fit_video(args.video, out, config, device, overwrite=args.overwrite, restart=args.restart)
     _print_fit_summary(result.metrics, out)
     return 0
 

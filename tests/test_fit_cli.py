@@ -116,7 +116,7 @@ def test_refine_command_adds_continuous_motion(tmp_path, fitted):
     assert result.returncode == 0, result.stderr
     assert "sequential pass" in result.stdout
     scene = load_scene(copy)
-    assert scene.motion is not None and scene.config["refine"] is True
+    assert scene.motion is not None and scene.config["refine"]["enabled"] is True
     metrics = json.loads((copy / "metrics.json").read_text())
     assert metrics["refine_stats"]["refine_iters"] == 20 and "refine" in metrics["seconds"]
     assert metrics["sequential"]["held_out"]["frames"] == metrics["held_out"]["frames"] == 1

@@ -6,7 +6,6 @@ that anything a C library prints is seen too.
 """
 from __future__ import annotations
 
-import dataclasses
 import errno
 import json
 import os
@@ -262,10 +261,10 @@ class _Planted:
         return (Path(self.marker).write_text, ("pwned",))
 
 
-def _tiny_fit(source: Path, out: Path, **kwargs):
+def _tiny_fit(source: Path, out: Path, prior_settings=None, **kwargs):
     from recon4d.fit.pipeline import fit_video
 
-    config = dataclasses.replace(load_config("fast"), **TINY, refine=False)
+    config = load_config("fast").replace(**TINY, refine=False, **({"priors": prior_settings} if prior_settings else {}))
     return fit_video(source, out, config, torch.device("cpu"), log=lambda *_: None, **kwargs)
 
 
@@ -433,7 +432,7 @@ def test_damaged_checkpoint_starts_over(finished, tmp_path, damage, capsys):
     checkpoint.write_bytes(replacement)
     from recon4d.fit.pipeline import fit_video
 
-    config = dataclasses.replace(load_config("fast"), **TINY, refine=False)
+    config = load_config("fast").replace(**TINY, refine=False)
     lines = []
     result = fit_video(SAMPLE, out, config, torch.device("cpu"), log=lines.append)
     assert any("damaged" in line and "starting over" in line for line in lines), lines
@@ -496,9 +495,8 @@ def test_other_prior_backend_is_another_run(finished, tmp_path, monkeypatch):
     lines: list[str] = []
     from recon4d.fit.pipeline import fit_video
 
-    config = dataclasses.replace(load_config("fast"), **TINY, refine=False)
-    result = fit_video(SAMPLE, out, config, torch.device("cpu"), prior_settings=PriorSettings(flow="farneback"),
-                       overwrite=True, log=lines.append)
+    config = load_config("fast").replace(**TINY, refine=False, priors=PriorSettings(flow="farneback"))
+    result = fit_video(SAMPLE, out, config, torch.device("cpu"), overwrite=True, log=lines.append)
     assert any("another input or config: starting over" in line for line in lines), lines
     assert result.scene.config["priors"]["flow"] == "farneback"
 

@@ -144,7 +144,7 @@ def camera_error(scene: Scene4D, poses: torch.Tensor, frames: list[int]) -> floa
 
 
 def test_fourier_terms_follow_clip_length():
-    config = FitConfig(refine_fourier_terms=3, refine_min_period_frames=10)
+    config = FitConfig.from_dict(dict(refine_fourier_terms=3, refine_min_period_frames=10))
     assert [fourier_terms_for(n, config) for n in (9, 16, 30, 60, 300)] == [0, 1, 2, 3, 3]
 
 
@@ -158,7 +158,7 @@ def test_initial_motion_interpolates_smooth_states():
     world = make_world()
     fitted, held = holdout_split(FRAMES, 4)
     scene = spoiled_scene(world, fitted, jitter=0.0, camera_noise=0.0)
-    motion = initial_motion(scene, fitted, FitConfig(refine_poly_degree=2, refine_fourier_terms=0, refine_ridge=1e-7))
+    motion = initial_motion(scene, fitted, FitConfig.from_dict(dict(refine_poly_degree=2, refine_fourier_terms=0, refine_ridge=1e-7)))
     means, quats, colors = motion.states(torch.tensor(held, dtype=torch.float32))
     truth = world[2][held]
     assert (means - truth).norm(dim=-1).max() < 1e-3  # a quadratic path is in the basis
@@ -173,7 +173,7 @@ def refined():
     fitted, held = holdout_split(FRAMES, 4)
     inputs = exact_inputs(world, fitted)
     scene = spoiled_scene(world, fitted, jitter=0.06, camera_noise=0.004)
-    config = FitConfig(refine=True, refine_iters=240, refine_lr_scale=1.0, holdout_every=4)
+    config = FitConfig.from_dict(dict(refine=True, refine_iters=240, refine_lr_scale=1.0, holdout_every=4))
     result, stats = Refiner(RefineInputs(scene, fitted, inputs), config, torch.device("cpu")).run()
     return world, fitted, held, scene, result, stats
 
@@ -256,7 +256,7 @@ def test_replace_parameter_carries_moments_and_zeroes_new_rows():
 
 
 def _refiner(world, fitted, scene, **overrides) -> Refiner:
-    config = FitConfig(refine=True, refine_lr_scale=1.0, holdout_every=4, **overrides)
+    config = FitConfig.from_dict(dict(refine=True, refine_lr_scale=1.0, holdout_every=4, **overrides))
     return Refiner(RefineInputs(scene, fitted, exact_inputs(world, fitted)), config, torch.device("cpu"))
 
 

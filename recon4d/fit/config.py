@@ -1,210 +1,370 @@
-"""Configuration of `recon4d fit`: one dataclass, YAML presets in `configs/`, CLI overrides.
+"""Configuration of `recon4d fit`: a tree of dataclasses, YAML presets in `configs/`, CLI overrides.
 
-Every tunable number of the fit lives here with its unit; the resolved config is stored in the scene.
+    FitConfig
+    ├── input       which frames, at what resolution, with which intrinsics; held-out frames
+    ├── priors      flow / depth backends and their options (`recon4d.priors.pipeline.PriorSettings`)
+    ├── init        Gaussians of frame 0 and of new content
+    ├── losses      weights of the loss terms shared by both passes
+    ├── sequential  the per-frame (GFlow) pass: iterations, learning rates, camera step
+    ├── densify     both densification strategies: spawn (sequential) and grow by gradient (refine)
+    ├── refine      the continuous-time refinement (Gaussian-Flow trajectories, joint bundle adjustment)
+    └── eval        held-out camera refinement, moving-mask threshold
+
+Each stage reads its sections; the sequential pass's sections (input, priors, init, losses, sequential and
+the spawn part of densify) make the checkpoint key. Every tunable number lives here with its unit, and the
+resolved tree is stored in the scene. Presets are nested YAML; the flat keys of earlier versions
+(`short_side`, `refine_iters`, `lambda_ssim`, ...) are mapped onto the tree (`FLAT_KEYS`), so old presets,
+stored scenes and the CLI's flat overrides keep working.
 """
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from recon4d.errors import InputError
+from recon4d.priors.pipeline import PriorSettings
 
 PRESET_NAMES = ("fast", "default", "quality")
 
 
 @dataclass
-class FitConfig:
-    """Settings of the sequential (GFlow) fit.
+class InputConfig:
+    """short_side: working resolution, pixels of the short image side (GFlow: 480).
+    max_frames / stride: which frames of the source to use.
+    fov_x_deg: horizontal field of view assumed when `intrinsics` is not given.
+    intrinsics: fx, fy, cx, cy in pixels at the working resolution, or None (from fov_x_deg).
+    holdout_every: withhold every K-th frame from the fit and report it as a held-out view (0 = off)."""
 
-    Input:
-        short_side: working resolution, pixels of the short image side (GFlow: 480).
-        max_frames / stride: which frames of the source to use.
-        fov_x_deg: horizontal field of view assumed when the intrinsics are not given.
-        holdout_every: withhold every K-th frame from the fit and report it as a held-out view (0 = off).
-    Initialisation (frame 0 and new content):
-        num_gaussians: Gaussians sampled on frame 0 (GFlow: 50k).
-        gradient_floor: sampling weight of a flat pixel relative to the mean image-gradient magnitude.
-        init_opacity: opacity of new Gaussians.
-        init_scale: footprint of a new Gaussian in sampling distances.
-    Losses (weights):
-        lambda_photo, lambda_ssim (share of 1 - SSIM inside the photometric term), lambda_depth,
-        lambda_flow (flow error in pixels, Gaussian step), lambda_flow_camera (the same in the camera step,
-        where the flow of still pixels is the strongest evidence of the camera motion), lambda_iso (spread of log scales of one Gaussian).
-    Replay:
-        replay_every: in the Gaussian step, every k-th iteration also fits a random earlier frame (0 = off),
-        weighted by lambda_replay; keeps shared attributes consistent with the whole sequence.
-    Optimisation:
-        frame0_iters, camera_iters, gaussian_iters: iteration caps; a stage stops earlier when its loss
-        has improved by less than `plateau_tolerance` (relative) over `plateau_patience` iterations.
-        camera_lr_decay: factor by which the camera learning rates shrink over a camera step.
-        lr_*: Adam learning rates; lr_means and lr_camera_translation are in units of the scene's median
-        depth per step, lr_camera_rotation in radians.
-    Densification:
-        new_content_alpha: pixels rendered with less alpha than this get new Gaussians after the camera step.
-        error_threshold: mean absolute colour error above which a pixel gets a new Gaussian.
-        densify_every: Gaussian-step iterations between error-driven densifications.
-        max_new_per_frame: cap on Gaussians added per frame; max_gaussians: overall cap.
-        motion_dilation: pixels by which moving masks are grown before excluding them from the camera step.
-    Continuous-time refinement (`recon4d.fit.refine`, after the sequential pass):
-        refine: run it; refine_iters: optimisation steps, one random fitted frame each.
-        refine_poly_degree, refine_fourier_terms: trajectory basis (Gaussian-Flow: about 3 and 3).
-        refine_min_period_frames: shortest Fourier period in frames; short clips get fewer Fourier terms
-            (with fewer frames per period the terms fit each frame and oscillate between them).
-        refine_ridge: least-squares regularisation of the initial trajectory fit (relative).
-        refine_dynamic_color: let the colour of dynamic Gaussians vary in time (same basis).
-        refine_lambda_flow: flow end-point error (pixels) between consecutive fitted frames, all pixels.
-        refine_lambda_smooth: acceleration of dynamic trajectories over one frame, in depth units.
-        refine_lambda_rigid, refine_rigid_neighbours: change of distances to the k nearest dynamic
-            neighbours between consecutive frames, in depth units.
-        refine_lr_scale: factor on the sequential learning rates of the Gaussians and trajectories;
-        refine_lr_camera: Adam rate of the camera deltas (radians; translation in depth units);
-        refine_lr_decay: factor by which all refinement learning rates shrink over the stage.
-        refine_lambda_still_motion: weight of the group-lasso penalty (depth units) on the residual motion that
-            still Gaussians may take in the refinement (0 = still ones stay still). Catches motion the prior
-            missed (slow, sub-pixel); refine_keep_motion_px: residual motion (pixels, at some frame) from which
-            a still Gaussian keeps it as a trajectory at the end (it is then dynamic, but not labelled
-            moving: masks and highlights show only what the prior saw move); refine_still_motion_from: fraction of the
-            steps after which residual motion is allowed (first the cameras settle on a still scene, then
-            residual motion cannot stand in for camera error).
-        refine_densify_every: steps between densifications in the refinement (0 = off); they stop after
-            `refine_densify_until` (a fraction of refine_iters) so that the last steps settle the new ones.
-        refine_densify_fraction: Gaussians added per densification, as a share of the current count (those
-            with the largest mean screen-space position gradient), within `max_gaussians`.
-        refine_split_px: footprint radius (largest scale, pixels) above which a chosen Gaussian is split in two
-            instead of cloned; refine_split_scale: factor by which a split shrinks its scales (3DGS: 1.6).
-    Held-out evaluation:
-        holdout_refine_iters: pose iterations (Gaussians frozen) for a held-out frame's interpolated camera.
-    Outputs:
-        moving_mask_threshold: share of a pixel's rendered colour from dynamic Gaussians above which the
-            stored moving mask marks it (masks rendered from the fitted scene at every frame).
-    """
-
-    preset: str = "default"
-    seed: int = 0
     short_side: int = 90
     max_frames: int | None = None
     stride: int = 1
     fov_x_deg: float = 60.0
+    intrinsics: list[float] | None = None
     holdout_every: int = 0
+
+
+@dataclass
+class InitConfig:
+    """num_gaussians: Gaussians sampled on frame 0 (GFlow: 50k).
+    gradient_floor: sampling weight of a flat pixel relative to the mean image-gradient magnitude.
+    opacity: opacity of new Gaussians; scale: footprint of a new Gaussian in sampling distances."""
 
     num_gaussians: int = 8000
     gradient_floor: float = 0.3
-    init_opacity: float = 0.95
-    init_scale: float = 0.8
+    opacity: float = 0.95
+    scale: float = 0.8
 
-    lambda_photo: float = 1.0
-    lambda_ssim: float = 0.2
-    lambda_depth: float = 0.1
-    lambda_flow: float = 0.01
-    lambda_flow_camera: float = 1.0
-    lambda_iso: float = 0.05
 
-    replay_every: int = 2
-    lambda_replay: float = 1.0
+@dataclass
+class LossConfig:
+    """Weights. photo: L1 + SSIM term; ssim: share of 1 - SSIM inside it; depth: scale-invariant depth;
+    flow: flow error in pixels (Gaussian step); flow_camera: the same in the camera step, where the flow of
+    still pixels is the strongest evidence of the camera motion; iso: spread of a Gaussian's log scales;
+    replay: photometric loss of a replayed earlier frame (sequential pass)."""
+
+    photo: float = 1.0
+    ssim: float = 0.2
+    depth: float = 0.1
+    flow: float = 0.01
+    flow_camera: float = 1.0
+    iso: float = 0.05
+    replay: float = 1.0
+
+
+@dataclass
+class SequentialConfig:
+    """frame0_iters, camera_iters, gaussian_iters: iteration caps; a stage stops earlier when its loss has
+    improved by less than `plateau_tolerance` (relative) over `plateau_patience` iterations.
+    replay_every: in the Gaussian step every k-th iteration also fits a random earlier frame (0 = off); keeps
+    shared attributes consistent with the whole sequence.
+    camera_lr_decay: factor by which the camera learning rates shrink over a camera step.
+    lr_*: Adam learning rates; lr_means and lr_camera_translation are in units of the scene's median depth per
+    step, lr_camera_rotation in radians. The refinement scales the Gaussian rates by `refine.lr_scale`.
+    motion_dilation: pixels by which moving masks are grown before excluding them from the camera step."""
 
     frame0_iters: int = 300
     camera_iters: int = 60
     gaussian_iters: int = 120
     plateau_patience: int = 25
     plateau_tolerance: float = 2e-3
-
+    replay_every: int = 2
+    camera_lr_decay: float = 0.1
     lr_camera_rotation: float = 1e-3
     lr_camera_translation: float = 1e-3
-    camera_lr_decay: float = 0.1
     lr_means: float = 4e-4
     lr_colors: float = 2e-2
     lr_opacities: float = 5e-2
     lr_scales: float = 1e-2
     lr_quats: float = 5e-3
-
-    new_content_alpha: float = 0.7
-    error_threshold: float = 0.08
-    densify_every: int = 40
-    max_new_per_frame: int = 1500
-    max_gaussians: int = 40000
     motion_dilation: int = 2
+
+
+@dataclass
+class DensifyConfig:
+    """max_gaussians: overall cap of both strategies.
+    Spawn (`recon4d.fit.strategy.spawn`, sequential pass): pixels rendered with less alpha than
+    `spawn_alpha` get new Gaussians after the camera step; every `spawn_every` Gaussian-step iterations, pixels
+    whose mean absolute colour error exceeds `spawn_error` get new ones; at most `spawn_max_per_frame` per frame.
+    Grow (`recon4d.fit.strategy.grow`, refinement): every `grow_every` steps until `grow_until` (a fraction of
+    the refinement's steps) the `grow_fraction` (share of the current count) with the largest mean
+    screen-space position gradient are cloned, or split in two when their footprint radius exceeds
+    `split_px` pixels (the halves shrink by `split_scale`; 3DGS: 1.6)."""
+
+    max_gaussians: int = 40000
+    spawn_alpha: float = 0.7
+    spawn_error: float = 0.08
+    spawn_every: int = 40
+    spawn_max_per_frame: int = 1500
+    grow_every: int = 100
+    grow_until: float = 0.5
+    grow_fraction: float = 0.05
+    split_px: float = 0.5
+    split_scale: float = 1.6
+
+
+@dataclass
+class RefineConfig:
+    """Continuous-time refinement (`recon4d.fit.refine`, after the sequential pass).
+
+    enabled: run it; iters: optimisation steps, one random fitted frame each.
+    poly_degree, fourier_terms: trajectory basis (Gaussian-Flow: about 3 and 3); min_period_frames: shortest
+        Fourier period in frames (with fewer frames per period the terms fit each frame and oscillate).
+    ridge: least-squares regularisation of the initial trajectory fit (relative).
+    dynamic_color: let the colour of dynamic Gaussians vary in time (same basis).
+    lambda_flow: flow end-point error (pixels) between consecutive fitted frames, all pixels.
+    lambda_smooth: acceleration of dynamic trajectories over one frame, in depth units.
+    lambda_rigid, rigid_neighbours: change of distances to the k nearest dynamic neighbours between
+        consecutive frames, in depth units.
+    lr_scale: factor on the sequential learning rates of the Gaussians and trajectories; lr_camera: Adam rate
+        of the camera deltas (radians; translation in depth units); lr_decay: factor by which all rates
+        shrink over the stage.
+    lambda_still_motion: weight of the group-lasso penalty (depth units) on the residual motion still
+        Gaussians may take (0 = still ones stay still); catches motion the prior missed. keep_motion_px:
+        residual motion (pixels, at some frame) from which a still Gaussian keeps it as a trajectory;
+        still_motion_from: fraction of the steps after which residual motion is allowed (first the cameras
+        settle on a still scene)."""
+
+    enabled: bool = False
+    iters: int = 600
+    poly_degree: int = 3
+    fourier_terms: int = 3
+    min_period_frames: int = 10
+    ridge: float = 1e-3
+    dynamic_color: bool = True
+    lambda_flow: float = 0.02
+    lambda_smooth: float = 1.0
+    lambda_rigid: float = 1.0
+    rigid_neighbours: int = 8
+    lr_scale: float = 0.5
+    lr_camera: float = 2e-4
+    lr_decay: float = 0.1
+    lambda_still_motion: float = 1.0
+    keep_motion_px: float = 0.5
+    still_motion_from: float = 0.5
+
+
+@dataclass
+class EvalConfig:
+    """holdout_refine_iters: pose iterations (Gaussians frozen) for a held-out frame's interpolated camera.
+    moving_mask_threshold: share of a pixel's rendered colour from moving Gaussians above which the stored
+    moving mask marks it (masks rendered from the fitted scene at every frame)."""
 
     holdout_refine_iters: int = 30
     moving_mask_threshold: float = 0.5
-    refine: bool = False
-    refine_iters: int = 600
-    refine_poly_degree: int = 3
-    refine_fourier_terms: int = 3
-    refine_min_period_frames: int = 10
-    refine_ridge: float = 1e-3
-    refine_dynamic_color: bool = True
-    refine_lambda_flow: float = 0.02
-    refine_lambda_smooth: float = 1.0
-    refine_lambda_rigid: float = 1.0
-    refine_rigid_neighbours: int = 8
-    refine_lr_scale: float = 0.5
-    refine_lr_camera: float = 2e-4
-    refine_lr_decay: float = 0.1
-    refine_lambda_still_motion: float = 1.0
-    refine_keep_motion_px: float = 0.5
-    refine_still_motion_from: float = 0.5
-    refine_densify_every: int = 100
-    refine_densify_until: float = 0.5
-    refine_densify_fraction: float = 0.05
-    refine_split_px: float = 0.5
-    refine_split_scale: float = 1.6
+
+
+SECTIONS: dict[str, type] = {
+    "input": InputConfig, "priors": PriorSettings, "init": InitConfig, "losses": LossConfig,
+    "sequential": SequentialConfig, "densify": DensifyConfig, "refine": RefineConfig, "eval": EvalConfig,
+}
+
+# Flat keys of earlier versions (and of the CLI's overrides) -> (section, field).
+_RENAMED = {
+    "init_opacity": ("init", "opacity"), "init_scale": ("init", "scale"),
+    "lambda_photo": ("losses", "photo"), "lambda_ssim": ("losses", "ssim"), "lambda_depth": ("losses", "depth"),
+    "lambda_flow": ("losses", "flow"), "lambda_flow_camera": ("losses", "flow_camera"),
+    "lambda_iso": ("losses", "iso"), "lambda_replay": ("losses", "replay"),
+    "new_content_alpha": ("densify", "spawn_alpha"), "error_threshold": ("densify", "spawn_error"),
+    "densify_every": ("densify", "spawn_every"), "max_new_per_frame": ("densify", "spawn_max_per_frame"),
+    "refine_densify_every": ("densify", "grow_every"), "refine_densify_until": ("densify", "grow_until"),
+    "refine_densify_fraction": ("densify", "grow_fraction"), "refine_split_px": ("densify", "split_px"),
+    "refine_split_scale": ("densify", "split_scale"), "refine": ("refine", "enabled"),
+}
+
+
+def _flat_keys() -> dict[str, tuple[str, str]]:
+    keys = dict(_RENAMED)
+    for section in ("input", "init", "sequential", "densify", "eval"):
+        for f in dataclasses.fields(SECTIONS[section]):
+            keys.setdefault(f.name, (section, f.name))
+    for f in dataclasses.fields(RefineConfig):
+        if f.name != "enabled":
+            keys.setdefault(f"refine_{f.name}", ("refine", f.name))
+    return keys
+
+
+FLAT_KEYS: dict[str, tuple[str, str]] = _flat_keys()
+_FLAT_NAME_OF = {f"{section}.{name}": flat for flat, (section, name) in FLAT_KEYS.items() if flat != name}
+
+
+@dataclass
+class FitConfig:
+    """The whole configuration of a fit (see the module docstring for the tree).
+
+    Example:
+        >>> config = FitConfig.from_dict({"short_side": 120, "refine": {"iters": 50}})
+        >>> config.input.short_side, config.refine.iters, config.replace(refine_iters=80).refine.iters
+        (120, 50, 80)
+    """
+
+    preset: str = "default"
+    seed: int = 0
+    input: InputConfig = field(default_factory=InputConfig)
+    priors: PriorSettings = field(default_factory=PriorSettings)
+    init: InitConfig = field(default_factory=InitConfig)
+    losses: LossConfig = field(default_factory=LossConfig)
+    sequential: SequentialConfig = field(default_factory=SequentialConfig)
+    densify: DensifyConfig = field(default_factory=DensifyConfig)
+    refine: RefineConfig = field(default_factory=RefineConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __getattr__(self, name: str) -> Any:
+        """Read access by a flat key of earlier versions (`config.short_side`); code uses the sections."""
+        if name in FLAT_KEYS:
+            section, key = FLAT_KEYS[name]
+            return getattr(object.__getattribute__(self, section), key)
+        raise AttributeError(f"FitConfig has no field {name!r}")
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Nested plain dict (JSON/YAML-able); `PriorSettings.use_cache` is a run option, not a setting."""
+        values = dataclasses.asdict(self)
+        values["priors"] = self.priors.to_dict()
+        return values
+
+    @staticmethod
+    def from_dict(values: dict[str, Any], where: str = "config") -> "FitConfig":
+        """Config from nested sections, flat keys of earlier versions or dotted keys (`refine.iters`), on top
+        of the defaults; unknown keys raise InputError naming `where`. Not validated (see `validate`)."""
+        return FitConfig()._replaced(values, where)
+
+    def replace(self, **values: Any) -> "FitConfig":
+        """A copy with `values` (flat, dotted or nested section dicts) applied."""
+        return self._replaced(values, "the overrides")
+
+    def _replaced(self, values: dict[Any, Any], where: str) -> "FitConfig":
+        config = FitConfig(preset=self.preset, seed=self.seed, priors=PriorSettings.from_dict(self.priors.to_dict()),
+                           **{name: dataclasses.replace(getattr(self, name)) for name in SECTIONS if name != "priors"})
+        config.priors.use_cache = self.priors.use_cache
+        unknown = []
+        for key, value in values.items():
+            key = str(key)
+            if key in ("preset", "seed"):
+                setattr(config, key, value)
+            elif key in SECTIONS and (isinstance(value, dict) or dataclasses.is_dataclass(value)):
+                _apply_section(config, key, value, where, unknown)
+            elif key in FLAT_KEYS:
+                section, name = FLAT_KEYS[key]
+                setattr(getattr(config, section), name, value)
+            elif "." in key and key.split(".", 1)[0] in SECTIONS:
+                _apply_section(config, key.split(".", 1)[0], {key.split(".", 1)[1]: value}, where, unknown)
+            else:
+                unknown.append(key)
+        if unknown:
+            raise InputError(f"unknown config field(s) {', '.join(sorted(unknown))} in {where}")
+        return config
+
+    def sequential_key(self) -> dict[str, Any]:
+        """The settings a sequential pass depends on (its checkpoint key): not the refinement's or evaluation's."""
+        values = self.to_dict()
+        values["densify"] = {k: v for k, v in values["densify"].items() if not k.startswith(("grow_", "split_"))}
+        return {k: v for k, v in values.items() if k not in ("refine", "eval", "preset")}
 
     def validate(self) -> "FitConfig":
         """Raise InputError (one line) for a value of the wrong type or outside its range."""
         validate_fields(self)
+        for name in SECTIONS:
+            if name != "priors":
+                validate_fields(getattr(self, name), prefix=f"{name}.")
+        if self.input.intrinsics is not None:
+            values = self.input.intrinsics
+            if len(values) != 4 or not all(isinstance(x, (int, float)) and math.isfinite(x) for x in values) or min(values[:2]) <= 0:
+                raise InputError(f"config field input.intrinsics expects fx, fy, cx, cy (finite, fx and fy > 0), got {values!r}")
         return self
+
+
+def _apply_section(config: FitConfig, name: str, values: Any, where: str, unknown: list[str]) -> None:
+    if name == "priors":
+        if isinstance(values, PriorSettings):
+            config.priors = values
+            return
+        known = {f.name for f in dataclasses.fields(PriorSettings)}
+        unknown.extend(f"priors.{k}" for k in values if k not in known)
+        config.priors = dataclasses.replace(config.priors, **{k: v for k, v in values.items() if k in known})
+        return
+    if dataclasses.is_dataclass(values):
+        setattr(config, name, values)
+        return
+    section = getattr(config, name)
+    known = {f.name for f in dataclasses.fields(section)}
+    for key, value in values.items():
+        if key in known:
+            setattr(section, key, value)
+        else:
+            unknown.append(f"{name}.{key}")
 
 
 # Ranges beyond the defaults of `validate_fields` (ints and floats >= 0, finite): (low, high, low_open).
 _RANGES: dict[str, tuple[float | None, float | None, bool]] = {
-    "short_side": (16, 4096, False),
-    "max_frames": (2, None, False),
-    "stride": (1, None, False),
-    "fov_x_deg": (0, 180, True),
-    "holdout_every": (0, None, False),
-    "num_gaussians": (1, 10_000_000, False),
-    "max_gaussians": (1, 50_000_000, False),
-    "init_opacity": (0, 1, True),
-    "init_scale": (0, None, True),
-    "lambda_ssim": (0, 1, False),
-    "new_content_alpha": (0, 1, False),
-    "moving_mask_threshold": (0, 1, False),
-    "camera_lr_decay": (0, 1, True),
-    "plateau_patience": (1, None, False),
-    "densify_every": (1, None, False),
-    "refine_poly_degree": (1, 8, False),
-    "refine_min_period_frames": (1, None, False),
-    "refine_still_motion_from": (0, 1, False),
-    "refine_densify_every": (1, None, False),
-    "refine_densify_until": (0, 1, False),
-    "refine_densify_fraction": (0, 1, False),
-    "refine_split_scale": (1, None, True),
-    "refine_rigid_neighbours": (1, 64, False),
+    "input.short_side": (16, 4096, False),
+    "input.max_frames": (2, None, False),
+    "input.stride": (1, None, False),
+    "input.fov_x_deg": (0, 180, True),
+    "input.holdout_every": (0, None, False),
+    "init.num_gaussians": (1, 10_000_000, False),
+    "init.opacity": (0, 1, True),
+    "init.scale": (0, None, True),
+    "losses.ssim": (0, 1, False),
+    "sequential.camera_lr_decay": (0, 1, True),
+    "sequential.plateau_patience": (1, None, False),
+    "densify.max_gaussians": (1, 50_000_000, False),
+    "densify.spawn_alpha": (0, 1, False),
+    "densify.spawn_every": (1, None, False),
+    "densify.grow_every": (1, None, False),
+    "densify.grow_until": (0, 1, False),
+    "densify.grow_fraction": (0, 1, False),
+    "densify.split_scale": (1, None, True),
+    "refine.poly_degree": (1, 8, False),
+    "refine.min_period_frames": (1, None, False),
+    "refine.still_motion_from": (0, 1, False),
+    "refine.rigid_neighbours": (1, 64, False),
+    "eval.moving_mask_threshold": (0, 1, False),
 }
-_POSITIVE_PREFIXES = ("lr_", "refine_lr_")  # learning rates must move something
+_POSITIVE_PREFIXES = ("lr_",)  # learning rates must move something
 
 
 def _type_name(annotation: str) -> str:
     return annotation.replace("| None", "or null").replace("None |", "null or").strip()
 
 
-def validate_fields(config: Any) -> None:
-    """Check every field of a config dataclass against its annotation and range (see `_RANGES`)."""
-    import math
-
+def validate_fields(config: Any, prefix: str = "") -> None:
+    """Check every scalar field of a config dataclass against its annotation and range (`_RANGES`, keyed by
+    `prefix` + field name); nested dataclasses and lists are left to their owners."""
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
         annotation = str(f.type)
+        name = prefix + f.name
+        if name in _FLAT_NAME_OF:  # name the flat key too: presets and overrides may use it
+            name = f"{name} ({_FLAT_NAME_OF[name]})"
+        if dataclasses.is_dataclass(value) or annotation.startswith(("list", "dict")):
+            continue
         if value is None:
             if "None" not in annotation:
-                raise InputError(f"config field {f.name} must not be empty (null)")
+                raise InputError(f"config field {name} must not be empty (null)")
             continue
         if annotation.startswith("bool"):
             ok = isinstance(value, bool)
@@ -217,15 +377,15 @@ def validate_fields(config: Any) -> None:
         else:
             ok = True
         if not ok:
-            raise InputError(f"config field {f.name} must be {_type_name(annotation)}, got {value!r}")
+            raise InputError(f"config field {name} must be {_type_name(annotation)}, got {value!r}")
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             continue
-        low, high, low_open = _RANGES.get(f.name, (0, None, f.name.startswith(_POSITIVE_PREFIXES)))
+        low, high, low_open = _RANGES.get(prefix + f.name, (0, None, f.name.startswith(_POSITIVE_PREFIXES)))
         if low is not None and (value < low or (low_open and value == low)):
             bound = f"> {low}" if low_open else f">= {low}"
-            raise InputError(f"config field {f.name} must be {bound}, got {value!r}")
+            raise InputError(f"config field {name} must be {bound}, got {value!r}")
         if high is not None and value > high:
-            raise InputError(f"config field {f.name} must be <= {high}, got {value!r}")
+            raise InputError(f"config field {name} must be <= {high}, got {value!r}")
 
 
 def presets_dir() -> Path:
@@ -238,7 +398,8 @@ def presets_dir() -> Path:
 
 
 def load_config(preset: str = "default", overrides: dict[str, Any] | None = None) -> FitConfig:
-    """Preset YAML (`configs/<preset>.yaml`) on top of the dataclass defaults, then `overrides` (not None)."""
+    """Preset YAML (`configs/<preset>.yaml`, nested sections or flat keys) on top of the dataclass defaults,
+    then `overrides` (flat or dotted keys; None values are skipped)."""
     path = Path(preset)
     if not path.suffix:
         if preset not in PRESET_NAMES:
@@ -254,10 +415,10 @@ def load_config(preset: str = "default", overrides: dict[str, Any] | None = None
         raise InputError(f"cannot read config {path}: {exc.strerror}") from exc
     if not isinstance(values, dict):
         raise InputError(f"config {path} must be a mapping of field: value, not a {type(values).__name__}")
-    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    known = {f.name for f in dataclasses.fields(FitConfig)}
-    unknown = sorted(str(k) for k in set(values) - known)
-    if unknown:
-        raise InputError(f"unknown config field(s) {', '.join(unknown)} in {path}")
+    for name, section in values.items():
+        if name in SECTIONS and not isinstance(section, dict) and not (name == "refine" and isinstance(section, bool)):
+            raise InputError(f"config section {name} in {path} must be a mapping, not a {type(section).__name__}")
     values.setdefault("preset", path.stem)
-    return FitConfig(**values).validate()
+    config = FitConfig.from_dict(values, where=str(path))
+    config = config.replace(**{k: v for k, v in (overrides or {}).items() if v is not None})
+    return config.validate()

@@ -30,7 +30,7 @@ import torch
 from recon4d import __version__
 from recon4d.errors import InputError, Recon4DError
 from recon4d.fit.checkpoint import CHECKPOINT_NAME, LEGACY_NAMES, DamagedCheckpoint, load_checkpoint, save_checkpoint
-from recon4d.fit.config import FitConfig
+from recon4d.fit.config import FLAT_KEYS, SECTIONS, FitConfig
 from recon4d.fit.sequential import FitInputs, FitState, SequentialFitter
 from recon4d.geometry.camera import invert_pose
 from recon4d.geometry.lie import apply_pose_delta, fill_poses
@@ -42,7 +42,6 @@ from recon4d.io.scene import Cameras, Gaussians, Scene4D, read_manifest, save_sc
 from recon4d.io.scene_render import render_scene
 from recon4d.io.video import Clip, read_clip
 from recon4d.io.video_writer import write_video
-from recon4d.priors.pipeline import PriorSettings
 from recon4d.progress import track
 
 OUTPUT_NAMES = ("scene.r4d", "cameras.json", "metrics.json", "comparison.mp4")
@@ -71,13 +70,11 @@ def holdout_split(num_frames: int, every: int) -> tuple[list[int], list[int]]:
     return [i for i in range(num_frames) if i not in set(held)], held
 
 
-def _run_key(clip: Clip, config: FitConfig, K: np.ndarray, prior_settings) -> str:
-    """Identity of a sequential pass: the clip, the intrinsics, the prior backends and the settings it
-    depends on (not the later stages')."""
-    sequential = {k: v for k, v in config.to_dict().items() if not k.startswith("refine") and k != "holdout_refine_iters"}
-    priors = (prior_settings or PriorSettings()).to_dict()
-    payload = json.dumps({"clip": clip.source_hash, "config": sequential, "intrinsics": [float(x) for x in K],
-                          "priors": priors, "version": __version__}, sort_keys=True)
+def _run_key(clip: Clip, config: FitConfig, K: np.ndarray) -> str:
+    """Identity of a sequential pass: the clip, the intrinsics, and the settings it depends on, prior backends
+    included (`FitConfig.sequential_key`; not the later stages')."""
+    payload = json.dumps({"clip": clip.source_hash, "config": config.sequential_key(),
+                          "intrinsics": [float(x) for x in K], "version": __version__}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:20]
 
 
@@ -205,12 +202,12 @@ def refine_holdout_camera(scene: Scene4D, t: int, target: torch.Tensor, config: 
     depth_unit = float(torch.linalg.norm(g.means.to(device) - invert_pose(init)[:3, 3], dim=-1).median()) if len(g) else 1.0
     delta = torch.zeros(6, device=device, requires_grad=True)
     unit = torch.tensor([1.0, 1.0, 1.0, depth_unit, depth_unit, depth_unit], device=device)
-    optimizer = torch.optim.Adam([delta], lr=config.lr_camera_rotation)
+    optimizer = torch.optim.Adam([delta], lr=config.sequential.lr_camera_rotation)
     weight = torch.ones(target.shape[:2], device=device)
-    for _ in range(config.holdout_refine_iters):
+    for _ in range(config.eval.holdout_refine_iters):
         cfw = apply_pose_delta(delta * unit, init)
         out = render_scene(scene, t, camera_from_world=cfw, device=device)
-        loss = photometric_loss(out.color, target, weight, config.lambda_ssim)
+        loss = photometric_loss(out.color, target, weight, config.losses.ssim)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -237,18 +234,18 @@ def evaluate(scene: Scene4D, frames: np.ndarray, held: list[int], config: FitCon
     for t in track(range(scene.num_frames), "evaluating", total=scene.num_frames):
         target = torch.as_tensor(frames[t], dtype=torch.float32, device=device) / 255.0
         if t in held:
-            cfw = refine_holdout_camera(scene, t, target, config, device) if config.holdout_refine_iters > 0 else None
+            cfw = refine_holdout_camera(scene, t, target, config, device) if config.eval.holdout_refine_iters > 0 else None
             with torch.no_grad():
                 image = render_scene(scene, t, camera_from_world=cfw, device=device).color.clamp(0, 1)
                 if with_masks:
                     out = render_scene(scene, t, colors=share, device=device)
-                    masks[t] = moving_mask_from(out.color[..., 0], out.alpha, config.moving_mask_threshold).cpu()
+                    masks[t] = moving_mask_from(out.color[..., 0], out.alpha, config.eval.moving_mask_threshold).cpu()
         else:
             with torch.no_grad():
                 out = render_scene(scene, t, colors=features, device=device)
             image = out.color[..., :3].clamp(0, 1)
             if with_masks:
-                masks[t] = moving_mask_from(out.color[..., 3], out.alpha, config.moving_mask_threshold).cpu()
+                masks[t] = moving_mask_from(out.color[..., 3], out.alpha, config.eval.moving_mask_threshold).cpu()
         renders[t] = (image.cpu().numpy() * 255 + 0.5).astype(np.uint8)
         per_frame.append({"frame": t, "held_out": t in held, "psnr": psnr(image, target),
                           "ssim": float(ssim(image, target))})
@@ -301,8 +298,7 @@ class Prepared:
     seconds: dict
 
 
-def prepare(source: str | Path, config: FitConfig, device: torch.device, intrinsics: np.ndarray | None = None,
-            prior_settings=None, log=print, before_priors=None) -> Prepared:
+def prepare(source: str | Path, config: FitConfig, device: torch.device, log=print, before_priors=None) -> Prepared:
     """Decode the clip, split off held-out frames and compute (or load cached) priors of the fitted frames.
 
     `before_priors(clip, K)`, if given, runs after decoding and before the (expensive) priors: the place
@@ -312,15 +308,16 @@ def prepare(source: str | Path, config: FitConfig, device: torch.device, intrins
 
     seconds: dict[str, float] = {}
     started = time.perf_counter()
-    clip = read_clip(source, stride=config.stride, max_frames=config.max_frames, short_side=config.short_side)
+    clip = read_clip(source, stride=config.input.stride, max_frames=config.input.max_frames, short_side=config.input.short_side)
     seconds["decode"] = time.perf_counter() - started
     log(f"decoded {clip.num_frames} frames at {clip.width}x{clip.height} from {source}")
-    fitted, held = holdout_split(clip.num_frames, config.holdout_every)
-    K = default_intrinsics(clip.width, clip.height, config.fov_x_deg) if intrinsics is None else np.asarray(intrinsics, float)
+    fitted, held = holdout_split(clip.num_frames, config.input.holdout_every)
+    intrinsics = config.input.intrinsics
+    K = default_intrinsics(clip.width, clip.height, config.input.fov_x_deg) if intrinsics is None else np.asarray(intrinsics, float)
     if before_priors is not None:
         before_priors(clip, K)
     t0 = time.perf_counter()
-    priors = compute_priors(clip.frames[fitted], K, prior_settings or PriorSettings(),
+    priors = compute_priors(clip.frames[fitted], K, config.priors,
                             clip_hash=f"{clip.source_hash}:{','.join(map(str, fitted))}", log=log)
     seconds["priors"] = time.perf_counter() - t0
     return Prepared(clip, fitted, held, K, priors, _to_inputs(clip.frames[fitted], priors, K, device), seconds)
@@ -336,7 +333,7 @@ def run_refinement(scene: Scene4D, prepared: Prepared, config: FitConfig, device
 
     with Progress(TextColumn("refining"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   TimeRemainingColumn(), console=Console(stderr=True), disable=not progress_enabled()) as progress:
-        task = progress.add_task("refine", total=config.refine_iters)
+        task = progress.add_task("refine", total=config.refine.iters)
         refiner = Refiner(RefineInputs(scene, prepared.fitted, prepared.inputs), config, device,
                           on_progress=lambda done, total: progress.update(task, completed=done))
         return refiner.run()
@@ -387,17 +384,15 @@ def finish(scene: Scene4D, prepared: Prepared, config: FitConfig, device: torch.
     return FitResult(scene=scene, metrics=metrics, out_dir=out_dir)
 
 
-def fit_video(source: str | Path, out_dir: str | Path, config: FitConfig, device: torch.device,
-              intrinsics: np.ndarray | None = None, prior_settings=None, log=print, overwrite: bool = False,
-              restart: bool = False) -> FitResult:
+def fit_video(source: str | Path, out_dir: str | Path, config: FitConfig, device: torch.device, log=print,
+              overwrite: bool = False, restart: bool = False) -> FitResult:
     """Run the whole fit; resumes from `out_dir/.checkpoint` when it holds the same run.
 
     `restart` ignores the checkpoint and, like `overwrite`, allows replacing a finished scene of another run.
     """
     out_dir = check_output_dir(out_dir)
     with locked_output_dir(out_dir):
-        return _fit_locked(source, out_dir, config, device, intrinsics, prior_settings, log, overwrite or restart,
-                           restart)
+        return _fit_locked(source, out_dir, config, device, log, overwrite or restart, restart)
 
 
 def _read_checkpoint(checkpoint_dir: Path, key: str, num_fitted: int, device: torch.device, restart: bool,
@@ -424,15 +419,15 @@ def _read_checkpoint(checkpoint_dir: Path, key: str, num_fitted: int, device: to
     return saved.state, {k: v for k, v in saved.seconds.items() if k not in ("decode", "priors")}
 
 
-def _fit_locked(source, out_dir: Path, config: FitConfig, device: torch.device, intrinsics, prior_settings, log,
-                overwrite: bool, restart: bool) -> FitResult:
+def _fit_locked(source, out_dir: Path, config: FitConfig, device: torch.device, log, overwrite: bool,
+                restart: bool) -> FitResult:
     def check_before_priors(clip: Clip, K: np.ndarray) -> None:
-        check_replaceable(out_dir, _run_key(clip, config, K, prior_settings), overwrite)
+        check_replaceable(out_dir, _run_key(clip, config, K), overwrite)
 
-    prepared = prepare(source, config, device, intrinsics, prior_settings, log, before_priors=check_before_priors)
+    prepared = prepare(source, config, device, log, before_priors=check_before_priors)
     clip, fitted, K, seconds = prepared.clip, prepared.fitted, prepared.K, dict(prepared.seconds)
     inputs = prepared.inputs
-    key = _run_key(clip, config, K, prior_settings)
+    key = _run_key(clip, config, K)
     checkpoint_dir = out_dir / ".checkpoint"
     state, saved_seconds = _read_checkpoint(checkpoint_dir, key, len(fitted), device, restart, log)
     seconds.update(saved_seconds)
@@ -465,9 +460,8 @@ def _fit_locked(source, out_dir: Path, config: FitConfig, device: torch.device, 
 
     scene = assemble_scene(state, fitted, clip, K, config, prepared.priors.moving_masks)
     scene.config["run_key"] = key
-    scene.config["priors"] = (prior_settings or PriorSettings()).to_dict()
     extra = {"camera_inits": [s.get("camera_init") for s in state.frame_stats], "frame_stats": state.frame_stats}
-    if config.refine:
+    if config.refine.enabled:
         t0 = time.perf_counter()
         sequential_metrics, _, _ = evaluate(scene, clip.frames, prepared.held, config, device)
         seconds["evaluate"] = time.perf_counter() - t0
@@ -498,14 +492,15 @@ def _refine_locked(out_dir: Path, device: torch.device, overrides: dict, log) ->
     source = stored.pop("source", None)
     if not source or not Path(source).exists():
         raise InputError(f"the source video of {out_dir} is not at {source!r}", hint="refine needs the input frames")
-    values = {k: v for k, v in stored.items() if k in FitConfig.__dataclass_fields__}
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    values["refine"] = True
-    config = FitConfig(**values)
+    # The stored tree (or the flat keys of a scene written by an earlier version): the fit's priors included.
+    known = {k: v for k, v in stored.items() if k in SECTIONS or k in FLAT_KEYS or k in ("preset", "seed")}
+    config = FitConfig.from_dict(known, where=f"{out_dir}/scene.r4d")
+    config = config.replace(**{k: v for k, v in overrides.items() if v is not None})
+    config.refine.enabled = True
+    if config.input.intrinsics is None:  # the intrinsics the fit derived from its field of view
+        config.input.intrinsics = [float(x) for x in scene.cameras.intrinsics[0]]
     config.validate()
-    prior_settings = PriorSettings.from_dict(stored.get("priors", {}))
-    intrinsics = scene.cameras.intrinsics[0].double().numpy()
-    prepared = prepare(source, config, device, intrinsics, prior_settings, log=log)
+    prepared = prepare(source, config, device, log=log)
     if prepared.clip.num_frames != scene.num_frames:
         raise InputError(f"the source now decodes to {prepared.clip.num_frames} frames, the scene has {scene.num_frames}")
     seconds = dict(prepared.seconds)
@@ -513,6 +508,6 @@ def _refine_locked(out_dir: Path, device: torch.device, overrides: dict, log) ->
     t0 = time.perf_counter()
     refined, refine_stats = run_refinement(scene, prepared, config, device)
     seconds["refine"] = time.perf_counter() - t0
-    refined.config = {**config.to_dict(), "source": source, "priors": prior_settings.to_dict(),
+    refined.config = {**config.to_dict(), "source": source,
                       **({"run_key": stored["run_key"]} if "run_key" in stored else {})}
     return finish(refined, prepared, config, device, out_dir, seconds, {"sequential": sequential, "refine_stats": refine_stats})

@@ -47,7 +47,7 @@ from recon4d.render import rasterize
 
 def fourier_terms_for(num_frames: int, config: FitConfig) -> int:
     """Fourier terms for a clip: as configured, but no period shorter than `refine_min_period_frames`."""
-    return min(config.refine_fourier_terms, max(num_frames - 1, 0) // max(config.refine_min_period_frames, 1))
+    return min(config.refine.fourier_terms, max(num_frames - 1, 0) // max(config.refine.min_period_frames, 1))
 
 
 def initial_motion(scene: Scene4D, fitted: list[int], config: FitConfig) -> MotionModel:
@@ -55,7 +55,7 @@ def initial_motion(scene: Scene4D, fitted: list[int], config: FitConfig) -> Moti
     num_frames = scene.num_frames
     fourier_terms = fourier_terms_for(num_frames, config)
     times = torch.tensor(fitted, dtype=torch.float32)
-    basis = time_basis(times / max(num_frames - 1, 1), config.refine_poly_degree, fourier_terms)
+    basis = time_basis(times / max(num_frames - 1, 1), config.refine.poly_degree, fourier_terms)
     dynamic = scene.is_dynamic.nonzero().squeeze(1)
     birth = scene.birth_frame[dynamic].to(torch.float32)
     weights = (times[:, None] >= birth[None]).float()  # [F, Nd]: a Gaussian's states before its birth are fillers
@@ -64,12 +64,12 @@ def initial_motion(scene: Scene4D, fitted: list[int], config: FitConfig) -> Moti
     # One sign per Gaussian and frame: q and -q are the same rotation, the fit needs one continuous branch.
     reference = quats[torch.clamp(torch.searchsorted(times, birth), max=len(fitted) - 1), torch.arange(dynamic.numel())]
     quats = torch.where((quats * reference[None]).sum(-1, keepdim=True) < 0, -quats, quats)
-    count = basis_size(config.refine_poly_degree, fourier_terms)
+    count = basis_size(config.refine.poly_degree, fourier_terms)
     return MotionModel(
-        position=fit_trajectories(means, basis, weights, config.refine_ridge),
-        rotation=fit_trajectories(quats, basis, weights, config.refine_ridge),
+        position=fit_trajectories(means, basis, weights, config.refine.ridge),
+        rotation=fit_trajectories(quats, basis, weights, config.refine.ridge),
         color=torch.zeros(dynamic.numel(), count, 3),
-        poly_degree=config.refine_poly_degree, fourier_terms=fourier_terms,
+        poly_degree=config.refine.poly_degree, fourier_terms=fourier_terms,
         time_span=float(max(num_frames - 1, 1)),
     )
 
@@ -137,7 +137,7 @@ class Refiner:
         self.camera_deltas = torch.zeros(len(data.fitted), 6, device=device, requires_grad=True)
         first_center = scene.cameras.world_from_camera[data.fitted[0], :3, 3].float().to(device)
         self.depth_unit = float(torch.linalg.norm(g.means.to(device) - first_center, dim=-1).median()) if len(g) else 1.0
-        self.pairs = knn_pairs(self._at_birth(self.position), config.refine_rigid_neighbours)
+        self.pairs = knn_pairs(self._at_birth(self.position), config.refine.rigid_neighbours)
         self._reset_densify_statistics()
         self.densified = 0
 
@@ -165,7 +165,7 @@ class Refiner:
         """Positions [N, 3] of all Gaussians at clip time t (differentiable)."""
         basis = self._basis(torch.tensor([t]))[0]
         still = self.still_means
-        if self.config.refine_lambda_still_motion > 0:  # off: it stays zero, so it is not evaluated
+        if self.config.refine.lambda_still_motion > 0:  # off: it stays zero, so it is not evaluated
             still = still + evaluate_trajectories(self.still_motion, basis[1:])
         means = torch.zeros(self.quats.shape[0], 3, device=self.device)
         return means.index_put((self.still,), still).index_put((self.dynamic,), evaluate_trajectories(self.position, basis))
@@ -197,7 +197,7 @@ class Refiner:
         view = gaussians.select(alive)
         cfw = self.camera_from_world(k)
         extra = None
-        has_next = k + 1 < len(self.data.fitted) and cfg.refine_lambda_flow > 0
+        has_next = k + 1 < len(self.data.fitted) and cfg.refine.lambda_flow > 0
         if has_next:
             next_means = self.means_at(float(self.data.fitted[k + 1]))[alive]
             extra = project_to_pixels(next_means, self.camera_from_world(k + 1), self.K) - project_to_pixels(view.means, cfw, self.K)
@@ -205,11 +205,11 @@ class Refiner:
         out = rasterize(view.means, view.quats, view.scales, view.opacities, features, cfw, self.K, self.width, self.height)
         color = out.color[..., :3]
         ones = torch.ones(self.height, self.width, device=self.device)
-        loss = cfg.lambda_photo * photometric_loss(color, inputs.frames[k], ones, cfg.lambda_ssim)
+        loss = cfg.losses.photo * photometric_loss(color, inputs.frames[k], ones, cfg.losses.ssim)
         depth_weight = inputs.depth_confidence[k] * (out.alpha.detach() > COVERED_ALPHA)
-        loss = loss + cfg.lambda_depth * depth_loss(out.depth, inputs.depth[k], depth_weight)
+        loss = loss + cfg.losses.depth * depth_loss(out.depth, inputs.depth[k], depth_weight)
         if extra is not None:
-            loss = loss + cfg.refine_lambda_flow * flow_loss(out.color[..., 3:5], inputs.flow_forward[k], inputs.valid_forward[k].float())
+            loss = loss + cfg.refine.lambda_flow * flow_loss(out.color[..., 3:5], inputs.flow_forward[k], inputs.valid_forward[k].float())
         l1 = float((color.detach() - inputs.frames[k]).abs().mean())
         return loss, l1, means
 
@@ -217,20 +217,20 @@ class Refiner:
         """Temporal smoothness (acceleration over one frame) and KNN rigidity at time t, in depth units."""
         cfg = self.config
         loss = torch.zeros((), device=self.device)
-        if cfg.refine_lambda_still_motion > 0 and self.still.numel():
+        if cfg.refine.lambda_still_motion > 0 and self.still.numel():
             # Group lasso: a Gaussian's whole residual trajectory is zero unless the images pay for it.
-            loss = loss + cfg.refine_lambda_still_motion * (self.still_motion.flatten(1).norm(dim=-1).mean() / self.depth_unit)
+            loss = loss + cfg.refine.lambda_still_motion * (self.still_motion.flatten(1).norm(dim=-1).mean() / self.depth_unit)
         if self.dynamic.numel() == 0:
             return loss
         times = torch.tensor([t - 1.0, t, t + 1.0]).clamp(0, self.motion_meta["time_span"])
         positions = evaluate_trajectories(self.position, self._basis(times))  # [3, Nd, 3]
         acceleration = (positions[0] - 2 * positions[1] + positions[2]).norm(dim=-1) / self.depth_unit
-        loss = loss + cfg.refine_lambda_smooth * acceleration.mean()
+        loss = loss + cfg.refine.lambda_smooth * acceleration.mean()
         if self.pairs.numel():
             i, j = self.pairs[:, 0], self.pairs[:, 1]
             now = (positions[1, i] - positions[1, j]).norm(dim=-1)
             later = (positions[2, i] - positions[2, j]).norm(dim=-1)
-            loss = loss + cfg.refine_lambda_rigid * ((now - later).abs() / self.depth_unit).mean()
+            loss = loss + cfg.refine.lambda_rigid * ((now - later).abs() / self.depth_unit).mean()
         return loss
 
     # -- densification -------------------------------------------------------------------------------------
@@ -258,12 +258,12 @@ class Refiner:
     def densifying(self, step: int) -> bool:
         """Whether a densification is still ahead at `step` (statistics are only gathered then)."""
         cfg = self.config
-        return cfg.refine_densify_every > 0 and step < cfg.refine_densify_until * cfg.refine_iters
+        return cfg.densify.grow_every > 0 and step < cfg.densify.grow_until * cfg.refine.iters
 
     def densify_now(self, step: int) -> bool:
         cfg = self.config
-        return (cfg.refine_densify_every > 0 and step > 0 and step % cfg.refine_densify_every == 0
-                and step <= cfg.refine_densify_until * cfg.refine_iters)
+        return (cfg.densify.grow_every > 0 and step > 0 and step % cfg.densify.grow_every == 0
+                and step <= cfg.densify.grow_until * cfg.refine.iters)
 
     def _reference_rotations(self) -> torch.Tensor:
         """[N, 4] rotation of each Gaussian: its static one, or a moving one's at its birth frame."""
@@ -283,7 +283,7 @@ class Refiner:
         """
         cfg = self.config
         count = self.quats.shape[0]
-        budget = min(int(cfg.refine_densify_fraction * count), cfg.max_gaussians - count)
+        budget = min(int(cfg.densify.grow_fraction * count), cfg.densify.max_gaussians - count)
         seen = self.seen_count > 0
         score = torch.where(seen, self.grad_px_sum / self.seen_count.clamp_min(1), 0.0)
         budget = min(budget, int((score > 0).sum()))
@@ -291,7 +291,7 @@ class Refiner:
             self._reset_densify_statistics()
             return 0
         chosen = score.topk(budget).indices.sort().values
-        split = (self.footprint_px_sum[chosen] / self.seen_count[chosen]) > cfg.refine_split_px
+        split = (self.footprint_px_sum[chosen] / self.seen_count[chosen]) > cfg.densify.split_px
         is_dynamic = torch.zeros(count, dtype=torch.bool, device=self.device)
         is_dynamic[self.dynamic] = True
         row_of = torch.full((count,), -1, dtype=torch.long, device=self.device)  # row in still_means / trajectories
@@ -303,7 +303,7 @@ class Refiner:
         rotations = rotation_from_quaternion(self._reference_rotations()[chosen])
         noise = torch.randn(2, chosen.numel(), 3, generator=generator).to(self.device)
         offsets = torch.einsum("nij,knj->kni", rotations, noise * scales) * split[None, :, None]
-        shrink = math.log(cfg.refine_split_scale) * split.float()[:, None]
+        shrink = math.log(cfg.densify.split_scale) * split.float()[:, None]
 
         chosen_still, chosen_dynamic = ~is_dynamic[chosen], is_dynamic[chosen]
         new_ids = torch.arange(count, count + chosen.numel(), device=self.device)
@@ -341,7 +341,7 @@ class Refiner:
         self.birth = torch.cat([self.birth, self.birth[chosen]])
         self.is_moving = torch.cat([self.is_moving, self.is_moving[chosen]])
         if chosen_dynamic.any():
-            self.pairs = knn_pairs(self._at_birth(self.position), cfg.refine_rigid_neighbours)
+            self.pairs = knn_pairs(self._at_birth(self.position), cfg.refine.rigid_neighbours)
         self._reset_densify_statistics()
         self.densified += chosen.numel()
         return chosen.numel()
@@ -349,19 +349,19 @@ class Refiner:
     # -- driver --------------------------------------------------------------------------------------------
     def optimizer(self) -> torch.optim.Adam:
         cfg, du = self.config, self.depth_unit
-        motion_lr = cfg.refine_lr_scale * cfg.lr_means * du
+        motion_lr = cfg.refine.lr_scale * cfg.sequential.lr_means * du
         groups = [
             {"params": [self.still_means, self.position], "lr": motion_lr},
             # Before `refine_still_motion_from` residual motion has a zero rate but still takes gradients: Adam's
             # moments start primed when it joins (measured: starting them fresh costs cup 0.33 dB held-out).
-            {"params": [self.still_motion], "lr": motion_lr if cfg.refine_lambda_still_motion > 0 else 0.0,
-             "start": cfg.refine_still_motion_from * cfg.refine_iters},
-            {"params": [self.rotation, self.quats], "lr": cfg.refine_lr_scale * cfg.lr_quats},
-            {"params": [self.log_scales], "lr": cfg.refine_lr_scale * cfg.lr_scales},
-            {"params": [self.opacity_logits], "lr": cfg.refine_lr_scale * cfg.lr_opacities},
-            {"params": [self.color_logits], "lr": cfg.refine_lr_scale * cfg.lr_colors},
-            {"params": [self.color_offsets], "lr": cfg.refine_lr_scale * cfg.lr_colors if cfg.refine_dynamic_color else 0.0},
-            {"params": [self.camera_deltas], "lr": cfg.refine_lr_camera},
+            {"params": [self.still_motion], "lr": motion_lr if cfg.refine.lambda_still_motion > 0 else 0.0,
+             "start": cfg.refine.still_motion_from * cfg.refine.iters},
+            {"params": [self.rotation, self.quats], "lr": cfg.refine.lr_scale * cfg.sequential.lr_quats},
+            {"params": [self.log_scales], "lr": cfg.refine.lr_scale * cfg.sequential.lr_scales},
+            {"params": [self.opacity_logits], "lr": cfg.refine.lr_scale * cfg.sequential.lr_opacities},
+            {"params": [self.color_logits], "lr": cfg.refine.lr_scale * cfg.sequential.lr_colors},
+            {"params": [self.color_offsets], "lr": cfg.refine.lr_scale * cfg.sequential.lr_colors if cfg.refine.dynamic_color else 0.0},
+            {"params": [self.camera_deltas], "lr": cfg.refine.lr_camera},
         ]
         return SelectiveAdam(groups, eps=1e-15)
 
@@ -369,12 +369,12 @@ class Refiner:
         cfg = self.config
         generator = generator or torch.Generator().manual_seed(cfg.seed)
         optimizer = self.optimizer()
-        decay = lambda start: lambda step: 0.0 if step < start else cfg.refine_lr_decay ** (step / max(cfg.refine_iters, 1))  # noqa: E731
+        decay = lambda start: lambda step: 0.0 if step < start else cfg.refine.lr_decay ** (step / max(cfg.refine.iters, 1))  # noqa: E731
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, [decay(group.get("start", 0)) for group in optimizer.param_groups])
         started = time.perf_counter()
         order: list[int] = []
         l1_history = []
-        for step in range(cfg.refine_iters):
+        for step in range(cfg.refine.iters):
             if not order:  # epochs over the fitted frames in random order
                 order = torch.randperm(len(self.data.fitted), generator=generator).tolist()
             k = order.pop()
@@ -391,11 +391,11 @@ class Refiner:
                 self.densify(optimizer, generator)
             l1_history.append(l1)
             if self.on_progress is not None:
-                self.on_progress(step + 1, cfg.refine_iters)
+                self.on_progress(step + 1, cfg.refine.iters)
         residual = self.settle_still_motion()
         window = max(1, len(self.data.fitted))
         stats = {
-            "refine_iters": cfg.refine_iters,
+            "refine_iters": cfg.refine.iters,
             "refine_seconds": time.perf_counter() - started,
             "refine_l1_first_epoch": sum(l1_history[:window]) / max(len(l1_history[:window]), 1),
             "refine_l1_last_epoch": sum(l1_history[-window:]) / max(len(l1_history[-window:]), 1),
@@ -421,7 +421,7 @@ class Refiner:
         center = invert_pose(self.base_cfw[0])[:3, 3]
         distance = torch.linalg.norm(self.still_means.detach() - center, dim=-1).clamp_min(1e-6)
         pixels = (displacement.norm(dim=-1) * alive).amax(0) / distance * float(self.K[0, 0])
-        promote = pixels >= self.config.refine_keep_motion_px
+        promote = pixels >= self.config.refine.keep_motion_px
         mean_displacement = (displacement * alive[..., None]).sum(0) / alive.sum(0).clamp_min(1)[:, None]
         still_means, still_motion = self.still_means.detach(), self.still_motion.detach()
         promoted = int(promote.sum())

@@ -244,10 +244,10 @@ class SequentialFitter:
         depth = depth_map.flatten()[flat]
         world_from_camera = invert_pose(camera_from_world)
         means = unproject_pixels(flat, depth, self.K, self.width, world_from_camera)
-        scales = self.config.init_scale * spacing_px * depth / self.K[0, 0]
+        scales = self.config.init.scale * spacing_px * depth / self.K[0, 0]
         colors = self.inputs.frames[t].reshape(-1, 3)[flat]
         moving = self.inputs.moving[t].flatten()[flat]
-        return TrainableGaussians.create(means, scales, colors, self.config.init_opacity, moving, t)
+        return TrainableGaussians.create(means, scales, colors, self.config.init.opacity, moving, t)
 
     def aligned_prior_depth(self, t: int, rendered: RenderResult) -> torch.Tensor:
         """Prior depth of frame t scaled to the scene by the median ratio on covered still pixels."""
@@ -264,11 +264,11 @@ class SequentialFitter:
         cfg = self.config
         frame = self.inputs.frames[0]
         weights = image_gradient_magnitude(frame)
-        weights = weights + cfg.gradient_floor * weights.mean().clamp_min(1e-6)
-        gaussians = self.spawn(0, weights, cfg.num_gaussians, self.inputs.depth[0], torch.eye(4, device=self.device),
+        weights = weights + cfg.init.gradient_floor * weights.mean().clamp_min(1e-6)
+        gaussians = self.spawn(0, weights, cfg.init.num_gaussians, self.inputs.depth[0], torch.eye(4, device=self.device),
                                generator)
         state = FitState(gaussians=gaussians)
-        stats = self.optimize_gaussians(state, 0, torch.eye(4, device=self.device), cfg.frame0_iters, generator,
+        stats = self.optimize_gaussians(state, 0, torch.eye(4, device=self.device), cfg.sequential.frame0_iters, generator,
                                         move_still=True, previous_pixels=None)
         return state, stats
 
@@ -282,27 +282,27 @@ class SequentialFitter:
                                                         gaussians.opacities, gaussians.colors)))
         delta = torch.zeros(6, device=self.device, requires_grad=True)
         optimizer = torch.optim.Adam([
-            {"params": [delta], "lr": cfg.lr_camera_rotation},
+            {"params": [delta], "lr": cfg.sequential.lr_camera_rotation},
         ])
         # Translation and rotation share one tensor; scale translation steps to scene units.
         unit = torch.tensor([1.0, 1.0, 1.0, self.depth_unit, self.depth_unit, self.depth_unit], device=self.device)
-        translation_ratio = cfg.lr_camera_translation / cfg.lr_camera_rotation
+        translation_ratio = cfg.sequential.lr_camera_translation / cfg.sequential.lr_camera_rotation
         unit = unit * torch.tensor([1.0, 1.0, 1.0] + [translation_ratio] * 3, device=self.device)
-        still = ~dilate(inputs.moving[t], cfg.motion_dilation)
+        still = ~dilate(inputs.moving[t], cfg.sequential.motion_dilation)
         still_w = still.float()
         flow_w = (still & inputs.valid_backward[t - 1]).float()
-        plateau = Plateau(cfg.plateau_patience, cfg.plateau_tolerance)
+        plateau = Plateau(cfg.sequential.plateau_patience, cfg.sequential.plateau_tolerance)
         # Step sizes shrink over the stage so that Adam settles instead of hovering one step around the optimum.
-        scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=cfg.camera_lr_decay ** (1 / max(cfg.camera_iters, 1)))
+        scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=cfg.sequential.camera_lr_decay ** (1 / max(cfg.sequential.camera_iters, 1)))
         losses, iterations = [], 0
         best_loss, best_delta = math.inf, delta.detach().clone()
-        for iterations in range(1, cfg.camera_iters + 1):
+        for iterations in range(1, cfg.sequential.camera_iters + 1):
             camera_from_world = apply_pose_delta(delta * unit, init)
             pixels = project_to_pixels(gaussians.means, camera_from_world, self.K)
             out = self.render(gaussians, camera_from_world, extra=previous_pixels - pixels)
-            loss = cfg.lambda_photo * photometric_loss(out.color[..., :3], inputs.frames[t], still_w, cfg.lambda_ssim)
-            loss = loss + cfg.lambda_depth * depth_loss(out.depth, inputs.depth[t], still_w * (out.alpha.detach() > COVERED_ALPHA))
-            loss = loss + cfg.lambda_flow_camera * flow_loss(out.color[..., 3:5], inputs.flow_backward[t - 1], flow_w)
+            loss = cfg.losses.photo * photometric_loss(out.color[..., :3], inputs.frames[t], still_w, cfg.losses.ssim)
+            loss = loss + cfg.losses.depth * depth_loss(out.depth, inputs.depth[t], still_w * (out.alpha.detach() > COVERED_ALPHA))
+            loss = loss + cfg.losses.flow_camera * flow_loss(out.color[..., 3:5], inputs.flow_backward[t - 1], flow_w)
             losses.append(loss.item())
             if losses[-1] < best_loss:  # the loss was evaluated at the current delta, before this step
                 best_loss, best_delta = losses[-1], delta.detach().clone()
@@ -350,10 +350,10 @@ class SequentialFitter:
         ones = torch.ones(self.height, self.width, device=self.device)
         depth_w = inputs.depth_confidence[t]
         flow_w = (inputs.moving[t] & inputs.valid_backward[t - 1]).float() if t > 0 else None
-        lrs = {"means": cfg.lr_means * self.depth_unit, "quats": cfg.lr_quats, "log_scales": cfg.lr_scales,
-               "opacity_logits": cfg.lr_opacities, "color_logits": cfg.lr_colors}
+        lrs = {"means": cfg.sequential.lr_means * self.depth_unit, "quats": cfg.sequential.lr_quats, "log_scales": cfg.sequential.lr_scales,
+               "opacity_logits": cfg.sequential.lr_opacities, "color_logits": cfg.sequential.lr_colors}
         optimizer = state.gaussians.optimizer(lrs)
-        plateau = Plateau(cfg.plateau_patience, cfg.plateau_tolerance)
+        plateau = Plateau(cfg.sequential.plateau_patience, cfg.sequential.plateau_tolerance)
         added, losses, step = 0, [], 0
         for step in range(1, iterations + 1):
             g = state.gaussians
@@ -363,14 +363,14 @@ class SequentialFitter:
                 extra = previous_pixels - project_to_pixels(active.means, camera_from_world, self.K)
             out = self.render(active, camera_from_world, extra=extra)
             color = out.color[..., :3]
-            loss = cfg.lambda_photo * photometric_loss(color, target, ones, cfg.lambda_ssim)
-            loss = loss + cfg.lambda_depth * depth_loss(out.depth, inputs.depth[t], depth_w * (out.alpha.detach() > COVERED_ALPHA))
+            loss = cfg.losses.photo * photometric_loss(color, target, ones, cfg.losses.ssim)
+            loss = loss + cfg.losses.depth * depth_loss(out.depth, inputs.depth[t], depth_w * (out.alpha.detach() > COVERED_ALPHA))
             if extra is not None and flow_w is not None and flow_w.sum() > 0:
-                loss = loss + cfg.lambda_flow * flow_loss(out.color[..., 3:5], inputs.flow_backward[t - 1], flow_w)
-            loss = loss + cfg.lambda_iso * isotropy_loss(g.log_scales)
-            if t > 0 and cfg.replay_every > 0 and step % cfg.replay_every == 0:
+                loss = loss + cfg.losses.flow * flow_loss(out.color[..., 3:5], inputs.flow_backward[t - 1], flow_w)
+            loss = loss + cfg.losses.iso * isotropy_loss(g.log_scales)
+            if t > 0 and cfg.sequential.replay_every > 0 and step % cfg.sequential.replay_every == 0:
                 past = int(torch.randint(0, t, (1,), generator=generator))
-                loss = loss + cfg.lambda_replay * self.replay_loss(state, past)
+                loss = loss + cfg.losses.replay * self.replay_loss(state, past)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if not move_still and g.means.grad is not None:
@@ -378,19 +378,19 @@ class SequentialFitter:
             optimizer.step()
             losses.append(loss.item())
             stop = plateau.step(losses[-1])
-            densify_now = cfg.densify_every > 0 and step % cfg.densify_every == 0 and step < iterations
-            if densify_now and len(g) < cfg.max_gaussians and added < cfg.max_new_per_frame:
+            densify_now = cfg.densify.spawn_every > 0 and step % cfg.densify.spawn_every == 0 and step < iterations
+            if densify_now and len(g) < cfg.densify.max_gaussians and added < cfg.densify.spawn_max_per_frame:
                 with torch.no_grad():
                     error = (color.detach() - target).abs().mean(-1)
-                    weights = (error > cfg.error_threshold).float() * error
-                    budget = min(cfg.max_new_per_frame - added, cfg.max_gaussians - len(g))
+                    weights = (error > cfg.densify.spawn_error).float() * error
+                    budget = min(cfg.densify.spawn_max_per_frame - added, cfg.densify.max_gaussians - len(g))
                     new = self.spawn(t, weights, budget, self.aligned_prior_depth(t, out), camera_from_world, generator)
                 if new is not None:
                     previous_pixels = self._extend_previous(previous_pixels, new, t, camera_from_world)
                     g.append(new)
                     added += len(new)
                     optimizer = g.optimizer(lrs)
-                    plateau = Plateau(cfg.plateau_patience, cfg.plateau_tolerance)
+                    plateau = Plateau(cfg.sequential.plateau_patience, cfg.sequential.plateau_tolerance)
                     stop = False
             if stop:
                 break
@@ -415,7 +415,7 @@ class SequentialFitter:
         view = Gaussians(means[alive], quats[alive], active.scales[alive], active.opacities[alive], active.colors[alive])
         out = self.render(view, state.camera_from_world[k])
         weight = torch.ones(self.height, self.width, device=self.device)
-        return photometric_loss(out.color, self.inputs.frames[k], weight, self.config.lambda_ssim)
+        return photometric_loss(out.color, self.inputs.frames[k], weight, self.config.losses.ssim)
 
     def _extend_previous(self, previous_pixels: torch.Tensor | None, new: TrainableGaussians, t: int,
                          camera_from_world: torch.Tensor) -> torch.Tensor | None:
@@ -443,7 +443,7 @@ class SequentialFitter:
             guess = previous
         with torch.no_grad():
             out = self.render(state.gaussians.activated(), previous)
-        usable = (out.alpha > COVERED_ALPHA) & self.inputs.valid_forward[t - 1] & ~dilate(self.inputs.moving[t - 1], self.config.motion_dilation)
+        usable = (out.alpha > COVERED_ALPHA) & self.inputs.valid_forward[t - 1] & ~dilate(self.inputs.moving[t - 1], self.config.sequential.motion_dilation)
         flat = usable.flatten().nonzero().squeeze(1)
         if flat.numel() > PNP_MAX_POINTS:
             step = flat.numel() // PNP_MAX_POINTS + 1
@@ -464,10 +464,10 @@ class SequentialFitter:
         cfg = self.config
         with torch.no_grad():
             out = self.render(state.gaussians.activated(), camera_from_world)
-            uncovered = out.alpha < cfg.new_content_alpha
+            uncovered = out.alpha < cfg.densify.spawn_alpha
             disoccluded = ~self.inputs.valid_backward[t - 1] & (out.alpha < COVERED_ALPHA)
             weights = (uncovered | disoccluded).float()
-            budget = min(cfg.max_new_per_frame, cfg.max_gaussians - len(state.gaussians))
+            budget = min(cfg.densify.spawn_max_per_frame, cfg.densify.max_gaussians - len(state.gaussians))
             if budget <= 0:
                 return 0
             new = self.spawn(t, weights, budget, self.aligned_prior_depth(t, out), camera_from_world, generator)
@@ -501,7 +501,7 @@ class SequentialFitter:
                 new = TrainableGaussians.from_state_dict({k: v[n_before:] for k, v in state.gaussians.state_dict().items()})
                 if len(new):
                     previous_pixels = self._extend_previous(previous_pixels, new, t, camera_from_world)
-                stats.update(self.optimize_gaussians(state, t, camera_from_world, cfg.gaussian_iters, generator,
+                stats.update(self.optimize_gaussians(state, t, camera_from_world, cfg.sequential.gaussian_iters, generator,
                                                      move_still=False, previous_pixels=previous_pixels))
             self.snapshot(state, camera_from_world)
             stats.update({"frame": t, "seconds": time.perf_counter() - started, "gaussians": len(state.gaussians)})

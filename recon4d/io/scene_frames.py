@@ -23,7 +23,9 @@ def read_scene_frames(scene: Scene4D) -> np.ndarray | None:
         return None
     width, height = scene.cameras.width, scene.cameras.height
     try:
-        clip = read_clip(source, stride=int(scene.config.get("stride") or 1), max_frames=scene.num_frames,
+        # The fit's config tree (`input.stride`), or the flat key of a scene written by an earlier version.
+        stride = (scene.config.get("input") or {}).get("stride") or scene.config.get("stride") or 1
+        clip = read_clip(source, stride=int(stride), max_frames=scene.num_frames,
                          short_side=min(width, height))
     except Recon4DError:
         return None
