@@ -1,0 +1,121 @@
+"""Keyframes of a long clip: where the image motion accumulated since the previous keyframe reaches a budget.
+
+A long clip is fitted on its keyframes; the frames between two keyframes get their cameras by interpolation
+(`recon4d.geometry.lie.fill_poses`, the same filling the pipeline uses for unfitted frames) and their
+Gaussians by interpolation plus a short refinement. Keyframes must therefore be dense where the images change
+fast (a fast pan, a quick hand) and may be sparse where little happens.
+
+Motion of a consecutive pair: a percentile of the per-pixel magnitude of the optical flow between the two
+frames, computed on frames downscaled to a small short side (DIS flow at 64 px: a 450-frame clip takes about
+a second) and expressed in pixels at the fit's working resolution. The median would measure the camera's
+motion (parallax) of a mostly still scene; a higher percentile also sees a moving object that covers a
+tenth of the image, which is what a static camera filming a moving hand needs.
+
+Selection: greedy from frame 0; a frame becomes a keyframe when adding the next pair's motion would take the
+motion accumulated since the last keyframe over the budget, when the gap reaches max_gap_frames, and at the
+last frame. So the motion between consecutive keyframes stays within the budget unless one pair alone
+exceeds it (then both frames are keyframes).
+
+Example:
+    >>> keys = choose_keyframes(read_clip("clip.mp4", short_side=64).frames, working_short_side=180)  # doctest: +SKIP
+    >>> world_from_camera = fill_poses(world_from_camera, keys)   # fitted keys -> every frame  # doctest: +SKIP
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from recon4d.errors import InputError
+from recon4d.priors.flow import make_flow_estimator
+
+
+@dataclass(frozen=True)
+class KeyframeConfig:
+    """Settings of the keyframe selection.
+
+    Attributes:
+        flow_short_side_px: frames are downscaled (area averaging) to this short side, in pixels, before
+            flow; smaller frames are used as they are.
+        flow_estimator: `recon4d.priors.flow.make_flow_estimator` name of the flow ("dis": no weights).
+        motion_percentile: percentile (0..100) of the per-pixel flow magnitude that stands for a pair's
+            motion: 50 = the median (camera motion of a mostly still scene); 90 also sees a moving object
+            covering a tenth of the image.
+        motion_budget_px: most motion accumulated between consecutive keyframes, in pixels at the working
+            resolution. Measured at 180 px short side (90th percentile, max gap 6), 18 px keeps 0.30 of the
+            frames of ../shared/data's clips on average: bear 0.18 (slow pan), apple 0.36, backpack 0.32,
+            pillow 0.60 (hands squeezing), cup 0.18 (static camera), carphone 0.17 (bench/timings.py).
+        max_gap_frames: consecutive keyframes are at most this many frames apart, however still the clip.
+    """
+
+    flow_short_side_px: int = 64
+    flow_estimator: str = "dis"
+    motion_percentile: float = 90.0
+    motion_budget_px: float = 18.0
+    max_gap_frames: int = 6
+
+    def validate(self) -> None:
+        """InputError for a setting out of range."""
+        checks = [
+            (self.flow_short_side_px >= 16, f"flow_short_side_px must be >= 16, got {self.flow_short_side_px}"),
+            (0.0 <= self.motion_percentile <= 100.0,
+             f"motion_percentile must be in 0..100, got {self.motion_percentile}"),
+            (self.motion_budget_px > 0, f"motion_budget_px must be positive, got {self.motion_budget_px}"),
+            (self.max_gap_frames >= 1, f"max_gap_frames must be >= 1, got {self.max_gap_frames}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise InputError(message, hint="see recon4d.fit.keyframes.KeyframeConfig")
+
+
+def downscale_frames(frames: np.ndarray, short_side: int) -> np.ndarray:
+    """frames [T, H, W, 3] uint8 -> [T, h, w, 3] with min(h, w) = short_side (area averaging, aspect ratio
+    kept); frames already that small are returned as they are."""
+    height, width = frames.shape[1:3]
+    scale = short_side / min(height, width)
+    if scale >= 1.0:
+        return frames
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return np.stack([cv2.resize(frame, size, interpolation=cv2.INTER_AREA) for frame in frames])
+
+
+def consecutive_motion(frames: np.ndarray, working_short_side: int, config: KeyframeConfig | None = None) -> np.ndarray:
+    """frames [T, H, W, 3] uint8 RGB (any size; T >= 2) -> motion [T-1] float64 of each consecutive pair t,
+    t+1: the motion_percentile of the forward flow magnitude, in pixels at a working resolution whose short
+    side is working_short_side."""
+    config = config or KeyframeConfig()
+    config.validate()
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or len(frames) < 2:
+        raise InputError(f"keyframes need uint8 frames [T >= 2, H, W, 3], got {frames.dtype} {list(frames.shape)}")
+    small = downscale_frames(frames, config.flow_short_side_px)
+    to_working = working_short_side / min(small.shape[1:3])
+    solve = make_flow_estimator(config.flow_estimator).make_solver()
+    gray = [cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY) for frame in small]
+    motion = np.empty(len(frames) - 1)
+    for t in range(len(frames) - 1):
+        magnitude = np.linalg.norm(solve(gray[t], gray[t + 1]), axis=-1)
+        motion[t] = np.percentile(magnitude, config.motion_percentile) * to_working
+    return motion
+
+
+def select_keyframes(motion: np.ndarray, config: KeyframeConfig | None = None) -> list[int]:
+    """motion [T-1] (pixels, see `consecutive_motion`; NaN counts as too much) -> sorted keyframe indices of
+    the T frames: 0 and T-1 always, at most max_gap_frames apart, and the motion summed between consecutive
+    keyframes within motion_budget_px unless one pair alone exceeds it."""
+    config = config or KeyframeConfig()
+    config.validate()
+    motion = np.nan_to_num(np.asarray(motion, dtype=np.float64).reshape(-1), nan=np.inf)
+    last = len(motion)
+    keys, accumulated = [0], 0.0
+    for t in range(1, last + 1):
+        accumulated += motion[t - 1]
+        if t == last or t - keys[-1] >= config.max_gap_frames or accumulated + motion[t] > config.motion_budget_px:
+            keys.append(t)
+            accumulated = 0.0
+    return keys
+
+
+def choose_keyframes(frames: np.ndarray, working_short_side: int, config: KeyframeConfig | None = None) -> list[int]:
+    """frames [T, H, W, 3] uint8 RGB -> keyframe indices (`consecutive_motion` then `select_keyframes`)."""
+    return select_keyframes(consecutive_motion(frames, working_short_side, config), config)
