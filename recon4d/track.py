@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from recon4d.geometry.camera import invert_pose, transform_points
+from recon4d.geometry.camera import invert_pose, project_to_pixels, transform_points
 from recon4d.io.scene import Scene4D
 from recon4d.io.scene_render import render_scene
 
@@ -47,11 +47,8 @@ def _all_means(scene: Scene4D, t: int) -> torch.Tensor:
 
 
 def _project(points: torch.Tensor, scene: Scene4D, t: int) -> tuple[torch.Tensor, torch.Tensor]:
-    cam = transform_points(invert_pose(scene.cameras.world_from_camera[t]).float(), points)
-    K = scene.cameras.K(t)
-    z = cam[:, 2]
-    uv = cam[:, :2] / z.clamp_min(1e-6)[:, None] * torch.stack([K[0, 0], K[1, 1]]) + K[:2, 2]
-    return uv, z
+    """World points [N, 3] -> pixels [N, 2] and z [N] in the input camera of frame t."""
+    return project_to_pixels(points, invert_pose(scene.cameras.world_from_camera[t]).float(), scene.cameras.K(t))
 
 
 def track_points(scene: Scene4D, queries: torch.Tensor, config: TrackConfig = TrackConfig()) -> Tracks:

@@ -26,10 +26,34 @@ def transform_points(transform: torch.Tensor, points: torch.Tensor) -> torch.Ten
     return points @ transform[:3, :3].transpose(0, 1) + transform[:3, 3]
 
 
-def project_points(points_camera: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
-    """points_camera: [N, 3] in camera coordinates (z > 0); K: [3, 3] -> pixel coordinates (u, v) [N, 2]."""
-    z = points_camera[:, 2:3]
-    return points_camera[:, :2] / z * torch.stack([K[0, 0], K[1, 1]]) + torch.stack([K[0, 2], K[1, 2]])
+def intrinsics_matrices(intrinsics: torch.Tensor) -> torch.Tensor:
+    """intrinsics [..., 4] rows (fx, fy, cx, cy) -> K [..., 3, 3]."""
+    fx, fy, cx, cy = intrinsics.unbind(-1)
+    zero, one = torch.zeros_like(fx), torch.ones_like(fx)
+    return torch.stack([fx, zero, cx, zero, fy, cy, zero, zero, one], -1).reshape(*intrinsics.shape[:-1], 3, 3)
+
+
+def project_to_pixels(points_world: torch.Tensor, camera_from_world: torch.Tensor, K: torch.Tensor,
+                      min_depth: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
+    """World points -> pixel coordinates (u, v) and camera z-depth: recon4d's one world-to-pixel projection.
+
+    points_world: [..., N, 3]; camera_from_world: [..., 4, 4]; K: [..., 3, 3]. Leading dimensions broadcast,
+    so V cameras ([V, 4, 4], [V, 3, 3]) project shared points [N, 3] to [V, N, 2].
+    Returns pixels [..., N, 2] and z [..., N], the depth *before* clamping (test `z > min_depth` for "in front").
+    Points at or behind `min_depth` are projected as if their depth were `min_depth`: the result stays finite
+    and is never mirrored through the centre (a point behind the camera and to its right lands to the right,
+    far out of the image unless it is near the optical axis), so callers must test z to know what is in front.
+
+    >>> K = torch.tensor([[100.0, 0.0, 32.0], [0.0, 100.0, 24.0], [0.0, 0.0, 1.0]])
+    >>> pixels, z = project_to_pixels(torch.tensor([[0.2, -0.1, 2.0]]), torch.eye(4), K)
+    >>> pixels.tolist(), z.tolist()
+    ([[42.0, 19.0]], [2.0])
+    """
+    camera = points_world @ camera_from_world[..., :3, :3].transpose(-1, -2) + camera_from_world[..., None, :3, 3]
+    z = camera[..., 2]
+    focal = torch.stack([K[..., 0, 0], K[..., 1, 1]], -1)[..., None, :]
+    centre = torch.stack([K[..., 0, 2], K[..., 1, 2]], -1)[..., None, :]
+    return camera[..., :2] / z.clamp_min(min_depth)[..., None] * focal + centre, z
 
 
 def look_at(eye: torch.Tensor, target: torch.Tensor, up: torch.Tensor) -> torch.Tensor:

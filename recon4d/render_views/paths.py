@@ -18,7 +18,8 @@ Paths:
 Scene centre: the coordinate-wise median of the still Gaussians (all Gaussians if none is still), so a few
 far-away floaters do not move it; distances to it use medians and percentiles for the same reason.
 
-Custom path JSON schema (what `read_camera_path` reads and `write_camera_path` writes)::
+Custom path JSON (what `read_camera_path` reads and `write_camera_path` writes): recon4d's camera JSON (schema
+in `recon4d.io.camera_json`), a list of cameras each with a ``time``::
 
     [
       {"world_from_camera": [[r00, r01, r02, tx], [r10, r11, r12, ty], [r20, r21, r22, tz], [0, 0, 0, 1]],
@@ -36,7 +37,6 @@ scales these intrinsics.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass
@@ -46,9 +46,9 @@ from typing import NamedTuple
 import torch
 
 from recon4d.errors import InputError
-from recon4d.geometry.camera import look_at
+from recon4d.geometry.camera import intrinsics_matrices, invert_pose, look_at, project_to_pixels
 from recon4d.geometry.lie import so3_exp
-from recon4d.io.atomic import write_bytes_atomic
+from recon4d.io.camera_json import camera_entries, finite_number, read_camera_json, write_camera_json
 from recon4d.io.scene import Scene4D
 
 PATH_NAMES = ("input", "orbit", "spiral", "bullet-time", "stabilized", "zoom")
@@ -100,10 +100,6 @@ class PathConfig:
 
 # ----------------------------------------------------------------------------------------------------------
 # Helpers
-
-
-def _K(fx: float, fy: float, cx: float, cy: float) -> torch.Tensor:
-    return torch.tensor([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]], dtype=torch.float64)
 
 
 def _pose(scene: Scene4D, t: float) -> torch.Tensor:
@@ -185,15 +181,10 @@ def focus_depth(scene: Scene4D, t: float, config: PathConfig = PathConfig()) -> 
     project into the image of the input camera at t (the median by default). Falls back to the distance to
     the scene centre when nothing is in view."""
     pose = _pose(scene, t)
-    g = scene.gaussians_at(t)
-    cam = (g.means.double() - pose[:3, 3]) @ pose[:3, :3]
-    K = _scene_K(scene, t)
-    z = cam[:, 2]
-    front = z > 1e-6
-    u = cam[front, 0] / z[front] * K[0, 0] + K[0, 2]
-    v = cam[front, 1] / z[front] * K[1, 1] + K[1, 2]
-    inside = (u > -0.5) & (u < scene.cameras.width - 0.5) & (v > -0.5) & (v < scene.cameras.height - 0.5)
-    depths = z[front][inside]
+    pixels, z = project_to_pixels(scene.gaussians_at(t).means.double(), invert_pose(pose), _scene_K(scene, t))
+    u, v = pixels.unbind(-1)
+    inside = (z > 1e-6) & (u > -0.5) & (u < scene.cameras.width - 0.5) & (v > -0.5) & (v < scene.cameras.height - 0.5)
+    depths = z[inside]
     if depths.numel() == 0:
         return float((scene_centre(scene, config) - pose[:3, 3]).norm().clamp_min(1e-6))
     return float(torch.quantile(depths, config.focus_percentile / 100))
@@ -399,75 +390,24 @@ def scale_intrinsics(K: torch.Tensor, scene_width: int, scene_height: int, width
 # JSON
 
 
-_ROTATION_TOLERANCE = 1e-3  # max |R^T R - I| and |det R - 1| accepted in a custom path
-
-
-def _number(entry: dict, key: str, where: str) -> float:
-    value = entry.get(key)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise InputError(f"{where}: {key!r} must be a finite number, got {value!r}")
-    return float(value)
-
-
-def parse_camera_path(data: object, scene: Scene4D, source: str = "camera path") -> list[PathView]:
-    """Validate the JSON value of a custom path (schema in the module docstring) -> views."""
-    if isinstance(data, dict) and "views" in data:
-        data = data["views"]
-    if not isinstance(data, list) or not data:
-        raise InputError(f"{source}: expected a non-empty JSON list of views",
-                         hint='each view: {"world_from_camera": 4x4, "fx", "fy", "cx", "cy", "time"}')
-    width, height = scene.cameras.width, scene.cameras.height
-    views = []
-    for index, entry in enumerate(data):
-        where = f"{source}, view {index}"
-        if not isinstance(entry, dict):
-            raise InputError(f"{where}: expected an object, got {type(entry).__name__}")
-        matrix = entry.get("world_from_camera")
-        try:
-            pose = torch.tensor(matrix, dtype=torch.float64)
-        except (TypeError, ValueError):
-            pose = None
-        if pose is None or tuple(pose.shape) != (4, 4) or not bool(torch.isfinite(pose).all()):
-            raise InputError(f"{where}: 'world_from_camera' must be a 4x4 list of finite numbers")
-        rotation = pose[:3, :3]
-        orthonormal = (rotation.T @ rotation - torch.eye(3, dtype=torch.float64)).abs().max() < _ROTATION_TOLERANCE
-        if not orthonormal or abs(float(torch.linalg.det(rotation)) - 1) > _ROTATION_TOLERANCE \
-                or not torch.allclose(pose[3], torch.tensor([0.0, 0, 0, 1], dtype=torch.float64)):
-            raise InputError(f"{where}: 'world_from_camera' is not a rigid transform (rotation with det +1, last row 0 0 0 1)")
-        fx, fy = _number(entry, "fx", where), _number(entry, "fy", where)
-        if fx <= 0 or fy <= 0:
-            raise InputError(f"{where}: focal lengths must be positive, got fx={fx}, fy={fy}")
-        cx = _number(entry, "cx", where) if "cx" in entry else (width - 1) / 2
-        cy = _number(entry, "cy", where) if "cy" in entry else (height - 1) / 2
-        time = _check_time(scene, _number(entry, "time", where), f"{where}: time")
-        views.append(PathView(pose, _K(fx, fy, cx, cy), time))
-    return views
-
-
 def read_camera_path(path: str | os.PathLike, scene: Scene4D) -> list[PathView]:
     """Read a custom path JSON file (schema in the module docstring); InputError (one line) when it is bad."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"camera path file not found: {path}")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path} is not valid JSON ({getattr(exc, 'msg', exc)})") from None
-    return parse_camera_path(data, scene, str(path))
+    cameras = read_camera_json(path, image_size=(scene.cameras.width, scene.cameras.height))
+    views = []
+    for index, (pose, intrinsics, fields) in enumerate(zip(cameras.world_from_camera, cameras.intrinsics, cameras.fields)):
+        where = f"{path}, camera {index}"
+        time = _check_time(scene, finite_number(fields, "time", where), f"{where}: time")
+        views.append(PathView(pose, intrinsics_matrices(intrinsics), time))
+    return views
 
 
 def camera_path_json(views: list[PathView]) -> list[dict]:
     """Views -> the JSON value of the custom path schema (intrinsics in pixels of the scene's size)."""
-    return [
-        {"world_from_camera": view.world_from_camera.double().tolist(),
-         "fx": float(view.K[0, 0]), "fy": float(view.K[1, 1]), "cx": float(view.K[0, 2]), "cy": float(view.K[1, 2]),
-         "time": float(view.time)}
-        for view in views
-    ]
+    poses = torch.stack([view.world_from_camera.double() for view in views])
+    intrinsics = torch.stack([view.K.double()[[0, 1, 0, 1], [0, 1, 2, 2]] for view in views])  # fx, fy, cx, cy
+    return camera_entries(poses, intrinsics, time=[float(view.time) for view in views])
 
 
 def write_camera_path(path: str | os.PathLike, views: list[PathView]) -> Path:
     """Write views as a custom path JSON file (atomically); `read_camera_path` reads it back."""
-    path = Path(path)
-    write_bytes_atomic(path, json.dumps(camera_path_json(views), indent=1).encode())
-    return path
+    return write_camera_json(path, camera_path_json(views))

@@ -5,7 +5,9 @@ import numpy as np
 import torch
 
 from recon4d.eval.synthetic.scene import Scene
-from recon4d.geometry import intrinsics_matrix, invert_pose, project_points, transform_points
+from recon4d.geometry import intrinsics_matrix, invert_pose, project_to_pixels
+
+_MIN_DEPTH = 1e-9  # nearest camera depth that counts as in front (and is projected unclamped)
 
 
 def intersect(kind: str, size: np.ndarray, origin: np.ndarray, dirs: np.ndarray) -> np.ndarray:
@@ -75,11 +77,12 @@ def pixel_directions(width: int, height: int, intrinsics: np.ndarray, du: float,
 def project(
     points: np.ndarray, world_from_camera: np.ndarray, intrinsics: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """World points [N, 3] -> pixels [N, 2] (u, v) and z-depth [N] in the camera (uv not finite at z = 0)."""
+    """World points [N, 3] -> pixels [N, 2] (u, v) and z-depth [N] in the camera (see `project_to_pixels` for
+    points at or behind the camera; `points_visible` rejects them by z)."""
     camera_from_world = invert_pose(torch.as_tensor(world_from_camera, dtype=torch.float64))
-    cam = transform_points(camera_from_world, torch.as_tensor(points, dtype=torch.float64))
-    uv = project_points(cam, intrinsics_matrix(*(float(k) for k in intrinsics), dtype=torch.float64))
-    return uv.numpy(), cam[:, 2].numpy()
+    K = intrinsics_matrix(*(float(k) for k in intrinsics), dtype=torch.float64)
+    uv, z = project_to_pixels(torch.as_tensor(points, dtype=torch.float64), camera_from_world, K, _MIN_DEPTH)
+    return uv.numpy(), z.numpy()
 
 
 def points_visible(
@@ -100,7 +103,7 @@ def points_visible(
     through uv hits the same primitive at the same depth (exact ray cast, not an interpolated depth map).
     """
     fx, fy, cx, cy = intrinsics
-    in_view = (z > 1e-9) & (uv[:, 0] >= -0.5) & (uv[:, 0] <= width - 0.5)
+    in_view = (z > _MIN_DEPTH) & (uv[:, 0] >= -0.5) & (uv[:, 0] <= width - 0.5)
     in_view &= (uv[:, 1] >= -0.5) & (uv[:, 1] <= height - 0.5)
     visible = np.zeros(len(z), dtype=bool)
     sel = np.nonzero(in_view)[0]

@@ -9,9 +9,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from recon4d.geometry.camera import intrinsics_matrices, project_to_pixels
+
 # Views whose projected point is within this many pixels outside the image still count (bilinear border).
 _INSIDE_MARGIN_PX = 0.5
 _PDF_EPS = 1e-5
+_MIN_DEPTH = 1e-6  # points nearer than this to a source camera's plane are not seen by it
 
 
 def pixel_rays(world_from_camera: torch.Tensor, intrinsics: torch.Tensor, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -63,18 +66,16 @@ def importance_depths(depths: torch.Tensor, weights: torch.Tensor, samples: int,
 def project_points(points: torch.Tensor, world_from_camera: torch.Tensor, intrinsics: torch.Tensor,
                    width: int, height: int) -> tuple[torch.Tensor, torch.Tensor]:
     """points [..., 3] into V cameras ([V, 4, 4], [V, 4]) -> pixels [V, ..., 2], visible [V, ...] bool
-    (in front of the camera and inside the image)."""
-    camera_from_world = torch.linalg.inv(world_from_camera)
-    flat = points.reshape(-1, 3)
-    local = torch.einsum("vij,nj->vni", camera_from_world[:, :3, :3], flat) + camera_from_world[:, None, :3, 3]
-    z = local[..., 2]
-    safe_z = torch.where(z.abs() < 1e-6, torch.full_like(z, 1e-6), z)
-    u = intrinsics[:, None, 0] * local[..., 0] / safe_z + intrinsics[:, None, 2]
-    v = intrinsics[:, None, 1] * local[..., 1] / safe_z + intrinsics[:, None, 3]
+    (in front of the camera and inside the image). Points behind a camera get pixels that are finite but
+    meaningless (see `project_to_pixels`); only `visible` ones may be trusted."""
+    camera_from_world = torch.linalg.inv(world_from_camera)  # general inverse: data poses need not be exactly rigid
+    pixels, z = project_to_pixels(points.reshape(-1, 3), camera_from_world, intrinsics_matrices(intrinsics),
+                                  min_depth=_MIN_DEPTH)
+    u, v = pixels.unbind(-1)
     m = _INSIDE_MARGIN_PX
-    visible = (z > 1e-6) & (u > -m) & (u < width - 1 + m) & (v > -m) & (v < height - 1 + m)
+    visible = (z > _MIN_DEPTH) & (u > -m) & (u < width - 1 + m) & (v > -m) & (v < height - 1 + m)
     shape = (world_from_camera.shape[0], *points.shape[:-1])
-    return torch.stack([u, v], -1).reshape(*shape, 2), visible.reshape(shape)
+    return pixels.reshape(*shape, 2), visible.reshape(shape)
 
 
 def sample_maps(maps: torch.Tensor, pixels: torch.Tensor, width: int, height: int) -> torch.Tensor:
