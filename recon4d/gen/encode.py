@@ -23,7 +23,7 @@ from recon4d.fit.losses import photometric_loss
 from recon4d.fit.strategy.relocate import RelocateStrategy
 from recon4d.gen.latents import Latent, canonical_frame, canonicalize, pack, sort_rows, to_gaussians
 from recon4d.gen.views import ViewSet
-from recon4d.geometry import invert_pose
+from recon4d.geometry import invert_pose, project_to_pixels
 from recon4d.image import psnr, ssim
 from recon4d.render import rasterize
 
@@ -77,21 +77,13 @@ def fit_views(views: ViewSet, fit_index: list[int]) -> tuple[torch.Tensor, float
     return center, float(half_width.amin())
 
 
-def _project(points: torch.Tensor, camera_from_world: torch.Tensor, K: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pixels [M, 2] (u, v) and camera depth [M] of world points [M, 3]."""
-    camera = points @ camera_from_world[:3, :3].T + camera_from_world[:3, 3]
-    z = camera[:, 2]
-    uv = camera[:, :2] / z.clamp_min(1e-6)[:, None] * torch.stack([K[0, 0], K[1, 1]]) + torch.stack([K[0, 2], K[1, 2]])
-    return uv, z
-
-
 def hull_votes(points: torch.Tensor, views: ViewSet, fit_index: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """Whether each point [M, 3] is inside every view's silhouette (alpha > 0.5 where it projects into the
     image) -> inside [M] bool, and its mean colour [M, 3] over the views."""
     inside = torch.ones(points.shape[0], dtype=torch.bool)
     color_sum = torch.zeros(points.shape[0], 3)
     for index in fit_index:
-        uv, z = _project(points, invert_pose(views.world_from_camera[index]), views.K[index])
+        uv, z = project_to_pixels(points, invert_pose(views.world_from_camera[index]), views.K[index])
         col, row = uv[:, 0].round().long(), uv[:, 1].round().long()
         in_image = (z > 0) & (col >= 0) & (col < views.width) & (row >= 0) & (row < views.height)
         pixel = views.images[index][row.clamp(0, views.height - 1), col.clamp(0, views.width - 1)]
