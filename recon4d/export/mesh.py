@@ -1,6 +1,12 @@
 """Coloured triangle meshes of a scene by TSDF fusion of rendered RGB-D views.
 
-For one set of Gaussians (one frame, or the still background):
+A frame's mesh is the union of two parts fused separately: the still part (every Gaussian that is not a
+moving thing, as the static export sees it) and the moving part (the moving Gaussians at that frame). The
+still part does not depend on the frame, so a clip export fuses it once and shares it with every frame; per
+frame only the moving Gaussians are rendered, each view cropped to their footprint (so a frame costs what
+its moving object covers, not the whole scene). Fused apart, the wall behind a moving ball is meshed too.
+
+For one set of Gaussians:
 
 1. Views: the input cameras, plus a few extra views on small circles around some of them (surfaces at
    angles the video did not see).
@@ -16,11 +22,14 @@ For one set of Gaussians (one frame, or the still background):
    ``ScalableTSDFVolume`` returns an empty volume in open3d 0.20). Views are rendered above the input
    resolution so that a voxel spans >= 1.5 pixels: the TSDF reads the nearest pixel, so coarse pixels
    leave steps on slanted surfaces.
-5. Marching cubes, drop small connected components, write PLY / OBJ / GLB with trimesh.
+5. Marching cubes; drop connected components smaller than a fraction of the frame's triangles (both parts
+   together), write PLY / OBJ / GLB with trimesh.
 
 Conventions: open3d centres pixel (0, 0) at (0.5, 0.5), recon4d at (0, 0); the shift is applied when the
 intrinsics are handed to open3d. Scale: the voxel size defaults to the median rendered depth of the input
 views / 200; units are the scene's.
+
+The views, voxel size and render scale are planned once per export, on the Gaussians of its first frame.
 
 Example:
     >>> stats = export_mesh(load_scene("out"), "out/mesh.glb", frame=0)   # doctest: +SKIP
@@ -35,7 +44,7 @@ import math
 import os
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +55,9 @@ from recon4d.geometry import invert_pose, look_at
 from recon4d.io.atomic import write_bytes_atomic
 from recon4d.io.frames import FrameSelection, frame_file_name, frame_indices
 from recon4d.io.scene import Gaussians, Scene4D
+from recon4d.progress import track
+from recon4d.render.config import RasterConfig
+from recon4d.render.projection import MAX_EXTENT_SIGMA
 
 MESH_SUFFIXES = (".ply", ".obj", ".glb")
 OPEN3D_PIXEL_CENTER_OFFSET = 0.5  # open3d's TSDF kernels centre pixel (0, 0) at (0.5, 0.5)
@@ -86,6 +98,11 @@ class MeshConfig:
         min_component_fraction: connected components with fewer triangles than this fraction of all
             triangles are removed (floaters).
         block_resolution: voxels per edge of one sparse voxel block.
+        moving_view_spacing_deg: the moving part is fused from the planned views that see its centroid at
+            least this angle apart (greedily, input views first); 0 keeps them all. Views in between see
+            the same side of the object and only re-average its TSDF.
+        crop_margin_px: the moving part's views are cropped to its Gaussians' footprint plus this many
+            empty pixels (alpha 0 around the object, so the depth-edge test sees the same neighbours).
     """
 
     voxels_per_median_depth: float = 200.0
@@ -106,6 +123,8 @@ class MeshConfig:
     weight_threshold: float = 2.0
     min_component_fraction: float = 0.005
     block_resolution: int = 8
+    moving_view_spacing_deg: float = 4.0
+    crop_margin_px: int = 2
 
 
 @dataclass(frozen=True)
@@ -116,19 +135,22 @@ class MeshStats:
         path: the written file.
         frame: the frame whose Gaussians were meshed.
         static_only: whether only still Gaussians were meshed.
-        num_gaussians: Gaussians rendered.
-        num_views: RGB-D views fused.
+        num_gaussians: Gaussians meshed (still and moving).
+        num_moving_gaussians: of those, the moving ones at this frame (0 for a static export).
+        num_views: RGB-D views planned (each part is fused from those of them it appears in).
         voxel_size: TSDF voxel edge in scene units.
         render_size: (width, height) of the fused views in pixels.
         num_vertices, num_triangles: of the written mesh.
         removed_triangles: triangles in dropped small components.
-        seconds: wall time of the export.
+        seconds: wall time of this mesh; in a clip export the first frame also carries the planning and the
+            still part, which later frames share.
     """
 
     path: Path
     frame: int
     static_only: bool
     num_gaussians: int
+    num_moving_gaussians: int
     num_views: int
     voxel_size: float
     render_size: tuple[int, int]
@@ -176,17 +198,22 @@ def import_open3d():
             ) from retry_exc
 
 
-def mesh_gaussians(scene: Scene4D, frame: int | None = None, static_only: bool = False) -> tuple[Gaussians, int]:
-    """The Gaussians a mesh is made of, and the frame used.
+def still_gaussians(scene: Scene4D, t: int | None = None) -> Gaussians:
+    """The Gaussians alive at frame t that are not moving things, in their frame-t state; t None: all of
+    them (those of the last frame, since Gaussians are only ever added), the static world that every frame's
+    mesh shares (background Gaussians with a residual drift, dynamic but not moving, in their last state)."""
+    t = scene.num_frames - 1 if t is None else t
+    return scene.gaussians_at(t).select(~scene.is_moving[scene.birth_frame <= t])
 
-    frame None means the last frame (Gaussians are only ever added, so it holds the most). With
-    static_only, only the Gaussians alive at that frame that are not moving things (frame None: all of them).
-    """
-    (t,) = frame_indices(scene.num_frames - 1 if frame is None else frame, scene.num_frames)
-    gaussians = scene.gaussians_at(t)
-    if static_only:
-        gaussians = gaussians.select(~scene.is_moving[scene.birth_frame <= t])
-    return gaussians, t
+
+def moving_gaussians(scene: Scene4D, t: int) -> Gaussians:
+    """The moving Gaussians alive at frame t, in their frame-t state."""
+    return scene.gaussians_at(t).select(scene.is_moving[scene.birth_frame <= t])
+
+
+def concat_gaussians(a: Gaussians, b: Gaussians) -> Gaussians:
+    """The Gaussians of a followed by those of b."""
+    return Gaussians(*(torch.cat([getattr(a, f.name), getattr(b, f.name)]) for f in fields(Gaussians)))
 
 
 def _evenly_spaced(count: int, limit: int) -> list[int]:
@@ -367,6 +394,20 @@ def plan_views(scene: Scene4D, gaussians: Gaussians, config: MeshConfig) -> View
     return ViewPlan(poses, frames, median_depth)
 
 
+def thin_views(plan: ViewPlan, target: np.ndarray, min_angle_deg: float) -> ViewPlan:
+    """The planned views whose directions towards the world point `target` [3] are at least min_angle_deg
+    apart, kept greedily in plan order (input views, then orbit views)."""
+    kept, directions = [], []
+    min_cosine = math.cos(math.radians(min_angle_deg))
+    for k, pose in enumerate(plan.poses):
+        direction = target - pose[:3, 3].double().numpy()
+        direction /= max(np.linalg.norm(direction), 1e-12)
+        if min_angle_deg <= 0 or all(direction @ other < min_cosine for other in directions):
+            kept.append(k)
+            directions.append(direction)
+    return ViewPlan([plan.poses[k] for k in kept], [plan.frames[k] for k in kept], plan.median_depth)
+
+
 def render_scale(scene: Scene4D, plan: ViewPlan, voxel_size: float, config: MeshConfig) -> float:
     """Upscaling of the input resolution that puts min_pixels_per_voxel pixels across a voxel at the
     median depth (TSDF fusion reads the nearest pixel, so coarser pixels leave steps on slanted
@@ -377,15 +418,63 @@ def render_scale(scene: Scene4D, plan: ViewPlan, voxel_size: float, config: Mesh
     return max(1.0, min(wanted, cap))
 
 
+def footprint_window(
+    gaussians: Gaussians, camera_from_world: np.ndarray, K: np.ndarray, width: int, height: int, margin: int
+) -> tuple[int, int, int, int] | None:
+    """The pixel window (x0, y0, x1, y1), i.e. columns x0..x1-1 and rows y0..y1-1, of a width x height view
+    that holds every footprint the rasterizer can draw of `gaussians`, grown by `margin` pixels and clipped
+    to the image; None when there is nothing in front of the camera or it misses the image.
+
+    A conservative bound: along u a Gaussian's 2D standard deviation is at most the norm of the projection
+    Jacobian's row, f / z * sqrt(1 + (x / z)^2) (the rasterizer clamps x / z, which only shrinks it), times
+    its largest scale, widened by the low-pass eps2d; the rasterizer draws MAX_EXTENT_SIGMA of them.
+    camera_from_world [4, 4], K [3, 3] (OpenCV pixel centres).
+    """
+    raster = RasterConfig()
+    means = gaussians.means.detach().cpu().double().numpy() @ camera_from_world[:3, :3].T + camera_from_world[:3, 3]
+    front = means[:, 2] > raster.near_plane
+    if not front.any():
+        return None
+    x, y, z = means[front].T
+    sigma = gaussians.scales.detach().cpu().double().numpy()[front].max(-1)
+    bounds = []
+    for focal, centre, lateral, size in ((K[0, 0], K[0, 2], x, width), (K[1, 1], K[1, 2], y, height)):
+        pixel = focal * lateral / z + centre
+        radius = MAX_EXTENT_SIGMA * np.sqrt((focal * sigma / z) ** 2 * (1 + (lateral / z) ** 2) + raster.eps2d)
+        low = max(0, math.floor((pixel - radius).min()) - margin)
+        high = min(size, math.ceil((pixel + radius).max()) + 1 + margin)
+        if low >= high:
+            return None
+        bounds.append((low, high))
+    (x0, x1), (y0, y1) = bounds
+    return x0, y0, x1, y1
+
+
 def render_views(
-    scene: Scene4D, gaussians: Gaussians, plan: ViewPlan, scale: float, config: MeshConfig
+    scene: Scene4D, gaussians: Gaussians, plan: ViewPlan, scale: float, config: MeshConfig, crop: bool = False
 ) -> Iterator[RGBDView]:
-    """Render the planned views one at a time (so memory holds one view) at `scale` x the input resolution."""
+    """Render the planned views one at a time (so memory holds one view) at `scale` x the input resolution.
+
+    With crop, each view is cut to the Gaussians' `footprint_window` (a camera with a shifted principal
+    point: the same pixels, fewer of them) and views they miss are skipped: a small moving object costs its
+    footprint, not the whole image.
+    """
     width, height = round(scene.cameras.width * scale), round(scene.cameras.height * scale)
     scale = width / scene.cameras.width
     normals = surface_normals(gaussians, config.flat_ratio)
     for pose, t in zip(plan.poses, plan.frames, strict=True):
-        yield render_rgbd(gaussians, pose, _scaled(scene.cameras.K(t), scale), width, height, config, normals)
+        K = _scaled(scene.cameras.K(t), scale)
+        if not crop:
+            yield render_rgbd(gaussians, pose, K, width, height, config, normals)
+            continue
+        camera_from_world = invert_pose(pose.to(torch.float64)).numpy()
+        window = footprint_window(gaussians, camera_from_world, K.numpy(), width, height, config.crop_margin_px)
+        if window is None:
+            continue
+        x0, y0, x1, y1 = window
+        K[0, 2] -= x0
+        K[1, 2] -= y0
+        yield render_rgbd(gaussians, pose, K, x1 - x0, y1 - y0, config, normals)
 
 
 def fuse_tsdf(views: Iterable[RGBDView], voxel_size: float, depth_max: float, config: MeshConfig):
@@ -418,17 +507,40 @@ def fuse_tsdf(views: Iterable[RGBDView], voxel_size: float, depth_max: float, co
     return grid.extract_triangle_mesh(weight_threshold=config.weight_threshold).to_legacy()
 
 
-def remove_small_components(mesh, min_fraction: float) -> int:
-    """Drop connected components with fewer than min_fraction of all triangles (in place); returns how many
-    triangles were removed."""
+@dataclass(frozen=True)
+class SurfacePart:
+    """A separately fused part of a mesh. vertices [V, 3] float64; triangles [F, 3] int64; colors [V, 3] in
+    [0, 1]; component_size [F]: triangles in each triangle's connected component (for the floater cut,
+    which is made on the parts joined)."""
+
+    vertices: np.ndarray
+    triangles: np.ndarray
+    colors: np.ndarray
+    component_size: np.ndarray
+
+
+def surface_part(mesh) -> SurfacePart:
+    """An open3d legacy TriangleMesh -> SurfacePart (grey where it has no vertex colours)."""
+    vertices, triangles = np.asarray(mesh.vertices), np.asarray(mesh.triangles).astype(np.int64)
+    colors = np.asarray(mesh.vertex_colors) if mesh.has_vertex_colors() else np.full_like(vertices, 0.5)
+    if len(triangles) == 0:
+        return SurfacePart(vertices, triangles.reshape(0, 3), colors, np.zeros(0, dtype=np.int64))
     clusters, counts, _ = mesh.cluster_connected_triangles()
-    clusters, counts = np.asarray(clusters), np.asarray(counts)
-    if clusters.size == 0:
-        return 0
-    small = counts[clusters] < min_fraction * clusters.size
-    mesh.remove_triangles_by_mask(small)
-    mesh.remove_unreferenced_vertices()
-    return int(small.sum())
+    return SurfacePart(vertices, triangles, colors, np.asarray(counts)[np.asarray(clusters)])
+
+
+def join_parts(parts: list[SurfacePart], min_fraction: float) -> tuple[SurfacePart, int]:
+    """The union of `parts` without the connected components that hold fewer than min_fraction of all its
+    triangles (floaters), and the number of triangles removed. Vertices no triangle uses are dropped."""
+    offsets = np.cumsum([0] + [len(part.vertices) for part in parts])
+    triangles = np.concatenate([part.triangles + offset for part, offset in zip(parts, offsets, strict=False)])
+    sizes = np.concatenate([part.component_size for part in parts])
+    keep = sizes >= min_fraction * len(triangles)
+    used, inverse = np.unique(triangles[keep], return_inverse=True)
+    vertices = np.concatenate([part.vertices for part in parts])[used]
+    colors = np.concatenate([part.colors for part in parts])[used]
+    joined = SurfacePart(vertices, inverse.reshape(-1, 3), colors, sizes[keep])
+    return joined, int((~keep).sum())
 
 
 def mesh_suffix(path: Path) -> str:
@@ -454,6 +566,106 @@ def write_mesh(vertices: np.ndarray, triangles: np.ndarray, colors: np.ndarray, 
     return path
 
 
+@dataclass(frozen=True)
+class MeshSetup:
+    """What every part of an export's meshes shares: the views, the voxel size (scene units), the render
+    scale (x the input resolution) and the farthest depth fused (scene units)."""
+
+    plan: ViewPlan
+    voxel_size: float
+    scale: float
+    depth_max: float
+
+
+def mesh_setup(
+    scene: Scene4D, gaussians: Gaussians, what: str, voxel_size: float | None, config: MeshConfig
+) -> MeshSetup:
+    """Plan the views on `gaussians` and pick the voxel size (given, or median depth / voxels_per_median_depth)
+    and render scale; SceneError when no opaque surface is in view. `what` names them in that error."""
+    plan = plan_views(scene, gaussians, config)
+    if plan.median_depth <= 0:
+        raise SceneError(f"no opaque surface is visible in {what}", hint=f"lower min_alpha (now {config.min_alpha})")
+    voxel_size = voxel_size or plan.median_depth / config.voxels_per_median_depth
+    scale = render_scale(scene, plan, voxel_size, config)
+    return MeshSetup(plan, float(voxel_size), scale, config.max_depth_factor * plan.median_depth)
+
+
+def fuse_part(scene: Scene4D, gaussians: Gaussians, setup: MeshSetup, config: MeshConfig, moving: bool) -> SurfacePart:
+    """TSDF mesh of `gaussians` from the planned views; for the moving part, from views moving_view_spacing_deg
+    apart (`thin_views`) cropped to its footprint."""
+    plan = setup.plan
+    if moving:
+        plan = thin_views(plan, gaussians.means.detach().double().mean(0).cpu().numpy(), config.moving_view_spacing_deg)
+    views = render_views(scene, gaussians, plan, setup.scale, config, crop=moving)
+    return surface_part(fuse_tsdf(views, setup.voxel_size, setup.depth_max, config))
+
+
+def _write_stats(
+    part: SurfacePart, removed: int, path: Path, frame: int, static_only: bool, num_moving: int, setup: MeshSetup,
+    scene: Scene4D, num_gaussians: int, start: float, what: str,
+) -> MeshStats:
+    """Write the joined mesh of one frame (SceneError when it is empty) and describe it."""
+    if len(part.triangles) == 0:
+        raise SceneError(
+            f"TSDF fusion of {what} gave an empty mesh", hint="try a larger voxel size or a lower weight_threshold"
+        )
+    write_mesh(part.vertices, part.triangles, part.colors, path)
+    return MeshStats(
+        path=path,
+        frame=frame,
+        static_only=static_only,
+        num_gaussians=num_gaussians,
+        num_moving_gaussians=num_moving,
+        num_views=len(setup.plan.poses),
+        voxel_size=setup.voxel_size,
+        render_size=(round(scene.cameras.width * setup.scale), round(scene.cameras.height * setup.scale)),
+        num_vertices=len(part.vertices),
+        num_triangles=len(part.triangles),
+        removed_triangles=removed,
+        seconds=time.perf_counter() - start,
+    )
+
+
+def _check_request(paths: Iterable[Path], voxel_size: float | None) -> None:
+    for path in paths:
+        mesh_suffix(path)
+    if voxel_size is not None and not voxel_size > 0:
+        raise InputError(f"voxel size must be positive, got {voxel_size}")
+
+
+def export_frame_meshes(
+    scene: Scene4D, paths: dict[int, Path], voxel_size: float | None = None, config: MeshConfig | None = None
+) -> list[MeshStats]:
+    """Mesh the Gaussians of each frame in `paths` (frame index -> output file): the still part is fused
+    once and joined to each frame's moving part. Views and voxel size are planned on the first frame.
+
+    Raises:
+        InputError for a bad voxel size or suffix; SceneError when a frame has no surface to mesh.
+    """
+    start = time.perf_counter()
+    config = config or MeshConfig()
+    _check_request(paths.values(), voxel_size)
+    frames = list(paths)
+    still = still_gaussians(scene)
+    first = concat_gaussians(still, moving_gaussians(scene, frames[0]))
+    if len(first) == 0:
+        raise SceneError(f"frame {frames[0]} has no Gaussians to mesh")
+    setup = mesh_setup(scene, first, f"frame {frames[0]}'s Gaussians", voxel_size, config)
+    still_part = [fuse_part(scene, still, setup, config, moving=False)] if len(still) else []
+    stats = []
+    for t in track(frames, "meshing frames") if len(frames) > 1 else frames:
+        moving = moving_gaussians(scene, t)
+        moving_part = [fuse_part(scene, moving, setup, config, moving=True)] if len(moving) else []
+        joined, removed = join_parts(still_part + moving_part, config.min_component_fraction)
+        what = f"frame {t}'s Gaussians"
+        stats.append(
+            _write_stats(joined, removed, paths[t], t, False, len(moving), setup, scene, len(still) + len(moving),
+                         start, what)
+        )
+        start = time.perf_counter()
+    return stats
+
+
 def export_mesh(
     scene: Scene4D,
     path: str | os.PathLike,
@@ -468,7 +680,7 @@ def export_mesh(
         scene: the fitted scene.
         path: output file; its suffix picks the format.
         frame: frame index (negative counts from the end); None = the last frame.
-        static_only: mesh only the still Gaussians (the background without moving objects).
+        static_only: mesh only the still Gaussians alive at the frame (the background without moving objects).
         voxel_size: TSDF voxel edge in scene units; None = median rendered depth / 200.
         config: the remaining settings.
     Raises:
@@ -477,44 +689,17 @@ def export_mesh(
     start = time.perf_counter()
     config = config or MeshConfig()
     path = Path(path)
-    mesh_suffix(path)
-    if voxel_size is not None and not voxel_size > 0:
-        raise InputError(f"voxel size must be positive, got {voxel_size}")
-    gaussians, t = mesh_gaussians(scene, frame, static_only)
-    what = "still Gaussians" if static_only else "Gaussians"
+    _check_request([path], voxel_size)
+    (t,) = frame_indices(scene.num_frames - 1 if frame is None else frame, scene.num_frames)
+    if not static_only:
+        return export_frame_meshes(scene, {t: path}, voxel_size, config)[0]
+    gaussians = still_gaussians(scene, t)
     if len(gaussians) == 0:
-        raise SceneError(f"frame {t} has no {what} to mesh")
-    plan = plan_views(scene, gaussians, config)
-    if plan.median_depth <= 0:
-        raise SceneError(
-            f"no opaque surface is visible in frame {t}'s {what}", hint=f"lower min_alpha (now {config.min_alpha})"
-        )
-    voxel_size = voxel_size or plan.median_depth / config.voxels_per_median_depth
-    scale = render_scale(scene, plan, voxel_size, config)
-    views = render_views(scene, gaussians, plan, scale, config)
-    mesh = fuse_tsdf(views, voxel_size, config.max_depth_factor * plan.median_depth, config)
-    removed = remove_small_components(mesh, config.min_component_fraction)
-    vertices, triangles = np.asarray(mesh.vertices), np.asarray(mesh.triangles)
-    if len(triangles) == 0:
-        raise SceneError(
-            f"TSDF fusion of frame {t}'s {what} gave an empty mesh",
-            hint="try a larger voxel size or a lower weight_threshold",
-        )
-    colors = np.asarray(mesh.vertex_colors) if mesh.has_vertex_colors() else np.full_like(vertices, 0.5)
-    write_mesh(vertices, triangles, colors, path)
-    return MeshStats(
-        path=path,
-        frame=t,
-        static_only=static_only,
-        num_gaussians=len(gaussians),
-        num_views=len(plan.poses),
-        voxel_size=float(voxel_size),
-        render_size=(round(scene.cameras.width * scale), round(scene.cameras.height * scale)),
-        num_vertices=len(vertices),
-        num_triangles=len(triangles),
-        removed_triangles=removed,
-        seconds=time.perf_counter() - start,
-    )
+        raise SceneError(f"frame {t} has no still Gaussians to mesh")
+    what = f"frame {t}'s still Gaussians"
+    setup = mesh_setup(scene, gaussians, what, voxel_size, config)
+    joined, removed = join_parts([fuse_part(scene, gaussians, setup, config, moving=False)], config.min_component_fraction)
+    return _write_stats(joined, removed, path, t, True, 0, setup, scene, len(gaussians), start, what)
 
 
 def export_meshes(
@@ -525,11 +710,7 @@ def export_meshes(
     voxel_size: float | None = None,
     config: MeshConfig | None = None,
 ) -> list[MeshStats]:
-    """One mesh per selected frame, ``out_dir/mesh_0000.ply`` ...; the voxel size is fixed by the first
-    frame (unless given) so that the meshes of a clip have the same resolution."""
-    stats = []
-    for t in frame_indices(frames, scene.num_frames):
-        result = export_mesh(scene, Path(out_dir) / frame_file_name("mesh", t, suffix), t, False, voxel_size, config)
-        voxel_size = result.voxel_size
-        stats.append(result)
-    return stats
+    """One mesh per selected frame, ``out_dir/mesh_0000.ply`` ... (see `export_frame_meshes`: one still
+    part shared by all, one voxel size fixed by the first frame unless given)."""
+    paths = {t: Path(out_dir) / frame_file_name("mesh", t, suffix) for t in frame_indices(frames, scene.num_frames)}
+    return export_frame_meshes(scene, paths, voxel_size, config)
