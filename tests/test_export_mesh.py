@@ -283,13 +283,13 @@ def test_errors(tmp_path):
 
 def test_clip_fuses_the_still_part_once(tmp_path, monkeypatch):
     """A clip export renders and fuses the still Gaussians once; per frame only the moving ones, cropped."""
-    from recon4d.export import mesh
+    from recon4d.export import mesh, mesh_views
 
     num_frames = 4
     scene, n_still = surface_scene(num_frames=num_frames, width=96, height=54, spacing=0.1)
     n_ball = len(scene.gaussians) - n_still
     renders, fused = [], []  # (Gaussians, pixels) of every render; views of every TSDF
-    real_render, real_fuse = mesh.render_rgbd, mesh.fuse_tsdf
+    real_render, real_fuse = mesh_views.render_rgbd, mesh.fuse_tsdf
 
     def counting_render(gaussians, world_from_camera, K, width, height, *args):
         renders.append((len(gaussians), width * height))
@@ -300,7 +300,7 @@ def test_clip_fuses_the_still_part_once(tmp_path, monkeypatch):
         fused.append(len(views))
         return real_fuse(views, *args)
 
-    monkeypatch.setattr(mesh, "render_rgbd", counting_render)
+    monkeypatch.setattr(mesh_views, "render_rgbd", counting_render)
     monkeypatch.setattr(mesh, "fuse_tsdf", counting_fuse)
     stats = export_meshes(scene, tmp_path, voxel_size=0.03, config=MeshConfig(orbit_anchors=1))
     num_views = stats[0].num_views
