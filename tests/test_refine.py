@@ -145,7 +145,7 @@ def camera_error(scene: Scene4D, poses: torch.Tensor, frames: list[int]) -> floa
 
 def test_fourier_terms_follow_clip_length():
     config = FitConfig.from_dict(dict(refine_fourier_terms=3, refine_min_period_frames=10))
-    assert [fourier_terms_for(n, config) for n in (9, 16, 30, 60, 300)] == [0, 1, 2, 3, 3]
+    assert [fourier_terms_for(n, config.refine) for n in (9, 16, 30, 60, 300)] == [0, 1, 2, 3, 3]
 
 
 def test_knn_pairs_are_nearest_neighbours():
@@ -158,7 +158,7 @@ def test_initial_motion_interpolates_smooth_states():
     world = make_world()
     fitted, held = holdout_split(FRAMES, 4)
     scene = spoiled_scene(world, fitted, jitter=0.0, camera_noise=0.0)
-    motion = initial_motion(scene, fitted, FitConfig.from_dict(dict(refine_poly_degree=2, refine_fourier_terms=0, refine_ridge=1e-7)))
+    motion = initial_motion(scene, fitted, FitConfig.from_dict(dict(refine_poly_degree=2, refine_fourier_terms=0, refine_ridge=1e-7)).refine)
     means, quats, colors = motion.states(torch.tensor(held, dtype=torch.float32))
     truth = world[2][held]
     assert (means - truth).norm(dim=-1).max() < 1e-3  # a quadratic path is in the basis
@@ -269,36 +269,36 @@ def test_densify_clones_small_and_splits_large_gaussians():
     count = len(scene.gaussians)
     # Statistics as after some steps: a few still and a few moving Gaussians stand out.
     chosen = torch.tensor([5, 17, 4000, count - 3, count - 1])
-    refiner.seen_count[:] = 2
-    refiner.grad_px_sum[:] = 0.0  # only the chosen ones have a gradient, so the budget shrinks to them
-    refiner.grad_px_sum[chosen] = 1.0
-    refiner.footprint_px_sum[:] = 0.2  # small: cloned ...
-    refiner.footprint_px_sum[torch.tensor([17, count - 1])] = 10.0  # ... except these two, split
+    refiner.strategy.state["seen_count"][:] = 2
+    refiner.strategy.state["grad_px_sum"][:] = 0.0  # only the chosen ones have a gradient, so the budget shrinks to them
+    refiner.strategy.state["grad_px_sum"][chosen] = 1.0
+    refiner.strategy.state["footprint_px_sum"][:] = 0.2  # small: cloned ...
+    refiner.strategy.state["footprint_px_sum"][torch.tensor([17, count - 1])] = 10.0  # ... except these two, split
     budget = chosen.numel()
-    position_before = refiner.position.detach().clone()
-    scales_before = torch.exp(refiner.log_scales.detach()).clone()
-    added = refiner.densify(optimizer, torch.Generator().manual_seed(0))
-    assert added == budget and refiner.quats.shape[0] == count + budget
+    position_before = refiner.model.position.detach().clone()
+    scales_before = torch.exp(refiner.model.log_scales.detach()).clone()
+    added = refiner.strategy.grow(refiner.model, optimizer, torch.Generator().manual_seed(0))
+    assert added == budget and refiner.model.quats.shape[0] == count + budget
     new = torch.arange(count, count + budget)
     # Bookkeeping: still and moving indices partition all Gaussians, moving ones in index order.
-    assert torch.equal(torch.sort(torch.cat([refiner.still, refiner.dynamic])).values, torch.arange(count + budget))
-    assert torch.equal(refiner.dynamic, refiner.dynamic.sort().values)
-    assert refiner.still_means.shape[0] == refiner.still.numel() == refiner.still_motion.shape[0]
-    assert refiner.position.shape[0] == refiner.dynamic.numel() == refiner.rotation.shape[0]
-    assert torch.equal(refiner.birth[new], refiner.birth[chosen])
-    assert refiner.dynamic[-2:].tolist() == new[-2:].tolist()  # the two moving ones were copied as moving
+    assert torch.equal(torch.sort(torch.cat([refiner.model.still, refiner.model.dynamic])).values, torch.arange(count + budget))
+    assert torch.equal(refiner.model.dynamic, refiner.model.dynamic.sort().values)
+    assert refiner.model.still_means.shape[0] == refiner.model.still.numel() == refiner.model.still_motion.shape[0]
+    assert refiner.model.position.shape[0] == refiner.model.dynamic.numel() == refiner.model.rotation.shape[0]
+    assert torch.equal(refiner.model.birth[new], refiner.model.birth[chosen])
+    assert refiner.model.dynamic[-2:].tolist() == new[-2:].tolist()  # the two moving ones were copied as moving
     # Split Gaussians shrink by refine_split_scale, clones keep their size.
-    scales = torch.exp(refiner.log_scales.detach())
+    scales = torch.exp(refiner.model.log_scales.detach())
     torch.testing.assert_close(scales[17], scales_before[17] / 1.6)
     torch.testing.assert_close(scales[5], scales_before[5])
     # A split moving Gaussian shifts its whole trajectory: only the constant coefficient changes.
     last_row = int((scene.is_dynamic.nonzero().squeeze(1) == count - 1).nonzero())
-    assert torch.equal(refiner.position.detach()[last_row, 1:], position_before[last_row, 1:])
-    assert not torch.equal(refiner.position.detach()[last_row, 0], position_before[last_row, 0])
+    assert torch.equal(refiner.model.position.detach()[last_row, 1:], position_before[last_row, 1:])
+    assert not torch.equal(refiner.model.position.detach()[last_row, 0], position_before[last_row, 0])
     # Appended rows start with zero Adam moments.
-    state = optimizer.state.get(refiner.log_scales, {})
+    state = optimizer.state.get(refiner.model.log_scales, {})
     assert not state or torch.all(state["exp_avg"][count:] == 0)
-    refined = refiner.refined_scene()
+    refined = refiner.model.to_scene(refiner.data.scene)
     assert len(refined.gaussians) == count + budget and refined.dynamic_means.shape[1] == int(refined.is_dynamic.sum())
 
 

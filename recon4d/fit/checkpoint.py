@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from recon4d.fit.gaussians import TrainableGaussians
+from recon4d.fit.model import GaussianParams
 from recon4d.fit.sequential import FitState
 from recon4d.io.atomic import atomic_path
 
@@ -99,6 +99,6 @@ def _parse(header: dict, tensors: dict[str, torch.Tensor], device: torch.device)
     if not isinstance(stats, list) or len(stats) != frames:
         raise ValueError("frame statistics do not match the frames")
     seconds = {str(k): float(v) for k, v in dict(header.get("seconds", {})).items()}
-    state = FitState(gaussians=TrainableGaussians(**gaussians), camera_from_world=cameras,
+    state = FitState(gaussians=GaussianParams(**gaussians), camera_from_world=cameras,
                      dynamic_states=dynamic, frame_stats=list(stats))
     return Checkpoint(key=header["key"], state=state, seconds=seconds)

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from recon4d.fit.config import FitConfig
-from recon4d.fit.gaussians import TrainableGaussians
+from recon4d.fit.model import GaussianParams
 from recon4d.fit.losses import depth_loss, flow_loss, isotropy_loss, photometric_loss
 from recon4d.geometry.camera import invert_pose, transform_points
 from recon4d.geometry.lie import apply_pose_delta
@@ -73,7 +73,7 @@ class FitState:
         frame_stats: per fitted frame, seconds, iterations and losses.
     """
 
-    gaussians: TrainableGaussians
+    gaussians: GaussianParams
     camera_from_world: list[torch.Tensor] = field(default_factory=list)
     dynamic_states: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = field(default_factory=list)
     frame_stats: list[dict] = field(default_factory=list)
@@ -92,7 +92,7 @@ class FitState:
 
     @staticmethod
     def from_state_dict(state: dict, device: torch.device) -> "FitState":
-        gaussians = TrainableGaussians.from_state_dict({k: v.to(device) for k, v in state["gaussians"].items()})
+        gaussians = GaussianParams.from_state_dict({k: v.to(device) for k, v in state["gaussians"].items()})
         return FitState(
             gaussians=gaussians,
             camera_from_world=[p.to(device) for p in state["camera_from_world"]],
@@ -234,7 +234,7 @@ class SequentialFitter:
 
     # -- creation of Gaussians -----------------------------------------------------------------------------
     def spawn(self, t: int, weights: torch.Tensor, count: int, depth_map: torch.Tensor,
-              camera_from_world: torch.Tensor, generator: torch.Generator) -> TrainableGaussians | None:
+              camera_from_world: torch.Tensor, generator: torch.Generator) -> GaussianParams | None:
         """New Gaussians at up to `count` pixels of frame t drawn by `weights`, at depths `depth_map`."""
         flat = sample_pixels(weights, count, generator)
         if flat.numel() == 0:
@@ -247,7 +247,7 @@ class SequentialFitter:
         scales = self.config.init.scale * spacing_px * depth / self.K[0, 0]
         colors = self.inputs.frames[t].reshape(-1, 3)[flat]
         moving = self.inputs.moving[t].flatten()[flat]
-        return TrainableGaussians.create(means, scales, colors, self.config.init.opacity, moving, t)
+        return GaussianParams.create(means, scales, colors, self.config.init.opacity, moving, t)
 
     def aligned_prior_depth(self, t: int, rendered: RenderResult) -> torch.Tensor:
         """Prior depth of frame t scaled to the scene by the median ratio on covered still pixels."""
@@ -417,7 +417,7 @@ class SequentialFitter:
         weight = torch.ones(self.height, self.width, device=self.device)
         return photometric_loss(out.color, self.inputs.frames[k], weight, self.config.losses.ssim)
 
-    def _extend_previous(self, previous_pixels: torch.Tensor | None, new: TrainableGaussians, t: int,
+    def _extend_previous(self, previous_pixels: torch.Tensor | None, new: GaussianParams, t: int,
                          camera_from_world: torch.Tensor) -> torch.Tensor | None:
         """Previous-frame pixels of newly added Gaussians: their pixel at t moved by the backward flow."""
         if previous_pixels is None:
@@ -498,7 +498,7 @@ class SequentialFitter:
                 self.move_dynamic(state, t, previous_cfw, camera_from_world)
                 n_before = len(state.gaussians)
                 stats["new_content"] = self.add_new_content(state, t, camera_from_world, generator)
-                new = TrainableGaussians.from_state_dict({k: v[n_before:] for k, v in state.gaussians.state_dict().items()})
+                new = GaussianParams.from_state_dict({k: v[n_before:] for k, v in state.gaussians.state_dict().items()})
                 if len(new):
                     previous_pixels = self._extend_previous(previous_pixels, new, t, camera_from_world)
                 stats.update(self.optimize_gaussians(state, t, camera_from_world, cfg.sequential.gaussian_iters, generator,

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from recon4d.fit.gaussians import logit
+from recon4d.fit.model import logit
 from recon4d.fit.losses import photometric_loss
 from recon4d.fit.strategy.relocate import RelocateStrategy
 from recon4d.gen.latents import Latent, canonical_frame, canonicalize, pack, sort_rows, to_gaussians

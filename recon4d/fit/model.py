@@ -1,0 +1,333 @@
+"""The trainable model of a fit: Gaussian parameters, their motion, and the cameras.
+
+Both passes optimise the same three things in raw (unconstrained) form:
+
+- `GaussianParams`: N Gaussians as means, wxyz quaternions, log scales, opacity logits and colour logits, with
+  their labels (`is_dynamic`, `birth_frame`); `activated()` gives the renderable `recon4d.io.scene.Gaussians`.
+  The sequential pass keeps one current state of them (per-frame states of the dynamic ones are snapshots).
+- `SceneModel` (refinement): the same per-Gaussian rows plus continuous-time motion — a polynomial + Fourier
+  trajectory per dynamic Gaussian (position, rotation, colour offset) and a residual trajectory per still one
+  — and `CameraParams`. The index sets `still` / `dynamic` partition the rows and `is_moving` marks the
+  Gaussians of moving things, so every label is derived from one place and `to_scene()` cannot disagree.
+- `CameraParams`: fixed base poses plus one trainable 6-DoF delta per camera (rotation in radians,
+  translation in scene depth units), with gauge cameras that never move.
+
+Scene units: the sequential pass puts frame 0's camera at the origin and its Gaussians at the prior depth, so
+one depth unit is the median prior depth of frame 0 (`prior_depth_unit`). Later stages, which no longer have
+the prior of frame 0 at hand, measure the same scale as the median distance of the Gaussians from a camera
+(`median_distance`). Learning rates of positions and camera translations are per depth unit.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from recon4d.geometry.camera import invert_pose
+from recon4d.geometry.lie import apply_pose_delta
+from recon4d.geometry.quaternion import normalize_quaternion
+from recon4d.geometry.trajectory import evaluate_trajectories, time_basis
+from recon4d.io.scene import Gaussians, MotionModel, Scene4D
+
+_EPS = 1e-4
+
+
+def logit(p: torch.Tensor) -> torch.Tensor:
+    """Inverse sigmoid of p (clamped to [1e-4, 1 - 1e-4]), same shape."""
+    p = p.clamp(_EPS, 1 - _EPS)
+    return torch.log(p / (1 - p))
+
+
+def prior_depth_unit(depth: torch.Tensor) -> float:
+    """The scene's depth unit from frame 0's prior depth [H, W]: its median."""
+    return float(depth.median())
+
+
+def median_distance(means: torch.Tensor, centre: torch.Tensor) -> float:
+    """The scene's depth unit measured from Gaussians: median distance of means [N, 3] from a camera centre
+    [3] (1.0 without Gaussians)."""
+    if means.shape[0] == 0:
+        return 1.0
+    return float(torch.linalg.norm(means - centre, dim=-1).median())
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Gaussians
+
+
+@dataclass
+class GaussianParams:
+    """Raw (unconstrained) parameters of N Gaussians and their labels.
+
+    Attributes:
+        means: [N, 3] world; quats: [N, 4] wxyz; log_scales: [N, 3]; opacity_logits: [N];
+        color_logits: [N, 3] (sigmoid -> RGB); is_dynamic: [N] bool (in the sequential pass every dynamic
+        Gaussian is a moving one: both come from the prior's moving masks); birth_frame: [N] int32.
+    """
+
+    means: torch.Tensor
+    quats: torch.Tensor
+    log_scales: torch.Tensor
+    opacity_logits: torch.Tensor
+    color_logits: torch.Tensor
+    is_dynamic: torch.Tensor
+    birth_frame: torch.Tensor
+
+    PARAMETERS = ("means", "quats", "log_scales", "opacity_logits", "color_logits")
+
+    @staticmethod
+    def create(means, scales, colors, opacity: float, is_dynamic, birth_frame: int) -> "GaussianParams":
+        """means [N, 3], scales [N] (isotropic), colors [N, 3] in [0, 1], is_dynamic [N] bool."""
+        n = means.shape[0]
+        quats = torch.zeros(n, 4, dtype=means.dtype, device=means.device)
+        quats[:, 0] = 1
+        return GaussianParams(
+            means=means.detach().clone(), quats=quats,
+            log_scales=torch.log(scales.detach())[:, None].repeat(1, 3),
+            opacity_logits=logit(torch.full((n,), opacity, dtype=means.dtype, device=means.device)),
+            color_logits=logit(colors.detach()),
+            is_dynamic=is_dynamic.clone(),
+            birth_frame=torch.full((n,), birth_frame, dtype=torch.int32, device=means.device),
+        )
+
+    def __len__(self) -> int:
+        return self.means.shape[0]
+
+    def requires_grad_(self, flag: bool) -> "GaussianParams":
+        for name in self.PARAMETERS:
+            getattr(self, name).requires_grad_(flag)
+        return self
+
+    def append(self, other: "GaussianParams") -> None:
+        for name in (*self.PARAMETERS, "is_dynamic", "birth_frame"):
+            merged = torch.cat([getattr(self, name).detach(), getattr(other, name).detach()])
+            setattr(self, name, merged)
+
+    def tail(self, start: int) -> "GaussianParams":
+        """The Gaussians from row `start` on (e.g. the ones just appended), as a copy."""
+        return GaussianParams.from_state_dict({k: v[start:] for k, v in self.state_dict().items()})
+
+    def activated(self) -> Gaussians:
+        return Gaussians(
+            means=self.means, quats=self.quats, scales=torch.exp(self.log_scales),
+            opacities=torch.sigmoid(self.opacity_logits), colors=torch.sigmoid(self.color_logits),
+        )
+
+    def optimizer(self, lrs: dict[str, float]) -> torch.optim.Adam:
+        """Adam over the parameters named in `lrs` (name -> learning rate); others stay fixed."""
+        groups = []
+        for name in self.PARAMETERS:
+            tensor = getattr(self, name)
+            tensor.requires_grad_(name in lrs)
+            if name in lrs:
+                groups.append({"params": [tensor], "lr": lrs[name], "name": name})
+        return torch.optim.Adam(groups, eps=1e-15)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {name: getattr(self, name).detach().clone() for name in (*self.PARAMETERS, "is_dynamic", "birth_frame")}
+
+    @staticmethod
+    def from_state_dict(state: dict[str, torch.Tensor]) -> "GaussianParams":
+        return GaussianParams(**{k: v.clone() for k, v in state.items()})
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Cameras
+
+
+class CameraParams:
+    """Cameras as fixed base poses and trainable 6-DoF deltas.
+
+    camera_from_world(k) = exp(delta_k * unit) applied to base_k (`recon4d.geometry.lie.apply_pose_delta`);
+    `unit` [6] scales the rotation part (radians) and the translation part (depth units, times
+    `translation_scale`, which lets one Adam rate move rotation and translation at their own speeds).
+
+    Example:
+        >>> cameras = CameraParams(torch.eye(4)[None].repeat(2, 1, 1), depth_unit=2.0, gauge=(0,))
+        >>> cameras.camera_from_world(1).shape, bool(cameras.deltas.requires_grad)
+        (torch.Size([4, 4]), True)
+    """
+
+    def __init__(self, base_camera_from_world: torch.Tensor, depth_unit: float, translation_scale: float = 1.0,
+                 gauge: tuple[int, ...] = ()) -> None:
+        """base_camera_from_world: [F, 4, 4]; gauge: indices whose pose stays the base (fixes the frame)."""
+        device = base_camera_from_world.device
+        self.base = base_camera_from_world
+        self.deltas = torch.zeros(base_camera_from_world.shape[0], 6, device=device, requires_grad=True)
+        self.depth_unit = depth_unit
+        unit = torch.tensor([1.0, 1.0, 1.0, depth_unit, depth_unit, depth_unit], device=device)
+        if translation_scale != 1.0:
+            unit = unit * torch.tensor([1.0, 1.0, 1.0] + [translation_scale] * 3, device=device)
+        self.unit = unit
+        self.gauge = frozenset(gauge)
+
+    def __len__(self) -> int:
+        return self.base.shape[0]
+
+    def camera_from_world(self, k: int, delta: torch.Tensor | None = None) -> torch.Tensor:
+        """[4, 4] pose of camera k (differentiable in its delta; `delta` [6] overrides the stored one)."""
+        if k in self.gauge:
+            return self.base[k]
+        return apply_pose_delta((self.deltas[k] if delta is None else delta) * self.unit, self.base[k])
+
+    @torch.no_grad()
+    def poses(self) -> torch.Tensor:
+        """All cameras' camera_from_world [F, 4, 4], detached."""
+        return torch.stack([self.camera_from_world(k) for k in range(len(self))])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The refinement's model
+
+
+class SceneModel:
+    """Gaussians with continuous-time motion and refinable cameras over the fitted frames of a clip.
+
+    Rows (first index of the per-Gaussian tensors, N): quats [N, 4], log_scales [N, 3], opacity_logits [N],
+    color_logits [N, 3], birth [N] (clip frame), is_moving [N] bool. Still rows (`still` [Ns] indices) have a
+    position `still_means` [Ns, 3] and a residual trajectory `still_motion` [Ns, B-1, 3] (non-constant
+    coefficients only); dynamic rows (`dynamic` [Nd], in index order) have trajectories `position` [Nd, B, 3],
+    `rotation` [Nd, B, 4] and `color_offsets` [Nd, B, 3]. `motion_meta` holds the basis (poly degree, Fourier
+    terms, time span in frames). All tensors live on one device; trainable ones require grad.
+    """
+
+    GAUSSIAN_ROWS = ("quats", "log_scales", "opacity_logits", "color_logits")
+
+    def __init__(self, scene: Scene4D, motion: MotionModel, fitted: list[int], device: torch.device) -> None:
+        """From a sequential `scene` and the initial `motion` of its dynamic Gaussians (clip frames `fitted`)."""
+        self.device = device
+        self.fitted = list(fitted)
+        self.dynamic = scene.is_dynamic.nonzero().squeeze(1).to(device)
+        self.still = (~scene.is_dynamic).nonzero().squeeze(1).to(device)
+        self.birth = scene.birth_frame.to(device)
+        self.is_moving = scene.is_moving.to(device)
+        g = scene.gaussians
+        tensor = lambda x: x.detach().to(device=device, dtype=torch.float32).clone().requires_grad_(True)  # noqa: E731
+        self.still_means = tensor(g.means[self.still.cpu()])
+        self.quats = tensor(g.quats)
+        self.log_scales = tensor(torch.log(g.scales.clamp_min(1e-8)))
+        self.opacity_logits = tensor(logit(g.opacities))
+        self.color_logits = tensor(logit(g.colors))
+        self.position = tensor(motion.position)
+        self.rotation = tensor(motion.rotation)
+        self.color_offsets = tensor(motion.color)
+        self.motion_meta = motion.metadata()
+        self.still_motion = tensor(torch.zeros(self.still.numel(), motion.position.shape[1] - 1, 3))
+        base = torch.stack([invert_pose(scene.cameras.world_from_camera[t]).float() for t in fitted]).to(device)
+        first_centre = scene.cameras.world_from_camera[fitted[0], :3, 3].float().to(device)
+        self.cameras = CameraParams(base, median_distance(g.means.to(device), first_centre), gauge=(0,))
+
+    @property
+    def num_gaussians(self) -> int:
+        return self.quats.shape[0]
+
+    @property
+    def depth_unit(self) -> float:
+        return self.cameras.depth_unit
+
+    def basis(self, t: torch.Tensor) -> torch.Tensor:
+        """Trajectory basis [T, B] at clip times t [T] (frames)."""
+        tau = t.reshape(-1).float() / self.motion_meta["time_span"]
+        return time_basis(tau.to(self.device), self.motion_meta["poly_degree"], self.motion_meta["fourier_terms"])
+
+    @torch.no_grad()
+    def at_birth(self, coeffs: torch.Tensor) -> torch.Tensor:
+        """Each dynamic Gaussian's trajectory [Nd, B, D] evaluated at its own birth frame -> [Nd, D]."""
+        return torch.einsum("nbd,nb->nd", coeffs.detach(), self.basis(self.birth[self.dynamic].float()))
+
+    def means_at(self, t: float, with_still_motion: bool) -> torch.Tensor:
+        """Positions [N, 3] of all Gaussians at clip time t (differentiable); still ones move by their residual
+        trajectory only `with_still_motion` (off, it stays zero and is not evaluated)."""
+        basis = self.basis(torch.tensor([t]))[0]
+        still = self.still_means
+        if with_still_motion:
+            still = still + evaluate_trajectories(self.still_motion, basis[1:])
+        means = torch.zeros(self.num_gaussians, 3, device=self.device)
+        return means.index_put((self.still,), still).index_put((self.dynamic,), evaluate_trajectories(self.position, basis))
+
+    def gaussians_at(self, t: float, with_still_motion: bool) -> tuple[Gaussians, torch.Tensor]:
+        """All Gaussians at clip time t (differentiable) and the mask [N] of those alive at t."""
+        basis = self.basis(torch.tensor([t]))[0]
+        means = self.means_at(t, with_still_motion)
+        quats = self.quats.index_put((self.dynamic,), evaluate_trajectories(self.rotation, basis))
+        colors = torch.sigmoid(self.color_logits)
+        colors = colors.index_put((self.dynamic,), (colors[self.dynamic] + evaluate_trajectories(self.color_offsets, basis)).clamp(0, 1))
+        gaussians = Gaussians(means, normalize_quaternion(quats), torch.exp(self.log_scales),
+                              torch.sigmoid(self.opacity_logits), colors)
+        return gaussians, self.birth <= t
+
+    def reference_rotations(self) -> torch.Tensor:
+        """[N, 4] rotation of each Gaussian: its static one, or a dynamic one's at its birth frame."""
+        quats = self.quats.detach().clone()
+        if self.dynamic.numel():
+            quats[self.dynamic] = self.at_birth(self.rotation)
+        return normalize_quaternion(quats)
+
+    @torch.no_grad()
+    def settle_still_motion(self, num_frames: int, keep_motion_px: float, focal: float) -> int:
+        """Turn into dynamic Gaussians (trajectory = mean + residual motion; not labelled moving) the still
+        ones whose residual motion reaches `keep_motion_px` (image pixels at focal length `focal`, seen from the
+        first camera) at some frame after their birth; the others keep their mean position and lose the
+        residue. Returns how many kept a trajectory."""
+        if self.still.numel() == 0 or not bool(self.still_motion.detach().abs().gt(0).any()):
+            return 0
+        times = torch.arange(num_frames, dtype=torch.float32)
+        displacement = evaluate_trajectories(self.still_motion.detach(), self.basis(times)[:, 1:])  # [T, Ns, 3]
+        alive = (times.to(self.device)[:, None] >= self.birth[self.still][None].float()).float()  # [T, Ns]
+        center = invert_pose(self.cameras.base[0])[:3, 3]
+        distance = torch.linalg.norm(self.still_means.detach() - center, dim=-1).clamp_min(1e-6)
+        pixels = (displacement.norm(dim=-1) * alive).amax(0) / distance * focal
+        promote = pixels >= keep_motion_px
+        mean_displacement = (displacement * alive[..., None]).sum(0) / alive.sum(0).clamp_min(1)[:, None]
+        still_means, still_motion = self.still_means.detach(), self.still_motion.detach()
+        promoted = int(promote.sum())
+        if promoted:
+            count = self.position.shape[1]
+            position = torch.cat([still_means[promote][:, None], still_motion[promote]], 1)  # [P, B, 3]
+            rotation = torch.zeros(promoted, count, 4, device=self.device)
+            rotation[:, 0] = self.quats.detach()[self.still[promote]]
+            ids = torch.cat([self.dynamic, self.still[promote]])
+            order = ids.argsort()  # dynamic Gaussians are stored in index order
+            self.dynamic = ids[order]
+            self.position = torch.cat([self.position.detach(), position])[order]
+            self.rotation = torch.cat([self.rotation.detach(), rotation])[order]
+            self.color_offsets = torch.cat([self.color_offsets.detach(), torch.zeros(promoted, count, 3, device=self.device)])[order]
+        keep = ~promote
+        self.still = self.still[keep]
+        self.still_means = still_means[keep] + mean_displacement[keep]
+        self.still_motion = torch.zeros_like(still_motion[keep])
+        return promoted
+
+    @torch.no_grad()
+    def to_scene(self, template: Scene4D) -> Scene4D:
+        """The model as a Scene4D over all frames of `template` (the sequential scene it started from): the
+        continuous motion model, Gaussians and refined cameras (other frames' cameras re-interpolated between
+        their refined neighbours)."""
+        from recon4d.geometry.lie import fill_poses
+
+        motion = MotionModel(self.position.detach().cpu(), self.rotation.detach().cpu(), self.color_offsets.detach().cpu(),
+                             **self.motion_meta)
+        count = self.num_gaussians
+        is_dynamic = torch.zeros(count, dtype=torch.bool)
+        is_dynamic[self.dynamic.cpu()] = True
+        means = torch.zeros(count, 3)
+        means[self.still.cpu()] = self.still_means.detach().cpu()
+        dyn_means, dyn_quats, _ = motion.states(torch.arange(template.num_frames, dtype=torch.float32))
+        if dyn_means.shape[0]:  # dynamic Gaussians' static slot: their state at frame 0, as the sequential pass has it
+            means[self.dynamic.cpu()] = dyn_means[0]
+        gaussians = Gaussians(means, normalize_quaternion(self.quats.detach().cpu()), torch.exp(self.log_scales.detach().cpu()),
+                              torch.sigmoid(self.opacity_logits.detach().cpu()), torch.sigmoid(self.color_logits.detach().cpu()))
+        world_from_camera = template.cameras.world_from_camera.clone()
+        for k, t in enumerate(self.fitted):
+            world_from_camera[t] = invert_pose(self.cameras.camera_from_world(k).detach().cpu()).to(world_from_camera.dtype)
+        world_from_camera = fill_poses(world_from_camera, self.fitted)
+        cameras = type(template.cameras)(world_from_camera=world_from_camera, intrinsics=template.cameras.intrinsics,
+                                         timestamps=template.cameras.timestamps, width=template.cameras.width,
+                                         height=template.cameras.height, frame_names=list(template.cameras.frame_names))
+        birth_frame = self.birth.cpu().to(template.birth_frame.dtype)
+        refined = Scene4D(gaussians=gaussians, is_dynamic=is_dynamic, birth_frame=birth_frame,
+                          dynamic_means=dyn_means, dynamic_quats=dyn_quats, cameras=cameras, arrays=dict(template.arrays),
+                          config=dict(template.config), metrics=dict(template.metrics), motion=motion,
+                          is_moving=self.is_moving.cpu().clone())
+        refined.validate()
+        return refined
