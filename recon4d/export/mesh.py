@@ -141,14 +141,13 @@ def fuse_tsdf(views: Iterable[RGBDView], voxel_size: float, depth_max: float, co
     (empty when no view has a depth to fuse)."""
     o3d = import_open3d()
     o3c = o3d.core
-    # The initial block capacity; open3d's hash map grows when more blocks are touched.
     grid = o3d.t.geometry.VoxelBlockGrid(
         attr_names=("tsdf", "weight", "color"),
         attr_dtypes=(o3c.float32, o3c.float32, o3c.float32),
         attr_channels=((1), (1), (3)),
         voxel_size=voxel_size,
         block_resolution=config.block_resolution,
-        block_count=50_000,
+        block_count=config.initial_block_count,
         device=o3c.Device("CPU:0"),
     )
     fused = 0
@@ -258,12 +257,19 @@ def mesh_setup(
 
 def fuse_part(scene: Scene4D, gaussians: Gaussians, setup: MeshSetup, config: MeshConfig, moving: bool) -> SurfacePart:
     """TSDF mesh of `gaussians` from the planned views; for the moving part, from views moving_view_spacing_deg
-    apart (`thin_views`) cropped to its footprint."""
-    plan = setup.plan
-    if moving:
-        plan = thin_views(plan, gaussians.means.detach().double().mean(0).cpu().numpy(), config.moving_view_spacing_deg)
-    views = render_views(scene, gaussians, plan, setup.scale, config, crop=moving)
-    return surface_part(fuse_tsdf(views, setup.voxel_size, setup.depth_max, config))
+    apart (`thin_views`) cropped to its footprint, rendered on moving_part_threads torch threads."""
+    if not moving:
+        views = render_views(scene, gaussians, setup.plan, setup.scale, config)
+        return surface_part(fuse_tsdf(views, setup.voxel_size, setup.depth_max, config))
+    centroid = gaussians.means.detach().double().mean(0).cpu().numpy()
+    plan = thin_views(setup.plan, centroid, config.moving_view_spacing_deg)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(config.moving_part_threads)
+    try:
+        views = render_views(scene, gaussians, plan, setup.scale, config, crop=True)
+        return surface_part(fuse_tsdf(views, setup.voxel_size, setup.depth_max, config))
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _write_stats(
