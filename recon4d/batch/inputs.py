@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from recon4d.errors import InputError
-from recon4d.io.video import IMAGE_EXTENSIONS, natural_sort_key
+from recon4d.io.image_folder import IMAGE_EXTENSIONS, natural_sort_key
 
 #: File endings read as lists of inputs.
 LIST_EXTENSIONS = (".txt", ".lst", ".csv")
