@@ -90,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--refine", action=argparse.BooleanOptionalAction, default=None,
                      help="continuous-time refinement after the sequential fit (default: as the preset says)")
     fit.add_argument("--refine-iters", type=_number(int, 0), default=None, help="refinement steps")
+    fit.add_argument("--keyframes", action=argparse.BooleanOptionalAction, default=None,
+                     help="fit only keyframes chosen by motion; the frames between get refined interpolated cameras "
+                          "(default: as the preset says)")
     fit.set_defaults(handler=_cmd_fit)
 
     refine = commands.add_parser("refine", help="continuous-time refinement of an existing `recon4d fit` OUT")
@@ -238,6 +241,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     overrides["priors"] = PriorSettings(flow=args.flow, flow_options=flow_options, depth=args.depth,
                                         depth_options=depth_options)
     overrides["input.intrinsics"] = intrinsics
+    overrides["keyframes.enabled"] = args.keyframes
     config = load_config(args.preset, overrides)
     result = fit_video(args.video, out, config, device, overwrite=args.overwrite, restart=args.restart)
     _print_fit_summary(result.metrics, out)
@@ -247,6 +251,9 @@ def _cmd_fit(args: argparse.Namespace) -> int:
 def _print_fit_summary(m: dict, out: Path) -> None:
     held = m["held_out"]
     held_text = f", held-out PSNR {held['psnr']:.2f} dB over {held['frames']} frames" if held["frames"] else ""
+    skipped = m.get("skipped") or {}
+    if skipped.get("frames"):
+        held_text += f", PSNR {skipped['psnr']:.2f} dB on {skipped['frames']} frames between keyframes"
     if "sequential" in m and m["sequential"]["held_out"] and m["sequential"]["held_out"].get("psnr") is not None:
         held_text += f" (sequential pass: {m['sequential']['held_out']['psnr']:.2f} dB)"
     print(f"fitted {m['frames']} frames with {m['gaussians']} Gaussians in {m['seconds_total']:.1f} s: "

@@ -5,7 +5,9 @@ import math
 
 import torch
 
-from recon4d.fit.sequential import FitInputs, project_to_pixels, unproject_pixels
+from recon4d.fit.sequential import FitInputs
+from recon4d.fit.strategy.spawn import unproject_pixels
+from recon4d.geometry.camera import project_to_pixels
 from recon4d.geometry import invert_pose, look_at
 from recon4d.render import rasterize
 
@@ -52,7 +54,7 @@ def static_world_inputs(width: int = 64, height: int = 36, num_frames: int = 5, 
 
     def flow(src: int, dst: int) -> torch.Tensor:
         points = unproject_pixels(flat, depths[src].flatten(), K, width, poses[src])
-        return (project_to_pixels(points, invert_pose(poses[dst]), K) - grid).reshape(height, width, 2)
+        return (project_to_pixels(points, invert_pose(poses[dst]), K, min_depth=1e-3)[0] - grid).reshape(height, width, 2)
 
     inputs = FitInputs(
         frames=torch.stack(frames),

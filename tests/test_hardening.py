@@ -327,7 +327,7 @@ def _outputs(folder: Path) -> dict[str, bytes]:
 
 @pytest.mark.parametrize("victim", OUTPUTS)
 def test_kill_during_any_output_write_keeps_the_old_set(finished, tmp_path, monkeypatch, victim):
-    import recon4d.fit.pipeline as pipeline
+    import recon4d.fit.outputs as pipeline
 
     out = tmp_path / "out"
     shutil.copytree(finished, out)

@@ -12,7 +12,7 @@ import torch
 from view_scenes import moving_patch_scene
 
 from recon4d.cli import main
-from recon4d.fit.pipeline import render_moving_masks
+from recon4d.eval.reconstruction import render_moving_masks
 from recon4d.io.scene import save_scene
 from recon4d.nerf.nelf import distill, preset_config, render_path_with_student
 from recon4d.nerf.nelf.config import NeRDFConfig, PseudoDataConfig, R2LConfig, TrainConfig

@@ -24,7 +24,9 @@ from recon4d.fit.refine import (
     initial_motion,
     knn_pairs,
 )
-from recon4d.fit.sequential import FitInputs, project_to_pixels, unproject_pixels
+from recon4d.fit.sequential import FitInputs
+from recon4d.fit.strategy.spawn import unproject_pixels
+from recon4d.geometry.camera import project_to_pixels
 from recon4d.geometry import invert_pose, look_at
 from recon4d.geometry.lie import apply_pose_delta
 from recon4d.image import psnr
@@ -91,7 +93,7 @@ def exact_inputs(world, fitted: list[int]) -> FitInputs:
 
     def flow(a: int, b: int) -> torch.Tensor:
         points = unproject_pixels(flat, depths[a].flatten(), K, WIDTH, poses[fitted[a]])
-        return (project_to_pixels(points, invert_pose(poses[fitted[b]]), K) - grid).reshape(HEIGHT, WIDTH, 2)
+        return (project_to_pixels(points, invert_pose(poses[fitted[b]]), K, min_depth=1e-3)[0] - grid).reshape(HEIGHT, WIDTH, 2)
 
     still = [~m for m in moving]
     return FitInputs(
@@ -190,8 +192,8 @@ def test_refinement_recovers_trajectories_and_held_out_frames(refined):
         ball = world[1].nonzero().squeeze(1)  # the ball's Gaussians keep their indices (densification appends)
         for t in range(FRAMES):
             seen = project_to_pixels(scene.gaussians_at(t).means[ball].mean(0, keepdim=True),
-                                     invert_pose(scene.cameras.world_from_camera[t]).float(), K)
-            true = project_to_pixels(truth[t].mean(0, keepdim=True), invert_pose(poses[t]), K)
+                                     invert_pose(scene.cameras.world_from_camera[t]).float(), K, min_depth=1e-3)[0]
+            true = project_to_pixels(truth[t].mean(0, keepdim=True), invert_pose(poses[t]), K, min_depth=1e-3)[0]
             errors.append((seen - true).norm())
         return float(torch.stack(errors).mean())
 

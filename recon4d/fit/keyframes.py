@@ -22,51 +22,12 @@ Example:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import cv2
 import numpy as np
 
 from recon4d.errors import InputError
+from recon4d.fit.config import KeyframeConfig
 from recon4d.priors.flow import make_flow_estimator
-
-
-@dataclass(frozen=True)
-class KeyframeConfig:
-    """Settings of the keyframe selection.
-
-    Attributes:
-        flow_short_side_px: frames are downscaled (area averaging) to this short side, in pixels, before
-            flow; smaller frames are used as they are.
-        flow_estimator: `recon4d.priors.flow.make_flow_estimator` name of the flow ("dis": no weights).
-        motion_percentile: percentile (0..100) of the per-pixel flow magnitude that stands for a pair's
-            motion: 50 = the median (camera motion of a mostly still scene); 90 also sees a moving object
-            covering a tenth of the image.
-        motion_budget_px: most motion accumulated between consecutive keyframes, in pixels at the working
-            resolution. Measured at 180 px short side (90th percentile, max gap 6), 18 px keeps 0.30 of the
-            frames of ../shared/data's clips on average: bear 0.18 (slow pan), apple 0.36, backpack 0.32,
-            pillow 0.60 (hands squeezing), cup 0.18 (static camera), carphone 0.17 (bench/timings.py).
-        max_gap_frames: consecutive keyframes are at most this many frames apart, however still the clip.
-    """
-
-    flow_short_side_px: int = 64
-    flow_estimator: str = "dis"
-    motion_percentile: float = 90.0
-    motion_budget_px: float = 18.0
-    max_gap_frames: int = 6
-
-    def validate(self) -> None:
-        """InputError for a setting out of range."""
-        checks = [
-            (self.flow_short_side_px >= 16, f"flow_short_side_px must be >= 16, got {self.flow_short_side_px}"),
-            (0.0 <= self.motion_percentile <= 100.0,
-             f"motion_percentile must be in 0..100, got {self.motion_percentile}"),
-            (self.motion_budget_px > 0, f"motion_budget_px must be positive, got {self.motion_budget_px}"),
-            (self.max_gap_frames >= 1, f"max_gap_frames must be >= 1, got {self.max_gap_frames}"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise InputError(message, hint="see recon4d.fit.keyframes.KeyframeConfig")
 
 
 def downscale_frames(frames: np.ndarray, short_side: int) -> np.ndarray:

@@ -35,8 +35,10 @@ from recon4d.fit.config import FitConfig, RefineConfig
 from recon4d.fit.losses import depth_loss, flow_loss, photometric_loss
 from recon4d.fit.model import SceneModel
 from recon4d.fit.optim import SelectiveAdam
-from recon4d.fit.sequential import COVERED_ALPHA, FitInputs, project_to_pixels
+from recon4d.fit.sequential import MIN_DEPTH, FitInputs
+from recon4d.fit.strategy.spawn import COVERED_ALPHA
 from recon4d.fit.strategy.grow import GrowStrategy
+from recon4d.geometry.camera import project_to_pixels
 from recon4d.geometry.trajectory import basis_size, evaluate_trajectories, fit_trajectories, time_basis
 from recon4d.io.scene import MotionModel, Scene4D
 from recon4d.render import rasterize
@@ -137,7 +139,8 @@ class Refiner:
         if has_next:
             next_means = model.means_at(float(self.data.fitted[k + 1]), still_motion)[alive]
             next_cfw = model.cameras.camera_from_world(k + 1)
-            extra = project_to_pixels(next_means, next_cfw, self.K) - project_to_pixels(view.means, cfw, self.K)
+            extra = (project_to_pixels(next_means, next_cfw, self.K, min_depth=MIN_DEPTH)[0]
+                     - project_to_pixels(view.means, cfw, self.K, min_depth=MIN_DEPTH)[0])
         features = view.colors if extra is None else torch.cat([view.colors, extra], -1)
         out = rasterize(view.means, view.quats, view.scales, view.opacities, features, cfw, self.K, self.width, self.height)
         color = out.color[..., :3]

@@ -1,38 +1,37 @@
 """GFlow-style sequential fit: frame 0 from depth, then per frame a camera step, flow-driven motion of the
 dynamic Gaussians, new content, and a Gaussian step.
 
-Pure helpers (sampling, unprojection, PnP initialisation) on top, one small trainer below. The trainer
-checkpoints after every frame through a callback so that an interrupted fit resumes where it stopped; each
-frame reseeds its random generator from (seed, frame), so a resumed fit gives the same result.
+The model is `recon4d.fit.model.GaussianParams` plus one camera per fitted frame; new Gaussians come from
+`recon4d.fit.strategy.spawn.SpawnStrategy`, the camera of a new frame from PnP (`recon4d.fit.pnp`) refined by
+`recon4d.fit.camera.optimize_camera`. The trainer checkpoints after every frame through a callback so that an
+interrupted fit resumes where it stopped; each frame reseeds its random generator from (seed, frame), so a
+resumed fit gives the same result.
+
+Optimiser state: the Gaussian step builds a fresh Adam at each frame and after each spawn (the moments of
+every row restart), while the refinement's growth carries the moments of untouched rows
+(`recon4d.fit.strategy.grow`). Measured on the sequential pass, see the README section "How the fit is built".
 """
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import cv2
-import numpy as np
 import torch
 import torch.nn.functional as F
 
+from recon4d.fit.camera import Plateau, optimize_camera
 from recon4d.fit.config import FitConfig
-from recon4d.fit.model import GaussianParams
 from recon4d.fit.losses import depth_loss, flow_loss, isotropy_loss, photometric_loss
-from recon4d.geometry.camera import invert_pose, transform_points
-from recon4d.geometry.lie import apply_pose_delta
+from recon4d.fit.model import CameraParams, GaussianParams, prior_depth_unit
+from recon4d.fit.pnp import PNP_MAX_POINTS, PNP_MIN_INLIERS, pnp_camera_from_world
+from recon4d.fit.strategy.spawn import COVERED_ALPHA, SpawnStrategy, unproject_pixels
+from recon4d.geometry.camera import invert_pose, project_to_pixels, transform_points
 from recon4d.io.scene import Gaussians
 from recon4d.render import RenderResult, rasterize
 
-# PnP: smallest outlier threshold (pixels) and the fewest inliers to trust its pose.
-PNP_REPROJECTION_PX = 1.5
-PNP_MIN_INLIERS = 30
-PNP_ROUNDS = 3
-PNP_MAX_POINTS = 4000
-# Pixels whose rendered alpha is above this count as covered when reading the rendered depth.
-COVERED_ALPHA = 0.9
-
+# Points closer to a camera than this (scene units) are projected as if at this depth (flow terms, motion).
+MIN_DEPTH = 1e-3
 
 @dataclass
 class FitInputs:
@@ -105,45 +104,6 @@ class FitState:
 # Pure helpers
 
 
-def image_gradient_magnitude(image: torch.Tensor) -> torch.Tensor:
-    """image: [H, W, 3] -> Sobel gradient magnitude of its luminance [H, W]."""
-    gray = image.mean(-1)[None, None]
-    kx = torch.tensor([[-1.0, 0, 1], [-2, 0, 2], [-1, 0, 1]], dtype=image.dtype, device=image.device) / 8
-    padded = F.pad(gray, (1, 1, 1, 1), mode="replicate")
-    gx = F.conv2d(padded, kx[None, None])
-    gy = F.conv2d(padded, kx.T[None, None])
-    return torch.sqrt(gx**2 + gy**2)[0, 0]
-
-
-def sample_pixels(weights: torch.Tensor, count: int, generator: torch.Generator) -> torch.Tensor:
-    """Draw up to `count` distinct pixels with probability proportional to `weights` [H, W] -> flat indices."""
-    flat = weights.flatten().clamp_min(0)
-    available = int((flat > 0).sum())
-    count = min(count, available)
-    if count == 0:
-        return torch.zeros(0, dtype=torch.long, device=weights.device)
-    if count == available:
-        return flat.nonzero().squeeze(1)
-    return torch.multinomial(flat.cpu(), count, replacement=False, generator=generator).to(weights.device)
-
-
-def unproject_pixels(flat_index: torch.Tensor, depth: torch.Tensor, K: torch.Tensor, width: int,
-                     world_from_camera: torch.Tensor) -> torch.Tensor:
-    """Pixels (flat indices into [H, W]) with z-depths [n] -> world points [n, 3]."""
-    v = (flat_index // width).to(K.dtype)
-    u = (flat_index % width).to(K.dtype)
-    x = (u - K[0, 2]) / K[0, 0] * depth
-    y = (v - K[1, 2]) / K[1, 1] * depth
-    return transform_points(world_from_camera, torch.stack([x, y, depth], -1))
-
-
-def project_to_pixels(means: torch.Tensor, camera_from_world: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
-    """World points [N, 3] -> pixels [N, 2]; points at or behind the camera are clamped to z = 1e-3."""
-    cam = transform_points(camera_from_world, means)
-    z = cam[:, 2:3].clamp_min(1e-3)
-    return cam[:, :2] / z * torch.stack([K[0, 0], K[1, 1]]) + torch.stack([K[0, 2], K[1, 2]])
-
-
 def bilinear_sample(image: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
     """image: [H, W, C]; pixels: [N, 2] (u, v) -> values [N, C] (border-clamped)."""
     height, width = image.shape[:2]
@@ -161,53 +121,6 @@ def dilate(mask: torch.Tensor, radius: int) -> torch.Tensor:
     return F.max_pool2d(mask[None, None].float(), size, stride=1, padding=radius)[0, 0] > 0
 
 
-def pnp_camera_from_world(points_world: np.ndarray, pixels: np.ndarray, K: np.ndarray,
-                          guess: np.ndarray) -> np.ndarray | None:
-    """PnP of 3D-2D matches from a pose guess: Levenberg-Marquardt, then re-solved without the matches whose
-    reprojection error exceeds a robust threshold. Deterministic (no RANSAC sampling), which keeps a resumed
-    fit identical to an uninterrupted one; the matches come from flow on still pixels, so outliers are few.
-    Returns camera_from_world [4, 4] or None."""
-    if len(points_world) < PNP_MIN_INLIERS:
-        return None
-    points = points_world.astype(np.float64)
-    image = pixels.astype(np.float64)
-    K = K.astype(np.float64)
-    rvec, _ = cv2.Rodrigues(guess[:3, :3].astype(np.float64))
-    tvec = guess[:3, 3:4].astype(np.float64).copy()
-    keep = np.ones(len(points), dtype=bool)
-    for _ in range(PNP_ROUNDS):
-        ok, rvec, tvec = cv2.solvePnP(points[keep], image[keep], K, None, rvec=rvec, tvec=tvec,
-                                      useExtrinsicGuess=True, flags=cv2.SOLVEPNP_ITERATIVE)
-        if not ok:
-            return None
-        projected, _ = cv2.projectPoints(points, rvec, tvec, K, None)
-        error = np.linalg.norm(projected[:, 0] - image, axis=1)
-        threshold = max(PNP_REPROJECTION_PX, 3.0 * float(np.median(error[keep])))
-        keep = error < threshold
-        if keep.sum() < PNP_MIN_INLIERS:
-            return None
-    pose = np.eye(4)
-    pose[:3, :3] = cv2.Rodrigues(rvec)[0]
-    pose[:3, 3] = tvec[:, 0]
-    return pose
-
-
-class Plateau:
-    """Stops a stage once its loss has not improved by `tolerance` (relative) for `patience` steps."""
-
-    def __init__(self, patience: int, tolerance: float) -> None:
-        self.patience, self.tolerance = patience, tolerance
-        self.best = math.inf
-        self.since_best = 0
-
-    def step(self, loss: float) -> bool:
-        if loss < self.best * (1 - self.tolerance):
-            self.best, self.since_best = loss, 0
-        else:
-            self.since_best += 1
-        return self.since_best >= self.patience
-
-
 # ----------------------------------------------------------------------------------------------------------
 # The trainer
 
@@ -222,8 +135,8 @@ class SequentialFitter:
         self.height, self.width = inputs.frames.shape[1:3]
         self.device = inputs.frames.device
         self.K = inputs.K
-        # Scene units: the median prior depth of frame 0 sets the scale of lr_means and camera translation.
-        self.depth_unit = float(inputs.depth[0].median())
+        self.depth_unit = prior_depth_unit(inputs.depth[0])
+        self.strategy = SpawnStrategy(inputs, config.init, config.densify)
 
     # -- rendering -----------------------------------------------------------------------------------------
     def render(self, gaussians: Gaussians, camera_from_world: torch.Tensor,
@@ -232,89 +145,37 @@ class SequentialFitter:
         return rasterize(gaussians.means, gaussians.quats, gaussians.scales, gaussians.opacities, features,
                          camera_from_world, self.K, self.width, self.height)
 
-    # -- creation of Gaussians -----------------------------------------------------------------------------
-    def spawn(self, t: int, weights: torch.Tensor, count: int, depth_map: torch.Tensor,
-              camera_from_world: torch.Tensor, generator: torch.Generator) -> GaussianParams | None:
-        """New Gaussians at up to `count` pixels of frame t drawn by `weights`, at depths `depth_map`."""
-        flat = sample_pixels(weights, count, generator)
-        if flat.numel() == 0:
-            return None
-        available = int((weights > 0).sum())
-        spacing_px = math.sqrt(max(available, 1) / flat.numel())  # pixels per sample along one axis
-        depth = depth_map.flatten()[flat]
-        world_from_camera = invert_pose(camera_from_world)
-        means = unproject_pixels(flat, depth, self.K, self.width, world_from_camera)
-        scales = self.config.init.scale * spacing_px * depth / self.K[0, 0]
-        colors = self.inputs.frames[t].reshape(-1, 3)[flat]
-        moving = self.inputs.moving[t].flatten()[flat]
-        return GaussianParams.create(means, scales, colors, self.config.init.opacity, moving, t)
-
-    def aligned_prior_depth(self, t: int, rendered: RenderResult) -> torch.Tensor:
-        """Prior depth of frame t scaled to the scene by the median ratio on covered still pixels."""
-        prior = self.inputs.depth[t]
-        covered = (rendered.alpha > COVERED_ALPHA) & ~self.inputs.moving[t]
-        if covered.sum() < 16:
-            covered = rendered.alpha > COVERED_ALPHA
-        if covered.sum() < 16:
-            return prior
-        return prior * (rendered.depth[covered] / prior[covered].clamp_min(1e-6)).median()
-
     # -- stages ----------------------------------------------------------------------------------------------
     def fit_first_frame(self, generator: torch.Generator) -> tuple[FitState, dict]:
-        cfg = self.config
-        frame = self.inputs.frames[0]
-        weights = image_gradient_magnitude(frame)
-        weights = weights + cfg.init.gradient_floor * weights.mean().clamp_min(1e-6)
-        gaussians = self.spawn(0, weights, cfg.init.num_gaussians, self.inputs.depth[0], torch.eye(4, device=self.device),
-                               generator)
-        state = FitState(gaussians=gaussians)
-        stats = self.optimize_gaussians(state, 0, torch.eye(4, device=self.device), cfg.sequential.frame0_iters, generator,
-                                        move_still=True, previous_pixels=None)
+        state = FitState(gaussians=self.strategy.first_frame(generator))
+        stats = self.optimize_gaussians(state, 0, torch.eye(4, device=self.device), self.config.sequential.frame0_iters,
+                                        generator, move_still=True, previous_pixels=None)
         return state, stats
 
     def camera_step(self, state: FitState, t: int, init: torch.Tensor, previous_pixels: torch.Tensor) -> tuple[torch.Tensor, dict]:
         """Optimise camera t with the Gaussians frozen; returns camera_from_world [4, 4]."""
-        cfg = self.config
-        inputs = self.inputs
+        cfg, losses, inputs = self.config.sequential, self.config.losses, self.inputs
         with torch.no_grad():
             gaussians = state.gaussians.activated()
             gaussians = Gaussians(*(x.detach() for x in (gaussians.means, gaussians.quats, gaussians.scales,
                                                         gaussians.opacities, gaussians.colors)))
-        delta = torch.zeros(6, device=self.device, requires_grad=True)
-        optimizer = torch.optim.Adam([
-            {"params": [delta], "lr": cfg.sequential.lr_camera_rotation},
-        ])
-        # Translation and rotation share one tensor; scale translation steps to scene units.
-        unit = torch.tensor([1.0, 1.0, 1.0, self.depth_unit, self.depth_unit, self.depth_unit], device=self.device)
-        translation_ratio = cfg.sequential.lr_camera_translation / cfg.sequential.lr_camera_rotation
-        unit = unit * torch.tensor([1.0, 1.0, 1.0] + [translation_ratio] * 3, device=self.device)
-        still = ~dilate(inputs.moving[t], cfg.sequential.motion_dilation)
+        # One Adam rate for the delta; translation steps are scaled to scene units and to their own rate.
+        cameras = CameraParams(init[None], self.depth_unit, translation_scale=cfg.lr_camera_translation / cfg.lr_camera_rotation)
+        still = ~dilate(inputs.moving[t], cfg.motion_dilation)
         still_w = still.float()
         flow_w = (still & inputs.valid_backward[t - 1]).float()
-        plateau = Plateau(cfg.sequential.plateau_patience, cfg.sequential.plateau_tolerance)
-        # Step sizes shrink over the stage so that Adam settles instead of hovering one step around the optimum.
-        scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=cfg.sequential.camera_lr_decay ** (1 / max(cfg.sequential.camera_iters, 1)))
-        losses, iterations = [], 0
-        best_loss, best_delta = math.inf, delta.detach().clone()
-        for iterations in range(1, cfg.sequential.camera_iters + 1):
-            camera_from_world = apply_pose_delta(delta * unit, init)
-            pixels = project_to_pixels(gaussians.means, camera_from_world, self.K)
+
+        def loss_of(camera_from_world: torch.Tensor) -> torch.Tensor:
+            pixels = project_to_pixels(gaussians.means, camera_from_world, self.K, min_depth=MIN_DEPTH)[0]
             out = self.render(gaussians, camera_from_world, extra=previous_pixels - pixels)
-            loss = cfg.losses.photo * photometric_loss(out.color[..., :3], inputs.frames[t], still_w, cfg.losses.ssim)
-            loss = loss + cfg.losses.depth * depth_loss(out.depth, inputs.depth[t], still_w * (out.alpha.detach() > COVERED_ALPHA))
-            loss = loss + cfg.losses.flow_camera * flow_loss(out.color[..., 3:5], inputs.flow_backward[t - 1], flow_w)
-            losses.append(loss.item())
-            if losses[-1] < best_loss:  # the loss was evaluated at the current delta, before this step
-                best_loss, best_delta = losses[-1], delta.detach().clone()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            if plateau.step(losses[-1]):
-                break
-        with torch.no_grad():
-            camera_from_world = apply_pose_delta(best_delta * unit, init)
-        return camera_from_world.detach(), {"camera_iters": iterations, "camera_loss": best_loss}
+            loss = losses.photo * photometric_loss(out.color[..., :3], inputs.frames[t], still_w, losses.ssim)
+            loss = loss + losses.depth * depth_loss(out.depth, inputs.depth[t], still_w * (out.alpha.detach() > COVERED_ALPHA))
+            return loss + losses.flow_camera * flow_loss(out.color[..., 3:5], inputs.flow_backward[t - 1], flow_w)
+
+        camera_from_world, info = optimize_camera(cameras, 0, loss_of, cfg.camera_iters, cfg.lr_camera_rotation,
+                                                  lr_decay=cfg.camera_lr_decay,
+                                                  plateau=Plateau(cfg.plateau_patience, cfg.plateau_tolerance), keep_best=True)
+        return camera_from_world, {"camera_iters": info["iterations"], "camera_loss": info["loss"]}
 
     def move_dynamic(self, state: FitState, t: int, previous_cfw: torch.Tensor, camera_from_world: torch.Tensor) -> None:
         """Carry dynamic Gaussians from frame t-1 to t along the forward flow, re-reading their depth change
@@ -325,9 +186,8 @@ class SequentialFitter:
             return
         with torch.no_grad():
             means = g.means[dynamic]
-            cam = transform_points(previous_cfw, means)
-            z = cam[:, 2].clamp_min(1e-3)
-            pixels = cam[:, :2] / z[:, None] * torch.stack([self.K[0, 0], self.K[1, 1]]) + self.K[:2, 2]
+            pixels, camera_z = project_to_pixels(means, previous_cfw, self.K, min_depth=MIN_DEPTH)
+            z = camera_z.clamp_min(MIN_DEPTH)
             inside = (pixels[:, 0] >= 0) & (pixels[:, 0] <= self.width - 1) & (pixels[:, 1] >= 0) & (pixels[:, 1] <= self.height - 1)
             flow = bilinear_sample(self.inputs.flow_forward[t - 1], pixels)
             target = pixels + flow
@@ -339,7 +199,7 @@ class SequentialFitter:
             y = (target[:, 1] - self.K[1, 2]) / self.K[1, 1] * new_z
             moved = transform_points(invert_pose(camera_from_world), torch.stack([x, y, new_z], -1))
             # The camera moved too: Gaussians outside the view keep their world position.
-            g.means[dynamic] = torch.where(inside[:, None] & (cam[:, 2:3] > 1e-3), moved, means)
+            g.means[dynamic] = torch.where(inside[:, None] & (camera_z[:, None] > MIN_DEPTH), moved, means)
 
     def optimize_gaussians(self, state: FitState, t: int, camera_from_world: torch.Tensor, iterations: int,
                            generator: torch.Generator, move_still: bool, previous_pixels: torch.Tensor | None) -> dict:
@@ -360,7 +220,7 @@ class SequentialFitter:
             active = g.activated()
             extra = None
             if previous_pixels is not None:
-                extra = previous_pixels - project_to_pixels(active.means, camera_from_world, self.K)
+                extra = previous_pixels - project_to_pixels(active.means, camera_from_world, self.K, min_depth=MIN_DEPTH)[0]
             out = self.render(active, camera_from_world, extra=extra)
             color = out.color[..., :3]
             loss = cfg.losses.photo * photometric_loss(color, target, ones, cfg.losses.ssim)
@@ -378,20 +238,16 @@ class SequentialFitter:
             optimizer.step()
             losses.append(loss.item())
             stop = plateau.step(losses[-1])
-            densify_now = cfg.densify.spawn_every > 0 and step % cfg.densify.spawn_every == 0 and step < iterations
-            if densify_now and len(g) < cfg.densify.max_gaussians and added < cfg.densify.spawn_max_per_frame:
-                with torch.no_grad():
-                    error = (color.detach() - target).abs().mean(-1)
-                    weights = (error > cfg.densify.spawn_error).float() * error
-                    budget = min(cfg.densify.spawn_max_per_frame - added, cfg.densify.max_gaussians - len(g))
-                    new = self.spawn(t, weights, budget, self.aligned_prior_depth(t, out), camera_from_world, generator)
-                if new is not None:
-                    previous_pixels = self._extend_previous(previous_pixels, new, t, camera_from_world)
-                    g.append(new)
-                    added += len(new)
-                    optimizer = g.optimizer(lrs)
-                    plateau = Plateau(cfg.sequential.plateau_patience, cfg.sequential.plateau_tolerance)
-                    stop = False
+            info = {"t": t, "iterations": iterations, "added": added, "color": color, "render": out,
+                    "camera_from_world": camera_from_world}
+            new = self.strategy.step_post_optimizer(g, step, info, generator)
+            if new is not None:
+                previous_pixels = self._extend_previous(previous_pixels, new, t, camera_from_world)
+                g.append(new)
+                added += len(new)
+                optimizer = g.optimizer(lrs)
+                plateau = Plateau(cfg.sequential.plateau_patience, cfg.sequential.plateau_tolerance)
+                stop = False
             if stop:
                 break
         state.gaussians.requires_grad_(False)
@@ -422,7 +278,7 @@ class SequentialFitter:
         """Previous-frame pixels of newly added Gaussians: their pixel at t moved by the backward flow."""
         if previous_pixels is None:
             return None
-        pixels = project_to_pixels(new.means, camera_from_world, self.K)
+        pixels = project_to_pixels(new.means, camera_from_world, self.K, min_depth=MIN_DEPTH)[0]
         back = bilinear_sample(self.inputs.flow_backward[t - 1], pixels)
         return torch.cat([previous_pixels, pixels + back])
 
@@ -459,22 +315,15 @@ class SequentialFitter:
             return guess, "constant-velocity"
         return torch.tensor(pose, dtype=previous.dtype, device=self.device), "pnp"
 
-    def add_new_content(self, state: FitState, t: int, camera_from_world: torch.Tensor, generator: torch.Generator) -> int:
-        """Gaussians at pixel resolution where frame t is not covered or was just disoccluded."""
-        cfg = self.config
+    def add_new_content(self, state: FitState, t: int, camera_from_world: torch.Tensor,
+                        generator: torch.Generator) -> GaussianParams | None:
+        """Spawn where frame t, seen from its new camera, is uncovered or disoccluded; returns the new ones."""
         with torch.no_grad():
-            out = self.render(state.gaussians.activated(), camera_from_world)
-            uncovered = out.alpha < cfg.densify.spawn_alpha
-            disoccluded = ~self.inputs.valid_backward[t - 1] & (out.alpha < COVERED_ALPHA)
-            weights = (uncovered | disoccluded).float()
-            budget = min(cfg.densify.spawn_max_per_frame, cfg.densify.max_gaussians - len(state.gaussians))
-            if budget <= 0:
-                return 0
-            new = self.spawn(t, weights, budget, self.aligned_prior_depth(t, out), camera_from_world, generator)
-        if new is None:
-            return 0
-        state.gaussians.append(new)
-        return len(new)
+            rendered = self.render(state.gaussians.activated(), camera_from_world)
+        new = self.strategy.after_camera_step(state.gaussians, t, camera_from_world, rendered, generator)
+        if new is not None:
+            state.gaussians.append(new)
+        return new
 
     # -- driver ----------------------------------------------------------------------------------------------
     def run(self, state: FitState | None = None) -> FitState:
@@ -491,15 +340,14 @@ class SequentialFitter:
                 previous_cfw = state.camera_from_world[t - 1]
                 init, init_kind = self.initial_camera(state, t)
                 with torch.no_grad():
-                    previous_pixels = project_to_pixels(state.gaussians.means, previous_cfw, self.K)
+                    previous_pixels = project_to_pixels(state.gaussians.means, previous_cfw, self.K, min_depth=MIN_DEPTH)[0]
                 camera_from_world, stats = self.camera_step(state, t, init, previous_pixels)
                 stats["camera_init"] = init_kind
                 # previous_pixels were taken before the move: they are where each Gaussian was at t-1.
                 self.move_dynamic(state, t, previous_cfw, camera_from_world)
-                n_before = len(state.gaussians)
-                stats["new_content"] = self.add_new_content(state, t, camera_from_world, generator)
-                new = GaussianParams.from_state_dict({k: v[n_before:] for k, v in state.gaussians.state_dict().items()})
-                if len(new):
+                new = self.add_new_content(state, t, camera_from_world, generator)
+                stats["new_content"] = 0 if new is None else len(new)
+                if new is not None and len(new):
                     previous_pixels = self._extend_previous(previous_pixels, new, t, camera_from_world)
                 stats.update(self.optimize_gaussians(state, t, camera_from_world, cfg.sequential.gaussian_iters, generator,
                                                      move_still=False, previous_pixels=previous_pixels))

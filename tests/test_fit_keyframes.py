@@ -1,0 +1,47 @@
+"""A fit on keyframes only (`keyframes.enabled`): every input frame still gets a camera, a moving mask and a
+rendered frame; the skipped frames are scored on their own, and their refined cameras follow the true path."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from recon4d.eval.ground_truth import evaluate_scene
+from recon4d.eval.synthetic import make_synthetic, write_synthetic
+from recon4d.fit.config import load_config
+from recon4d.fit.pipeline import fit_video
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
+
+FRAMES = 16
+
+
+@pytest.fixture(scope="module")
+def keyframe_fit(tmp_path_factory):
+    root = tmp_path_factory.mktemp("keyframes")
+    clip = make_synthetic("translate", num_frames=FRAMES, width=96, height=54, seed=0)
+    write_synthetic(clip, root / "gt")
+    config = load_config("fast").replace(
+        short_side=54, num_gaussians=1500, frame0_iters=80, camera_iters=30, gaussian_iters=30, refine=False,
+        holdout_every=0, **{"keyframes.enabled": True, "keyframes.max_gap_frames": 3})
+    result = fit_video(root / "gt" / "video.mp4", root / "out", config, torch.device("cpu"), log=lambda *_: None)
+    return clip, result
+
+
+def test_every_frame_has_a_camera_mask_render_and_score(keyframe_fit):
+    _, result = keyframe_fit
+    metrics = json.loads((result.out_dir / "metrics.json").read_text())
+    fitted, skipped = metrics["fitted"]["frames"], metrics["skipped"]["frames"]
+    assert skipped >= FRAMES // 3 and fitted + skipped == FRAMES, metrics["fitted"]
+    assert metrics["skipped"]["psnr"] is not None
+    assert len(result.scene.cameras) == FRAMES and result.scene.arrays["moving_masks"].shape[0] == FRAMES
+    assert len(json.loads((result.out_dir / "cameras.json").read_text())["frames"]) == FRAMES
+    # Between keyframes the model is interpolated: skipped frames render close to the fitted ones.
+    assert metrics["skipped"]["psnr"] >= metrics["fitted"]["psnr"] - 6.0, (metrics["skipped"], metrics["fitted"])
+
+
+def test_skipped_frames_cameras_follow_the_true_path(keyframe_fit):
+    clip, result = keyframe_fit
+    errors = evaluate_scene(result.scene, clip)
+    assert errors["ate_percent"] <= 5.0, errors
