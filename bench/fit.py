@@ -1,7 +1,10 @@
 """Benchmark of `recon4d fit`: held-out and fitted PSNR/SSIM, seconds per stage, peak RSS, Gaussians.
 
 Usage: python bench/fit.py [--preset default] [--clips bear,apple,backpack,cup] [--frames 30] [--holdout-every 4]
-       [--short-side 90] [--synthetic translate,rotate,static,fast] [--no-refine] [--out /tmp/recon4d-bench]
+       [--short-side 90] [--synthetic translate,rotate,static,fast] [--no-refine] [--keyframes] [--out /tmp/recon4d-bench]
+
+With --keyframes only keyframes are fitted; psnr_skipped is the PSNR of the frames between them (refined
+interpolated cameras), fitted_frames how many were fitted.
 
 Each clip is fitted in a fresh subprocess (`recon4d fit`), so peak RSS is per clip. Baseline for held-out
 frames (the bar of issue #4): the average of the two neighbouring input frames, at the same resolution.
@@ -47,6 +50,8 @@ def fit_one(name: str, source: Path, out: Path, args: argparse.Namespace) -> dic
         cmd += ["--short-side", str(args.short_side)]
     if args.no_refine:
         cmd += ["--no-refine"]
+    if args.keyframes:
+        cmd += ["--keyframes"]
     result = subprocess.run(cmd, capture_output=True, text=True, env={**__import__("os").environ, "RECON4D_NO_PROGRESS": "1"})
     if result.returncode != 0:
         return {"clip": name, "error": result.stderr.strip().splitlines()[-1] if result.stderr else "failed"}
@@ -60,6 +65,7 @@ def fit_one(name: str, source: Path, out: Path, args: argparse.Namespace) -> dic
         "clip": name, "frames": metrics["frames"], "size": "x".join(map(str, metrics["resolution"])),
         "psnr_fit": metrics["fitted"]["psnr"], "ssim_fit": metrics["fitted"]["ssim"],
         "psnr_held": metrics["held_out"]["psnr"], "ssim_held": metrics["held_out"]["ssim"],
+        "psnr_skipped": (metrics.get("skipped") or {}).get("psnr"), "fitted_frames": metrics["fitted"]["frames"],
         "psnr_held_seq": (metrics.get("sequential") or {}).get("held_out", {}).get("psnr"),
         "psnr_fit_seq": (metrics.get("sequential") or {}).get("fitted", {}).get("psnr"),
         "baseline_blend": neighbour_blend_psnr(clip.frames, held),
@@ -84,6 +90,7 @@ def main() -> None:
     parser.add_argument("--holdout-every", type=int, default=4)
     parser.add_argument("--short-side", type=int, default=None)
     parser.add_argument("--no-refine", action="store_true", help="sequential pass only (compare with the refined fit)")
+    parser.add_argument("--keyframes", action="store_true", help="fit keyframes only (`recon4d fit --keyframes`)")
     parser.add_argument("--out", type=Path, default=Path("/tmp/recon4d-bench"))
     args = parser.parse_args()
     rows = []
@@ -98,7 +105,7 @@ def main() -> None:
     for name in filter(None, args.clips.split(",")):
         rows.append(fit_one(name, REAL_CLIPS[name], args.out / name, args))
         print(json.dumps(rows[-1]), flush=True)
-    cols = ["clip", "frames", "size", "psnr_held", "psnr_held_seq", "baseline_blend", "psnr_fit", "psnr_fit_seq", "ssim_fit", "ssim_held",
+    cols = ["clip", "frames", "fitted_frames", "size", "psnr_held", "psnr_skipped", "psnr_held_seq", "baseline_blend", "psnr_fit", "psnr_fit_seq", "ssim_fit", "ssim_held",
             "ate_percent", "mask_iou", "track_median_px", "priors_s", "fit_s", "refine_s", "total_s", "rss_mb", "gaussians"]
     print(f"\npreset={args.preset} frames={args.frames} holdout_every={args.holdout_every}")
     print_markdown_table(rows, cols)

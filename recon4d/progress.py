@@ -24,3 +24,10 @@ def track(items: Iterable[T], description: str, total: int | None = None) -> Ite
                TextColumn("eta"), TimeRemainingColumn())
     with Progress(*columns, console=Console(stderr=True), transient=False) as progress:
         yield from progress.track(items, total=total, description=description)
+
+
+def progress_bar(label: str) -> Progress:
+    """A rich Progress on stderr (label, bar, done/total, elapsed, remaining), disabled when progress is off;
+    use as a context manager and drive it with `add_task` / `update`."""
+    return Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
+                    console=Console(stderr=True), disable=not progress_enabled())

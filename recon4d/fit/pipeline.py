@@ -38,6 +38,7 @@ from recon4d.fit.sequential import FitInputs, FitState, SequentialFitter
 from recon4d.io.outputs import check_output_dir, locked_output_dir
 from recon4d.io.scene import Scene4D, read_manifest
 from recon4d.io.video import Clip, read_clip
+from recon4d.progress import progress_bar
 
 
 def default_intrinsics(width: int, height: int, fov_x_deg: float) -> np.ndarray:
@@ -144,21 +145,9 @@ def prepare(source: str | Path, config: FitConfig, device: torch.device, log=pri
 
 def run_refinement(scene: Scene4D, prepared: Prepared, config: FitConfig, device: torch.device) -> tuple[Scene4D, dict]:
     """Continuous-time refinement of a sequential scene (progress bar on stderr)."""
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
     from recon4d.fit.refine import RefineInputs, Refiner
-    from recon4d.progress import progress_enabled
 
-    with Progress(TextColumn("refining"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  TimeRemainingColumn(), console=Console(stderr=True), disable=not progress_enabled()) as progress:
+    with progress_bar("refining") as progress:
         task = progress.add_task("refine", total=config.refine.iters)
         refiner = Refiner(RefineInputs(scene, prepared.fitted, prepared.inputs), config, device,
                           on_progress=lambda done, total: progress.update(task, completed=done))
@@ -231,20 +220,7 @@ def _fit_locked(source, out_dir: Path, config: FitConfig, device: torch.device, 
             raise
         progress.update(task, completed=t + 1)
 
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    from recon4d.progress import progress_enabled
-
-    with Progress(TextColumn("fitting frames"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  TimeRemainingColumn(), console=Console(stderr=True), disable=not progress_enabled()) as progress:
+    with progress_bar("fitting frames") as progress:
         task = progress.add_task("fit", total=len(fitted), completed=0 if state is None else state.next_frame)
         fitter = SequentialFitter(inputs, config, on_frame=on_frame)
         state = fitter.run(state)
