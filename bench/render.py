@@ -1,9 +1,11 @@
 """Benchmark of recon4d.render.rasterize: forward+backward time and peak memory.
 
-Usage: python bench/render.py [--device cpu|cuda] [--threads 2] [--repeat 5] [--sizes 160x90,320x180,640x360]
-       [--counts 5000,20000,100000]
+Usage: python bench/render.py [--device cpu|cuda] [--threads 1,2] [--repeat 5] [--sizes 160x90,320x180,640x360]
+       [--counts 5000,20000,100000] [--omp-wait-policy passive]
 
-Each (size, count) runs in a fresh subprocess so that peak RSS belongs to that case alone. The scene
+Each (size, count, threads) runs in a fresh subprocess so that peak RSS belongs to that case alone. On a
+shared machine wall-clock times depend on the load, so every row also gives the process CPU time per
+step and the 1-minute load average when the case ran. The scene
 mimics a frame-0 initialisation: Gaussians spread over the view frustum at depths 2-6 with a footprint of
 about two sampling distances, opacities 0.5-1. Quality column: max abs difference of the image against
 the dense reference where it fits in memory (smallest size only), to show the fast path is exact.
@@ -13,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import resource
 import subprocess
 import sys
@@ -50,11 +53,12 @@ def run_case(width: int, height: int, n: int, device: str, repeat: int, threads:
     args = [params[k] for k in ("means", "quats", "scales", "opacities", "colors", "camera_from_world", "K")]
     target = torch.rand(height, width, 3, device=device)
 
-    def step() -> tuple[float, float]:
+    def step() -> tuple[float, float, float]:
         for p in params.values():
             p.grad = None
         if device == "cuda":
             torch.cuda.synchronize()
+        c0 = time.process_time()
         t0 = time.perf_counter()
         out = rasterize(*args, width, height)
         if device == "cuda":
@@ -63,15 +67,17 @@ def run_case(width: int, height: int, n: int, device: str, repeat: int, threads:
         ((out.color - target).abs().mean() + 0.01 * out.depth.mean()).backward()
         if device == "cuda":
             torch.cuda.synchronize()
-        return t1 - t0, time.perf_counter() - t0
+        return t1 - t0, time.perf_counter() - t0, time.process_time() - c0
 
     step()  # warm-up: loads the extension / compiles CUDA kernels
     times = sorted(step() for _ in range(repeat))
     fwd = sorted(t[0] for t in times)
     both = sorted(t[1] for t in times)
+    cpu = sorted(t[2] for t in times)
     result = {
-        "size": f"{width}x{height}", "gaussians": n, "fwd_ms": 1000 * fwd[len(fwd) // 2],
+        "size": f"{width}x{height}", "gaussians": n, "threads": threads, "fwd_ms": 1000 * fwd[len(fwd) // 2],
         "fwd_bwd_ms": 1000 * both[len(both) // 2], "fwd_bwd_min_ms": 1000 * both[0],
+        "cpu_ms": 1000 * cpu[len(cpu) // 2], "load": os.getloadavg()[0],
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
     if device == "cuda":
@@ -90,33 +96,42 @@ def run_case(width: int, height: int, n: int, device: str, repeat: int, threads:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", default="1,2", help="comma-separated torch thread counts")
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--sizes", default="160x90,320x180,640x360")
     parser.add_argument("--counts", default="5000,20000,100000")
+    parser.add_argument("--omp-wait-policy", choices=["active", "passive"],
+                        help="OMP_WAIT_POLICY for the cases (default: the environment's)")
     parser.add_argument("--case", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.case:
         width, height, n = map(int, args.case.split(","))
-        print(json.dumps(run_case(width, height, n, args.device, args.repeat, args.threads)))
+        print(json.dumps(run_case(width, height, n, args.device, args.repeat, int(args.threads))))
         return
+    env = dict(os.environ)
+    if args.omp_wait_policy:
+        env["OMP_WAIT_POLICY"] = args.omp_wait_policy
     rows = []
     for size in args.sizes.split(","):
         width, height = map(int, size.split("x"))
         for n in map(int, args.counts.split(",")):
-            cmd = [sys.executable, __file__, "--device", args.device, "--threads", str(args.threads),
-                   "--repeat", str(args.repeat), "--case", f"{width},{height},{n}"]
-            rows.append(json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout))
-    print(f"device={args.device} threads={args.threads} repeat={args.repeat} (median; min in brackets)")
-    header = "| size | Gaussians | forward ms | forward+backward ms | peak RSS MB |"
+            for threads in map(int, args.threads.split(",")):
+                cmd = [sys.executable, __file__, "--device", args.device, "--threads", str(threads),
+                       "--repeat", str(args.repeat), "--case", f"{width},{height},{n}"]
+                out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
+                rows.append(json.loads(out))
+    print(f"device={args.device} repeat={args.repeat} OMP_WAIT_POLICY={env.get('OMP_WAIT_POLICY', 'unset')} "
+          f"cores={os.cpu_count()} (median; min in brackets; load = 1-min load average after the case)")
+    header = "| size | Gaussians | threads | forward ms | forward+backward ms | CPU ms/step | peak RSS MB |"
     extra = " peak GPU MB |" if args.device == "cuda" else ""
-    print(header + extra + " coverage | max diff vs dense |")
-    print("|---" * (header.count("|") - 1 + (1 if extra else 0) + 2) + "|")
+    print(header + extra + " load | coverage | max diff vs dense |")
+    print("|---" * (header.count("|") - 1 + (1 if extra else 0) + 3) + "|")
     for r in rows:
         gpu = f" {r['peak_gpu_mb']:.0f} |" if extra else ""
         diff = f"{r['max_abs_diff_vs_dense']:.1e}" if "max_abs_diff_vs_dense" in r else "-"
-        print(f"| {r['size']} | {r['gaussians']} | {r['fwd_ms']:.1f} | {r['fwd_bwd_ms']:.1f} ({r['fwd_bwd_min_ms']:.1f}) "
-              f"| {r['peak_rss_mb']:.0f} |{gpu} {r['coverage']:.2f} | {diff} |")
+        print(f"| {r['size']} | {r['gaussians']} | {r['threads']} | {r['fwd_ms']:.1f} "
+              f"| {r['fwd_bwd_ms']:.1f} ({r['fwd_bwd_min_ms']:.1f}) | {r['cpu_ms']:.1f} | {r['peak_rss_mb']:.0f} |{gpu} "
+              f"{r['load']:.1f} | {r['coverage']:.2f} | {diff} |")
 
 
 if __name__ == "__main__":
