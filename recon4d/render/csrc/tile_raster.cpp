@@ -302,6 +302,9 @@ torch::Tensor rasterize_backward(torch::Tensor means2d, torch::Tensor conics, to
     Aligned<float> trans_buf(pixels), behind_buf(pixels * dims), tf_buf(pixels), vfeat_buf(pixels * dims),
         valpha_buf(pixels);
     Aligned<int> last_buf(pixels);
+    // Per tile row: one past the last entry any of its pixels composited; rows are skipped for entries
+    // behind that, where no pixel of theirs is affected.
+    std::vector<int> row_end(tile);
     // Per row of the current Gaussian: weight (0 where not composited), transmittance before it,
     // 1 / (1 - alpha), d loss / d alpha, exp(-sigma) where alpha is differentiable (else 0); and per-lane
     // gradient sums over the Gaussian's rows: mean x, y, conic a, b, c, opacity, then the features.
@@ -331,17 +334,18 @@ torch::Tensor rasterize_backward(torch::Tensor means2d, torch::Tensor conics, to
       std::fill(vfeat, vfeat + pixels * dims, 0.f);
       std::fill(last, last + pixels, off[t]);
       std::fill(eg + (size_t)off[t] * grads, eg + (size_t)off[t + 1] * grads, 0.f);
-      int max_end = off[t];
+      std::fill(row_end.begin(), row_end.end(), off[t]);
       for (int64_t y = b.y0; y < b.y1; y++)
         for (int64_t x = b.x0; x < b.x1; x++) {
           const int64_t p = (y - b.y0) * lanes + (x - b.x0);
           const size_t q = (size_t)y * width + x;
           tf[p] = trans[p] = tfinal[q];
           last[p] = pend[q];
-          max_end = std::max(max_end, pend[q]);
+          row_end[y - b.y0] = std::max(row_end[y - b.y0], pend[q]);
           valpha[p] = va[q];
           for (int64_t d = 0; d < dims; d++) vfeat[d * pixels + p] = vf[q * dims + d];
         }
+      const int max_end = *std::max_element(row_end.begin(), row_end.end());
       for (int64_t k = max_end - 1; k >= off[t]; k--) {
         if (k - kPrefetchDistance >= off[t]) prefetch_record(rec, id, stride, k - kPrefetchDistance);
         const Splat s(rec + (size_t)id[k] * stride, b);
@@ -350,6 +354,7 @@ torch::Tensor rasterize_backward(torch::Tensor means2d, torch::Tensor conics, to
         const int k32 = (int)k;
         std::fill(lane_grads, lane_grads + grads * lanes, 0.f);
         for (int64_t y = s.y0; y < s.y1; y++) {
+          if (k >= row_end[y - b.y0]) continue;
           const float dy = s.my - (y + 0.5f);
           const int64_t row = (y - b.y0) * lanes;
           float* tr = trans + row;
