@@ -326,3 +326,34 @@ def test_clip_fuses_the_still_part_once(tmp_path, monkeypatch):
         ]
         # Measured: 0.01 to this frame's ball, 0.11-0.46 to the others'.
         assert distances[t] < 0.02 and all(d > 0.08 for k, d in enumerate(distances) if k != t), distances
+
+
+def test_cropped_view_is_the_whole_view_cut():
+    """The moving part's crop (footprint_window) holds every pixel the rasterizer draws, so the cropped render
+    equals the matching window of the whole render, and nothing is drawn outside it."""
+    from recon4d.export.mesh import moving_gaussians
+    from recon4d.export.mesh_views import footprint_window, render_rgbd
+    from recon4d.geometry import invert_pose
+    from recon4d.render import rasterize
+
+    scene, _ = surface_scene(num_frames=3, width=96, height=54, spacing=0.1)
+    ball = moving_gaussians(scene, 1)
+    config = MeshConfig()
+    for t in range(3):
+        pose, K = scene.cameras.world_from_camera[t], scene.cameras.K(t).double()
+        width, height = scene.cameras.width, scene.cameras.height
+        camera_from_world = invert_pose(pose)
+        x0, y0, x1, y1 = footprint_window(ball, camera_from_world.numpy(), K.numpy(), width, height, 0)
+        assert 0 < x1 - x0 < width and 0 < y1 - y0 <= height
+        alpha = rasterize(ball.means, ball.quats, ball.scales, ball.opacities, ball.colors,
+                          camera_from_world.float(), K.float(), width, height).alpha
+        outside = alpha.clone()
+        outside[y0:y1, x0:x1] = 0
+        assert alpha.max() > 0.9 and outside.max() == 0, "drawn outside the window"
+        whole = render_rgbd(ball, pose, K, width, height, config)
+        K_crop = K.clone()
+        K_crop[0, 2] -= x0
+        K_crop[1, 2] -= y0
+        crop = render_rgbd(ball, pose, K_crop, x1 - x0, y1 - y0, config)
+        np.testing.assert_allclose(crop.depth, whole.depth[y0:y1, x0:x1], atol=1e-5)
+        np.testing.assert_allclose(crop.color, whole.color[y0:y1, x0:x1], atol=1e-5)
