@@ -67,7 +67,9 @@ def main() -> None:
 
     from recon4d.eval.synthetic import make_synthetic
     from recon4d.export.mesh import export_mesh, export_meshes
+    from recon4d.render.cpu import extension
 
+    extension()  # build (a changed source rebuilds on first use) before anything is timed
     reference = reference_seconds()
     rows = []
 
