@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
+from recon4d.fit.optim import replace_parameter
 from recon4d.geometry.camera import invert_pose
 from recon4d.geometry.lie import apply_pose_delta
 from recon4d.geometry.quaternion import normalize_quaternion
@@ -98,9 +99,15 @@ class GaussianParams:
             getattr(self, name).requires_grad_(flag)
         return self
 
-    def append(self, other: "GaussianParams") -> None:
+    def append(self, other: "GaussianParams", optimizer: torch.optim.Optimizer | None = None) -> None:
+        """Append `other`'s rows. With `optimizer` (one that trains some of these parameters), the grown
+        tensors replace the old ones in it: existing rows keep their Adam moments, new rows start at zero."""
         for name in (*self.PARAMETERS, "is_dynamic", "birth_frame"):
-            merged = torch.cat([getattr(self, name).detach(), getattr(other, name).detach()])
+            old = getattr(self, name)
+            merged = torch.cat([old.detach(), getattr(other, name).detach()])
+            if optimizer is not None and name in self.PARAMETERS:
+                merged.requires_grad_(old.requires_grad)
+                replace_parameter(optimizer, old, merged)
             setattr(self, name, merged)
 
     def tail(self, start: int) -> "GaussianParams":

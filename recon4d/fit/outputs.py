@@ -103,6 +103,12 @@ def assemble_scene(state: FitState, fitted: list[int], clip: Clip, K: np.ndarray
     )
 
 
+def peak_rss_mb() -> float:
+    """The process's peak resident memory so far, MiB (stages record it as they end: metrics.json
+    `peak_rss_mb_by_stage`; a stage's own peak is where the value jumps)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def refine_skipped_cameras(scene: Scene4D, frames: np.ndarray, skipped: list[int], config: FitConfig,
                            device: torch.device) -> None:
     """Cameras of the frames skipped between keyframes: interpolated, then refined photometrically against
@@ -129,10 +135,11 @@ def finish(scene: Scene4D, clip: Clip, held: list[int], config: FitConfig, devic
     scene.arrays["moving_masks"] = masks
     seconds["evaluate"] = seconds.get("evaluate", 0.0) + time.perf_counter() - t0
     metrics.update(extra)
+    metrics.setdefault("peak_rss_mb_by_stage", {})["evaluate"] = peak_rss_mb()
     metrics.update({
         "seconds": seconds,
         "seconds_total": sum(seconds.values()),
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": peak_rss_mb(),
         "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None,
         "gaussians": len(scene.gaussians),
         "dynamic_gaussians": int(scene.is_dynamic.sum()),

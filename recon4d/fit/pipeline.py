@@ -33,7 +33,7 @@ from recon4d.fit.checkpoint import (
 )
 from recon4d.fit.config import FLAT_KEYS, SECTIONS, FitConfig
 from recon4d.fit.keyframes import choose_keyframes
-from recon4d.fit.outputs import FitResult, assemble_scene, finish
+from recon4d.fit.outputs import FitResult, assemble_scene, finish, peak_rss_mb
 from recon4d.fit.sequential import FitInputs, FitState, SequentialFitter
 from recon4d.io.outputs import check_output_dir, locked_output_dir
 from recon4d.io.scene import Scene4D, read_manifest
@@ -108,6 +108,7 @@ class Prepared:
     priors: object
     inputs: FitInputs
     seconds: dict
+    peak_rss: dict
 
 
 def prepare(source: str | Path, config: FitConfig, device: torch.device, log=print, before_priors=None) -> Prepared:
@@ -122,6 +123,7 @@ def prepare(source: str | Path, config: FitConfig, device: torch.device, log=pri
     started = time.perf_counter()
     clip = read_clip(source, stride=config.input.stride, max_frames=config.input.max_frames, short_side=config.input.short_side)
     seconds["decode"] = time.perf_counter() - started
+    peak_rss = {"decode": peak_rss_mb()}
     log(f"decoded {clip.num_frames} frames at {clip.width}x{clip.height} from {source}")
     fitted, held = holdout_split(clip.num_frames, config.input.holdout_every)
     skipped: list[int] = []
@@ -140,7 +142,9 @@ def prepare(source: str | Path, config: FitConfig, device: torch.device, log=pri
     priors = compute_priors(clip.frames[fitted], K, config.priors,
                             clip_hash=f"{clip.source_hash}:{','.join(map(str, fitted))}", log=log)
     seconds["priors"] = time.perf_counter() - t0
-    return Prepared(clip, fitted, held, skipped, K, priors, _to_inputs(clip.frames[fitted], priors, K, device), seconds)
+    peak_rss["priors"] = peak_rss_mb()
+    return Prepared(clip, fitted, held, skipped, K, priors, _to_inputs(clip.frames[fitted], priors, K, device), seconds,
+                    peak_rss)
 
 
 def run_refinement(scene: Scene4D, prepared: Prepared, config: FitConfig, device: torch.device) -> tuple[Scene4D, dict]:
@@ -225,10 +229,12 @@ def _fit_locked(source, out_dir: Path, config: FitConfig, device: torch.device, 
         fitter = SequentialFitter(inputs, config, on_frame=on_frame)
         state = fitter.run(state)
     seconds["fit"] = prior_fit_seconds + time.perf_counter() - fit_started
+    prepared.peak_rss["fit"] = peak_rss_mb()
 
     scene = assemble_scene(state, fitted, clip, K, config, prepared.priors.moving_masks)
     scene.config["run_key"] = key
-    extra = {"camera_inits": [s.get("camera_init") for s in state.frame_stats], "frame_stats": state.frame_stats}
+    extra = {"peak_rss_mb_by_stage": prepared.peak_rss, "camera_inits": [s.get("camera_init") for s in state.frame_stats],
+             "frame_stats": state.frame_stats}
     if config.refine.enabled:
         t0 = time.perf_counter()
         sequential_metrics, _, _ = evaluate(scene, clip.frames, prepared.held, config, device, skipped=prepared.skipped)
@@ -236,6 +242,7 @@ def _fit_locked(source, out_dir: Path, config: FitConfig, device: torch.device, 
         t0 = time.perf_counter()
         scene, refine_stats = run_refinement(scene, prepared, config, device)
         seconds["refine"] = time.perf_counter() - t0
+        prepared.peak_rss["refine"] = peak_rss_mb()
         extra.update({"sequential": _summary(sequential_metrics), "refine_stats": refine_stats})
         log(f"refined in {seconds['refine']:.0f} s; sequential held-out PSNR {sequential_metrics['held_out']['psnr']}")
     return finish(scene, clip, prepared.held, config, device, out_dir, seconds, extra, skipped=prepared.skipped)
@@ -276,7 +283,9 @@ def _refine_locked(out_dir: Path, device: torch.device, overrides: dict, log) ->
     t0 = time.perf_counter()
     refined, refine_stats = run_refinement(scene, prepared, config, device)
     seconds["refine"] = time.perf_counter() - t0
+    prepared.peak_rss["refine"] = peak_rss_mb()
     refined.config = {**config.to_dict(), "source": source,
                       **({"run_key": stored["run_key"]} if "run_key" in stored else {})}
     return finish(refined, prepared.clip, prepared.held, config, device, out_dir, seconds,
-                  {"sequential": sequential, "refine_stats": refine_stats}, skipped=prepared.skipped)
+                  {"sequential": sequential, "refine_stats": refine_stats, "peak_rss_mb_by_stage": prepared.peak_rss},
+                  skipped=prepared.skipped)

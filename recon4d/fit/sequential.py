@@ -7,9 +7,10 @@ The model is `recon4d.fit.model.GaussianParams` plus one camera per fitted frame
 interrupted fit resumes where it stopped; each frame reseeds its random generator from (seed, frame), so a
 resumed fit gives the same result.
 
-Optimiser state: the Gaussian step builds a fresh Adam at each frame and after each spawn (the moments of
-every row restart), while the refinement's growth carries the moments of untouched rows
-(`recon4d.fit.strategy.grow`). Measured on the sequential pass, see the README section "How the fit is built".
+Optimiser state: the Gaussian step builds a fresh Adam at each frame (a new target); a spawn during the step
+keeps the moments of the existing rows and starts the new ones at zero, as the refinement's growth does
+(`recon4d.fit.strategy.grow`). Measured against rebuilding Adam after each spawn (README, "How the fit is
+built"): held-out PSNR of the sequential pass +0.15 dB on bear and +0.17 dB on cup.
 """
 from __future__ import annotations
 
@@ -243,9 +244,8 @@ class SequentialFitter:
             new = self.strategy.step_post_optimizer(g, step, info, generator)
             if new is not None:
                 previous_pixels = self._extend_previous(previous_pixels, new, t, camera_from_world)
-                g.append(new)
+                g.append(new, optimizer)
                 added += len(new)
-                optimizer = g.optimizer(lrs)
                 plateau = Plateau(cfg.sequential.plateau_patience, cfg.sequential.plateau_tolerance)
                 stop = False
             if stop:

@@ -9,9 +9,8 @@ a footprint radius above `split_px` is split: it and its copy move to two sample
 shrink by `split_scale`; a smaller one is cloned in place. Dynamic ones carry their whole trajectory.
 
 Optimiser state: appended rows start with zero Adam moments and split rows have theirs reset (a new or moved
-Gaussian has no gradient history of its own), while every other row keeps its moments. Measured on the
-refinement (issue #9): rebuilding Adam after each growth restarts the bias correction of all N rows and cost
-held-out PSNR; keeping the untouched rows' moments does not.
+Gaussian has no gradient history of its own), while every other row keeps its moments — the same choice as
+the sequential pass's spawn, where it was measured against rebuilding Adam (`recon4d.fit.sequential`).
 
 Hooks, in the order the trainer calls them each step: `step_pre_backward` (whether to keep the means'
 gradient), `step_post_backward` (statistics, before the optimiser step moves what they were taken at),

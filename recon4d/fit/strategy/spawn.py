@@ -13,8 +13,9 @@ when the prior's moving mask marks its pixel. Three places draw pixels:
 
 within `densify.spawn_max_per_frame` per frame and `densify.max_gaussians` overall.
 
-Optimiser state: the trainer rebuilds its Adam after a spawn (all moments restart). Measured against carrying
-the moments of the existing rows (new rows at zero), see `recon4d.fit.sequential`.
+Optimiser state: after a spawn the existing rows keep their Adam moments and the new ones start at zero
+(`GaussianParams.append` with the optimiser), the same choice as the refinement's growth; measured in
+`recon4d.fit.sequential`.
 """
 from __future__ import annotations
 
