@@ -14,9 +14,9 @@
 // Vectorisation: per Gaussian, a tile is swept row by row over a padded row of kLanes-multiple floats
 // with the Gaussian's pixel box as a mask. These fixed, aligned, branch-free row loops vectorise, expf
 // included (libmvec under -ffast-math); loops clipped to a Gaussian's few-pixel span are too short and
-// irregular to. Channels run in separate row loops over a per-row weight buffer, so the channel count
-// stays a runtime value, and the backward pass keeps per-lane gradient sums across rows so that each
-// entry needs one horizontal reduction per gradient instead of one per row.
+// irregular to. Channels run in row loops of their own over per-row buffers (the backward pass four
+// channels at a time), so the channel count stays a runtime value, and the backward pass keeps per-lane
+// gradient sums across rows so that each entry needs one horizontal reduction per gradient, not one per row.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
@@ -136,6 +136,39 @@ int sweep_threads(int64_t tiles, int64_t entries) {
 
 inline void prefetch_record(const float* records, const int* id, int64_t stride, int64_t k) {
   __builtin_prefetch(records + (size_t)id[k] * stride);
+}
+
+// Channels back-propagated together through one row, so that d loss / d alpha stays in a register.
+constexpr int kChannelBlock = 4;
+
+// One row of the backward pass for channels [d0, d0 + C): feature gradients (per lane), d loss / d alpha
+// of each pixel and the colour composited behind the current Gaussian.
+template <int C>
+inline void channel_rows(int64_t d0, int64_t lanes, int64_t pixels, int64_t row, const float* features,
+                         const float* vfeat, float* behind, float* g_feat, const float* __restrict w,
+                         const float* __restrict t_before, const float* __restrict inv, float* __restrict v_alpha_px) {
+  const float* up[C];
+  float* bh[C];
+  float* gf[C];
+  float f[C];
+  for (int c = 0; c < C; c++) {
+    up[c] = vfeat + (d0 + c) * pixels + row;
+    bh[c] = behind + (d0 + c) * pixels + row;
+    gf[c] = g_feat + (d0 + c) * lanes;
+    f[c] = features[d0 + c];
+  }
+#pragma omp simd aligned(w, t_before, inv, v_alpha_px : 64)
+  for (int64_t x = 0; x < lanes; x++) {
+    float v_a = v_alpha_px[x];
+#pragma GCC unroll 8
+    for (int c = 0; c < C; c++) {
+      const float u = up[c][x], b = bh[c][x];
+      gf[c][x] += w[x] * u;
+      v_a += (f[c] * t_before[x] - b * inv[x]) * u;
+      bh[c][x] = b + f[c] * w[x];
+    }
+    v_alpha_px[x] = v_a;
+  }
 }
 
 }  // namespace
@@ -382,18 +415,11 @@ torch::Tensor rasterize_backward(torch::Tensor means2d, torch::Tensor conics, to
           // A loop of its own: folded into the one above, gcc gives up vectorising that one.
 #pragma omp simd aligned(v_alpha_px, tfr, inv, var : 64)
           for (int64_t x = 0; x < lanes; x++) v_alpha_px[x] = tfr[x] * inv[x] * var[x];
-          for (int64_t d = 0; d < dims; d++) {
-            const float* up = vfeat + d * pixels + row;
-            float* bh = behind + d * pixels + row;
-            float* gf = g_feat + d * lanes;
-            const float f = s.features[d];
-#pragma omp simd aligned(up, bh, gf, w, t_before, inv, v_alpha_px : 64)
-            for (int64_t x = 0; x < lanes; x++) {
-              gf[x] += w[x] * up[x];
-              v_alpha_px[x] += (f * t_before[x] - bh[x] * inv[x]) * up[x];
-              bh[x] += f * w[x];
-            }
-          }
+          int64_t d = 0;
+          for (; d + kChannelBlock <= dims; d += kChannelBlock)
+            channel_rows<kChannelBlock>(d, lanes, pixels, row, s.features, vfeat, behind, g_feat, w, t_before, inv, v_alpha_px);
+          for (; d < dims; d++)
+            channel_rows<1>(d, lanes, pixels, row, s.features, vfeat, behind, g_feat, w, t_before, inv, v_alpha_px);
 #pragma omp simd aligned(g_mx, g_my, g_ca, g_cb, g_cc, g_o, vis_gated, v_alpha_px : 64)
           for (int64_t x = 0; x < lanes; x++) {
             const float dx = mx_local - (float)x;
