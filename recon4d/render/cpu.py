@@ -1,5 +1,10 @@
 """CPU backend: a C++ tile rasterizer with a hand-written backward pass.
 
+Forward and backward run over screen tiles on `torch.get_num_threads()` OpenMP threads (small renders stay
+on one); images and gradients are bit-identical for any thread count. On a shared, busy machine set
+OMP_WAIT_POLICY=PASSIVE before torch is imported: spin-waiting OpenMP threads otherwise cost several times
+the work of PyTorch's many small parallel ops.
+
 The extension is built once per machine with `torch.utils.cpp_extension` (ninja) into
 ``$RECON4D_CACHE_DIR/ext`` (default ``~/.cache/recon4d/ext``); the build key hashes the source, the torch
 version and the compiler flags, so a later process only loads the shared library.
