@@ -86,7 +86,12 @@ class SequentialConfig:
     camera_lr_decay: factor by which the camera learning rates shrink over a camera step.
     lr_*: Adam learning rates; lr_means and lr_camera_translation are in units of the scene's median depth per
     step, lr_camera_rotation in radians. The refinement scales the Gaussian rates by `refine.lr_scale`.
-    motion_dilation: pixels by which moving masks are grown before excluding them from the camera step."""
+    motion_dilation: pixels by which moving masks are grown before excluding them from the camera step.
+    slow_mover_share, slow_mover_min_frames: after the pass, a still Gaussian whose centre lies on the prior's
+    moving masks in at least this share of the fitted frames where it is in view and not occluded (and in at
+    least `slow_mover_min_frames` of them) becomes dynamic and moving: the masks of a slow mover appear only
+    once its motion has accumulated (`recon4d.priors.motion` judges motion over a window), usually after the
+    Gaussians on it were born still; the refinement then gives them trajectories (0 = off)."""
 
     frame0_iters: int = 300
     camera_iters: int = 60
@@ -103,6 +108,8 @@ class SequentialConfig:
     lr_scales: float = 1e-2
     lr_quats: float = 5e-3
     motion_dilation: int = 2
+    slow_mover_share: float = 0.3
+    slow_mover_min_frames: int = 3
 
 
 @dataclass
@@ -363,6 +370,8 @@ _RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "losses.ssim": (0, 1, False),
     "sequential.camera_lr_decay": (0, 1, True),
     "sequential.plateau_patience": (1, None, False),
+    "sequential.slow_mover_share": (0, 1, False),
+    "sequential.slow_mover_min_frames": (1, None, False),
     "densify.max_gaussians": (1, 50_000_000, False),
     "densify.spawn_alpha": (0, 1, False),
     "densify.spawn_every": (1, None, False),

@@ -228,13 +228,14 @@ def _fit_locked(source, out_dir: Path, config: FitConfig, device: torch.device, 
         task = progress.add_task("fit", total=len(fitted), completed=0 if state is None else state.next_frame)
         fitter = SequentialFitter(inputs, config, on_frame=on_frame)
         state = fitter.run(state)
+        slow_movers = fitter.label_slow_movers(state)
     seconds["fit"] = prior_fit_seconds + time.perf_counter() - fit_started
     prepared.peak_rss["fit"] = peak_rss_mb()
 
     scene = assemble_scene(state, fitted, clip, K, config, prepared.priors.moving_masks)
     scene.config["run_key"] = key
     extra = {"peak_rss_mb_by_stage": prepared.peak_rss, "camera_inits": [s.get("camera_init") for s in state.frame_stats],
-             "frame_stats": state.frame_stats}
+             "frame_stats": state.frame_stats, "slow_movers": slow_movers}
     if config.refine.enabled:
         t0 = time.perf_counter()
         sequential_metrics, _, _ = evaluate(scene, clip.frames, prepared.held, config, device, skipped=prepared.skipped)

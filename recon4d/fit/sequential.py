@@ -33,6 +33,8 @@ from recon4d.render import RenderResult, rasterize
 
 # Points closer to a camera than this (scene units) are projected as if at this depth (flow terms, motion).
 MIN_DEPTH = 1e-3
+# A Gaussian counts as in front when its depth is within this fraction of the rendered depth at its pixel.
+OCCLUSION_TOLERANCE = 0.05
 
 @dataclass
 class FitInputs:
@@ -324,6 +326,40 @@ class SequentialFitter:
         if new is not None:
             state.gaussians.append(new)
         return new
+
+    @torch.no_grad()
+    def label_slow_movers(self, state: FitState) -> int:
+        """Make dynamic (and so moving) the still Gaussians that the prior's moving masks cover in at least
+        `sequential.slow_mover_share` of the fitted frames where the Gaussian is in view and in front (its depth
+        within `OCCLUSION_TOLERANCE` of the rendered depth); returns how many. See `SequentialConfig`."""
+        cfg, g = self.config.sequential, state.gaussians
+        if cfg.slow_mover_share <= 0 or not bool((~g.is_dynamic).any()):
+            return 0
+        active = g.activated()
+        visible_count = torch.zeros(len(g), device=self.device)
+        masked_count = torch.zeros(len(g), device=self.device)
+        for k, camera_from_world in enumerate(state.camera_from_world):
+            ids, means_k, quats_k = state.dynamic_states[k]
+            means = g.means.clone()
+            means[ids] = means_k
+            quats = g.quats.clone()
+            quats[ids] = quats_k
+            alive = g.birth_frame <= k
+            out = rasterize(means[alive], quats[alive], active.scales[alive], active.opacities[alive],
+                            active.colors[alive], camera_from_world, self.K, self.width, self.height)
+            depth = out.depth  # 0 where nothing renders: nothing there is in front
+            pixels, z = project_to_pixels(g.means, camera_from_world, self.K, min_depth=MIN_DEPTH)
+            u, v = pixels[:, 0].round().long(), pixels[:, 1].round().long()
+            in_view = alive & ~g.is_dynamic & (z > MIN_DEPTH) & (u >= 0) & (u < self.width) & (v >= 0) & (v < self.height)
+            u, v = u.clamp(0, self.width - 1), v.clamp(0, self.height - 1)
+            in_front = z <= depth[v, u] * (1 + OCCLUSION_TOLERANCE)
+            visible = in_view & in_front
+            visible_count += visible.float()
+            masked_count += (visible & self.inputs.moving[k][v, u]).float()
+        relabel = (~g.is_dynamic & (visible_count >= cfg.slow_mover_min_frames)
+                   & (masked_count >= cfg.slow_mover_share * visible_count))
+        g.is_dynamic = g.is_dynamic | relabel
+        return int(relabel.sum())
 
     # -- driver ----------------------------------------------------------------------------------------------
     def run(self, state: FitState | None = None) -> FitState:

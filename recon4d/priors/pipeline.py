@@ -5,8 +5,9 @@ settings reads the priors instead of recomputing them.
 """
 from __future__ import annotations
 
+
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -87,7 +88,8 @@ def compute_priors(frames: np.ndarray, intrinsics: np.ndarray, settings: PriorSe
     seconds["motion"] = time.perf_counter() - start
 
     depth_key = {**_settings(depth_estimator, {"name": settings.depth, **settings.depth_options}), **size,
-                 "intrinsics": [float(x) for x in intrinsics], "flow": flow_key}
+                 "intrinsics": [float(x) for x in intrinsics], "flow": flow_key,
+                 "motion": asdict(motion_config)}  # the depth solver reads the moving masks
     cached = cache.get("depth", clip_hash, depth_key) if cache else None
     start = time.perf_counter()
     if cached is None:
