@@ -256,7 +256,8 @@ def _print_fit_summary(m: dict, out: Path) -> None:
         held_text += f", PSNR {skipped['psnr']:.2f} dB on {skipped['frames']} frames between keyframes"
     if "sequential" in m and m["sequential"]["held_out"] and m["sequential"]["held_out"].get("psnr") is not None:
         held_text += f" (sequential pass: {m['sequential']['held_out']['psnr']:.2f} dB)"
-    print(f"fitted {m['frames']} frames with {m['gaussians']} Gaussians in {m['seconds_total']:.1f} s: "
+    keyframes = f" ({m['fitted']['frames']} keyframes)" if skipped.get("frames") else ""
+    print(f"fitted {m['frames']} frames{keyframes} with {m['gaussians']} Gaussians in {m['seconds_total']:.1f} s: "
           f"PSNR {m['fitted']['psnr']:.2f} dB, SSIM {m['fitted']['ssim']:.3f}{held_text}")
     print(f"wrote {out}/scene.r4d, cameras.json, metrics.json, comparison.mp4")
 
