@@ -41,9 +41,7 @@ def optimize_camera(cameras: CameraParams, k: int, loss_of: Callable[[torch.Tens
     of the last iterate. Returns (camera_from_world [4, 4] detached, {"iterations", "loss"}).
     """
     optimizer = torch.optim.Adam([{"params": [cameras.deltas], "lr": lr}])
-    scheduler = None
-    if lr_decay != 1.0:
-        scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=lr_decay ** (1 / max(iterations, 1)))
+    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=lr_decay ** (1 / max(iterations, 1)))
     best_loss, best_delta = math.inf, cameras.deltas[k].detach().clone()
     last_loss, done = math.inf, 0
     for done in range(1, iterations + 1):
@@ -54,8 +52,7 @@ def optimize_camera(cameras: CameraParams, k: int, loss_of: Callable[[torch.Tens
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        if scheduler is not None:
-            scheduler.step()
+        scheduler.step()
         if plateau is not None and plateau.step(last_loss):
             break
     with torch.no_grad():

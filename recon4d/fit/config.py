@@ -19,6 +19,7 @@ stored scenes and the CLI's flat overrides keep working.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 from dataclasses import dataclass, field
@@ -296,9 +297,7 @@ class FitConfig:
         return self._replaced(values, "the overrides")
 
     def _replaced(self, values: dict[Any, Any], where: str) -> "FitConfig":
-        config = FitConfig(preset=self.preset, seed=self.seed, priors=PriorSettings.from_dict(self.priors.to_dict()),
-                           **{name: dataclasses.replace(getattr(self, name)) for name in SECTIONS if name != "priors"})
-        config.priors.use_cache = self.priors.use_cache
+        config = copy.deepcopy(self)
         unknown = []
         for key, value in values.items():
             key = str(key)

@@ -5,6 +5,10 @@ import torch
 
 from recon4d.image import ssim_map
 
+# Pixels rendered with more alpha than this count as covered: only there is the rendered depth compared with
+# the prior, read to scale new content, or used for PnP matches.
+COVERED_ALPHA = 0.9
+
 
 def photometric_loss(rendered: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, ssim_share: float) -> torch.Tensor:
     """(1 - s) L1 + s (1 - SSIM), averaged with per-pixel `weight` [H, W]; images [H, W, 3]."""

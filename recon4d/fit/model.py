@@ -162,10 +162,8 @@ class CameraParams:
         self.base = base_camera_from_world
         self.deltas = torch.zeros(base_camera_from_world.shape[0], 6, device=device, requires_grad=True)
         self.depth_unit = depth_unit
-        unit = torch.tensor([1.0, 1.0, 1.0, depth_unit, depth_unit, depth_unit], device=device)
-        if translation_scale != 1.0:
-            unit = unit * torch.tensor([1.0, 1.0, 1.0] + [translation_scale] * 3, device=device)
-        self.unit = unit
+        self.unit = (torch.tensor([1.0, 1.0, 1.0, depth_unit, depth_unit, depth_unit], device=device)
+                     * torch.tensor([1.0, 1.0, 1.0] + [translation_scale] * 3, device=device))
         self.gauge = frozenset(gauge)
 
     def __len__(self) -> int:

@@ -32,11 +32,10 @@ from dataclasses import dataclass
 import torch
 
 from recon4d.fit.config import FitConfig, RefineConfig
-from recon4d.fit.losses import depth_loss, flow_loss, photometric_loss
+from recon4d.fit.losses import COVERED_ALPHA, depth_loss, flow_loss, photometric_loss
 from recon4d.fit.model import SceneModel
 from recon4d.fit.optim import SelectiveAdam
 from recon4d.fit.sequential import MIN_DEPTH, FitInputs
-from recon4d.fit.strategy.spawn import COVERED_ALPHA
 from recon4d.fit.strategy.grow import GrowStrategy
 from recon4d.geometry.camera import project_to_pixels
 from recon4d.geometry.trajectory import basis_size, evaluate_trajectories, fit_trajectories, time_basis

@@ -23,10 +23,10 @@ import torch.nn.functional as F
 
 from recon4d.fit.camera import Plateau, optimize_camera
 from recon4d.fit.config import FitConfig
-from recon4d.fit.losses import depth_loss, flow_loss, isotropy_loss, photometric_loss
+from recon4d.fit.losses import COVERED_ALPHA, depth_loss, flow_loss, isotropy_loss, photometric_loss
 from recon4d.fit.model import CameraParams, GaussianParams, prior_depth_unit
 from recon4d.fit.pnp import PNP_MAX_POINTS, PNP_MIN_INLIERS, pnp_camera_from_world
-from recon4d.fit.strategy.spawn import COVERED_ALPHA, SpawnStrategy, unproject_pixels
+from recon4d.fit.strategy.spawn import SpawnStrategy, unproject_pixels
 from recon4d.geometry.camera import invert_pose, project_to_pixels, transform_points
 from recon4d.io.scene import Gaussians
 from recon4d.render import RenderResult, rasterize

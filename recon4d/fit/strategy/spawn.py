@@ -26,12 +26,11 @@ import torch
 import torch.nn.functional as F
 
 from recon4d.fit.config import DensifyConfig, InitConfig
+from recon4d.fit.losses import COVERED_ALPHA
 from recon4d.fit.model import GaussianParams
 from recon4d.geometry.camera import invert_pose, transform_points
 from recon4d.render import RenderResult
 
-# Pixels whose rendered alpha is above this count as covered (rendered depth is trusted there).
-COVERED_ALPHA = 0.9
 
 
 def image_gradient_magnitude(image: torch.Tensor) -> torch.Tensor:
