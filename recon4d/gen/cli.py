@@ -43,7 +43,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     train.add_argument("latents", type=Path, help="latents folder of `recon4d gen encode`")
     train.add_argument("-o", "--out", type=Path, required=True, help="model directory")
     train.add_argument("--config", type=Path, default=None, help="YAML preset (configs/gen*.yaml); flags override it")
-    train.add_argument("--stages", default=None, help="comma list of rf1,boss,rf2,onestep,refiner (default: rf1,boss)")
+    train.add_argument("--stages", default=None,
+                       help="comma list of rf1,boss,rf2,onestep,refiner,boss_finetune (default: rf1,boss)")
     train.add_argument("--steps", type=int, default=None, help="1-RF optimiser steps")
     train.add_argument("--batch", type=int, default=None, help="GLOBAL batch, split evenly over torchrun processes")
     train.add_argument("--lr", type=float, default=None, help="1-RF learning rate")
@@ -53,6 +54,10 @@ def register(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--reflow-steps", type=int, default=None, help="2-RF optimiser steps")
     train.add_argument("--distill-steps", type=int, default=None, help="one-step student optimiser steps")
     train.add_argument("--refiner-steps", type=int, default=None, help="FlowTurbo refiner optimiser steps")
+    train.add_argument("--boss-finetune-steps", type=int, default=None,
+                       help="optimiser steps of the boss_finetune stage per budget (default: 300)")
+    train.add_argument("--boss-budgets", default=None,
+                       help="comma list of step budgets K the boss_finetune stage finetunes for (default: 2,4)")
     train.add_argument("--size", default=None, choices=("cpu", "gpu"), help="denoiser size (default: cpu, a few M parameters)")
     train.add_argument("--seed", type=int, default=None, help="random seed")
     train.set_defaults(handler=_cmd_train)
@@ -136,6 +141,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
                  "distill_steps": args.distill_steps, "refiner_steps": args.refiner_steps, "size": args.size,
                  "seed": args.seed}
     config = pipeline_config(args.config, {k: v for k, v in overrides.items() if v is not None})
+    config = _with_boss_finetune_flags(config, args)
     if not args.latents.is_dir():
         raise InputError(f"{args.latents} is not a latents folder", hint="make one with `recon4d gen encode`")
     from recon4d.gen.pipeline import run_pipeline
@@ -147,6 +153,27 @@ def _cmd_train(args: argparse.Namespace) -> int:
         print(json.dumps(summary, indent=1, default=str))
     distributed.shutdown()
     return 0
+
+
+def _with_boss_finetune_flags(config, args: argparse.Namespace):  # noqa: ANN001, ANN202 - PipelineConfig
+    """--boss-finetune-steps / --boss-budgets applied to the config's boss_finetune section."""
+    import dataclasses
+
+    updates = {}
+    if args.boss_finetune_steps is not None:
+        _positive("--boss-finetune-steps", args.boss_finetune_steps, 1_000_000)
+        updates["steps"] = args.boss_finetune_steps
+    if args.boss_budgets is not None:
+        try:
+            budgets = tuple(int(k) for k in args.boss_budgets.split(",") if k.strip())
+        except ValueError:
+            raise InputError(f"--boss-budgets must be a comma list of step counts, got {args.boss_budgets!r}") from None
+        if not budgets:
+            raise InputError("--boss-budgets is empty")
+        for k in budgets:
+            _positive("--boss-budgets entry", k, 1000)
+        updates["budgets"] = budgets
+    return dataclasses.replace(config, boss_finetune=dataclasses.replace(config.boss_finetune, **updates))
 
 
 def _cmd_sample(args: argparse.Namespace) -> int:

@@ -5,6 +5,7 @@
     onestep  InstaFlow one-step student from the 2-RF model's pairs                     onestep.safetensors
     refiner  FlowTurbo velocity refiner on the 1-RF model's paths                       refiner.safetensors
     boss     BOSS schedules of the 1-RF and 2-RF models for NFE 1..32                   boss.json
+    boss_finetune  those models finetuned on their K-step schedules (BOSS straightening)  boss_<kind>_k<K>.safetensors
 Each stage reads what the earlier ones wrote, so stages can be run one at a time (`--stages rf2`).
 """
 from __future__ import annotations
@@ -18,7 +19,8 @@ import torch
 
 from recon4d import distributed
 from recon4d.errors import InputError
-from recon4d.gen.boss import save_schedules, schedules, step_costs
+from recon4d.gen.boss import (FinetuneConfig, finetune_on_schedule, finetuned_file, load_schedule, reference_states,
+                              save_finetuned, save_schedules, schedule_error, schedules, step_costs)
 from recon4d.gen.data import FlowData, TextTable, load_flow_data, split_names, text_table
 from recon4d.gen.flow import guided, straightness
 from recon4d.gen.mmdit import MMDiT, ModelConfig
@@ -29,7 +31,7 @@ from recon4d.gen.train import TrainConfig, train_velocity_model
 from recon4d.gen.turbo import RefinerConfig, save_refiner, train_refiner
 from recon4d.io.atomic import atomic_path
 
-STAGES = ("rf1", "rf2", "onestep", "refiner", "boss")
+STAGES = ("rf1", "rf2", "onestep", "refiner", "boss", "boss_finetune")
 SUMMARY_FILE = "training.json"
 
 
@@ -43,6 +45,7 @@ class PipelineConfig:
         default_cfg: guidance stored with the 1-RF model (2-RF and the student bake guidance into their
             pairs and sample with 1.0).
         boss_fine_steps, boss_samples: reference grid and paths of the BOSS cost matrix.
+        boss_finetune: budgets and optimisation of the boss_finetune stage.
         refiner, refiner_steps, refiner_batch, refiner_paths: FlowTurbo refiner training.
         straightness_samples: noise draws for the straightness numbers.
         split: corpus split trained on (objects of other splits are left out); save_dtype: float32 | float16.
@@ -58,6 +61,7 @@ class PipelineConfig:
     default_cfg: float = 3.0
     boss_fine_steps: int = 64
     boss_samples: int = 16
+    boss_finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     refiner: RefinerConfig = field(default_factory=RefinerConfig)
     refiner_steps: int = 800
     refiner_batch: int = 64
@@ -85,11 +89,47 @@ def _velocity(model: MMDiT, text: TextTable, data: FlowData, captions: torch.Ten
     return guided(model, text.take(captions), uncond, cfg)
 
 
+def _boss_finetune(out: Path, data: FlowData, text: TextTable, stats, config: PipelineConfig,  # noqa: ANN001
+                   dtype: torch.dtype) -> dict:
+    """Finetune the 1-RF (and 2-RF) model on each budget's BOSS schedule; report the K-step path error
+    against the fine reference on held-out noise before and after."""
+    settings, report = config.boss_finetune, {}
+    for kind in ("rf1", "rf2"):
+        if not (out / KINDS[kind]).is_file():
+            continue
+        model, _ = _load_stored(out, kind)
+        cfg = config.default_cfg if kind == "rf1" else 1.0
+        x0, captions = _noise_and_captions(data, settings.paths, seed=settings.seed + 21)
+        e_x0, e_captions = _noise_and_captions(data, settings.eval_paths, seed=settings.seed + 22)
+        base = _velocity(model, text, data, e_captions, cfg)
+        reference = reference_states(base, e_x0, config.boss_fine_steps, [config.boss_fine_steps])[:, 0]
+        uncond = text.take(torch.full_like(captions, data.unconditional_index))
+        report[kind] = {}
+        for steps in settings.budgets:
+            schedule = load_schedule(out, steps, kind)
+            finetuned, info = finetune_on_schedule(
+                model, text.take(captions), uncond, cfg, x0, stats, schedule, config.boss_fine_steps, settings,
+                checkpoint=out / f"checkpoint_boss_{kind}_k{steps}.safetensors")
+            info.update(error_before=schedule_error(base, e_x0, schedule, reference),
+                        error_after=schedule_error(_velocity(finetuned, text, data, e_captions, cfg), e_x0, schedule,
+                                                   reference),
+                        schedule=schedule.tolist(), default_cfg=cfg, base=KINDS[kind])
+            if distributed.is_rank0():
+                save_finetuned(out, kind, steps, finetuned, stats, info, dtype)
+            report[kind][str(steps)] = {**info, "file": finetuned_file(out, kind, steps).name}
+    return report
+
+
 def run_pipeline(latents_dir: Path, out: Path, config: PipelineConfig) -> dict:
     """Run the configured stages; returns (and writes, rank 0) MODEL_DIR/training.json."""
     unknown = [s for s in config.stages if s not in STAGES]
     if unknown:
         raise InputError(f"unknown stage {unknown[0]!r}; stages are {', '.join(STAGES)}")
+    if "boss_finetune" in config.stages:
+        outside = [k for k in config.boss_finetune.budgets if not 1 <= k <= config.boss_fine_steps]
+        if outside or not config.boss_finetune.budgets:
+            raise InputError(f"BOSS finetune budgets must be between 1 and the {config.boss_fine_steps} fine steps, "
+                             f"got {list(config.boss_finetune.budgets)}")
     if out.exists() and not out.is_dir():
         raise InputError(f"output {out} exists and is not a directory")
     dtype = {"float32": torch.float32, "float16": torch.float16}[config.save_dtype]
@@ -121,6 +161,8 @@ def run_pipeline(latents_dir: Path, out: Path, config: PipelineConfig) -> dict:
                     if distributed.is_rank0():
                         save_schedules(out, kind, table, {"fine_steps": config.boss_fine_steps, "cfg": cfg})
                     summary["boss"][kind] = table
+        elif stage == "boss_finetune":
+            summary["boss_finetune"] = _boss_finetune(out, data, text, stats, config, dtype)
         elif stage == "rf2":
             teacher, teacher_state = _load_stored(out, "rf1")
             pairs = make_pairs(teacher, data, text, stats, dataclasses.replace(config.pairs, cfg=config.default_cfg))

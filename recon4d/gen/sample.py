@@ -3,7 +3,8 @@
 Solvers (NFE = velocity evaluations per sample, CFG doubles the batch, not the NFE):
     euler    K uniform Euler steps of the 1-RF model (or of the 2-RF model with --reflow)
     heun     K Heun steps (2 evaluations each)
-    boss     K Euler steps on the BOSS schedule stored for K in MODEL_DIR/boss.json
+    boss     K Euler steps on the BOSS schedule stored for K in MODEL_DIR/boss.json (with the model finetuned
+             on that schedule, MODEL_DIR/boss_<kind>_k<K>.safetensors, when there is one)
     turbo    FlowTurbo: Heun + pseudo-corrector steps + the velocity refiner (MODEL_DIR/refiner.safetensors)
     onestep  the distilled student: x1 = x0 + v(x0, 0) (MODEL_DIR/onestep.safetensors)
 The default solver, auto, is the one-step student at `--steps 1` (when the model directory has one) and
@@ -130,10 +131,14 @@ class Generator:
             return euler(velocity, x0, uniform_times(request.steps))
         if solver == "heun":
             return heun(velocity, x0, uniform_times(max(1, request.steps // 2)))
-        if solver == "boss":
-            from recon4d.gen.boss import load_schedule
+        if solver == "boss":  # the BOSS schedule; the model finetuned on it when the model directory has one
+            from recon4d.gen.boss import load_finetuned, load_schedule
 
-            return euler(velocity, x0, load_schedule(self.model_dir, request.steps, kind))
+            schedule = load_schedule(self.model_dir, request.steps, kind)
+            finetuned = load_finetuned(self.model_dir, kind, request.steps)
+            if finetuned is not None:
+                velocity = guided(finetuned, *self.conditions(prompts), self._cfg(request, kind))
+            return euler(velocity, x0, schedule)
         from recon4d.gen.turbo import load_refiner, turbo_sample
 
         self._need("refiner")
