@@ -22,7 +22,7 @@ splats are sent in "display units" (world x `display_unit_scale`) and the node s
 
 Modules: `config` (ViewerConfig), `splats` (splat nodes), `cameras` (path, frustums, current camera),
 `playback` (Time panel), `layers` (Layers panel: tracks, meshes, ...), `actions` (Save panel: look through,
-render, export); `app` puts them together as `SceneViewer` and serves a scene with `start_viewer`.
+render, export), `generate` (Generate panel: text-to-3D with a `recon4d gen` model); `app` puts them together as `SceneViewer` and serves a scene with `start_viewer`.
 """
 from __future__ import annotations
 
@@ -57,10 +57,11 @@ class SceneViewer(SplatNodes, CameraNodes, PlaybackPanel, LayerPanel, SavePanel)
         server: a running `viser.ViserServer` (the viewer adds its scene nodes and GUI to it).
         config: display budgets and styles.
         frames: input frames [T, H, W, 3] uint8 for the frustum images; None draws frustums without images.
+        generator_model: a `recon4d gen` model directory: adds the Generate panel (`viewer.generate`).
     """
 
     def __init__(self, scene: Scene4D, out_dir: Path, server, config: ViewerConfig | None = None,
-                 frames: np.ndarray | None = None) -> None:
+                 frames: np.ndarray | None = None, generator_model: Path | None = None) -> None:
         self.config = config or ViewerConfig()
         self.config.validate()
         if scene.gaussians.colors.dim() != 2 or scene.gaussians.colors.shape[1] != 3:
@@ -78,6 +79,8 @@ class SceneViewer(SplatNodes, CameraNodes, PlaybackPanel, LayerPanel, SavePanel)
         self._mesh_handles: dict[int | None, object] = {}
         self._meshes = find_meshes(self.out_dir)
         self._moving_count = 0
+        self.generator_model = generator_model
+        self.generate_panel = None
 
         self._prepare_splats()
         self._prepare_cameras()
@@ -100,6 +103,11 @@ class SceneViewer(SplatNodes, CameraNodes, PlaybackPanel, LayerPanel, SavePanel)
         self._add_time_panel()
         self._add_layer_panel()
         self._add_save_panel()
+        if self.generator_model is not None:
+            from viewer.generate import GENERATED_DIR, GeneratePanel
+
+            self.generate_panel = GeneratePanel(self.server, self.generator_model, lambda: self.camera_pose_at(self.time),
+                                                self.depth_scale, self.out_dir / GENERATED_DIR)
 
     def close(self) -> None:
         """Stop playback and the server."""
@@ -110,11 +118,15 @@ class SceneViewer(SplatNodes, CameraNodes, PlaybackPanel, LayerPanel, SavePanel)
 
 
 def start_viewer(scene_path: Path, host: str = "127.0.0.1", port: int = 8080, config: ViewerConfig | None = None,
-                 log=print) -> SceneViewer:
+                 log=print, gen_model: Path | None = None, generate: bool = True) -> SceneViewer:
     """Load a scene (a `recon4d fit` output folder or a scene file) and serve it -> the running viewer.
 
-    Raises SceneError for a missing or unreadable scene and InputError for a host/port that cannot be used.
+    With `generate`, the Generate panel samples `gen_model` (default: the shipped generator, when installed).
+    Raises SceneError for a missing or unreadable scene and InputError for a host/port that cannot be used
+    or a --gen-model directory without a model.
     """
+    from viewer.generate import find_generator_model
+
     import socket
 
     from recon4d.io.scene import load_scene
@@ -129,6 +141,7 @@ def start_viewer(scene_path: Path, host: str = "127.0.0.1", port: int = 8080, co
             probe.bind((host, 0))
     except OSError as exc:
         raise InputError(f"cannot serve on host {host!r}: {exc.strerror or exc}", hint="try --host 127.0.0.1") from exc
+    generator_model = find_generator_model(gen_model, generate)
     log(f"loading {scene_path}")
     scene = load_scene(scene_path)
     log("reading the input frames for the camera frustums")
@@ -139,7 +152,7 @@ def start_viewer(scene_path: Path, host: str = "127.0.0.1", port: int = 8080, co
     with contextlib.redirect_stdout(sys.stderr):  # viser prints a banner; stdout carries only our URL line
         server = viser.ViserServer(host=host, port=port, verbose=False, label="recon4d")
     try:
-        viewer = SceneViewer(scene, out_dir, server, config=config, frames=frames)
+        viewer = SceneViewer(scene, out_dir, server, config=config, frames=frames, generator_model=generator_model)
     except BaseException:
         server.stop()
         raise

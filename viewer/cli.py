@@ -32,6 +32,9 @@ def register(commands: argparse._SubParsersAction) -> None:
                       help=f"display budget of moving Gaussians (default: {defaults.max_moving_gaussians})")
     view.add_argument("--render-height", type=int, default=None,
                       help="pixel height of 'Render view' images (default: the scene's image height)")
+    view.add_argument("--gen-model", type=Path, default=None,
+                      help="text-to-3D model directory for the Generate panel (default: the shipped model)")
+    view.add_argument("--no-generate", action="store_true", help="no Generate panel")
     view.set_defaults(handler=run_view)
 
 
@@ -47,7 +50,8 @@ def run_view(args: argparse.Namespace) -> int:
         if progress_enabled():
             print(f"recon4d view: {message}", file=sys.stderr, flush=True)
 
-    viewer = start_viewer(args.scene, host=args.host, port=args.port, config=config, log=log)
+    viewer = start_viewer(args.scene, host=args.host, port=args.port, config=config, log=log,
+                          gen_model=args.gen_model, generate=not args.no_generate)
     stop = threading.Event()
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
     shown_host = "127.0.0.1" if args.host in ("0.0.0.0", "") else args.host
