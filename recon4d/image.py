@@ -55,17 +55,18 @@ def _ssim_values(x: torch.Tensor, y: torch.Tensor, max_value: float, padding: st
     """x, y: [B, C, H, W] -> SSIM per pixel and channel [B, C, H, W] (separable Gaussian blur)."""
     channels = x.shape[1]
     taps = _gaussian_taps(x)
-    horizontal = taps.view(1, 1, 1, -1).expand(channels, 1, 1, taps.numel())
-    vertical = taps.view(1, 1, -1, 1).expand(channels, 1, taps.numel(), 1)
-
-    def blur(z: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(F.conv2d(_pad(z, padding), horizontal, groups=channels), vertical, groups=channels)
-
+    # The five local moments are blurred in one grouped convolution pair: one call instead of five
+    # (the loss runs every optimisation step, and per-call overhead dominates at thumbnail sizes).
+    moments = torch.cat([x, y, x * x, y * y, x * y], dim=1)
+    groups = moments.shape[1]
+    horizontal = taps.view(1, 1, 1, -1).expand(groups, 1, 1, taps.numel())
+    vertical = taps.view(1, 1, -1, 1).expand(groups, 1, taps.numel(), 1)
+    blurred = F.conv2d(F.conv2d(_pad(moments, padding), horizontal, groups=groups), vertical, groups=groups)
+    mu_x, mu_y, xx, yy, xy = blurred.split(channels, dim=1)
     c1, c2 = (SSIM_K1 * max_value) ** 2, (SSIM_K2 * max_value) ** 2
-    mu_x, mu_y = blur(x), blur(y)
-    var_x = blur(x * x) - mu_x**2
-    var_y = blur(y * y) - mu_y**2
-    cov = blur(x * y) - mu_x * mu_y
+    var_x = xx - mu_x**2
+    var_y = yy - mu_y**2
+    cov = xy - mu_x * mu_y
     return ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
 
 
