@@ -8,6 +8,7 @@ from typing import Any
 import yaml
 
 from recon4d.errors import InputError
+from recon4d.gen.boss import FinetuneConfig
 from recon4d.gen.mmdit import ModelConfig
 from recon4d.gen.pipeline import PipelineConfig
 from recon4d.gen.reflow import PairConfig
@@ -15,7 +16,8 @@ from recon4d.gen.train import TrainConfig
 from recon4d.gen.turbo import RefinerConfig
 
 _NESTED = {"model": ModelConfig, "rf1": TrainConfig, "rf2": TrainConfig, "onestep": TrainConfig,
-           "pairs": PairConfig, "refiner": RefinerConfig}
+           "pairs": PairConfig, "refiner": RefinerConfig,
+           "boss_finetune": FinetuneConfig}
 
 
 def _build(cls, values: dict, base, where: str):  # noqa: ANN001
