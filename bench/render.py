@@ -1,7 +1,13 @@
 """Benchmark of recon4d.render.rasterize: forward+backward time and peak memory.
 
 Usage: python bench/render.py [--device cpu|cuda] [--threads 1,2] [--repeat 5] [--sizes 160x90,320x180,640x360]
-       [--counts 5000,20000,100000] [--omp-wait-policy passive]
+       [--counts 5000,20000,100000] [--cases 64x64x1000,160x90x20000] [--omp-wait-policy passive]
+       [--projection cpp|python]
+
+`--cases` replaces the sizes x counts grid by the listed WxHxN cases. On the CPU every row also times the
+EWA projection alone (forward + backward of a random linear loss on its outputs): the C++ kernel of
+`recon4d.render.projection` and the PyTorch reference (`recon4d.render.reference`). `--projection python`
+renders the whole rasterize() with the PyTorch projection instead, for a before/after comparison.
 
 Each (size, count, threads) runs in a fresh subprocess so that peak RSS belongs to that case alone. On a
 shared machine wall-clock times depend on the load, so every row also gives the process CPU time per
@@ -42,11 +48,42 @@ def make_scene(n: int, width: int, height: int, device: str, seed: int = 0):
     return {k: v.to(device) for k, v in scene.items()}
 
 
-def run_case(width: int, height: int, n: int, device: str, repeat: int, threads: int) -> dict:
+def time_projection(project, scene: dict, width: int, height: int, repeat: int) -> tuple[float, float]:
+    """Median wall and process-CPU ms of one projection forward + backward of a random linear loss."""
     import torch
 
-    from recon4d.render import rasterize
+    from recon4d.render.config import RasterConfig
 
+    names = ("means", "quats", "scales", "camera_from_world", "K")
+    params = {k: scene[k].clone().requires_grad_(True) for k in names}
+    g = torch.Generator().manual_seed(1)
+    n = scene["means"].shape[0]
+    weights = [torch.randn(n, 2, generator=g), torch.randn(n, 3, generator=g), torch.randn(n, generator=g)]
+    times, cpu_times = [], []
+    for _ in range(repeat + 1):  # the first call loads the extension
+        for p in params.values():
+            p.grad = None
+        c0 = time.process_time()
+        t0 = time.perf_counter()
+        out = project(params["means"], params["quats"], params["scales"], scene["opacities"],
+                      params["camera_from_world"], params["K"], width, height, RasterConfig())
+        loss = (out.means2d * weights[0]).sum() + (out.conics * weights[1]).sum() + (out.depths * weights[2]).sum()
+        loss.backward()
+        times.append(time.perf_counter() - t0)
+        cpu_times.append(time.process_time() - c0)
+    return 1000 * sorted(times[1:])[repeat // 2], 1000 * sorted(cpu_times[1:])[repeat // 2]
+
+
+def run_case(width: int, height: int, n: int, device: str, repeat: int, threads: int, projection: str) -> dict:
+    import torch
+
+    import recon4d.render.projection
+    from recon4d.render import rasterize
+    from recon4d.render.reference import project_gaussians_reference
+
+    cpp_projection = recon4d.render.projection.project_gaussians
+    if projection == "python":  # rasterize() looks the projection up in this module at every call
+        recon4d.render.projection.project_gaussians = project_gaussians_reference
     torch.set_num_threads(threads)
     scene = make_scene(n, width, height, device)
     params = {k: v.clone().requires_grad_(k != "K") for k, v in scene.items()}
@@ -82,6 +119,9 @@ def run_case(width: int, height: int, n: int, device: str, repeat: int, threads:
     }
     if device == "cuda":
         result["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        result["projection_cpp_ms"] = time_projection(cpp_projection, scene, width, height, repeat)
+        result["projection_python_ms"] = time_projection(project_gaussians_reference, scene, width, height, repeat)
     with torch.no_grad():
         out = rasterize(*args, width, height)
         result["coverage"] = float(out.alpha.mean())
@@ -100,37 +140,47 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--sizes", default="160x90,320x180,640x360")
     parser.add_argument("--counts", default="5000,20000,100000")
+    parser.add_argument("--cases", help="comma-separated WxHxN cases instead of the sizes x counts grid")
+    parser.add_argument("--projection", default="cpp", choices=["cpp", "python"],
+                        help="projection used inside rasterize(): the C++ kernel or the PyTorch reference")
     parser.add_argument("--omp-wait-policy", choices=["active", "passive"],
                         help="OMP_WAIT_POLICY for the cases (default: the environment's)")
     parser.add_argument("--case", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.case:
         width, height, n = map(int, args.case.split(","))
-        print(json.dumps(run_case(width, height, n, args.device, args.repeat, int(args.threads))))
+        print(json.dumps(run_case(width, height, n, args.device, args.repeat, int(args.threads), args.projection)))
         return
     env = dict(os.environ)
     if args.omp_wait_policy:
         env["OMP_WAIT_POLICY"] = args.omp_wait_policy
+    if args.cases:
+        cases = [tuple(map(int, case.split("x"))) for case in args.cases.split(",")]
+    else:
+        cases = [(*map(int, size.split("x")), n) for size in args.sizes.split(",") for n in map(int, args.counts.split(","))]
     rows = []
-    for size in args.sizes.split(","):
-        width, height = map(int, size.split("x"))
-        for n in map(int, args.counts.split(",")):
-            for threads in map(int, args.threads.split(",")):
-                cmd = [sys.executable, __file__, "--device", args.device, "--threads", str(threads),
-                       "--repeat", str(args.repeat), "--case", f"{width},{height},{n}"]
-                out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
-                rows.append(json.loads(out))
-    print(f"device={args.device} repeat={args.repeat} OMP_WAIT_POLICY={env.get('OMP_WAIT_POLICY', 'unset')} "
-          f"cores={os.cpu_count()} (median; min in brackets; load = 1-min load average after the case)")
+    for width, height, n in cases:
+        for threads in map(int, args.threads.split(",")):
+            cmd = [sys.executable, __file__, "--device", args.device, "--threads", str(threads), "--repeat",
+                   str(args.repeat), "--projection", args.projection, "--case", f"{width},{height},{n}"]
+            out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
+            rows.append(json.loads(out))
+    print(f"device={args.device} repeat={args.repeat} projection={args.projection} "
+          f"OMP_WAIT_POLICY={env.get('OMP_WAIT_POLICY', 'unset')} cores={os.cpu_count()} "
+          "(median; min in brackets; load = 1-min load average after the case)")
     header = "| size | Gaussians | threads | forward ms | forward+backward ms | CPU ms/step | peak RSS MB |"
-    extra = " peak GPU MB |" if args.device == "cuda" else ""
+    extra = " peak GPU MB |" if args.device == "cuda" else " projection fwd+bwd ms (CPU ms) C++ | PyTorch |"
     print(header + extra + " load | coverage | max diff vs dense |")
-    print("|---" * (header.count("|") - 1 + (1 if extra else 0) + 3) + "|")
+    print("|---" * (header.count("|") - 1 + extra.count("|") + 3) + "|")
     for r in rows:
-        gpu = f" {r['peak_gpu_mb']:.0f} |" if extra else ""
+        if args.device == "cuda":
+            more = f" {r['peak_gpu_mb']:.0f} |"
+        else:
+            (cpp, cpp_cpu), (python, python_cpu) = r["projection_cpp_ms"], r["projection_python_ms"]
+            more = f" {cpp:.2f} ({cpp_cpu:.2f}) | {python:.2f} ({python_cpu:.2f}) |"
         diff = f"{r['max_abs_diff_vs_dense']:.1e}" if "max_abs_diff_vs_dense" in r else "-"
         print(f"| {r['size']} | {r['gaussians']} | {r['threads']} | {r['fwd_ms']:.1f} "
-              f"| {r['fwd_bwd_ms']:.1f} ({r['fwd_bwd_min_ms']:.1f}) | {r['cpu_ms']:.1f} | {r['peak_rss_mb']:.0f} |{gpu} "
+              f"| {r['fwd_bwd_ms']:.1f} ({r['fwd_bwd_min_ms']:.1f}) | {r['cpu_ms']:.1f} | {r['peak_rss_mb']:.0f} |{more} "
               f"{r['load']:.1f} | {r['coverage']:.2f} | {diff} |")
 
 

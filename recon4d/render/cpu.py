@@ -1,13 +1,14 @@
-"""CPU backend: a C++ tile rasterizer with a hand-written backward pass.
+"""CPU backend: a C++ tile rasterizer with a hand-written backward pass, and the loader of the C++ kernels.
 
 Forward and backward run over screen tiles on `torch.get_num_threads()` OpenMP threads (small renders stay
 on one); images and gradients are bit-identical for any thread count. On a shared, busy machine set
 OMP_WAIT_POLICY=PASSIVE before torch is imported: spin-waiting OpenMP threads otherwise cost several times
 the work of PyTorch's many small parallel ops.
 
-The extension is built once per machine with `torch.utils.cpp_extension` (ninja) into
-``$RECON4D_CACHE_DIR/ext`` (default ``~/.cache/recon4d/ext``); the build key hashes the source, the torch
-version and the compiler flags, so a later process only loads the shared library.
+The extensions (csrc/tile_raster.cpp here, csrc/projection.cpp for `recon4d.render.projection`) are each
+built once per machine with `torch.utils.cpp_extension` (ninja) into ``$RECON4D_CACHE_DIR/ext`` (default
+``~/.cache/recon4d/ext``); the build key hashes the source, the torch version and the compiler flags, so a
+later process only loads the shared library.
 """
 from __future__ import annotations
 
@@ -21,10 +22,12 @@ import torch
 
 from recon4d.errors import BackendError
 
-_SOURCE = Path(__file__).with_name("csrc") / "tile_raster.cpp"
+_CSRC = Path(__file__).with_name("csrc")
+# Each extension is one translation unit, built and cached on its own.
+_SOURCES = {"tile_raster": _CSRC / "tile_raster.cpp", "projection": _CSRC / "projection.cpp"}
 # -ffast-math lets gcc vectorise expf over the pixel loop (libmvec); the kernels avoid inf/NaN inputs.
 _CFLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp"]
-_extension = None
+_extensions: dict = {}
 _lock = threading.Lock()
 
 
@@ -33,27 +36,27 @@ def cache_dir() -> Path:
     return Path(os.environ.get("RECON4D_CACHE_DIR", Path.home() / ".cache" / "recon4d"))
 
 
-def _build_key() -> str:
-    digest = hashlib.sha256(_SOURCE.read_bytes())
+def _build_key(source: Path) -> str:
+    digest = hashlib.sha256(source.read_bytes())
     digest.update(" ".join([torch.__version__, platform.machine(), *_CFLAGS]).encode())
     return digest.hexdigest()[:16]
 
 
-def extension():
-    """Load (building on first use on this machine) the compiled tile rasterizer."""
-    global _extension
-    if _extension is None:
+def _load(name: str):
+    """Load (building on first use on this machine) the extension compiled from csrc/<name>.cpp."""
+    if name not in _extensions:
         with _lock:
-            if _extension is None:
+            if name not in _extensions:
                 from torch.utils.cpp_extension import load
 
-                key = _build_key()
+                source = _SOURCES[name]
+                key = _build_key(source)
                 build_dir = cache_dir() / "ext" / key
                 build_dir.mkdir(parents=True, exist_ok=True)
                 try:
-                    _extension = load(
-                        name=f"recon4d_tile_raster_{key}",
-                        sources=[str(_SOURCE)],
+                    _extensions[name] = load(
+                        name=f"recon4d_{name}_{key}",
+                        sources=[str(source)],
                         extra_cflags=_CFLAGS,
                         extra_ldflags=["-fopenmp"],
                         build_directory=str(build_dir),
@@ -64,7 +67,17 @@ def extension():
                         f"could not build the CPU rasterizer: {str(exc).splitlines()[0] if str(exc) else exc!r}",
                         hint="install a C++ compiler (g++) and the Python headers, then retry",
                     ) from exc
-    return _extension
+    return _extensions[name]
+
+
+def extension():
+    """The compiled tile rasterizer (csrc/tile_raster.cpp)."""
+    return _load("tile_raster")
+
+
+def projection_extension():
+    """The compiled EWA projection (csrc/projection.cpp)."""
+    return _load("projection")
 
 
 class _RasterizeTiles(torch.autograd.Function):

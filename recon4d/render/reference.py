@@ -1,8 +1,11 @@
-"""Dense pure-PyTorch reference rasterizer: every Gaussian against every pixel, autograd for gradients.
+"""Pure-PyTorch references of the CPU backend, autograd for gradients; for tests (and bench) only.
 
-Memory is O(H * W * N): for tests at tiny sizes only. It is written independently of the tile backend
-(its own projection with explicit 3x3 matrices and its own compositing by cumulative products) and must
-agree with it to float precision.
+`rasterize_dense`: every Gaussian against every pixel. Memory is O(H * W * N): tiny sizes only. It is
+written independently of the tile backend (its own projection with explicit 3x3 matrices and its own
+compositing by cumulative products) and must agree with it to float precision.
+
+`project_gaussians_reference`: the EWA projection of `recon4d.render.projection` op for op in PyTorch,
+which the C++ kernel and its hand-written backward must reproduce (outputs and autograd gradients).
 """
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ import torch
 
 from recon4d.geometry.quaternion import rotation_from_quaternion
 from recon4d.render.config import RasterConfig
+from recon4d.render.projection import ALPHA_THRESHOLD, FOV_CLAMP_MARGIN, MAX_EXTENT_SIGMA, ProjectedGaussians
 
 _ALPHA_MIN = 1.0 / 255.0
 _ALPHA_MAX = 0.999
@@ -79,3 +83,60 @@ def rasterize_dense(
     acc_alpha = acc_alpha.reshape(height, width)
     depth = out[..., -1] / acc_alpha.clamp_min(1e-10)
     return out[..., :-1], depth, acc_alpha
+
+
+def project_gaussians_reference(
+    means: torch.Tensor,
+    quats: torch.Tensor,
+    scales: torch.Tensor,
+    opacities: torch.Tensor,
+    camera_from_world: torch.Tensor,
+    K: torch.Tensor,
+    width: int,
+    height: int,
+    config: RasterConfig,
+) -> ProjectedGaussians:
+    """`recon4d.render.projection.project_gaussians` in differentiable PyTorch (same arguments and outputs)."""
+    rotation = camera_from_world[:3, :3]
+    means_cam = means @ rotation.T + camera_from_world[:3, 3]
+    x, y, z = means_cam.unbind(-1)
+    in_depth = (z > config.near_plane) & (z < config.far_plane)
+    z = torch.where(in_depth, z, torch.ones_like(z))  # keeps culled rows finite; they are masked below
+
+    fx, fy = K[0, 0], K[1, 1]
+    cx, cy = K[0, 2] + 0.5, K[1, 2] + 0.5  # to gsplat's frame, where pixel centres sit at +0.5
+    tan_fov_x, tan_fov_y = 0.5 * width / fx, 0.5 * height / fy
+    lim_x_pos = (width - cx) / fx + FOV_CLAMP_MARGIN * tan_fov_x
+    lim_x_neg = cx / fx + FOV_CLAMP_MARGIN * tan_fov_x
+    lim_y_pos = (height - cy) / fy + FOV_CLAMP_MARGIN * tan_fov_y
+    lim_y_neg = cy / fy + FOV_CLAMP_MARGIN * tan_fov_y
+    tx = z * torch.minimum(lim_x_pos, torch.maximum(-lim_x_neg, x / z))
+    ty = z * torch.minimum(lim_y_pos, torch.maximum(-lim_y_neg, y / z))
+    zeros = torch.zeros_like(z)
+    jacobian = torch.stack(
+        [torch.stack([fx / z, zeros, -fx * tx / z**2], -1), torch.stack([zeros, fy / z, -fy * ty / z**2], -1)], -2
+    )  # [N, 2, 3]
+    rs = rotation_from_quaternion(quats) * scales[:, None, :]
+    cov_cam = rotation @ (rs @ rs.transpose(1, 2)) @ rotation.T
+    cov2d = jacobian @ cov_cam @ jacobian.transpose(1, 2)
+    a = cov2d[:, 0, 0] + config.eps2d
+    b = cov2d[:, 0, 1]
+    c = cov2d[:, 1, 1] + config.eps2d
+    det = a * c - b * b
+    valid = in_depth & (det > 0)
+    det = torch.where(valid, det, torch.ones_like(det))
+    conics = torch.stack([c / det, -b / det, a / det], -1)
+    means2d = torch.stack([fx * x / z + cx, fy * y / z + cy], -1)
+
+    with torch.no_grad():
+        opacity = opacities.detach()
+        valid = valid & (opacity >= ALPHA_THRESHOLD)
+        extent = torch.sqrt(2.0 * torch.log(opacity.clamp_min(ALPHA_THRESHOLD) / ALPHA_THRESHOLD))
+        extent = extent.clamp(max=MAX_EXTENT_SIGMA)
+        radius_x = torch.ceil(extent * torch.sqrt(a.detach().clamp_min(0)))
+        radius_y = torch.ceil(extent * torch.sqrt(c.detach().clamp_min(0)))
+        mx, my = means2d.detach().unbind(-1)
+        on_screen = (mx + radius_x > 0) & (mx - radius_x < width) & (my + radius_y > 0) & (my - radius_y < height)
+        valid = valid & on_screen & ((radius_x > 0) | (radius_y > 0))
+        radii = torch.stack([radius_x, radius_y], -1).nan_to_num(0).to(torch.int32) * valid[:, None]
+    return ProjectedGaussians(means2d=means2d, conics=conics, depths=means_cam[:, 2], radii=radii)
