@@ -24,9 +24,10 @@
 namespace {
 
 constexpr int64_t kBlock = 256;
-// Gaussians per thread below which waking another thread costs more than it saves (~50 ns per Gaussian
-// forward, ~150 ns backward; a wake-up costs microseconds idle, up to a time slice on a busy machine).
-constexpr int64_t kMinGaussiansPerThread = 8192;
+// Gaussians per thread below which another thread costs more than it saves: one Gaussian takes ~70 ns
+// forward and ~110 ns backward on one core, so this is ~1-2 ms of work per pass, while waking a pool thread
+// costs microseconds on an idle machine and up to a scheduler time slice (~10 ms measured) on a busy one.
+constexpr int64_t kMinGaussiansPerThread = 16384;
 // Pose (R row-major 9, t 3) and intrinsics (fx, fy, cx, cy) gradient entries per block.
 constexpr int kCameraGrads = 16;
 // Quaternions with a norm below this are divided by it instead (torch's clamp_min in normalize_quaternion).
