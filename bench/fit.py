@@ -6,6 +6,9 @@ Usage: python bench/fit.py [--preset default] [--clips bear,apple,backpack,cup] 
 With --keyframes only keyframes are fitted; psnr_skipped is the PSNR of the frames between them (refined
 interpolated cameras), fitted_frames how many were fitted.
 
+--preset also takes a YAML file (e.g. a preset with `refine.pyramid_levels: 1` for a before/after pair). `load`
+is the 1-minute load average when each fit started and ended: timings on a shared machine need it.
+
 Each clip is fitted in a fresh subprocess (`recon4d fit`), so peak RSS is per clip. Baseline for held-out
 frames (the bar of issue #4): the average of the two neighbouring input frames, at the same resolution.
 Synthetic clips (recon4d.eval.synthetic) also report ATE after Sim(3) alignment as % of the path length,
@@ -16,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -52,7 +56,9 @@ def fit_one(name: str, source: Path, out: Path, args: argparse.Namespace) -> dic
         cmd += ["--no-refine"]
     if args.keyframes:
         cmd += ["--keyframes"]
-    result = subprocess.run(cmd, capture_output=True, text=True, env={**__import__("os").environ, "RECON4D_NO_PROGRESS": "1"})
+    load_before = os.getloadavg()[0]
+    result = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "RECON4D_NO_PROGRESS": "1"})
+    load = f"{load_before:.1f}-{os.getloadavg()[0]:.1f}"  # 1-minute load average when the fit started and ended
     if result.returncode != 0:
         return {"clip": name, "error": result.stderr.strip().splitlines()[-1] if result.stderr else "failed"}
     metrics = json.loads((out / "metrics.json").read_text())
@@ -70,7 +76,8 @@ def fit_one(name: str, source: Path, out: Path, args: argparse.Namespace) -> dic
         "psnr_fit_seq": (metrics.get("sequential") or {}).get("fitted", {}).get("psnr"),
         "baseline_blend": neighbour_blend_psnr(clip.frames, held),
         "priors_s": metrics["seconds"].get("priors"), "fit_s": metrics["seconds"].get("fit"),
-        "refine_s": metrics["seconds"].get("refine"),
+        "refine_s": metrics["seconds"].get("refine"), "skipped_s": metrics["seconds"].get("skipped_cameras"),
+        "evaluate_s": metrics["seconds"].get("evaluate"), "load": load,
         "total_s": metrics["seconds_total"], "rss_mb": metrics["peak_rss_mb"], "gaussians": metrics["gaussians"],
     }
     if (out.parent / f"{name}_gt").is_dir():
@@ -106,7 +113,7 @@ def main() -> None:
         rows.append(fit_one(name, REAL_CLIPS[name], args.out / name, args))
         print(json.dumps(rows[-1]), flush=True)
     cols = ["clip", "frames", "fitted_frames", "size", "psnr_held", "psnr_skipped", "psnr_held_seq", "baseline_blend", "psnr_fit", "psnr_fit_seq", "ssim_fit", "ssim_held",
-            "ate_percent", "mask_iou", "track_median_px", "priors_s", "fit_s", "refine_s", "total_s", "rss_mb", "gaussians"]
+            "ate_percent", "mask_iou", "track_median_px", "priors_s", "fit_s", "refine_s", "skipped_s", "evaluate_s", "total_s", "load", "rss_mb", "gaussians"]
     print(f"\npreset={args.preset} frames={args.frames} holdout_every={args.holdout_every}")
     print_markdown_table(rows, cols)
 

@@ -92,7 +92,10 @@ class SequentialConfig:
     moving masks in at least this share of the fitted frames where it is in view and not occluded (and in at
     least `slow_mover_min_frames` of them) becomes dynamic and moving: the masks of a slow mover appear only
     once its motion has accumulated (`recon4d.priors.motion` judges motion over a window), usually after the
-    Gaussians on it were born still; the refinement then gives them trajectories (0 = off)."""
+    Gaussians on it were born still; the refinement then gives them trajectories (0 = off).
+    pyramid_levels, coarse_share: coarse-to-fine (`recon4d.fit.pyramid`): the first `coarse_share` of each
+    camera and Gaussian step's iterations run on images downsampled 2x per level (coarsest first), the rest at
+    the working resolution; 1 level = off. New content is spawned only at the working resolution."""
 
     frame0_iters: int = 300
     camera_iters: int = 60
@@ -111,6 +114,8 @@ class SequentialConfig:
     motion_dilation: int = 2
     slow_mover_share: float = 0.3
     slow_mover_min_frames: int = 3
+    pyramid_levels: int = 1
+    coarse_share: float = 0.0
 
 
 @dataclass
@@ -156,7 +161,10 @@ class RefineConfig:
         Gaussians may take (0 = still ones stay still); catches motion the prior missed. keep_motion_px:
         residual motion (pixels, at some frame) from which a still Gaussian keeps it as a trajectory;
         still_motion_from: fraction of the steps after which residual motion is allowed (first the cameras
-        settle on a still scene)."""
+        settle on a still scene).
+    pyramid_levels, coarse_share: coarse-to-fine (`recon4d.fit.pyramid`): the first `coarse_share` of the steps
+        fit images downsampled 2x per level (coarsest first, equal parts), the rest the working resolution;
+        1 level = off. Levels whose short side would fall under 32 px are skipped."""
 
     enabled: bool = False
     iters: int = 600
@@ -175,6 +183,8 @@ class RefineConfig:
     lambda_still_motion: float = 1.0
     keep_motion_px: float = 0.5
     still_motion_from: float = 0.5
+    pyramid_levels: int = 1
+    coarse_share: float = 0.0
 
 
 @dataclass
@@ -371,6 +381,8 @@ _RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "sequential.plateau_patience": (1, None, False),
     "sequential.slow_mover_share": (0, 1, False),
     "sequential.slow_mover_min_frames": (1, None, False),
+    "sequential.pyramid_levels": (1, 6, False),
+    "sequential.coarse_share": (0, 0.9, False),
     "densify.max_gaussians": (1, 50_000_000, False),
     "densify.spawn_alpha": (0, 1, False),
     "densify.spawn_every": (1, None, False),
@@ -382,6 +394,8 @@ _RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "refine.min_period_frames": (1, None, False),
     "refine.still_motion_from": (0, 1, False),
     "refine.rigid_neighbours": (1, 64, False),
+    "refine.pyramid_levels": (1, 6, False),
+    "refine.coarse_share": (0, 0.9, False),
     "eval.moving_mask_threshold": (0, 1, False),
     "keyframes.flow_short_side_px": (16, None, False),
     "keyframes.motion_percentile": (0, 100, False),

@@ -21,6 +21,11 @@ still Gaussians may take a residual trajectory under a group-lasso penalty; thos
 `refine.keep_motion_px` keep it as a trajectory (dynamic, but not labelled moving: a residue this small is as
 often the background absorbing what the cameras and depth cannot explain as a slow object), the others keep
 their mean position.
+
+Coarse to fine (`refine.pyramid_levels`, `refine.coarse_share`; `recon4d.fit.pyramid`): the first steps fit the
+frames and priors downsampled, through intrinsics scaled to match; every loss keeps its unit (the flow error
+is counted in working-resolution pixels) and the densification statistics are taken in working-resolution
+pixels, so a level changes the cost of a step, not the balance of the terms.
 """
 from __future__ import annotations
 
@@ -35,10 +40,16 @@ from recon4d.fit.config import FitConfig, RefineConfig
 from recon4d.fit.losses import COVERED_ALPHA, depth_loss, flow_loss, photometric_loss
 from recon4d.fit.model import SceneModel
 from recon4d.fit.optim import SelectiveAdam
+from recon4d.fit.pyramid import Pyramid, level_at
 from recon4d.fit.sequential import MIN_DEPTH, FitInputs
 from recon4d.fit.strategy.grow import GrowStrategy
 from recon4d.geometry.camera import project_to_pixels
-from recon4d.geometry.trajectory import basis_size, evaluate_trajectories, fit_trajectories, time_basis
+from recon4d.geometry.trajectory import (
+    basis_size,
+    evaluate_trajectories,
+    fit_trajectories,
+    time_basis,
+)
 from recon4d.io.scene import MotionModel, Scene4D
 from recon4d.render import rasterize
 
@@ -110,21 +121,22 @@ class Refiner:
                  on_progress: Callable[[int, int], None] | None = None):
         self.data, self.config, self.device, self.on_progress = data, config, device, on_progress
         scene = data.scene
-        self.width, self.height = scene.cameras.width, scene.cameras.height
         self.K = data.inputs.K.to(device)
+        self.pyramid = Pyramid(data.inputs, config.refine.pyramid_levels)
         self.model = SceneModel(scene, initial_motion(scene, data.fitted, config.refine), data.fitted, device)
         self.pairs = knn_pairs(self.model.at_birth(self.model.position), config.refine.rigid_neighbours)
         self.strategy = GrowStrategy(config.densify, config.refine.iters)
         self.strategy.initialize_state(self.model)
 
     # -- losses --------------------------------------------------------------------------------------------
-    def frame_loss(self, k: int, track_means: bool = False) -> tuple[torch.Tensor, float, torch.Tensor]:
-        """Loss of fitted frame k (photometric, depth and flow to fitted frame k+1).
+    def frame_loss(self, k: int, track_means: bool = False, level: int = 0) -> tuple[torch.Tensor, float, torch.Tensor]:
+        """Loss of fitted frame k (photometric, depth and flow to fitted frame k+1) at pyramid `level`.
 
         Returns (loss, L1, means [N, 3] of all Gaussians at frame k; with `track_means` their gradient is kept
         after backward for the densification statistics).
         """
-        cfg, inputs, model = self.config, self.data.inputs, self.model
+        cfg, model, pyramid_level = self.config, self.model, self.pyramid.level(level)
+        inputs, K, width, height = pyramid_level.inputs, pyramid_level.inputs.K, pyramid_level.width, pyramid_level.height
         still_motion = cfg.refine.lambda_still_motion > 0
         t = float(self.data.fitted[k])
         gaussians, alive = model.gaussians_at(t, still_motion)
@@ -138,17 +150,18 @@ class Refiner:
         if has_next:
             next_means = model.means_at(float(self.data.fitted[k + 1]), still_motion)[alive]
             next_cfw = model.cameras.camera_from_world(k + 1)
-            extra = (project_to_pixels(next_means, next_cfw, self.K, min_depth=MIN_DEPTH)[0]
-                     - project_to_pixels(view.means, cfw, self.K, min_depth=MIN_DEPTH)[0])
+            extra = (project_to_pixels(next_means, next_cfw, K, min_depth=MIN_DEPTH)[0]
+                     - project_to_pixels(view.means, cfw, K, min_depth=MIN_DEPTH)[0])
         features = view.colors if extra is None else torch.cat([view.colors, extra], -1)
-        out = rasterize(view.means, view.quats, view.scales, view.opacities, features, cfw, self.K, self.width, self.height)
+        out = rasterize(view.means, view.quats, view.scales, view.opacities, features, cfw, K, width, height)
         color = out.color[..., :3]
-        ones = torch.ones(self.height, self.width, device=self.device)
+        ones = torch.ones(height, width, device=self.device)
         loss = cfg.losses.photo * photometric_loss(color, inputs.frames[k], ones, cfg.losses.ssim)
         depth_weight = inputs.depth_confidence[k] * (out.alpha.detach() > COVERED_ALPHA)
         loss = loss + cfg.losses.depth * depth_loss(out.depth, inputs.depth[k], depth_weight)
         if extra is not None:
-            loss = loss + cfg.refine.lambda_flow * flow_loss(out.color[..., 3:5], inputs.flow_forward[k], inputs.valid_forward[k].float())
+            # x factor: the end-point error in working-resolution pixels at every level
+            loss = loss + cfg.refine.lambda_flow * pyramid_level.factor * flow_loss(out.color[..., 3:5], inputs.flow_forward[k], inputs.valid_forward[k].float())
         l1 = float((color.detach() - inputs.frames[k]).abs().mean())
         return loss, l1, means
 
@@ -207,12 +220,13 @@ class Refiner:
             k = order.pop()
             info: dict = {}
             strategy.step_pre_backward(model, step, info)
-            loss, l1, means = self.frame_loss(k, track_means=info["track_means"])
+            level = level_at(step, cfg.iters, self.pyramid.levels, cfg.coarse_share)
+            loss, l1, means = self.frame_loss(k, track_means=info["track_means"], level=level)
             loss = loss + self.motion_regularisers(float(self.data.fitted[k]))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if info["track_means"]:
-                with torch.no_grad():
+                with torch.no_grad():  # the working resolution's K: statistics in its pixels at every level
                     info.update(means=means, camera_from_world=model.cameras.camera_from_world(k), K=self.K)
             strategy.step_post_backward(model, step, info)
             optimizer.step()

@@ -11,9 +11,17 @@ Optimiser state: the Gaussian step builds a fresh Adam at each frame (a new targ
 keeps the moments of the existing rows and starts the new ones at zero, as the refinement's growth does
 (`recon4d.fit.strategy.grow`). Measured against rebuilding Adam after each spawn (README, "How the fit is
 built"): held-out PSNR of the sequential pass +0.15 dB on bear and +0.17 dB on cup.
+
+Coarse to fine (`sequential.pyramid_levels`, `sequential.coarse_share`; `recon4d.fit.pyramid`): the camera step
+and the Gaussian step each spend their first iterations on downsampled frames and priors (the camera step's
+learning-rate schedule runs on across the levels; each level has its own plateau test, since losses at two
+resolutions do not compare). Flow errors stay in working-resolution pixels. New content is spawned, and
+PnP, the motion of dynamic Gaussians and the slow-mover test run, at the working resolution only.
 """
 from __future__ import annotations
 
+import functools
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,9 +31,16 @@ import torch.nn.functional as F
 
 from recon4d.fit.camera import Plateau, optimize_camera
 from recon4d.fit.config import FitConfig
-from recon4d.fit.losses import COVERED_ALPHA, depth_loss, flow_loss, isotropy_loss, photometric_loss
+from recon4d.fit.losses import (
+    COVERED_ALPHA,
+    depth_loss,
+    flow_loss,
+    isotropy_loss,
+    photometric_loss,
+)
 from recon4d.fit.model import CameraParams, GaussianParams, prior_depth_unit
 from recon4d.fit.pnp import PNP_MAX_POINTS, PNP_MIN_INLIERS, pnp_camera_from_world
+from recon4d.fit.pyramid import Level, Pyramid, level_phases, pixels_at_level
 from recon4d.fit.strategy.spawn import SpawnStrategy, unproject_pixels
 from recon4d.geometry.camera import invert_pose, project_to_pixels, transform_points
 from recon4d.io.scene import Gaussians
@@ -140,13 +155,22 @@ class SequentialFitter:
         self.K = inputs.K
         self.depth_unit = prior_depth_unit(inputs.depth[0])
         self.strategy = SpawnStrategy(inputs, config.init, config.densify)
+        self.pyramid = Pyramid(inputs, config.sequential.pyramid_levels)
 
     # -- rendering -----------------------------------------------------------------------------------------
     def render(self, gaussians: Gaussians, camera_from_world: torch.Tensor,
-               extra: torch.Tensor | None = None) -> RenderResult:
+               extra: torch.Tensor | None = None, level: Level | None = None) -> RenderResult:
+        """Render at the working resolution, or at a pyramid `level` (its intrinsics and size)."""
+        level = level or self.pyramid.level(0)
         features = gaussians.colors if extra is None else torch.cat([gaussians.colors, extra], -1)
         return rasterize(gaussians.means, gaussians.quats, gaussians.scales, gaussians.opacities, features,
-                         camera_from_world, self.K, self.width, self.height)
+                         camera_from_world, level.inputs.K, level.width, level.height)
+
+    def phases(self, iterations: int) -> list[tuple[Level, int]]:
+        """(pyramid level, iterations) of a stage of `iterations`, coarsest first."""
+        cfg = self.config.sequential
+        return [(self.pyramid.level(index), count)
+                for index, count in level_phases(iterations, self.pyramid.levels, cfg.coarse_share)]
 
     # -- stages ----------------------------------------------------------------------------------------------
     def fit_first_frame(self, generator: torch.Generator) -> tuple[FitState, dict]:
@@ -156,29 +180,44 @@ class SequentialFitter:
         return state, stats
 
     def camera_step(self, state: FitState, t: int, init: torch.Tensor, previous_pixels: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        """Optimise camera t with the Gaussians frozen; returns camera_from_world [4, 4]."""
-        cfg, losses, inputs = self.config.sequential, self.config.losses, self.inputs
+        """Optimise camera t with the Gaussians frozen, coarse to fine; returns camera_from_world [4, 4]."""
+        cfg = self.config.sequential
         with torch.no_grad():
             gaussians = state.gaussians.activated()
             gaussians = Gaussians(*(x.detach() for x in (gaussians.means, gaussians.quats, gaussians.scales,
                                                         gaussians.opacities, gaussians.colors)))
-        # One Adam rate for the delta; translation steps are scaled to scene units and to their own rate.
-        cameras = CameraParams(init[None], self.depth_unit, translation_scale=cfg.lr_camera_translation / cfg.lr_camera_rotation)
-        still = ~dilate(inputs.moving[t], cfg.motion_dilation)
+        camera_from_world, done, ran, info = init, 0, 0, {"loss": None}
+        for level, iterations in self.phases(cfg.camera_iters):
+            factor = level.factor
+            # One Adam rate for the delta; translation steps are scaled to scene units and to their own rate.
+            cameras = CameraParams(camera_from_world[None], self.depth_unit,
+                                   translation_scale=cfg.lr_camera_translation / cfg.lr_camera_rotation)
+            loss_of = functools.partial(self.camera_loss, gaussians, t, level, pixels_at_level(previous_pixels, factor))
+            # The learning-rate schedule runs on across levels: this phase covers steps done .. done+iterations.
+            lr = cfg.lr_camera_rotation * cfg.camera_lr_decay ** (done / cfg.camera_iters)
+            camera_from_world, info = optimize_camera(cameras, 0, loss_of, iterations, lr,
+                                                      lr_decay=cfg.camera_lr_decay ** (iterations / cfg.camera_iters),
+                                                      plateau=Plateau(cfg.plateau_patience, cfg.plateau_tolerance),
+                                                      keep_best=True)
+            done += iterations
+            ran += info["iterations"]
+        return camera_from_world, {"camera_iters": ran, "camera_loss": info["loss"]}
+
+    def camera_loss(self, gaussians: Gaussians, t: int, level: Level, previous_pixels: torch.Tensor,
+                    camera_from_world: torch.Tensor) -> torch.Tensor:
+        """Camera-step loss of frame t at a pyramid level, on still pixels: photometric, depth, and the flow of
+        each Gaussian from its pixel at t-1 (`previous_pixels` [N, 2], in the level's pixels) against the prior's
+        backward flow, in working-resolution pixels."""
+        cfg, losses, inputs = self.config.sequential, self.config.losses, level.inputs
+        still = ~dilate(inputs.moving[t], math.ceil(cfg.motion_dilation / level.factor))
         still_w = still.float()
         flow_w = (still & inputs.valid_backward[t - 1]).float()
-
-        def loss_of(camera_from_world: torch.Tensor) -> torch.Tensor:
-            pixels = project_to_pixels(gaussians.means, camera_from_world, self.K, min_depth=MIN_DEPTH)[0]
-            out = self.render(gaussians, camera_from_world, extra=previous_pixels - pixels)
-            loss = losses.photo * photometric_loss(out.color[..., :3], inputs.frames[t], still_w, losses.ssim)
-            loss = loss + losses.depth * depth_loss(out.depth, inputs.depth[t], still_w * (out.alpha.detach() > COVERED_ALPHA))
-            return loss + losses.flow_camera * flow_loss(out.color[..., 3:5], inputs.flow_backward[t - 1], flow_w)
-
-        camera_from_world, info = optimize_camera(cameras, 0, loss_of, cfg.camera_iters, cfg.lr_camera_rotation,
-                                                  lr_decay=cfg.camera_lr_decay,
-                                                  plateau=Plateau(cfg.plateau_patience, cfg.plateau_tolerance), keep_best=True)
-        return camera_from_world, {"camera_iters": info["iterations"], "camera_loss": info["loss"]}
+        pixels = project_to_pixels(gaussians.means, camera_from_world, inputs.K, min_depth=MIN_DEPTH)[0]
+        out = self.render(gaussians, camera_from_world, extra=previous_pixels - pixels, level=level)
+        loss = losses.photo * photometric_loss(out.color[..., :3], inputs.frames[t], still_w, losses.ssim)
+        loss = loss + losses.depth * depth_loss(out.depth, inputs.depth[t], still_w * (out.alpha.detach() > COVERED_ALPHA))
+        flow_error = level.factor * flow_loss(out.color[..., 3:5], inputs.flow_backward[t - 1], flow_w)
+        return loss + losses.flow_camera * flow_error
 
     def move_dynamic(self, state: FitState, t: int, previous_cfw: torch.Tensor, camera_from_world: torch.Tensor) -> None:
         """Carry dynamic Gaussians from frame t-1 to t along the forward flow, re-reading their depth change
@@ -208,54 +247,61 @@ class SequentialFitter:
                            generator: torch.Generator, move_still: bool, previous_pixels: torch.Tensor | None) -> dict:
         """Gaussian step at frame t (camera fixed). Still Gaussians keep their positions unless `move_still`."""
         cfg = self.config
-        inputs = self.inputs
-        target = inputs.frames[t]
-        ones = torch.ones(self.height, self.width, device=self.device)
-        depth_w = inputs.depth_confidence[t]
-        flow_w = (inputs.moving[t] & inputs.valid_backward[t - 1]).float() if t > 0 else None
         lrs = {"means": cfg.sequential.lr_means * self.depth_unit, "quats": cfg.sequential.lr_quats, "log_scales": cfg.sequential.lr_scales,
                "opacity_logits": cfg.sequential.lr_opacities, "color_logits": cfg.sequential.lr_colors}
         optimizer = state.gaussians.optimizer(lrs)
-        plateau = Plateau(cfg.sequential.plateau_patience, cfg.sequential.plateau_tolerance)
-        added, losses, step = 0, [], 0
-        for step in range(1, iterations + 1):
-            g = state.gaussians
-            active = g.activated()
-            extra = None
-            if previous_pixels is not None:
-                extra = previous_pixels - project_to_pixels(active.means, camera_from_world, self.K, min_depth=MIN_DEPTH)[0]
-            out = self.render(active, camera_from_world, extra=extra)
-            color = out.color[..., :3]
-            loss = cfg.losses.photo * photometric_loss(color, target, ones, cfg.losses.ssim)
-            loss = loss + cfg.losses.depth * depth_loss(out.depth, inputs.depth[t], depth_w * (out.alpha.detach() > COVERED_ALPHA))
-            if extra is not None and flow_w is not None and flow_w.sum() > 0:
-                loss = loss + cfg.losses.flow * flow_loss(out.color[..., 3:5], inputs.flow_backward[t - 1], flow_w)
-            loss = loss + cfg.losses.iso * isotropy_loss(g.log_scales)
-            if t > 0 and cfg.sequential.replay_every > 0 and step % cfg.sequential.replay_every == 0:
-                past = int(torch.randint(0, t, (1,), generator=generator))
-                loss = loss + cfg.losses.replay * self.replay_loss(state, past)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if not move_still and g.means.grad is not None:
-                g.means.grad[~g.is_dynamic] = 0
-            optimizer.step()
-            losses.append(loss.item())
-            stop = plateau.step(losses[-1])
-            info = {"t": t, "iterations": iterations, "added": added, "color": color, "render": out,
-                    "camera_from_world": camera_from_world}
-            new = self.strategy.step_post_optimizer(g, step, info, generator)
-            if new is not None:
-                previous_pixels = self._extend_previous(previous_pixels, new, t, camera_from_world)
-                g.append(new, optimizer)
-                added += len(new)
-                plateau = Plateau(cfg.sequential.plateau_patience, cfg.sequential.plateau_tolerance)
-                stop = False
-            if stop:
-                break
+        added, losses, ran, start = 0, [], 0, 0
+        for level, count in self.phases(iterations):
+            inputs, factor = level.inputs, level.factor
+            target = inputs.frames[t]
+            ones = torch.ones(level.height, level.width, device=self.device)
+            depth_w = inputs.depth_confidence[t]
+            flow_w = (inputs.moving[t] & inputs.valid_backward[t - 1]).float() if t > 0 else None
+            plateau = Plateau(cfg.sequential.plateau_patience, cfg.sequential.plateau_tolerance)
+            # Steps are numbered by their place in the schedule, so that a phase stopped early by its plateau
+            # does not shift when the next one spawns.
+            for step in range(start + 1, start + count + 1):
+                g = state.gaussians
+                active = g.activated()
+                extra = None
+                if previous_pixels is not None:
+                    pixels = project_to_pixels(active.means, camera_from_world, inputs.K, min_depth=MIN_DEPTH)[0]
+                    extra = pixels_at_level(previous_pixels, factor) - pixels
+                out = self.render(active, camera_from_world, extra=extra, level=level)
+                color = out.color[..., :3]
+                loss = cfg.losses.photo * photometric_loss(color, target, ones, cfg.losses.ssim)
+                loss = loss + cfg.losses.depth * depth_loss(out.depth, inputs.depth[t], depth_w * (out.alpha.detach() > COVERED_ALPHA))
+                if extra is not None and flow_w is not None and flow_w.sum() > 0:
+                    loss = loss + cfg.losses.flow * factor * flow_loss(out.color[..., 3:5], inputs.flow_backward[t - 1], flow_w)
+                loss = loss + cfg.losses.iso * isotropy_loss(g.log_scales)
+                if t > 0 and cfg.sequential.replay_every > 0 and step % cfg.sequential.replay_every == 0:
+                    past = int(torch.randint(0, t, (1,), generator=generator))
+                    loss = loss + cfg.losses.replay * self.replay_loss(state, past, level)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if not move_still and g.means.grad is not None:
+                    g.means.grad[~g.is_dynamic] = 0
+                optimizer.step()
+                losses.append(loss.item())
+                ran += 1
+                stop = plateau.step(losses[-1])
+                if factor == 1:  # new content is placed from working-resolution renders and errors only
+                    info = {"t": t, "iterations": iterations, "added": added, "color": color, "render": out,
+                            "camera_from_world": camera_from_world}
+                    new = self.strategy.step_post_optimizer(g, step, info, generator)
+                    if new is not None:
+                        previous_pixels = self._extend_previous(previous_pixels, new, t, camera_from_world)
+                        g.append(new, optimizer)
+                        added += len(new)
+                        plateau = Plateau(cfg.sequential.plateau_patience, cfg.sequential.plateau_tolerance)
+                        stop = False
+                if stop:
+                    break
+            start += count
         state.gaussians.requires_grad_(False)
-        return {"gaussian_iters": step, "gaussian_loss": losses[-1] if losses else None, "error_densified": added}
+        return {"gaussian_iters": ran, "gaussian_loss": losses[-1] if losses else None, "error_densified": added}
 
-    def replay_loss(self, state: FitState, k: int) -> torch.Tensor:
+    def replay_loss(self, state: FitState, k: int, level: Level) -> torch.Tensor:
         """Photometric loss of an earlier frame k with its camera and the dynamic Gaussians where they were.
 
         Shared attributes (colours, opacities, scales, rotations of still Gaussians) are refitted at every
@@ -271,9 +317,9 @@ class SequentialFitter:
         alive = g.birth_frame <= k
         active = g.activated()
         view = Gaussians(means[alive], quats[alive], active.scales[alive], active.opacities[alive], active.colors[alive])
-        out = self.render(view, state.camera_from_world[k])
-        weight = torch.ones(self.height, self.width, device=self.device)
-        return photometric_loss(out.color, self.inputs.frames[k], weight, self.config.losses.ssim)
+        out = self.render(view, state.camera_from_world[k], level=level)
+        weight = torch.ones(level.height, level.width, device=self.device)
+        return photometric_loss(out.color, level.inputs.frames[k], weight, self.config.losses.ssim)
 
     def _extend_previous(self, previous_pixels: torch.Tensor | None, new: GaussianParams, t: int,
                          camera_from_world: torch.Tensor) -> torch.Tensor | None:
