@@ -173,7 +173,7 @@ def finetune_on_schedule(model: MMDiT, cond: tuple, uncond: tuple, cfg: float, x
     import copy
 
     from recon4d.gen.flow import flow_loss, guided
-    from recon4d.gen.train import learning_rate, load_checkpoint, save_checkpoint, update_ema
+    from recon4d.gen.train import learning_rate, load_checkpoint, optimizer_step, save_checkpoint
 
     indices = [round(float(t) * fine_steps) for t in schedule]
     frozen = guided(model, cond, uncond, cfg)
@@ -203,14 +203,8 @@ def finetune_on_schedule(model: MMDiT, cond: tuple, uncond: tuple, cfg: float, x
         t, h = schedule[k], (schedule[k + 1] - schedule[k]).reshape(-1, 1, 1)
         velocity = guided(wrapped, tuple(c[path] for c in cond), tuple(u[path] for u in uncond), cfg)
         loss = flow_loss(h * velocity(x, t), after - x, weight[path])
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(step, train)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(student.parameters(), config.grad_clip)
-        optimizer.step()
-        update_ema(ema, student, config.ema_decay, step)
-        losses.append(float(distributed.all_reduce_mean(loss.detach())))
+        losses.append(optimizer_step(student, ema, optimizer, loss, learning_rate(step, train), config.grad_clip,
+                                     config.ema_decay, step))
         done = step + 1
         if checkpoint is not None and distributed.is_rank0() and (done % config.checkpoint_every == 0
                                                                    or done == config.steps):

@@ -124,6 +124,20 @@ def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float, step:
         e.lerp_(p.detach(), 1 - decay)
 
 
+def optimizer_step(model: torch.nn.Module, ema: torch.nn.Module, optimizer: torch.optim.Optimizer, loss: torch.Tensor,
+                   lr: float, grad_clip: float, ema_decay: float, step: int) -> float:
+    """One update of `model` from `loss` (gradients clipped to norm `grad_clip`) and of its EMA copy; returns
+    the loss averaged over the ranks."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    update_ema(ema, model, ema_decay, step)
+    return float(distributed.all_reduce_mean(loss.detach()))
+
+
 def _checkpoint_path(out: Path, stage: str) -> Path:
     return out / f"checkpoint_{stage}.safetensors"
 
@@ -216,14 +230,8 @@ def train_velocity_model(data: FlowData, text: TextTable, stats: LatentStats, mo
         captions = torch.where(drop, torch.full_like(index, data.unconditional_index), data.caption_index[index])
         predicted = wrapped(interpolate(x0, x1, t), t, *text.take(captions))
         loss = flow_loss(predicted, x1 - x0, data.weight[index], config.loss)
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(step, config)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-        optimizer.step()
-        update_ema(ema, model, config.ema_decay, step)
-        losses.append(float(distributed.all_reduce_mean(loss.detach())))
+        losses.append(optimizer_step(model, ema, optimizer, loss, learning_rate(step, config), config.grad_clip,
+                                     config.ema_decay, step))
         done = step + 1
         if distributed.is_rank0() and (done % config.log_every == 0 or done == config.steps):
             recent = losses[-config.log_every:]
