@@ -1,7 +1,7 @@
 """Benchmark of the shipped GNT models (recon4d/nerf/models): zero-shot and 3-shot quality on scenes never
 trained on, speed, and the NeRFool attack with the purification defence.
 
-Usage: python bench/nerf.py [--short-side 32] [--test-scenes 4] [--attack-steps 5] [--models DIR]
+Usage: python bench/nerf.py [--short-side 48] [--test-scenes 4] [--attack-steps 5] [--models DIR]
 
 Test data: procedural scenes with seeds >= recon4d.nerf.gnt.ship.TEST_SEED_START (the shipped models saw
 seeds 0..31) and NeRF-synthetic lego (../shared/data, CC-BY-3.0; never trained on), at --short-side pixels.
@@ -51,7 +51,7 @@ def _ms_per_frame(model, data, held: int, sources: list[int]) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--short-side", type=int, default=32)
+    parser.add_argument("--short-side", type=int, default=48)
     parser.add_argument("--test-scenes", type=int, default=4)
     parser.add_argument("--attack-steps", type=int, default=5)
     parser.add_argument("--models", type=Path, default=None, help="folder with gnt_move.* and gnt_dense.* (default: shipped)")

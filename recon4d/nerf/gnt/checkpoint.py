@@ -73,7 +73,10 @@ def load_model(path: str | os.PathLike | None = None, device: torch.device | str
     except (FileNotFoundError, SafetensorError, OSError) as exc:
         raise InputError(f"cannot read the GNT weights {weights}: {exc}") from exc
     model = GNT(GNTConfig.from_json(content["model"])).to(device)
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # tensor shapes of another architecture (e.g. an older recon4d's model)
+        raise InputError(f"{weights} does not match this version's GNT architecture (tensor shapes differ)") from exc
     if missing or unexpected:
         raise InputError(f"{weights} does not match its config ({len(missing)} missing, {len(unexpected)} unexpected tensors)")
     return model.eval(), content

@@ -70,6 +70,8 @@ class TrainConfig:
         lr: Adam learning rate (cosine decay to lr_final_fraction x lr).
         balance_weight: weight of the load-balance loss (CV^2 of importance + load), summed over MoE layers.
         consistency_weight: weight of the spatial-consistency KL between neighbouring rays' gates.
+        min_source_views: each step attends to a random number of source views in [min_source_views, K]
+            (so one model serves K-shot and few-shot; 0 = always K).
         holdout_every: every k-th view of each scene is held out for the periodic PSNR (-1: none).
         eval_every: steps between held-out PSNR evaluations (at the training resolution) and checkpoints.
         seed: seeds the step generator and the initial weights.
@@ -81,6 +83,7 @@ class TrainConfig:
     lr_final_fraction: float = 0.05
     balance_weight: float = 0.01
     consistency_weight: float = 0.1
+    min_source_views: int = 0
     holdout_every: int = 8
     eval_every: int = 250
     seed: int = 0

@@ -3,8 +3,16 @@
 Per ray: coarse uniform samples -> the network's readout weights -> importance samples; per sample and
 source view, the projected CNN feature and RGB (the "blending" colour) plus the relative viewing direction
 feed the view transformer (subtraction attention over views); the ray transformer attends over the ray's
-samples; a learned readout query attends over the samples and its weights both blend the tokens into the
-colour (GNT's attention-based "volume rendering") and give the sampling pdf and an expected depth.
+samples; a learned readout query attends over the samples and its weights both blend the per-sample
+colours into the pixel (GNT's attention-based "volume rendering") and give the sampling pdf and an expected
+depth.
+
+Colour is a blend of the source views' RGB, as in IBRNet (GNT's readout, rgb_fc on the pooled tokens, has
+to learn to carry colour through every block, which a ~100 k-parameter model trained for CPU minutes does
+not): per sample, a softmax over the views of an MLP of (view token, final sample token, relative
+direction) weighs the projected source colours. The view tokens see, besides their own feature + RGB, the
+mean and variance of all views' feature + RGB at that sample (IBRNet's multi-view consistency cue: low
+variance = a surface), so depth is found by matching across views rather than memorised.
 
 Deviation from GNT, on purpose: the positional input fused after even blocks is the normalised sample
 depth and the ray direction in the target camera frame (not world xyz), so it means the same in every scene.
@@ -30,6 +38,7 @@ from recon4d.nerf.gnt.rays import (
 from recon4d.nerf.gnt.transformer import RayBlock, ViewBlock
 
 _EMBED_DIM = 4  # normalised depth + unit direction in the target camera frame
+_MASKED = -1e9  # blend logit of a view that does not see the sample
 
 
 @dataclass
@@ -69,7 +78,8 @@ class GNT(nn.Module):
         c = config.width
         moe_args = (config.experts, config.gate_dim, config.top_k) if config.moe else None
         self.features = FeatureNet(config.feature_dim)
-        self.rgbfeat_fc = nn.Sequential(nn.Linear(config.feature_dim + 3, c), nn.ReLU(), nn.Linear(c, c))
+        sampled_dim = config.feature_dim + 3
+        self.rgbfeat_fc = nn.Sequential(nn.Linear(3 * sampled_dim, c), nn.ReLU(), nn.Linear(c, c))
         self.view_blocks, self.ray_blocks, self.q_fcs = nn.ModuleList(), nn.ModuleList(), nn.ModuleList()
         for i in range(config.blocks):
             odd = i % 2 == 1
@@ -80,7 +90,7 @@ class GNT(nn.Module):
             self.q_fcs.append(nn.Sequential(nn.Linear(c + _EMBED_DIM, c), nn.ReLU(), nn.Linear(c, c)) if i % 2 == 0 else nn.Identity())
         self.norm = nn.LayerNorm(c)
         self.readout = nn.Sequential(nn.Linear(c, c), nn.ReLU(), nn.Linear(c, 1))
-        self.rgb_fc = nn.Linear(c, 3)
+        self.blend_fc = nn.Sequential(nn.Linear(2 * c + 4, c), nn.ReLU(), nn.Linear(c, 1))
 
     @property
     def moe_layers(self) -> int:
@@ -105,7 +115,8 @@ class GNT(nn.Module):
         if context.valid is not None:
             mask = mask & (sampled[..., -1] > 0.5)
             sampled = sampled[..., :-1]
-        tokens = self.rgbfeat_fc(sampled)  # [R, S, V, C]
+        source_rgb = sampled[..., -3:]  # [R, S, V, 3]
+        tokens = self.rgbfeat_fc(torch.cat([sampled, *masked_mean_variance(sampled, mask)], -1))  # [R, S, V, C]
         pos = direction_difference(points, origins, context.world_from_camera[:, :3, 3])
         q = tokens.masked_fill(~mask[..., None], float("-inf")).amax(2)
         q = torch.where(torch.isfinite(q), q, torch.zeros_like(q))
@@ -124,7 +135,10 @@ class GNT(nn.Module):
                 layer += 1
         h = self.norm(q)
         weights = torch.softmax(self.readout(h)[..., 0], -1)
-        rgb = torch.sigmoid(self.rgb_fc((weights[..., None] * h).sum(1)))
+        blend_in = torch.cat([tokens, h[:, :, None].expand_as(tokens), pos], -1)
+        view_weights = torch.softmax(self.blend_fc(blend_in)[..., 0].masked_fill(~mask, _MASKED), -1)  # [R, S, V]
+        sample_rgb = (view_weights[..., None] * source_rgb).sum(2)  # [R, S, 3]
+        rgb = (weights[..., None] * sample_rgb).sum(1)
         return rgb, weights, routings
 
     def _embed(self, depths: torch.Tensor, directions: torch.Tensor, context: SourceContext) -> torch.Tensor:
@@ -167,6 +181,16 @@ class GNT(nn.Module):
         points = origins[:, None] + depths[..., None] * directions[:, None]
         rgb, weights, routings = self._aggregate(points, depths, origins, camera_directions, context, noise)
         return RenderOutput(rgb, (weights * depths).sum(-1), weights, depths, points, routings)
+
+
+def masked_mean_variance(values: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """IBRNet's global features: values [R, S, V, D], mask [R, S, V] -> (mean, variance) over the views that
+    see each sample, both [R, S, V, D] (broadcast back to every view; zeros where no view sees it)."""
+    weight = mask[..., None].float()
+    count = weight.sum(2, keepdim=True).clamp(min=1)
+    mean = (values * weight).sum(2, keepdim=True) / count
+    variance = ((values - mean) ** 2 * weight).sum(2, keepdim=True) / count
+    return mean.expand_as(values), variance.expand_as(values)
 
 
 def routing_noise(noise: torch.Tensor | None, layer: int) -> torch.Tensor | None:

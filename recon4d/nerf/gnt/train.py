@@ -113,7 +113,8 @@ def sample_batch(splits: list[Split], model_config: GNTConfig, config: TrainConf
     target = int(torch.randint(len(scene), (1,), generator=g))
     pool = nearest_views(scene.world_from_camera[target], scene.world_from_camera, 2 * model_config.source_views)
     pool = pool[pool != target]
-    count = min(model_config.source_views, len(pool))
+    fewest = min(config.min_source_views or model_config.source_views, model_config.source_views)
+    count = min(int(torch.randint(fewest, model_config.source_views + 1, (1,), generator=g)), len(pool))
     sources = pool[torch.randperm(len(pool), generator=g)[:count]]
     valid = None if scene.valid is None else scene.valid[target]
     pixels = _pair_pixels(valid, scene.width, scene.height, config.rays // 2, g)
