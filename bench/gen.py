@@ -1,18 +1,24 @@
 """Text-to-3D benchmark: attribute accuracy by an independent judge, Fréchet distance, quality vs NFE.
 
-    .venv/bin/python bench/gen.py --corpus out/gen_ship/corpus --model recon4d/gen/models/text2splat
+    .venv/bin/python bench/gen.py --corpus CORPUS --latents LATENTS --judge-file WORK/judge.safetensors \
+        [--model recon4d/gen/models/text2splat]
 
-The judge is a small CNN trained here on the corpus's own renders (train split, never on generated data)
-to predict colour and shape; its penultimate features give the Fréchet distance between renders of
-samples and renders of test-split objects. Colour is also judged without learning, by the hue histogram
-of the sample's pixels. Prompts are fresh captions of the corpus grammar (their attributes known); those
-whose colour x shape pair is held out of training are reported separately (compositional).
+The judge (bench/gen_judge.py) is a small CNN trained here on TRUE objects of the train/val splits only
+(never on generated data): the corpus's ray-cast views and, with --latents, their encoded latents splatted
+by the same camera that renders the samples, so the splat look does not count against the generator. Its
+accuracy on the test split (corpus views and splatted encoded latents) is printed first: the ceiling of
+every row. Its penultimate features give the Fréchet distance between renders of samples and renders of
+test-split objects. Colour is also judged without learning, by the hue histogram of the sample's pixels.
+Prompts are fresh captions of the corpus grammar (their attributes known); those whose colour x shape pair
+is held out of training are reported separately (compositional).
 LPIPS/Inception networks are not available offline, hence this judge.
 """
 from __future__ import annotations
 
 import argparse
 import colorsys
+import dataclasses
+import json
 import resource
 import sys
 import time
@@ -20,96 +26,37 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
+from gen_judge import (  # noqa: E402
+    COLOR_NAMES,
+    Judge,
+    JudgeConfig,
+    accuracy,
+    corpus_views,
+    latent_views,
+    load_or_train_judge,
+    on_white,
+    predict,
+    render_canonical,
+    sample_poses,
+)
 from table import print_markdown_table  # noqa: E402
 
 from recon4d.gen.corpus import HELDOUT_PAIRS  # noqa: E402
-from recon4d.gen.encode import composite  # noqa: E402
-from recon4d.gen.latents import to_gaussians  # noqa: E402
 from recon4d.gen.objects import COLORS, SHAPES, sample_object  # noqa: E402
 from recon4d.gen.sample import Generator, SampleRequest  # noqa: E402
-from recon4d.gen.views import intrinsics, orbit_poses, read_view_set  # noqa: E402
-from recon4d.geometry import invert_pose  # noqa: E402
-from recon4d.render import rasterize  # noqa: E402
 
-COLOR_NAMES, SIZE = list(COLORS), 64
-SAMPLE_CAMERA_DISTANCE = 3.4  # canonical objects have radius 1; corpus objects ~0.8 at distance 2.8
-
-
-class Judge(nn.Module):
-    """Colour and shape classifier over 64x64 RGB renders on white; `features` feeds the Fréchet distance."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        layers, channels = [], 3
-        for width in (32, 64, 96, 128):
-            layers += [nn.Conv2d(channels, width, 3, 2, 1), nn.BatchNorm2d(width), nn.ReLU()]
-            channels = width
-        self.body = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.color = nn.Linear(128, len(COLOR_NAMES))
-        self.shape = nn.Linear(128, len(SHAPES))
-
-    def features(self, images: torch.Tensor) -> torch.Tensor:
-        return self.body(images.permute(0, 3, 1, 2))
-
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        f = self.features(images)
-        return self.color(f), self.shape(f)
-
-
-def corpus_images(corpus: Path, names: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """All views of the named objects on white [M, 64, 64, 3], colour and shape labels [M]."""
-    import json
-
-    images, colors, shapes = [], [], []
-    for name in names:
-        labels = json.loads((corpus / name / "labels.json").read_text())
-        views = read_view_set(corpus / name)
-        images.append(composite(views.images, torch.ones(3)))
-        colors += [COLOR_NAMES.index(labels["color"])] * len(views.images)
-        shapes += [SHAPES.index(labels["shape"])] * len(views.images)
-    return torch.cat(images), torch.tensor(colors), torch.tensor(shapes)
-
-
-def train_judge(images: torch.Tensor, colors: torch.Tensor, shapes: torch.Tensor, epochs: int) -> Judge:
-    torch.manual_seed(0)
-    judge = Judge()
-    optimizer = torch.optim.Adam(judge.parameters(), lr=2e-3)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs)
-    generator = torch.Generator().manual_seed(0)
-    judge.train()
-    for _ in range(epochs):
-        for index in torch.randperm(len(images), generator=generator).split(64):
-            batch = images[index]
-            scale = 0.8 + 0.4 * torch.rand(1, generator=generator).item()  # object size is not an attribute
-            batch = nn.functional.interpolate(batch.permute(0, 3, 1, 2), scale_factor=scale, mode="bilinear")
-            pad = SIZE - batch.shape[-1]
-            batch = nn.functional.pad(batch, (pad // 2, pad - pad // 2, pad // 2, pad - pad // 2), value=1.0) if pad > 0 \
-                else batch[..., -pad // 2:-pad // 2 + SIZE, -pad // 2:-pad // 2 + SIZE]
-            color_logits, shape_logits = judge(batch.permute(0, 2, 3, 1))
-            loss = nn.functional.cross_entropy(color_logits, colors[index]) + nn.functional.cross_entropy(shape_logits, shapes[index])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-        schedule.step()
-    return judge.eval()
+SAMPLE_VIEWS = 4  # render_latents' view index runs over this many azimuths of the sample camera
 
 
 def render_latents(latents: torch.Tensor, view: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Canonical latents [N, G, 14] -> RGB on white [N, 64, 64, 3] and alpha [N, 64, 64] at a corpus-like view."""
-    pose = orbit_poses(4, SAMPLE_CAMERA_DISTANCE, (10.0, 30.0))[view]
-    K = intrinsics(40.0, SIZE, SIZE)
-    images, alphas = [], []
-    with torch.no_grad():
-        for latent in latents:
-            g = to_gaussians(latent)
-            out = rasterize(g.means, g.quats, g.scales, g.opacities, g.colors, invert_pose(pose), K, SIZE, SIZE,
-                            background=torch.ones(3))
-            images.append(out.color.clamp(0, 1))
-            alphas.append(out.alpha)
-    return torch.stack(images), torch.stack(alphas)
+    """Canonical latents [N, G, 14] -> RGB on white [N, 64, 64, 3] and alpha [N, 64, 64] at a corpus-like view
+    (the sample camera of the judge: `gen_judge.sample_poses`)."""
+    pose = sample_poses(SAMPLE_VIEWS)[view:view + 1]
+    rendered = [render_canonical(latent, pose) for latent in latents]
+    premultiplied, alphas = torch.cat([r[0] for r in rendered]), torch.cat([r[1] for r in rendered])
+    return on_white(premultiplied, alphas), alphas
 
 
 def hue_color(image: torch.Tensor, alpha: torch.Tensor) -> int:
@@ -158,12 +105,15 @@ def prompts(count: int) -> list[dict]:
 
 
 def score(judge: Judge, latents: torch.Tensor, items: list[dict]) -> dict:
-    images, alphas = render_latents(latents)
+    """Judge colour/shape from the SAMPLE_VIEWS views of render_latents together, hue from view 0."""
+    rendered = [render_latents(latents, view) for view in range(SAMPLE_VIEWS)]
+    views = torch.stack([image for image, _ in rendered], 1)  # [N, V, 64, 64, 3]
+    images, alphas = rendered[0]
+    color, shape = predict(judge, views)
     with torch.no_grad():
-        color_logits, shape_logits = judge(images)
-        features = judge.features(images)
-    color_ok = color_logits.argmax(-1) == torch.tensor([COLOR_NAMES.index(i["color"]) for i in items])
-    shape_ok = shape_logits.argmax(-1) == torch.tensor([SHAPES.index(i["shape"]) for i in items])
+        features = judge.features(views.flatten(0, 1))
+    color_ok = color == torch.tensor([COLOR_NAMES.index(i["color"]) for i in items])
+    shape_ok = shape == torch.tensor([SHAPES.index(i["shape"]) for i in items])
     hue_ok = torch.tensor([hue_color(im, al) == COLOR_NAMES.index(i["color"]) for im, al, i in zip(images, alphas, items)])
     held = torch.tensor([i["compositional"] for i in items])
     row = {"color_acc": float(color_ok[~held].float().mean()) * 100, "shape_acc": float(shape_ok[~held].float().mean()) * 100,
@@ -207,30 +157,36 @@ def ablation(args: argparse.Namespace, judge: Judge, reference: torch.Tensor, it
     return rows
 
 
-def load_or_train_judge(args: argparse.Namespace, train_names: list[str]) -> Judge:
-    from safetensors.torch import load_file, save_file
-
-    if args.judge_file is not None and args.judge_file.is_file():
-        judge = Judge()
-        judge.load_state_dict(load_file(str(args.judge_file)))
-        return judge.eval()
-    images, colors, shapes = corpus_images(args.corpus, train_names)
-    judge = train_judge(images, colors, shapes, args.judge_epochs)
-    if args.judge_file is not None:
-        save_file({k: v.contiguous() for k, v in judge.state_dict().items()}, str(args.judge_file))
-    return judge
+def judge_ceiling(judge: Judge, corpus: Path, latents: Path | None, names: list[str]) -> tuple[list[dict], torch.Tensor]:
+    """The judge's accuracy on true test-split renders (rows) and the Fréchet reference features: splatted
+    encoded latents at the sample views when latents are given (the samples' look), else corpus views."""
+    reference = corpus_views(corpus, names)
+    rows = [{"judged": "corpus views (elev. 10/30)", **accuracy(judge, reference)}]
+    if latents is not None:
+        splats = latent_views(corpus, latents, names, SAMPLE_VIEWS, seed=None)
+        view0 = {k: v[::SAMPLE_VIEWS] for k, v in splats.items()}
+        rows += [{"judged": "encoded latents, render_latents view 0", **accuracy(judge, view0)},
+                 {"judged": f"encoded latents, views 0-{SAMPLE_VIEWS - 1} one by one", **accuracy(judge, splats)},
+                 {"judged": f"encoded latents, views 0-{SAMPLE_VIEWS - 1} together (as samples)",
+                  **accuracy(judge, splats, SAMPLE_VIEWS)}]
+        reference = splats
+    with torch.no_grad():
+        features = judge.features(on_white(reference["rgb"], reference["alpha"]))
+    return rows, features
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--corpus", type=Path, required=True, help="corpus with splits.json (judge training, FD reference)")
+    parser.add_argument("--latents", type=Path, default=None,
+                        help="encoded latents of the corpus (judge training on splat renders, ceiling, FD reference)")
     parser.add_argument("--model", type=Path, default=None, help="model directory (default: the shipped model)")
     parser.add_argument("--prompts", type=int, default=200)
     parser.add_argument("--nfe", default="1,2,4,8,16,32")
-    parser.add_argument("--judge-epochs", type=int, default=10)
+    parser.add_argument("--judge-epochs", type=int, default=JudgeConfig.epochs)
     parser.add_argument("--judge-file", type=Path, default=None,
-                        help="safetensors of the judge: loaded when it exists, else trained and saved there")
-    parser.add_argument("--judge-only", action="store_true", help="train (and save) the judge, then stop")
+                        help="safetensors of the judge: loaded when it exists (same recipe and data), else trained and saved there")
+    parser.add_argument("--judge-only", action="store_true", help="train (and save) the judge, report its ceiling, then stop")
     parser.add_argument("--methods", default="rf1-euler,rf2-euler,boss,turbo,onestep")
     parser.add_argument("--ablation-latents", type=Path, default=None,
                         help="latents to train the timestep-sampler ablation on (1-RF, uniform/logit-normal/U-shaped)")
@@ -238,19 +194,17 @@ def main() -> int:
     parser.add_argument("--ablation-work", type=Path, default=Path("out/bench_gen_ablation"))
     args = parser.parse_args()
     torch.set_num_threads(1)
-    import json
 
     splits = json.loads((args.corpus / "splits.json").read_text())
-    judge = load_or_train_judge(args, splits["train"])
+    config = dataclasses.replace(JudgeConfig(), epochs=args.judge_epochs)
+    start = time.process_time()
+    judge = load_or_train_judge(args.judge_file, args.corpus, args.latents, splits["train"] + splits["val"], config)
+    ceiling, reference = judge_ceiling(judge, args.corpus, args.latents, splits["test"] + splits["test_compositional"])
+    print(f"\n## Judge accuracy on true test-split renders ({len(splits['test']) + len(splits['test_compositional'])} "
+          f"objects; judge ready in {time.process_time() - start:.0f} CPU s)\n")
+    print_markdown_table(ceiling, ["judged", "color_acc", "shape_acc", "images"], key="judged")
     if args.judge_only:
         return 0
-    test_names = splits["test"] + splits["test_compositional"]
-    test_images, test_colors, test_shapes = corpus_images(args.corpus, test_names)
-    with torch.no_grad():
-        c_logits, s_logits = judge(test_images)
-        reference = judge.features(test_images[::6])
-    print(f"judge on test-split corpus renders: colour {float((c_logits.argmax(-1) == test_colors).float().mean()) * 100:.1f} %, "
-          f"shape {float((s_logits.argmax(-1) == test_shapes).float().mean()) * 100:.1f} % ({len(test_images)} views)\n")
     generator, items = Generator(args.model), prompts(args.prompts)
     rows = []
     for method in args.methods.split(","):
