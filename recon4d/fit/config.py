@@ -164,7 +164,9 @@ class RefineConfig:
         settle on a still scene).
     pyramid_levels, coarse_share: coarse-to-fine (`recon4d.fit.pyramid`): the first `coarse_share` of the steps
         fit images downsampled 2x per level (coarsest first, equal parts), the rest the working resolution;
-        1 level = off. Levels whose short side would fall under 32 px are skipped."""
+        1 level = off. Levels whose short side would fall under 32 px are skipped. Measured (README, "Coarse-to-fine
+        pyramids in the fit"): a coarse step is cheaper but worth less than a full one, so a pyramid pays only
+        together with fewer steps."""
 
     enabled: bool = False
     iters: int = 600
