@@ -4,7 +4,7 @@ trained on, speed, and the NeRFool attack with the purification defence.
 Usage: python bench/nerf.py [--short-side 48] [--test-scenes 4] [--attack-steps 5] [--models DIR]
 
 Test data: procedural scenes with seeds >= recon4d.nerf.gnt.ship.TEST_SEED_START (the shipped models saw
-seeds 0..31) and NeRF-synthetic lego (../shared/data, CC-BY-3.0; never trained on), at --short-side pixels.
+seeds 0..63) and NeRF-synthetic lego (../shared/data, CC-BY-3.0; never trained on), at --short-side pixels.
 Held-out views: i % 8 == 7; sources: the other views. Metrics: PSNR and SSIM (Gaussian window; LPIPS needs a
 downloaded backbone, so it is not reported). "nearest" is the nearest source image copied as the answer.
 ms/frame and rays/s are wall time of one held-out render on this machine's CPU (shared and noisy: see the
