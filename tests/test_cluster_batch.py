@@ -154,8 +154,10 @@ def test_ctrl_c_cancels_cleanly_and_rerun_resumes(clips):
         proc.kill()
     assert proc.returncode == 130 and "interrupted" in stderr.strip().splitlines()[-1]
     assert "Traceback" not in stderr
-    assert {e["status"] for e in manifest(out).values()} == {"interrupted"}
-    assert not list(out.glob("*/scene.r4d"))
+    statuses = {name: entry["status"] for name, entry in manifest(out).items()}
+    assert "interrupted" in statuses.values() and set(statuses.values()) <= {"interrupted", "ok"}
+    # only a fit that finished its files before the interrupt reached it has a scene, and it is recorded "ok"
+    assert sorted(p.parent.name for p in out.glob("*/scene.r4d")) == sorted(n for n, s in statuses.items() if s == "ok")
     time.sleep(1)
     assert not _busy_fit_workers()  # the running fits were cancelled with their workers
 

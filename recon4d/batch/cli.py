@@ -186,7 +186,13 @@ def _run_batch(args: argparse.Namespace, inputs: list[BatchInput], out_root: Pat
     except KeyboardInterrupt:
         for entry in entries.values():
             if entry["status"] == "pending":
-                entry["status"] = "interrupted"
+                # a fit can finish its files before the interrupt reaches it: record it as finished, so the
+                # manifest matches the disk and a rerun skips it instead of refusing its existing output
+                summary = fit_summary(Path(entry["output"]))
+                if summary is None:
+                    entry["status"] = "interrupted"
+                else:
+                    entry.update(summary, status="ok", finished=utc_now())
         save()
         raise
     save()  # also when every fit was skipped (no results came)
