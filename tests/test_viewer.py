@@ -428,6 +428,29 @@ def wait_for(condition, timeout: float, interval: float, what: str):
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
+def open_chromium_page(profile: Path) -> tuple[subprocess.Popen, DevTools]:
+    """Headless Chromium (software WebGL) with one blank page of VIEWPORT CSS pixels, and a DevTools
+    connection to that page; the browser is stopped again if the connection fails."""
+    browser = subprocess.Popen(
+        [str(CHROMIUM), "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--enable-unsafe-swiftshader", "--use-angle=swiftshader", "--disable-quic", "--no-first-run",
+         "--disable-component-update", "--disable-sync", f"--user-data-dir={profile}",
+         "--remote-debugging-port=0", f"--window-size={VIEWPORT[0]},{VIEWPORT[1]}", "about:blank"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        active_port = profile / "DevToolsActivePort"
+        port = wait_for(lambda: int(active_port.read_text().split()[0]) if active_port.exists()
+                        and active_port.read_text().strip() else None, 60, 0.05, "Chromium's DevTools port")
+        targets = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=30).read())
+        devtools = DevTools(next(t for t in targets if t["type"] == "page")["webSocketDebuggerUrl"])
+        devtools.call("Emulation.setDeviceMetricsOverride", width=VIEWPORT[0], height=VIEWPORT[1],
+                      deviceScaleFactor=1, mobile=False)
+    except BaseException:
+        stop_process(browser)
+        raise
+    return browser, devtools
+
+
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="needs /usr/bin/chromium (Debian package `chromium`)")
 @pytest.mark.slow
 def test_viewer_in_headless_chromium(scene_dir, tmp_path):
@@ -445,19 +468,7 @@ def test_viewer_in_headless_chromium(scene_dir, tmp_path):
     try:
         url = read_url(viewer, timeout=120)
         timings["server_ready_s"] = time.monotonic() - started
-        browser = subprocess.Popen(
-            [str(CHROMIUM), "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-             "--enable-unsafe-swiftshader", "--use-angle=swiftshader", "--disable-quic", "--no-first-run",
-             "--disable-component-update", "--disable-sync", f"--user-data-dir={profile}",
-             "--remote-debugging-port=0", f"--window-size={VIEWPORT[0]},{VIEWPORT[1]}", "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        active_port = profile / "DevToolsActivePort"
-        port = wait_for(lambda: int(active_port.read_text().split()[0]) if active_port.exists()
-                        and active_port.read_text().strip() else None, 60, 0.05, "Chromium's DevTools port")
-        targets = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=30).read())
-        devtools = DevTools(next(t for t in targets if t["type"] == "page")["webSocketDebuggerUrl"])
-        devtools.call("Emulation.setDeviceMetricsOverride", width=VIEWPORT[0], height=VIEWPORT[1],
-                      deviceScaleFactor=1, mobile=False)
+        browser, devtools = open_chromium_page(profile)
         devtools.call("Page.navigate", url=url)
 
         def drawn_canvas():

@@ -5,13 +5,11 @@ button puts a generated object into the 3D view."""
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -150,7 +148,7 @@ def _red_fraction(pixels: np.ndarray) -> float:
 @pytest.mark.skipif(not Path("/usr/bin/chromium").exists(), reason="needs /usr/bin/chromium")
 @pytest.mark.slow
 def test_panel_in_headless_chromium(tmp_path):
-    from test_viewer import CHROMIUM, VIEWPORT, DevTools, build_scene, read_url, stop_process, wait_for
+    from test_viewer import build_scene, open_chromium_page, read_url, stop_process, wait_for
 
     out = tmp_path / "out"
     build_scene(out)
@@ -160,20 +158,8 @@ def test_panel_in_headless_chromium(tmp_path):
     try:
         urls = [read_url(p, timeout=120) for p in processes]
         profile = Path(tempfile.mkdtemp(prefix="chromium-profile-", dir=tmp_path))
-        browser = subprocess.Popen(
-            [str(CHROMIUM), "--headless=new", "--no-sandbox", "--disable-gpu", "--enable-unsafe-swiftshader",
-             "--use-angle=swiftshader", "--no-first-run", "--disable-background-networking", "--disable-sync",
-             f"--user-data-dir={profile}", "--remote-debugging-port=0",
-             f"--window-size={VIEWPORT[0]},{VIEWPORT[1]}", "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        browser, devtools = open_chromium_page(profile)
         processes.append(browser)
-        active_port = profile / "DevToolsActivePort"
-        port = wait_for(lambda: int(active_port.read_text().split()[0]) if active_port.exists()
-                        and active_port.read_text().strip() else None, 60, 0.05, "Chromium's DevTools port")
-        targets = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=30).read())
-        devtools = DevTools(next(t for t in targets if t["type"] == "page")["webSocketDebuggerUrl"])
-        devtools.call("Emulation.setDeviceMetricsOverride", width=VIEWPORT[0], height=VIEWPORT[1],
-                      deviceScaleFactor=1, mobile=False)
 
         def page_text_with(marker: str):  # noqa: ANN202
             text = devtools.evaluate("document.body ? document.body.innerText : ''") or ""
