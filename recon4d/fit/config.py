@@ -7,11 +7,12 @@
     ├── init        Gaussians of frame 0 and of new content
     ├── losses      weights of the loss terms shared by both passes
     ├── sequential  the per-frame (GFlow) pass: iterations, learning rates, camera step
+    ├── bundle      keyframe bundle adjustment and loop closure during the sequential pass
     ├── densify     both densification strategies: spawn (sequential) and grow by gradient (refine)
     ├── refine      the continuous-time refinement (Gaussian-Flow trajectories, joint bundle adjustment)
     └── eval        held-out camera refinement, moving-mask threshold
 
-Each stage reads its sections; the sequential pass's sections (input, priors, keyframes, init, losses,
+Each stage reads its sections; the sequential pass's sections (input, priors, keyframes, init, losses, bundle,
 sequential and the spawn part of densify) make the checkpoint key. Every tunable number lives here with its unit, and the
 resolved tree is stored in the scene. Presets are nested YAML; the flat keys of earlier versions
 (`short_side`, `refine_iters`, `lambda_ssim`, ...) are mapped onto the tree (`FLAT_KEYS`), so old presets,
@@ -119,6 +120,36 @@ class SequentialConfig:
 
 
 @dataclass
+class BundleConfig:
+    """Keyframe bundle adjustment during the sequential pass (`recon4d.fit.bundle`) with loop closure
+    (`recon4d.fit.loop`). Every fitted frame is a keyframe of the pass (`keyframes` picks them beforehand).
+
+    every: after every k-th fitted frame, a joint optimisation of the cameras of the last `window` fitted
+        frames and the still Gaussians' means and colours against those frames' images, depth and flow
+        (0 = off).
+    window: fitted frames in a window (frames), the latest included; the oldest one's camera stays fixed and
+        holds the gauge unless a revisited frame joins (then that one's does). Frame 0 never moves.
+    iters: optimisation steps of one window; every step renders every frame of the window.
+    lr_camera: Adam rate of the window cameras' 6-DoF deltas (radians; translation in depth units);
+        lr_gaussians: factor on the sequential pass's rates of means and colours (`sequential.lr_*`).
+    loop_closure: look for a revisit at each window: an earlier fitted frame at least `loop_min_gap` frames
+        before the window whose global descriptor (`recon4d.fit.loop.frame_descriptors`) has a cosine
+        similarity of at least `loop_min_similarity` (0..1) with the latest frame's, while the frames between
+        them departed from it (similarity to it fell by at least `loop_min_departure`, 0..1). That frame joins
+        the window with its camera fixed, which pulls the drifted cameras and Gaussians back onto it."""
+
+    every: int = 0
+    window: int = 5
+    iters: int = 20
+    lr_camera: float = 5e-4
+    lr_gaussians: float = 1.0
+    loop_closure: bool = True
+    loop_min_gap: int = 8
+    loop_min_similarity: float = 0.9
+    loop_min_departure: float = 0.1
+
+
+@dataclass
 class DensifyConfig:
     """max_gaussians: overall cap of both strategies.
     Spawn (`recon4d.fit.strategy.spawn`, sequential pass): pixels rendered with less alpha than
@@ -191,11 +222,20 @@ class RefineConfig:
 
 @dataclass
 class EvalConfig:
-    """holdout_refine_iters: pose iterations (Gaussians frozen) for a held-out frame's interpolated camera.
+    """holdout_refine_iters: pose iterations (Gaussians frozen) for the interpolated camera of a held-out
+    frame, or of a frame skipped between keyframes.
+    holdout_refine_levels, holdout_refine_coarse_share: coarse to fine (`recon4d.fit.pyramid`): the first
+    `holdout_refine_coarse_share` of those iterations fit the frame downsampled 2x per level (coarsest first),
+    the rest the working resolution; 1 level = off.
+    holdout_refine_patience: a pose search stops once its loss has not improved by 0.1 % for this many
+    iterations at the working resolution (0 = never early).
     moving_mask_threshold: share of a pixel's rendered colour from moving Gaussians above which the stored
     moving mask marks it (masks rendered from the fitted scene at every frame)."""
 
     holdout_refine_iters: int = 30
+    holdout_refine_levels: int = 1
+    holdout_refine_coarse_share: float = 0.0
+    holdout_refine_patience: int = 0
     moving_mask_threshold: float = 0.5
 
 
@@ -230,7 +270,7 @@ class KeyframeConfig:
 
 SECTIONS: dict[str, type] = {
     "input": InputConfig, "priors": PriorSettings, "keyframes": KeyframeConfig, "init": InitConfig,
-    "losses": LossConfig, "sequential": SequentialConfig, "densify": DensifyConfig, "refine": RefineConfig,
+    "losses": LossConfig, "sequential": SequentialConfig, "bundle": BundleConfig, "densify": DensifyConfig, "refine": RefineConfig,
     "eval": EvalConfig,
 }
 
@@ -281,6 +321,7 @@ class FitConfig:
     init: InitConfig = field(default_factory=InitConfig)
     losses: LossConfig = field(default_factory=LossConfig)
     sequential: SequentialConfig = field(default_factory=SequentialConfig)
+    bundle: BundleConfig = field(default_factory=BundleConfig)
     densify: DensifyConfig = field(default_factory=DensifyConfig)
     refine: RefineConfig = field(default_factory=RefineConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -385,6 +426,10 @@ _RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "sequential.slow_mover_min_frames": (1, None, False),
     "sequential.pyramid_levels": (1, 6, False),
     "sequential.coarse_share": (0, 0.9, False),
+    "bundle.window": (2, None, False),
+    "bundle.loop_min_gap": (1, None, False),
+    "bundle.loop_min_similarity": (0, 1, False),
+    "bundle.loop_min_departure": (0, 1, False),
     "densify.max_gaussians": (1, 50_000_000, False),
     "densify.spawn_alpha": (0, 1, False),
     "densify.spawn_every": (1, None, False),
@@ -398,6 +443,9 @@ _RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "refine.rigid_neighbours": (1, 64, False),
     "refine.pyramid_levels": (1, 6, False),
     "refine.coarse_share": (0, 0.9, False),
+    "eval.holdout_refine_levels": (1, 6, False),
+    "eval.holdout_refine_coarse_share": (0, 1, False),
+    "eval.holdout_refine_patience": (0, None, False),
     "eval.moving_mask_threshold": (0, 1, False),
     "keyframes.flow_short_side_px": (16, None, False),
     "keyframes.motion_percentile": (0, 100, False),

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from recon4d.fit.bundle import adjust_after_frame
 from recon4d.fit.camera import Plateau, optimize_camera
 from recon4d.fit.config import FitConfig
 from recon4d.fit.losses import (
@@ -434,6 +435,7 @@ class SequentialFitter:
                 stats.update(self.optimize_gaussians(state, t, camera_from_world, cfg.sequential.gaussian_iters, generator,
                                                      move_still=False, previous_pixels=previous_pixels))
             self.snapshot(state, camera_from_world)
+            stats.update(adjust_after_frame(self, state, t))  # keyframe bundle adjustment (`bundle`), when due
             stats.update({"frame": t, "seconds": time.perf_counter() - started, "gaussians": len(state.gaussians)})
             state.frame_stats.append(stats)
             if self.on_frame is not None:
