@@ -20,6 +20,7 @@ from recon4d.image import psnr, ssim
 from recon4d.io.scene import Gaussians, Scene4D
 from recon4d.io.scene_render import render_scene
 from recon4d.progress import track
+from recon4d.render import rasterize
 
 
 def moving_share(scene: Scene4D) -> Callable[[Gaussians, torch.Tensor], torch.Tensor]:
@@ -45,18 +46,22 @@ def render_moving_masks(scene: Scene4D, threshold: float, device: torch.device =
 
 
 def refine_camera(scene: Scene4D, t: int, target: torch.Tensor, config: FitConfig,
-                          device: torch.device) -> torch.Tensor:
+                  device: torch.device) -> torch.Tensor:
     """Camera [4, 4] of an unfitted frame t (held out, or skipped between keyframes): its stored (interpolated)
     camera refined photometrically against `target` [H, W, 3] with the Gaussians frozen
-    (`config.eval.holdout_refine_iters` Adam steps)."""
+    (`config.eval.holdout_refine_iters` Adam steps on L1 + `holdout_refine_ssim` x (1 - SSIM))."""
     init = invert_pose(scene.cameras.world_from_camera[t]).float().to(device)
-    g = scene.gaussians_at(t)
-    cameras = CameraParams(init[None], median_distance(g.means.to(device), invert_pose(init)[:3, 3]))
-    weight = torch.ones(target.shape[:2], device=device)
+    gaussians = scene.gaussians_at(t)  # frozen: evaluated once, not at every step
+    frozen = [x.to(device=device, dtype=torch.float32) for x in
+              (gaussians.means, gaussians.quats, gaussians.scales, gaussians.opacities, gaussians.colors)]
+    cameras = CameraParams(init[None], median_distance(frozen[0], invert_pose(init)[:3, 3]))
+    K = scene.cameras.K(t).to(device=device, dtype=torch.float32)
+    height, width = target.shape[:2]
+    weight = torch.ones(height, width, device=device)
 
     def loss_of(camera_from_world: torch.Tensor) -> torch.Tensor:
-        out = render_scene(scene, t, camera_from_world=camera_from_world, device=device)
-        return photometric_loss(out.color, target, weight, config.losses.ssim)
+        color = rasterize(*frozen, camera_from_world, K, width, height).color
+        return photometric_loss(color, target, weight, config.eval.holdout_refine_ssim)
 
     pose, _ = optimize_camera(cameras, 0, loss_of, config.eval.holdout_refine_iters, config.sequential.lr_camera_rotation)
     return pose

@@ -40,7 +40,7 @@ def optimize_camera(cameras: CameraParams, k: int, loss_of: Callable[[torch.Tens
     stop; keep_best: return the pose of the lowest loss seen (each loss is evaluated before its step) instead
     of the last iterate. Returns (camera_from_world [4, 4] detached, {"iterations", "loss"}).
     """
-    optimizer = torch.optim.Adam([{"params": [cameras.deltas], "lr": lr}])
+    optimizer = torch.optim.Adam([{"params": [cameras.deltas], "lr": lr}], fused=True)
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=lr_decay ** (1 / max(iterations, 1)))
     best_loss, best_delta = math.inf, cameras.deltas[k].detach().clone()
     last_loss, done = math.inf, 0

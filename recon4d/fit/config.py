@@ -32,7 +32,7 @@ import yaml
 from recon4d.errors import InputError
 from recon4d.priors.pipeline import PriorSettings
 
-PRESET_NAMES = ("fast", "default", "quality")
+PRESET_NAMES = ("fast", "thumbnail", "default", "quality")
 
 
 @dataclass
@@ -224,18 +224,14 @@ class RefineConfig:
 class EvalConfig:
     """holdout_refine_iters: pose iterations (Gaussians frozen) for the interpolated camera of a held-out
     frame, or of a frame skipped between keyframes.
-    holdout_refine_levels, holdout_refine_coarse_share: coarse to fine (`recon4d.fit.pyramid`): the first
-    `holdout_refine_coarse_share` of those iterations fit the frame downsampled 2x per level (coarsest first),
-    the rest the working resolution; 1 level = off.
-    holdout_refine_patience: a pose search stops once its loss has not improved by 0.1 % for this many
-    iterations at the working resolution (0 = never early).
+    holdout_refine_ssim: share of 1 - SSIM in that search's photometric loss (the rest is L1). Measured on the
+    7 held-out frames of bear at 320x180: L1 alone finds poses as good as the fit's 0.2 (28.09 vs 27.99 dB at
+    30 iterations) for 28 % less CPU, and 20 of its iterations 27.96 dB for 47 % less.
     moving_mask_threshold: share of a pixel's rendered colour from moving Gaussians above which the stored
     moving mask marks it (masks rendered from the fitted scene at every frame)."""
 
-    holdout_refine_iters: int = 30
-    holdout_refine_levels: int = 1
-    holdout_refine_coarse_share: float = 0.0
-    holdout_refine_patience: int = 0
+    holdout_refine_iters: int = 20
+    holdout_refine_ssim: float = 0.0
     moving_mask_threshold: float = 0.5
 
 
@@ -443,9 +439,7 @@ _RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "refine.rigid_neighbours": (1, 64, False),
     "refine.pyramid_levels": (1, 6, False),
     "refine.coarse_share": (0, 0.9, False),
-    "eval.holdout_refine_levels": (1, 6, False),
-    "eval.holdout_refine_coarse_share": (0, 1, False),
-    "eval.holdout_refine_patience": (0, None, False),
+    "eval.holdout_refine_ssim": (0, 1, False),
     "eval.moving_mask_threshold": (0, 1, False),
     "keyframes.flow_short_side_px": (16, None, False),
     "keyframes.motion_percentile": (0, 100, False),

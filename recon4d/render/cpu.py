@@ -5,8 +5,8 @@ on one); images and gradients are bit-identical for any thread count. On a share
 OMP_WAIT_POLICY=PASSIVE before torch is imported: spin-waiting OpenMP threads otherwise cost several times
 the work of PyTorch's many small parallel ops.
 
-The extensions (csrc/tile_raster.cpp here, csrc/projection.cpp for `recon4d.render.projection`) are each
-built once per machine with `torch.utils.cpp_extension` (ninja) into ``$RECON4D_CACHE_DIR/ext`` (default
+The extensions (csrc/tile_raster.cpp here, csrc/projection.cpp for `recon4d.render.projection`, and those of
+higher layers that pass their source to `load_extension`, e.g. `recon4d.fit.optim`) are each built once per machine with `torch.utils.cpp_extension` (ninja) into ``$RECON4D_CACHE_DIR/ext`` (default
 ``~/.cache/recon4d/ext``); the build key hashes the source, the torch version and the compiler flags, so a
 later process only loads the shared library.
 """
@@ -23,8 +23,6 @@ import torch
 from recon4d.errors import BackendError
 
 _CSRC = Path(__file__).with_name("csrc")
-# Each extension is one translation unit, built and cached on its own.
-_SOURCES = {"tile_raster": _CSRC / "tile_raster.cpp", "projection": _CSRC / "projection.cpp"}
 # -ffast-math lets gcc vectorise expf over the pixel loop (libmvec); the kernels avoid inf/NaN inputs.
 _CFLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp"]
 _extensions: dict = {}
@@ -42,14 +40,14 @@ def _build_key(source: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def _load(name: str):
-    """Load (building on first use on this machine) the extension compiled from csrc/<name>.cpp."""
+def load_extension(source: Path):
+    """Load (building on first use on this machine) the extension compiled from the one C++ file `source`."""
+    name = source.stem
     if name not in _extensions:
         with _lock:
             if name not in _extensions:
                 from torch.utils.cpp_extension import load
 
-                source = _SOURCES[name]
                 key = _build_key(source)
                 build_dir = cache_dir() / "ext" / key
                 build_dir.mkdir(parents=True, exist_ok=True)
@@ -64,7 +62,7 @@ def _load(name: str):
                     )
                 except Exception as exc:  # compiler missing, headers missing, ...
                     raise BackendError(
-                        f"could not build the CPU rasterizer: {str(exc).splitlines()[0] if str(exc) else exc!r}",
+                        f"could not build the C++ kernel {source.name}: {str(exc).splitlines()[0] if str(exc) else exc!r}",
                         hint="install a C++ compiler (g++) and the Python headers, then retry",
                     ) from exc
     return _extensions[name]
@@ -72,12 +70,12 @@ def _load(name: str):
 
 def extension():
     """The compiled tile rasterizer (csrc/tile_raster.cpp)."""
-    return _load("tile_raster")
+    return load_extension(_CSRC / "tile_raster.cpp")
 
 
 def projection_extension():
     """The compiled EWA projection (csrc/projection.cpp)."""
-    return _load("projection")
+    return load_extension(_CSRC / "projection.cpp")
 
 
 class _RasterizeTiles(torch.autograd.Function):
