@@ -61,7 +61,7 @@ def _update_rows(param: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor,
     """One selective Adam step of `param` [N, ...] in place (moments likewise)."""
     contiguous = param.is_contiguous() and grad.is_contiguous()
     if param.device.type == "cpu" and param.dtype == torch.float32 and contiguous:
-        from recon4d.render.cpu import load_extension
+        from recon4d.cpp import load_extension
 
         load_extension(_KERNEL).selective_adam_step(param, grad, exp_avg, exp_avg_sq, lr, beta1, beta2, eps, step)
         return

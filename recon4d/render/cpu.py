@@ -1,71 +1,22 @@
-"""CPU backend: a C++ tile rasterizer with a hand-written backward pass, and the loader of the C++ kernels.
+"""CPU backend: a C++ tile rasterizer with a hand-written backward pass.
 
 Forward and backward run over screen tiles on `torch.get_num_threads()` OpenMP threads (small renders stay
 on one); images and gradients are bit-identical for any thread count. On a shared, busy machine set
 OMP_WAIT_POLICY=PASSIVE before torch is imported: spin-waiting OpenMP threads otherwise cost several times
 the work of PyTorch's many small parallel ops.
 
-The extensions (csrc/tile_raster.cpp here, csrc/projection.cpp for `recon4d.render.projection`, and those of
-higher layers that pass their source to `load_extension`, e.g. `recon4d.fit.optim`) are each built once per machine with `torch.utils.cpp_extension` (ninja) into ``$RECON4D_CACHE_DIR/ext`` (default
-``~/.cache/recon4d/ext``); the build key hashes the source, the torch version and the compiler flags, so a
-later process only loads the shared library.
+The kernels (csrc/tile_raster.cpp here, csrc/projection.cpp for `recon4d.render.projection`) are built and
+cached by `recon4d.cpp.load_extension`.
 """
 from __future__ import annotations
 
-import hashlib
-import os
-import platform
-import threading
 from pathlib import Path
 
 import torch
 
-from recon4d.errors import BackendError
+from recon4d.cpp import load_extension
 
 _CSRC = Path(__file__).with_name("csrc")
-# -ffast-math lets gcc vectorise expf over the pixel loop (libmvec); the kernels avoid inf/NaN inputs.
-_CFLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp"]
-_extensions: dict = {}
-_lock = threading.Lock()
-
-
-def cache_dir() -> Path:
-    """Root of recon4d's on-disk caches."""
-    return Path(os.environ.get("RECON4D_CACHE_DIR", Path.home() / ".cache" / "recon4d"))
-
-
-def _build_key(source: Path) -> str:
-    digest = hashlib.sha256(source.read_bytes())
-    digest.update(" ".join([torch.__version__, platform.machine(), *_CFLAGS]).encode())
-    return digest.hexdigest()[:16]
-
-
-def load_extension(source: Path):
-    """Load (building on first use on this machine) the extension compiled from the one C++ file `source`."""
-    name = source.stem
-    if name not in _extensions:
-        with _lock:
-            if name not in _extensions:
-                from torch.utils.cpp_extension import load
-
-                key = _build_key(source)
-                build_dir = cache_dir() / "ext" / key
-                build_dir.mkdir(parents=True, exist_ok=True)
-                try:
-                    _extensions[name] = load(
-                        name=f"recon4d_{name}_{key}",
-                        sources=[str(source)],
-                        extra_cflags=_CFLAGS,
-                        extra_ldflags=["-fopenmp"],
-                        build_directory=str(build_dir),
-                        verbose=False,
-                    )
-                except Exception as exc:  # compiler missing, headers missing, ...
-                    raise BackendError(
-                        f"could not build the C++ kernel {source.name}: {str(exc).splitlines()[0] if str(exc) else exc!r}",
-                        hint="install a C++ compiler (g++) and the Python headers, then retry",
-                    ) from exc
-    return _extensions[name]
 
 
 def extension():
