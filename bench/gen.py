@@ -104,6 +104,17 @@ def prompts(count: int) -> list[dict]:
     return out
 
 
+def split_prompts(corpus: Path, names: list[str], count: int) -> list[dict]:
+    """Captions and labels of the first `count` corpus objects of a split (e.g. the training captions: if a
+    model fails on its own training prompts, the problem is fitting, not generalisation)."""
+    out = []
+    for name in names[:count]:
+        labels = json.loads((corpus / name / "labels.json").read_text())
+        out.append({"caption": (corpus / name / "caption.txt").read_text().strip(), "color": labels["color"],
+                    "shape": labels["shape"], "compositional": False})
+    return out
+
+
 def score(judge: Judge, latents: torch.Tensor, items: list[dict]) -> dict:
     """Judge colour/shape from the SAMPLE_VIEWS views of render_latents together, hue from view 0."""
     rendered = [render_latents(latents, view) for view in range(SAMPLE_VIEWS)]
@@ -182,6 +193,9 @@ def main() -> int:
                         help="encoded latents of the corpus (judge training on splat renders, ceiling, FD reference)")
     parser.add_argument("--model", type=Path, default=None, help="model directory (default: the shipped model)")
     parser.add_argument("--prompts", type=int, default=200)
+    parser.add_argument("--prompt-split", default="fresh",
+                        help="fresh: new captions of the grammar (the goal's test prompts); or a corpus split "
+                             "(train, val, test): the captions of its objects")
     parser.add_argument("--nfe", default="1,2,4,8,16,32")
     parser.add_argument("--judge-epochs", type=int, default=JudgeConfig.epochs)
     parser.add_argument("--judge-file", type=Path, default=None,
@@ -196,6 +210,10 @@ def main() -> int:
     torch.set_num_threads(1)
 
     splits = json.loads((args.corpus / "splits.json").read_text())
+    if args.prompt_split != "fresh" and args.prompt_split not in splits:
+        parser.error(f"--prompt-split must be fresh or one of {', '.join(splits)}")
+    items = prompts(args.prompts) if args.prompt_split == "fresh" else split_prompts(args.corpus, splits[args.prompt_split],
+                                                                                     args.prompts)
     config = dataclasses.replace(JudgeConfig(), epochs=args.judge_epochs)
     start = time.process_time()
     judge = load_or_train_judge(args.judge_file, args.corpus, args.latents, splits["train"] + splits["val"], config)
@@ -205,7 +223,7 @@ def main() -> int:
     print_markdown_table(ceiling, ["judged", "color_acc", "shape_acc", "images"], key="judged")
     if args.judge_only:
         return 0
-    generator, items = Generator(args.model), prompts(args.prompts)
+    generator = Generator(args.model)
     rows = []
     for method in args.methods.split(","):
         for nfe in [int(n) for n in args.nfe.split(",")]:
@@ -222,7 +240,7 @@ def main() -> int:
             row, features = score(judge, latents, items)
             rows.append({"method": method, "nfe": nfe, **row, "fd": frechet(features, reference), "s_per_sample": seconds})
             print(rows[-1], flush=True)
-    print(f"\n## Text alignment and Fréchet distance ({len(items)} prompts, {sum(i['compositional'] for i in items)} "
+    print(f"\n## Text alignment and Fréchet distance ({len(items)} {args.prompt_split} prompts, {sum(i['compositional'] for i in items)} "
           "compositional; goals: colour >= 90 %, shape >= 80 % at 4 steps)\n")
     print_markdown_table(rows, ["method", "nfe", "color_acc", "hue_color_acc", "shape_acc", "comp_color_acc",
                                 "comp_shape_acc", "fd", "s_per_sample"], key="method")

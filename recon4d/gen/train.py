@@ -217,7 +217,7 @@ def train_velocity_model(data: FlowData, text: TextTable, stats: LatentStats, mo
     wrapped = distributed.wrap_model(model, ctx)
     shape = (config.batch, *data.x1.shape[1:])
     rows = slice(ctx.rank, None, ctx.world_size)
-    log_path, losses, began = out / f"train_{stage}.jsonl", [], time.perf_counter()
+    log_path, losses, began, began_cpu = out / f"train_{stage}.jsonl", [], time.perf_counter(), time.process_time()
     if distributed.is_rank0():
         out.mkdir(parents=True, exist_ok=True)
     steps = range(start, config.steps)
@@ -241,7 +241,8 @@ def train_velocity_model(data: FlowData, text: TextTable, stats: LatentStats, mo
             save_checkpoint(checkpoint, model, ema, optimizer, done, meta)
     summary = {"stage": stage, "steps": config.steps, "resumed_from": start, "world_size": ctx.world_size,
                "final_loss": sum(losses[-config.log_every:]) / max(len(losses[-config.log_every:]), 1) if losses else None,
-               "seconds": time.perf_counter() - began, "parameters": count_parameters(model), **(info or {})}
+               "seconds": time.perf_counter() - began, "cpu_seconds": time.process_time() - began_cpu,
+               "parameters": count_parameters(model), **(info or {})}
     if distributed.is_rank0():
         save_model(out / KINDS[kind], ema.state_dict(), kind, model_config.to_json(), stats,
                    {"train": asdict(config), **summary}, dtype=save_dtype)

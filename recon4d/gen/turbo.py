@@ -25,7 +25,7 @@ from recon4d.gen.mmdit import timestep_features
 class RefinerConfig:
     """patch: Gaussians per token (as the main model); hidden: MLP width; frequency_dim: time features."""
 
-    patch: int = 16
+    patch: int = 8
     hidden: int = 192
     frequency_dim: int = 64
 
