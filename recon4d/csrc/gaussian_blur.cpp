@@ -118,7 +118,9 @@ torch::Tensor blur_backward(torch::Tensor grad, torch::Tensor taps, int64_t mode
 
 }  // namespace
 
+// Kernels release the GIL: they touch no Python objects, and Python threads may run them side by side
+// (recon4d.eval.reconstruction.refine_cameras searches several frames' cameras at once).
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("blur_forward", &blur_forward, "separable blur of [N, H, W] maps (mode 0 replicate, 1 symmetric)");
-  m.def("blur_backward", &blur_backward, "transpose of blur_forward (its backward pass)");
+  m.def("blur_forward", &blur_forward, py::call_guard<py::gil_scoped_release>(), "separable blur of [N, H, W] maps (mode 0 replicate, 1 symmetric)");
+  m.def("blur_backward", &blur_backward, py::call_guard<py::gil_scoped_release>(), "transpose of blur_forward (its backward pass)");
 }

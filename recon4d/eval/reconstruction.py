@@ -7,6 +7,7 @@ are rendered from the 4D model (share of each pixel's colour that comes from mov
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -67,6 +68,30 @@ def refine_camera(scene: Scene4D, t: int, target: torch.Tensor, config: FitConfi
     return pose
 
 
+def refine_cameras(scene: Scene4D, frames: np.ndarray, times: list[int], config: FitConfig,
+                   device: torch.device) -> dict[int, torch.Tensor]:
+    """`refine_camera` of each frame t in `times` against frames[t] ([T, H, W, 3] uint8): {t: [4, 4]}.
+
+    On the CPU the frames are searched side by side, one per torch thread, each search on one thread (the
+    kernels release the GIL): a single search is a chain of small steps that keeps only part of a second core
+    busy. Each search is independent and single-threaded kernels give the same numbers as multi-threaded
+    ones (`tests/test_render_threads.py`), so the poses do not depend on the thread count."""
+    def search(t: int) -> torch.Tensor:
+        target = torch.as_tensor(frames[t], dtype=torch.float32, device=device) / 255.0
+        return refine_camera(scene, t, target, config, device)
+
+    workers = min(torch.get_num_threads(), len(times))
+    if device.type != "cpu" or workers <= 1:
+        return {t: search(t) for t in times}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            return dict(zip(times, pool.map(search, times)))
+    finally:
+        torch.set_num_threads(threads)
+
+
 def evaluate(scene: Scene4D, frames: np.ndarray, held: list[int], config: FitConfig, device: torch.device,
              with_masks: bool = False, skipped: list[int] = ()) -> tuple[dict, np.ndarray, torch.Tensor | None]:
     """Per-frame PSNR/SSIM of the fitted frames, of held-out frames and of `skipped` frames (not fitted
@@ -85,10 +110,11 @@ def evaluate(scene: Scene4D, frames: np.ndarray, held: list[int], config: FitCon
 
     per_frame = []
     held = set(held)
+    searched = refine_cameras(scene, frames, sorted(held), config, device) if config.eval.holdout_refine_iters > 0 else {}
     for t in track(range(scene.num_frames), "evaluating", total=scene.num_frames):
         target = torch.as_tensor(frames[t], dtype=torch.float32, device=device) / 255.0
         if t in held:
-            cfw = refine_camera(scene, t, target, config, device) if config.eval.holdout_refine_iters > 0 else None
+            cfw = searched.get(t)
             with torch.no_grad():
                 image = render_scene(scene, t, camera_from_world=cfw, device=device).color.clamp(0, 1)
                 if with_masks:

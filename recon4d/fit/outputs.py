@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from recon4d import __version__
-from recon4d.eval.reconstruction import evaluate, refine_camera
+from recon4d.eval.reconstruction import evaluate, refine_cameras
 from recon4d.fit.config import FitConfig
 from recon4d.fit.sequential import FitState
 from recon4d.geometry.camera import invert_pose
@@ -113,9 +113,7 @@ def refine_skipped_cameras(scene: Scene4D, frames: np.ndarray, skipped: list[int
                            device: torch.device) -> None:
     """Cameras of the frames skipped between keyframes: interpolated, then refined photometrically against
     their frame (Gaussians frozen), in place in `scene.cameras`."""
-    for t in skipped:
-        target = torch.as_tensor(frames[t], dtype=torch.float32, device=device) / 255.0
-        camera_from_world = refine_camera(scene, t, target, config, device)
+    for t, camera_from_world in refine_cameras(scene, frames, list(skipped), config, device).items():
         scene.cameras.world_from_camera[t] = invert_pose(camera_from_world.cpu()).to(scene.cameras.world_from_camera.dtype)
 
 

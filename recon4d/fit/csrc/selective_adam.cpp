@@ -72,7 +72,9 @@ int64_t selective_adam_step(torch::Tensor param, torch::Tensor grad, torch::Tens
 
 }  // namespace
 
+// Kernels release the GIL: they touch no Python objects, and Python threads may run them side by side
+// (recon4d.eval.reconstruction.refine_cameras searches several frames' cameras at once).
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("selective_adam_step", &selective_adam_step,
+  m.def("selective_adam_step", &selective_adam_step, py::call_guard<py::gil_scoped_release>(),
         "Adam step of the rows with a non-zero gradient (in place); returns how many rows were updated");
 }

@@ -432,9 +432,11 @@ std::vector<torch::Tensor> project_backward(torch::Tensor means, torch::Tensor q
   return {v_means, v_quats, v_scales, v_camera_from_world, v_K};
 }
 
+// Kernels release the GIL: they touch no Python objects, and Python threads may run them side by side
+// (recon4d.eval.reconstruction.refine_cameras searches several frames' cameras at once).
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("project_threads", &project_threads, "Threads the projection of n Gaussians would use now");
-  m.def("project_forward", &project_forward, "EWA projection of 3D Gaussians: means2d, conics, depths, radii");
-  m.def("project_backward", &project_backward,
+  m.def("project_forward", &project_forward, py::call_guard<py::gil_scoped_release>(), "EWA projection of 3D Gaussians: means2d, conics, depths, radii");
+  m.def("project_backward", &project_backward, py::call_guard<py::gil_scoped_release>(),
         "Gradients of the projection w.r.t. means, quats, scales, camera_from_world and K");
 }

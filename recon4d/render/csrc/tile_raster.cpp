@@ -446,9 +446,11 @@ torch::Tensor rasterize_backward(torch::Tensor means2d, torch::Tensor conics, to
   return entry_grads;
 }
 
+// Kernels release the GIL: they touch no Python objects, and Python threads may run them side by side
+// (recon4d.eval.reconstruction.refine_cameras searches several frames' cameras at once).
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("sweep_threads", &sweep_threads, "Threads a forward/backward sweep over (tiles, entries) would use now");
-  m.def("bin_gaussians", &bin_gaussians, "Bin projected Gaussians into screen tiles in depth order");
-  m.def("rasterize_forward", &rasterize_forward, "Tile rasterizer forward pass");
-  m.def("rasterize_backward", &rasterize_backward, "Tile rasterizer backward pass");
+  m.def("bin_gaussians", &bin_gaussians, py::call_guard<py::gil_scoped_release>(), "Bin projected Gaussians into screen tiles in depth order");
+  m.def("rasterize_forward", &rasterize_forward, py::call_guard<py::gil_scoped_release>(), "Tile rasterizer forward pass");
+  m.def("rasterize_backward", &rasterize_backward, py::call_guard<py::gil_scoped_release>(), "Tile rasterizer backward pass");
 }
