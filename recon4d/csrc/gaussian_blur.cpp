@@ -33,87 +33,77 @@ void check(const torch::Tensor& maps, const torch::Tensor& taps) {
               "taps must be an odd-length float32 CPU vector");
 }
 
+struct Blur {
+  int64_t height, width, length, radius, mode;
+  const float* taps;
+};
+
+// Allocates a zeroed output like `input` and runs body(blur, input map, output map) over its maps.
 template <typename Body>
-void for_each_map(int64_t count, int64_t map_size, Body body) {
-  const int64_t grain = std::max<int64_t>(1, kMinElementsPerThread / std::max<int64_t>(map_size, 1));
-  at::parallel_for(0, count, grain, [&](int64_t begin, int64_t end) {
-    for (int64_t m = begin; m < end; ++m) body(m);
+torch::Tensor over_maps(const torch::Tensor& input, torch::Tensor taps, int64_t mode, Body body) {
+  check(input, taps);
+  taps = taps.contiguous();
+  const Blur blur{input.size(1), input.size(2), taps.numel(), taps.numel() / 2, mode, taps.data_ptr<float>()};
+  auto out = torch::zeros_like(input);
+  const float* in = input.data_ptr<float>();
+  float* result = out.data_ptr<float>();
+  const int64_t size = blur.height * blur.width;
+  const int64_t grain = std::max<int64_t>(1, kMinElementsPerThread / std::max<int64_t>(size, 1));
+  at::parallel_for(0, input.size(0), grain, [&](int64_t begin, int64_t end) {
+    for (int64_t m = begin; m < end; ++m) body(blur, in + m * size, result + m * size);
   });
+  return out;
 }
 
 torch::Tensor blur_forward(torch::Tensor maps, torch::Tensor taps, int64_t mode) {
-  check(maps, taps);
-  taps = taps.contiguous();
-  const int64_t count = maps.size(0), height = maps.size(1), width = maps.size(2);
-  const int64_t length = taps.numel(), radius = length / 2;
-  auto out = torch::empty_like(maps);
-  const float* k = taps.data_ptr<float>();
-  const float* in = maps.data_ptr<float>();
-  float* result = out.data_ptr<float>();
-  for_each_map(count, height * width, [&](int64_t m) {
-    const float* x = in + m * height * width;
-    float* y = result + m * height * width;
-    std::vector<float> row(width + 2 * radius);
-    std::vector<float> horizontal(height * width);  // H(x), unpadded rows
-    for (int64_t i = 0; i < height; ++i) {
-      const float* source = x + i * width;
-      for (int64_t p = 0; p < width + 2 * radius; ++p) row[p] = source[source_index(p - radius, width, mode)];
-      float* h = horizontal.data() + i * width;
-      std::fill(h, h + width, 0.0f);
-      for (int64_t j = 0; j < length; ++j) {
-        const float tap = k[j];
+  return over_maps(maps, taps, mode, [](const Blur& b, const float* x, float* y) {
+    std::vector<float> row(b.width + 2 * b.radius);
+    std::vector<float> horizontal(b.height * b.width, 0.0f);  // H(x), unpadded rows
+    for (int64_t i = 0; i < b.height; ++i) {
+      const float* source = x + i * b.width;
+      for (int64_t p = 0; p < b.width + 2 * b.radius; ++p) row[p] = source[source_index(p - b.radius, b.width, b.mode)];
+      float* h = horizontal.data() + i * b.width;
+      for (int64_t j = 0; j < b.length; ++j) {
+        const float tap = b.taps[j];
         const float* shifted = row.data() + j;
-        for (int64_t c = 0; c < width; ++c) h[c] += tap * shifted[c];
+        for (int64_t c = 0; c < b.width; ++c) h[c] += tap * shifted[c];
       }
     }
-    for (int64_t i = 0; i < height; ++i) {
-      float* target = y + i * width;
-      std::fill(target, target + width, 0.0f);
-      for (int64_t j = 0; j < length; ++j) {
-        const float tap = k[j];
-        const float* source = horizontal.data() + source_index(i + j - radius, height, mode) * width;
-        for (int64_t c = 0; c < width; ++c) target[c] += tap * source[c];
+    for (int64_t i = 0; i < b.height; ++i) {
+      float* target = y + i * b.width;
+      for (int64_t j = 0; j < b.length; ++j) {
+        const float tap = b.taps[j];
+        const float* source = horizontal.data() + source_index(i + j - b.radius, b.height, b.mode) * b.width;
+        for (int64_t c = 0; c < b.width; ++c) target[c] += tap * source[c];
       }
     }
   });
-  return out;
 }
 
 torch::Tensor blur_backward(torch::Tensor grad, torch::Tensor taps, int64_t mode) {
-  check(grad, taps);
-  taps = taps.contiguous();
-  const int64_t count = grad.size(0), height = grad.size(1), width = grad.size(2);
-  const int64_t length = taps.numel(), radius = length / 2;
-  auto out = torch::zeros_like(grad);
-  const float* k = taps.data_ptr<float>();
-  const float* in = grad.data_ptr<float>();
-  float* result = out.data_ptr<float>();
-  for_each_map(count, height * width, [&](int64_t m) {
-    const float* g = in + m * height * width;
-    float* gx = result + m * height * width;
-    std::vector<float> horizontal(height * width, 0.0f);  // V^T(g)
-    for (int64_t i = 0; i < height; ++i) {
-      const float* source = g + i * width;
-      for (int64_t j = 0; j < length; ++j) {
-        const float tap = k[j];
-        float* target = horizontal.data() + source_index(i + j - radius, height, mode) * width;
-        for (int64_t c = 0; c < width; ++c) target[c] += tap * source[c];
+  return over_maps(grad, taps, mode, [](const Blur& b, const float* g, float* gx) {
+    std::vector<float> horizontal(b.height * b.width, 0.0f);  // V^T(g)
+    for (int64_t i = 0; i < b.height; ++i) {
+      const float* source = g + i * b.width;
+      for (int64_t j = 0; j < b.length; ++j) {
+        const float tap = b.taps[j];
+        float* target = horizontal.data() + source_index(i + j - b.radius, b.height, b.mode) * b.width;
+        for (int64_t c = 0; c < b.width; ++c) target[c] += tap * source[c];
       }
     }
-    std::vector<float> row(width + 2 * radius);
-    for (int64_t i = 0; i < height; ++i) {
-      const float* h = horizontal.data() + i * width;
+    std::vector<float> row(b.width + 2 * b.radius);
+    for (int64_t i = 0; i < b.height; ++i) {
+      const float* h = horizontal.data() + i * b.width;
       std::fill(row.begin(), row.end(), 0.0f);
-      for (int64_t j = 0; j < length; ++j) {
-        const float tap = k[j];
+      for (int64_t j = 0; j < b.length; ++j) {
+        const float tap = b.taps[j];
         float* shifted = row.data() + j;
-        for (int64_t c = 0; c < width; ++c) shifted[c] += tap * h[c];
+        for (int64_t c = 0; c < b.width; ++c) shifted[c] += tap * h[c];
       }
-      float* target = gx + i * width;
-      for (int64_t p = 0; p < width + 2 * radius; ++p) target[source_index(p - radius, width, mode)] += row[p];
+      float* target = gx + i * b.width;
+      for (int64_t p = 0; p < b.width + 2 * b.radius; ++p) target[source_index(p - b.radius, b.width, b.mode)] += row[p];
     }
   });
-  return out;
 }
 
 }  // namespace
