@@ -199,3 +199,18 @@ def test_reflow_distillation_and_refiner_stages(tiny_latents, tiny_model, tmp_pa
                     SampleRequest("a red ball", steps=4, reflow=True), SampleRequest("a red ball", steps=2, solver="boss",
                                                                                     reflow=True)):
         assert generator.generate(request).shape == (1, 64, 14)
+
+
+def test_shipped_model_moves_every_number_of_a_token():
+    """The shipped velocity model's output layer has full rank over a token's patch x 14 numbers: with
+    patch x 14 > width (the earlier patch 16 at width 128) the velocity lived in a width-dim subspace and
+    40 % of every sample stayed the initial noise. Measured: smallest / largest singular value 0.017."""
+    from recon4d.gen.latents import NUM_CHANNELS
+    from recon4d.gen.model_io import SHIPPED_DIR, load_model_file
+
+    stored = load_model_file(SHIPPED_DIR / "model.safetensors", "rf1")
+    config = ModelConfig(**stored.config)
+    weight = stored.state["latent_out.weight"]  # [patch * 14, width]
+    assert weight.shape == (config.patch * NUM_CHANNELS, config.width)
+    singular = torch.linalg.svdvals(weight)
+    assert len(singular) == config.patch * NUM_CHANNELS and float(singular[-1] / singular[0]) > 1e-3
