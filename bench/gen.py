@@ -10,7 +10,8 @@ accuracy on the test split (corpus views and splatted encoded latents) is printe
 every row. Its penultimate features give the Fréchet distance between renders of samples and renders of
 test-split objects. Colour is also judged without learning, by the hue histogram of the sample's pixels.
 Prompts are fresh captions of the corpus grammar (their attributes known); those whose colour x shape pair
-is held out of training are reported separately (compositional).
+is held out of training are reported separately (compositional). `--prompt-split train` scores the model's
+own training captions instead: failing those too means under-fitting, not poor generalisation.
 LPIPS/Inception networks are not available offline, hence this judge.
 """
 from __future__ import annotations
