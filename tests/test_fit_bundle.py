@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from fit_scenes import static_world_inputs
 
 from recon4d.eval.metrics import ate_rpe
 from recon4d.eval.synthetic import SyntheticConfig, make_synthetic
@@ -14,7 +15,6 @@ from recon4d.fit.config import load_config
 from recon4d.fit.loop import find_revisit, frame_descriptors
 from recon4d.fit.sequential import SequentialFitter
 from recon4d.geometry import invert_pose
-from fit_scenes import static_world_inputs
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny fits: OpenMP spin-waiting costs more than it gains
 

@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from recon4d.fit.losses import COVERED_ALPHA, depth_loss, flow_loss, photometric_loss
 from recon4d.fit.loop import find_revisit, frame_descriptors
+from recon4d.fit.losses import COVERED_ALPHA, depth_loss, flow_loss, photometric_loss
 from recon4d.fit.model import CameraParams
 from recon4d.fit.optim import SelectiveAdam
 from recon4d.geometry.camera import invert_pose, project_to_pixels
@@ -50,7 +50,7 @@ def window_frames(t: int, window: int, revisit: int | None) -> tuple[list[int], 
     return recent, {0, recent[0]}
 
 
-def view_at(state: "FitState", k: int, means: torch.Tensor, active: Gaussians) -> Gaussians:
+def view_at(state: FitState, k: int, means: torch.Tensor, active: Gaussians) -> Gaussians:
     """The Gaussians as frame k sees them: every still one (means [N, 3] as given, differentiable) and the
     dynamic ones alive at k at their stored state (detached)."""
     g = state.gaussians
@@ -64,7 +64,7 @@ def view_at(state: "FitState", k: int, means: torch.Tensor, active: Gaussians) -
                      active.colors[shown])
 
 
-def window_frame_loss(fitter: "SequentialFitter", view: Gaussians, k: int, camera_from_world: torch.Tensor,
+def window_frame_loss(fitter: SequentialFitter, view: Gaussians, k: int, camera_from_world: torch.Tensor,
                       previous_camera: torch.Tensor | None) -> torch.Tensor:
     """Loss of window frame k seen from `camera_from_world` [4, 4] (see the module docstring); with
     `previous_camera` (frame k-1's [4, 4]) the flow term between the two is added."""
@@ -87,7 +87,7 @@ def window_frame_loss(fitter: "SequentialFitter", view: Gaussians, k: int, camer
     return loss
 
 
-def adjust_window(fitter: "SequentialFitter", state: "FitState", frames: list[int], fixed: set[int]) -> dict:
+def adjust_window(fitter: SequentialFitter, state: FitState, frames: list[int], fixed: set[int]) -> dict:
     """Jointly optimise the cameras of `frames` (all but `fixed`) and the still Gaussians' means and colours
     for `bundle.iters` steps; writes the cameras back into `state`. Returns {"loss_before", "loss_after",
     "camera_shift"} (the largest move of a camera centre, in depth units)."""
@@ -127,7 +127,7 @@ def adjust_window(fitter: "SequentialFitter", state: "FitState", frames: list[in
             "camera_shift": float(shift) / fitter.depth_unit}
 
 
-def adjust_after_frame(fitter: "SequentialFitter", state: "FitState", t: int) -> dict:
+def adjust_after_frame(fitter: SequentialFitter, state: FitState, t: int) -> dict:
     """The sequential pass's hook after fitted frame t: when `bundle.every` says so, find a revisit (if loop
     closure is on) and adjust the window. Returns the stats to merge into frame t's (`{}` when not run)."""
     cfg = fitter.config.bundle
