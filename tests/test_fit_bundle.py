@@ -83,6 +83,7 @@ def camera_errors(state, poses) -> dict:
     return ate_rpe(estimated.double().numpy(), poses.double().numpy())
 
 
+@pytest.mark.slow  # two small fits: about 11 CPU s
 def test_bundle_adjustment_lowers_the_camera_error():
     inputs, poses = world_with_wrong_depth_prior()
     overrides = {"num_gaussians": 1500, "frame0_iters": 80, "camera_iters": 30, "gaussian_iters": 30,
