@@ -136,7 +136,10 @@ class BundleConfig:
         before the window whose global descriptor (`recon4d.fit.loop.frame_descriptors`) has a cosine
         similarity of at least `loop_min_similarity` (0..1) with the latest frame's, while the frames between
         them departed from it (similarity to it fell by at least `loop_min_departure`, 0..1). That frame joins
-        the window with its camera fixed, which pulls the drifted cameras and Gaussians back onto it."""
+        the window with its camera fixed, which pulls the drifted cameras and Gaussians back onto it.
+    Off by default. Measured (README, "Camera accuracy: keyframe bundle adjustment and loop closure"), every 3
+    frames: syn-translate ATE 0.88 -> 0.41 % of the path at equal CPU; bear (320x180 keyframes) -0.34 dB
+    held-out for +17 % CPU; the lego walk-around is not recovered either way (its steps defeat the flow start)."""
 
     every: int = 0
     window: int = 5
