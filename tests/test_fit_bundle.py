@@ -8,6 +8,7 @@ import pytest
 import torch
 from fit_scenes import static_world_inputs
 
+from recon4d.errors import InputError
 from recon4d.eval.metrics import ate_rpe
 from recon4d.eval.synthetic import SyntheticConfig, make_synthetic
 from recon4d.fit.bundle import window_frames
@@ -100,3 +101,11 @@ def test_bundle_adjustment_lowers_the_camera_error():
     assert all(s["bundle_loss_after"] < s["bundle_loss_before"] for s in ran)
     assert torch.equal(adjusted.camera_from_world[0], torch.eye(4))  # frame 0 holds the gauge
     assert all("bundle_frames" not in s for s in without.frame_stats)
+
+
+def test_bundle_settings_are_validated_and_off_by_default():
+    assert load_config("default").bundle.every == 0
+    assert load_config("default", {"bundle.every": 3}).bundle.every == 3
+    for field, value in (("window", 1), ("loop_min_similarity", 1.5), ("every", -1), ("lr_camera", 0.0)):
+        with pytest.raises(InputError, match=f"bundle.{field}"):
+            load_config("default", {f"bundle.{field}": value})
