@@ -35,9 +35,6 @@ from recon4d.io.scene import Gaussians
 if TYPE_CHECKING:  # the fitter imports this module
     from recon4d.fit.sequential import FitState, SequentialFitter
 
-# Points closer to a camera than this (scene units) are projected as if at this depth (the flow term).
-MIN_DEPTH = 1e-3
-
 
 def window_frames(t: int, window: int, revisit: int | None) -> tuple[list[int], set[int]]:
     """Frames of the window that ends at fitted frame t, and those whose camera stays fixed.
@@ -68,7 +65,8 @@ def window_frame_loss(fitter: SequentialFitter, view: Gaussians, k: int, camera_
                       previous_camera: torch.Tensor | None) -> torch.Tensor:
     """Loss of window frame k seen from `camera_from_world` [4, 4] (see the module docstring); with
     `previous_camera` (frame k-1's [4, 4]) the flow term between the two is added."""
-    from recon4d.fit.sequential import dilate
+    # The pass's own still-mask dilation and depth floor (imported here: the pass imports this module).
+    from recon4d.fit.sequential import MIN_DEPTH, dilate
 
     config, inputs = fitter.config, fitter.inputs
     still = ~dilate(inputs.moving[k], config.sequential.motion_dilation)
