@@ -138,8 +138,8 @@ class BundleConfig:
         them departed from it (similarity to it fell by at least `loop_min_departure`, 0..1). That frame joins
         the window with its camera fixed, which pulls the drifted cameras and Gaussians back onto it.
     Off by default. Measured (README, "Camera accuracy: keyframe bundle adjustment and loop closure"), every 3
-    frames: syn-translate ATE 0.88 -> 0.41 % of the path at equal CPU; bear (320x180 keyframes) -0.34 dB
-    held-out for +17 % CPU; the lego walk-around is not recovered either way (its steps defeat the flow start)."""
+    frames: syn-translate ATE 0.88 -> 0.41 % of the path at equal CPU; bear -0.34 dB held-out for +17 % CPU
+    (320x180 keyframes) and -0.71 dB for +14 % (160x90); the lego walk-around is not recovered either way (its steps defeat the flow start)."""
 
     every: int = 0
     window: int = 5
