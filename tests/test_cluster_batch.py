@@ -27,6 +27,11 @@ gaussian_iters: 5
 max_new_per_frame: 40
 holdout_refine_iters: 2
 """
+# The same fit with a refinement of some seconds after the sequential pass: an interrupt sent when the first
+# checkpoint appears lands inside it (the tiny fit alone can finish first on a fast machine).
+TINY_REFINED = TINY + """refine: true
+refine_iters: 600
+"""
 FIT_FILES = {"scene.r4d", "metrics.json", "cameras.json", "comparison.mp4"}
 
 
@@ -48,6 +53,7 @@ def clips(tmp_path_factory) -> Path:
 
     root = tmp_path_factory.mktemp("batch")
     (root / "tiny.yaml").write_text(TINY)
+    (root / "tiny_refined.yaml").write_text(TINY_REFINED)
     inputs = root / "inputs"
     inputs.mkdir()
     frames = read_clip(SAMPLE, max_frames=16, short_side=36).frames
@@ -139,7 +145,7 @@ def test_killed_worker_is_retried_and_fit_resumes(clips):
 def test_ctrl_c_cancels_cleanly_and_rerun_resumes(clips):
     out = clips / "interrupted"
     inputs = [str(clips / "inputs" / "a.mp4"), str(clips / "inputs" / "b.mp4")]
-    flags = ["-o", str(out), "--preset", str(clips / "tiny.yaml"), "--max-frames", "8", "--workers", "2"]
+    flags = ["-o", str(out), "--preset", str(clips / "tiny_refined.yaml"), "--max-frames", "8", "--workers", "2"]
     env = {**os.environ, "RECON4D_NO_PROGRESS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "recon4d", "fit-batch", *inputs, *flags], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env)
