@@ -143,21 +143,29 @@ def test_killed_worker_is_retried_and_fit_resumes(clips):
 
 @pytest.mark.slow
 def test_ctrl_c_cancels_cleanly_and_rerun_resumes(clips):
-    out = clips / "interrupted"
     inputs = [str(clips / "inputs" / "a.mp4"), str(clips / "inputs" / "b.mp4")]
-    flags = ["-o", str(out), "--preset", str(clips / "tiny_refined.yaml"), "--max-frames", "8", "--workers", "2"]
     env = {**os.environ, "RECON4D_NO_PROGRESS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "recon4d", "fit-batch", *inputs, *flags], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
-    try:
-        deadline = time.monotonic() + 600
-        while not list(out.glob("*/.checkpoint/*.safetensors")):
-            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-            time.sleep(0.1)
-        proc.send_signal(signal.SIGINT)
-        _, stderr = proc.communicate(timeout=120)
-    finally:
-        proc.kill()
+    # The interrupt is sent when the first checkpoint appears. Both tiny fits can still finish before it lands
+    # (seen in full-suite runs: exit 0); then Ctrl-C was not exercised, and the attempt is repeated.
+    for attempt in range(3):
+        out = clips / f"interrupted{attempt}"
+        flags = ["-o", str(out), "--preset", str(clips / "tiny_refined.yaml"), "--max-frames", "8", "--workers", "2"]
+        # A user's Ctrl-C reaches a process whose SIGINT has its default action; a child of this test process
+        # would inherit an ignored SIGINT if something earlier in the session left it ignored.
+        proc = subprocess.Popen([sys.executable, "-m", "recon4d", "fit-batch", *inputs, *flags], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, env=env,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        try:
+            deadline = time.monotonic() + 600
+            while not list(out.glob("*/.checkpoint/*.safetensors")):
+                assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+                time.sleep(0.1)
+            proc.send_signal(signal.SIGINT)
+            _, stderr = proc.communicate(timeout=120)
+        finally:
+            proc.kill()
+        if proc.returncode != 0:
+            break
     assert proc.returncode == 130 and "interrupted" in stderr.strip().splitlines()[-1]
     assert "Traceback" not in stderr
     statuses = {name: entry["status"] for name, entry in manifest(out).items()}
