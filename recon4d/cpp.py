@@ -2,7 +2,10 @@
 
 Each kernel is built with `torch.utils.cpp_extension` (ninja) into ``$RECON4D_CACHE_DIR/ext`` (default
 ``~/.cache/recon4d/ext``); the build key hashes the source, the torch version and the compiler flags, so a
-later process only loads the shared library. Users: `recon4d.image` (SSIM's blur), `recon4d.render.cpu`
+later process only loads the shared library. The build compiles a copy of the source kept in its build
+directory, so that checkouts of the same code at other paths (git worktrees, an installed copy beside an
+editable one) share one build instead of rebuilding each other's (ninja's build file names the source path).
+Users: `recon4d.image` (SSIM's blur), `recon4d.render.cpu`
 (tile rasterizer, EWA projection), `recon4d.fit.optim` (selective Adam).
 """
 from __future__ import annotations
@@ -30,7 +33,7 @@ def cache_dir() -> Path:
 
 def _build_key(source: Path) -> str:
     digest = hashlib.sha256(source.read_bytes())
-    digest.update(" ".join([torch.__version__, platform.machine(), *_CFLAGS]).encode())
+    digest.update(" ".join([torch.__version__, platform.machine(), *_CFLAGS, "source-copy"]).encode())
     return digest.hexdigest()[:16]
 
 
@@ -45,10 +48,15 @@ def load_extension(source: Path):
                 key = _build_key(source)
                 build_dir = cache_dir() / "ext" / key
                 build_dir.mkdir(parents=True, exist_ok=True)
+                copy = build_dir / source.name
+                if not copy.is_file() or copy.read_bytes() != source.read_bytes():
+                    staged = build_dir / f".{source.name}.{os.getpid()}"
+                    staged.write_bytes(source.read_bytes())
+                    staged.replace(copy)  # atomic: a concurrent build never reads half a file
                 try:
                     _extensions[name] = load(
                         name=f"recon4d_{name}_{key}",
-                        sources=[str(source)],
+                        sources=[str(copy)],
                         extra_cflags=_CFLAGS,
                         extra_ldflags=["-fopenmp"],
                         build_directory=str(build_dir),
