@@ -118,3 +118,20 @@ def test_select_keyframes_rules():
         select_keyframes(np.ones(3), KeyframeConfig(max_gap_frames=0))
     with pytest.raises(InputError, match="keyframes need uint8 frames"):
         consecutive_motion(np.zeros((1, 32, 32, 3), np.uint8), 180)
+
+
+def test_max_share_caps_keyframes_and_keeps_them_where_motion_is():
+    # 400 pairs: a still first half (0.2 px per pair), then a fast second half (3 px per pair).
+    motion = np.concatenate([np.full(200, 0.2), np.full(200, 3.0)])
+    free = select_keyframes(motion, KeyframeConfig(motion_budget_px=6.0, max_gap_frames=6))
+    assert len(free) == 135  # 34 in the still half (the gap), 101 in the fast one (the budget: one per 2 pairs)
+    capped = select_keyframes(motion, KeyframeConfig(motion_budget_px=6.0, max_gap_frames=6, max_share=0.1))
+    assert len(capped) <= 41 and len(capped) >= 35  # ceil(0.1 * 401); the bisection lands within 1 % of the cap
+    keys = np.asarray(capped)
+    still, fast = (keys < 200).sum(), (keys >= 200).sum()
+    assert fast > 2 * still, (still, fast)  # budget and gap grew together: keyframes stay where the motion is
+    gaps = np.diff(keys)
+    assert gaps[keys[1:] > 200].max() < gaps[keys[1:] <= 200].min()
+    assert select_keyframes(motion, KeyframeConfig(motion_budget_px=6.0, max_share=1.0)) == free
+    with pytest.raises(InputError, match="max_share"):
+        select_keyframes(motion, KeyframeConfig(max_share=0.0))

@@ -50,7 +50,8 @@ def refine_camera(scene: Scene4D, t: int, target: torch.Tensor, config: FitConfi
                   device: torch.device) -> torch.Tensor:
     """Camera [4, 4] of an unfitted frame t (held out, or skipped between keyframes): its stored (interpolated)
     camera refined photometrically against `target` [H, W, 3] with the Gaussians frozen
-    (`config.eval.holdout_refine_iters` Adam steps on L1 + `holdout_refine_ssim` x (1 - SSIM))."""
+    (`config.eval.holdout_refine_iters` Adam steps on L1 + `holdout_refine_ssim` x (1 - SSIM), the rate
+    shrinking by `holdout_refine_lr_decay`; the pose of the lowest loss is kept)."""
     init = invert_pose(scene.cameras.world_from_camera[t]).float().to(device)
     gaussians = scene.gaussians_at(t)  # frozen: evaluated once, not at every step
     frozen = [x.to(device=device, dtype=torch.float32) for x in
@@ -64,7 +65,8 @@ def refine_camera(scene: Scene4D, t: int, target: torch.Tensor, config: FitConfi
         color = rasterize(*frozen, camera_from_world, K, width, height).color
         return photometric_loss(color, target, weight, config.eval.holdout_refine_ssim)
 
-    pose, _ = optimize_camera(cameras, 0, loss_of, config.eval.holdout_refine_iters, config.sequential.lr_camera_rotation)
+    pose, _ = optimize_camera(cameras, 0, loss_of, config.eval.holdout_refine_iters, config.sequential.lr_camera_rotation,
+                              lr_decay=config.eval.holdout_refine_lr_decay, keep_best=True)
     return pose
 
 

@@ -14,13 +14,16 @@ tenth of the image, which is what a static camera filming a moving hand needs.
 Selection: greedy from frame 0; a frame becomes a keyframe when adding the next pair's motion would take the
 motion accumulated since the last keyframe over the budget, when the gap reaches max_gap_frames, and at the
 last frame. So the motion between consecutive keyframes stays within the budget unless one pair alone
-exceeds it (then both frames are keyframes).
+exceeds it (then both frames are keyframes). `max_share` caps the keyframes at a share of the clip's frames
+(the budget and the gap grow together until the selection fits), which bounds the cost of a long clip.
 
 Example:
     >>> keys = choose_keyframes(read_clip("clip.mp4", short_side=64).frames, working_short_side=180)  # doctest: +SKIP
     >>> world_from_camera = fill_poses(world_from_camera, keys)   # fitted keys -> every frame  # doctest: +SKIP
 """
 from __future__ import annotations
+
+import math
 
 import cv2
 import numpy as np
@@ -60,21 +63,43 @@ def consecutive_motion(frames: np.ndarray, working_short_side: int, config: Keyf
     return motion
 
 
-def select_keyframes(motion: np.ndarray, config: KeyframeConfig | None = None) -> list[int]:
-    """motion [T-1] (pixels, see `consecutive_motion`; NaN counts as too much) -> sorted keyframe indices of
-    the T frames: 0 and T-1 always, at most max_gap_frames apart, and the motion summed between consecutive
-    keyframes within motion_budget_px unless one pair alone exceeds it."""
-    config = config or KeyframeConfig()
-    config.validate()
-    motion = np.nan_to_num(np.asarray(motion, dtype=np.float64).reshape(-1), nan=np.inf)
+def _greedy_keyframes(motion: np.ndarray, budget_px: float, max_gap: float) -> list[int]:
+    """The greedy selection of `select_keyframes` for one budget and gap (motion already NaN-free)."""
     last = len(motion)
     keys, accumulated = [0], 0.0
     for t in range(1, last + 1):
         accumulated += motion[t - 1]
-        if t == last or t - keys[-1] >= config.max_gap_frames or accumulated + motion[t] > config.motion_budget_px:
+        if t == last or t - keys[-1] >= max_gap or accumulated + motion[t] > budget_px:
             keys.append(t)
             accumulated = 0.0
     return keys
+
+
+def select_keyframes(motion: np.ndarray, config: KeyframeConfig | None = None) -> list[int]:
+    """motion [T-1] (pixels, see `consecutive_motion`; NaN counts as too much) -> sorted keyframe indices of
+    the T frames: 0 and T-1 always, at most max_gap_frames apart, and the motion summed between consecutive
+    keyframes within motion_budget_px unless one pair alone exceeds it.
+
+    With `max_share` < 1 at most max(2, ceil(max_share * T)) frames are keyframes: when the budget and gap
+    pick more, both are scaled by the smallest factor (bisection to 1 %) that keeps the count within the
+    cap, so a long, busy clip spreads its keyframes evenly over its motion instead of spending them early."""
+    config = config or KeyframeConfig()
+    config.validate()
+    motion = np.nan_to_num(np.asarray(motion, dtype=np.float64).reshape(-1), nan=np.inf)
+    keys = _greedy_keyframes(motion, config.motion_budget_px, config.max_gap_frames)
+    cap = max(2, math.ceil(config.max_share * (len(motion) + 1)))
+    if len(keys) <= cap:
+        return keys
+    low, high = 1.0, float(len(motion) + 1)  # at `high` the gap alone allows the two ends only
+    best = _greedy_keyframes(motion, config.motion_budget_px * high, config.max_gap_frames * high)
+    while high / low > 1.01:
+        middle = math.sqrt(low * high)
+        candidate = _greedy_keyframes(motion, config.motion_budget_px * middle, config.max_gap_frames * middle)
+        if len(candidate) <= cap:
+            high, best = middle, candidate
+        else:
+            low = middle
+    return best
 
 
 def choose_keyframes(frames: np.ndarray, working_short_side: int, config: KeyframeConfig | None = None) -> list[int]:
