@@ -148,6 +148,8 @@ def camera_error(scene: Scene4D, poses: torch.Tensor, frames: list[int]) -> floa
 def test_fourier_terms_follow_clip_length():
     config = FitConfig.from_dict(dict(refine_fourier_terms=3, refine_min_period_frames=10))
     assert [fourier_terms_for(n, config.refine) for n in (9, 16, 30, 60, 300)] == [0, 1, 2, 3, 3]
+    # Keyframes 10 apart: no period under 20 frames (Nyquist), whatever min_period_frames allows.
+    assert [fourier_terms_for(n, config.refine, max_gap_frames=10) for n in (30, 60, 300)] == [1, 2, 3]
 
 
 def test_knn_pairs_are_nearest_neighbours():

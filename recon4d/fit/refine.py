@@ -54,15 +54,18 @@ from recon4d.io.scene import MotionModel, Scene4D
 from recon4d.render import rasterize
 
 
-def fourier_terms_for(num_frames: int, config: RefineConfig) -> int:
-    """Fourier terms for a clip: as configured, but no period shorter than `min_period_frames`."""
-    return min(config.fourier_terms, max(num_frames - 1, 0) // max(config.min_period_frames, 1))
+def fourier_terms_for(num_frames: int, config: RefineConfig, max_gap_frames: int = 1) -> int:
+    """Fourier terms for a clip: as configured, but no period shorter than `min_period_frames` nor than two
+    gaps between fitted frames (`max_gap_frames`, the widest): a term of a shorter period is not sampled by the
+    fitted frames (Nyquist) and swings freely between them."""
+    shortest = max(config.min_period_frames, 2 * max_gap_frames, 1)
+    return min(config.fourier_terms, max(num_frames - 1, 0) // shortest)
 
 
 def initial_motion(scene: Scene4D, fitted: list[int], config: RefineConfig) -> MotionModel:
     """Least-squares trajectories through the per-frame states of the fitted frames (after each birth)."""
     num_frames = scene.num_frames
-    fourier_terms = fourier_terms_for(num_frames, config)
+    fourier_terms = fourier_terms_for(num_frames, config, max((b - a for a, b in zip(fitted[:-1], fitted[1:])), default=1))
     times = torch.tensor(fitted, dtype=torch.float32)
     basis = time_basis(times / max(num_frames - 1, 1), config.poly_degree, fourier_terms)
     dynamic = scene.is_dynamic.nonzero().squeeze(1)
@@ -165,11 +168,12 @@ class Refiner:
         l1 = float((color.detach() - inputs.frames[k]).abs().mean())
         return loss, l1, means
 
-    def motion_regularisers(self, t: float) -> torch.Tensor:
-        """Temporal smoothness (acceleration over one frame) and KNN rigidity at time t, in depth units."""
+    def motion_regularisers(self, t: float, still: bool = True) -> torch.Tensor:
+        """Temporal smoothness (acceleration over one frame) and KNN rigidity at time t, in depth units, and
+        (with `still`) the group-lasso penalty on the residual motion of still Gaussians."""
         cfg, model = self.config.refine, self.model
         loss = torch.zeros((), device=self.device)
-        if cfg.lambda_still_motion > 0 and model.still.numel():
+        if still and cfg.lambda_still_motion > 0 and model.still.numel():
             # Group lasso: a Gaussian's whole residual trajectory is zero unless the images pay for it.
             loss = loss + cfg.lambda_still_motion * (model.still_motion.flatten(1).norm(dim=-1).mean() / model.depth_unit)
         if model.dynamic.numel() == 0:
@@ -222,7 +226,10 @@ class Refiner:
             strategy.step_pre_backward(model, step, info)
             level = level_at(step, cfg.iters, self.pyramid.levels, cfg.coarse_share)
             loss, l1, means = self.frame_loss(k, track_means=info["track_means"], level=level)
-            loss = loss + self.motion_regularisers(float(self.data.fitted[k]))
+            # The trajectories are smoothed at the fitted frame and at a random time of the clip: between fitted
+            # frames (keyframes of a long clip) no image constrains them.
+            between = float(torch.rand((), generator=generator)) * model.motion_meta["time_span"]
+            loss = loss + self.motion_regularisers(float(self.data.fitted[k])) + self.motion_regularisers(between, still=False)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if info["track_means"]:
