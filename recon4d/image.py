@@ -18,6 +18,7 @@ Example:
 """
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 
@@ -33,10 +34,17 @@ SSIM_K2 = 0.03
 SSIM_RADIUS = int(SSIM_TRUNCATE * SSIM_SIGMA + 0.5)  # 5: an 11 x 11 window
 
 
-def _gaussian_taps(like: torch.Tensor) -> torch.Tensor:
-    coords = torch.arange(-SSIM_RADIUS, SSIM_RADIUS + 1, dtype=like.dtype, device=like.device)
+@functools.lru_cache(maxsize=8)
+def _taps_for(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    coords = torch.arange(-SSIM_RADIUS, SSIM_RADIUS + 1, dtype=dtype, device=device)
     taps = torch.exp(-(coords**2) / (2 * SSIM_SIGMA**2))
     return taps / taps.sum()
+
+
+def _gaussian_taps(like: torch.Tensor) -> torch.Tensor:
+    """The SSIM window's normalised 1D taps [2 r + 1] in the dtype and on the device of `like`; built once
+    per dtype and device (the loss asks for them at every optimisation step)."""
+    return _taps_for(like.dtype, like.device)
 
 
 def _pad(x: torch.Tensor, mode: str) -> torch.Tensor:
