@@ -54,18 +54,22 @@ from recon4d.io.scene import MotionModel, Scene4D
 from recon4d.render import rasterize
 
 
-def fourier_terms_for(num_frames: int, config: RefineConfig, max_gap_frames: int = 1) -> int:
-    """Fourier terms for a clip: as configured, but no period shorter than `min_period_frames` nor than two
-    gaps between fitted frames (`max_gap_frames`, the widest): a term of a shorter period is not sampled by the
-    fitted frames (Nyquist) and swings freely between them."""
-    shortest = max(config.min_period_frames, 2 * max_gap_frames, 1)
-    return min(config.fourier_terms, max(num_frames - 1, 0) // shortest)
+def fourier_terms_for(num_frames: int, config: RefineConfig, fitted: list[int] | None = None) -> int:
+    """Fourier terms for a clip: as configured, but no period shorter than `min_period_frames`; with the
+    `fitted` frames (sorted clip indices) also none shorter than two of their widest gap, since a term of a
+    shorter period is not sampled by them (Nyquist) and swings freely in between, and no more basis functions
+    than fitted frames (1 + poly_degree + 2 terms), which would leave the trajectories underdetermined."""
+    gap = max((b - a for a, b in zip(fitted[:-1], fitted[1:])), default=1) if fitted else 1
+    terms = min(config.fourier_terms, max(num_frames - 1, 0) // max(config.min_period_frames, 2 * gap, 1))
+    if fitted is not None:
+        terms = min(terms, max(0, (len(fitted) - 1 - config.poly_degree) // 2))
+    return terms
 
 
 def initial_motion(scene: Scene4D, fitted: list[int], config: RefineConfig) -> MotionModel:
     """Least-squares trajectories through the per-frame states of the fitted frames (after each birth)."""
     num_frames = scene.num_frames
-    fourier_terms = fourier_terms_for(num_frames, config, max((b - a for a, b in zip(fitted[:-1], fitted[1:])), default=1))
+    fourier_terms = fourier_terms_for(num_frames, config, fitted)
     times = torch.tensor(fitted, dtype=torch.float32)
     basis = time_basis(times / max(num_frames - 1, 1), config.poly_degree, fourier_terms)
     dynamic = scene.is_dynamic.nonzero().squeeze(1)
