@@ -8,11 +8,12 @@
     ├── losses      weights of the loss terms shared by both passes
     ├── sequential  the per-frame (GFlow) pass: iterations, learning rates, camera step
     ├── bundle      keyframe bundle adjustment and loop closure during the sequential pass
+    ├── matching    wide-baseline start of the camera step: feature matches, essential matrix
     ├── densify     both densification strategies: spawn (sequential) and grow by gradient (refine)
     ├── refine      the continuous-time refinement (Gaussian-Flow trajectories, joint bundle adjustment)
     └── eval        held-out camera refinement, moving-mask threshold
 
-Each stage reads its sections; the sequential pass's sections (input, priors, keyframes, init, losses, bundle,
+Each stage reads its sections; the sequential pass's sections (input, priors, keyframes, init, losses, bundle, matching,
 sequential and the spawn part of densify) make the checkpoint key. Every tunable number lives here with its unit, and the
 resolved tree is stored in the scene. Presets are nested YAML; the flat keys of earlier versions
 (`short_side`, `refine_iters`, `lambda_ssim`, ...) are mapped onto the tree (`FLAT_KEYS`), so old presets,
@@ -153,6 +154,45 @@ class BundleConfig:
 
 
 @dataclass
+class MatchingConfig:
+    """Wide-baseline start of the camera step (`recon4d.fit.matching`): features of frame t matched to the
+    previous fitted frame, the essential matrix of the matches (rotation, direction of travel), the step's
+    length from the previous frame's rendered depth; used instead of the flow start when it explains more of
+    the matches. No weights (OpenCV).
+
+    enabled: compute the feature start and let it compete with the flow start.
+    detector: "sift" or "orb"; max_features: keypoints per frame; sift_contrast: SIFT's contrast threshold
+        (OpenCV's default 0.04 finds few keypoints in small frames).
+    detect_short_side_px: frames with a shorter short side are upsampled by an integer factor to reach it
+        before detection (pixels).
+    ratio: Lowe's ratio test (best / second-best descriptor distance), applied both ways.
+    inlier_px: epipolar (Sampson) error, in working-resolution pixels, of a RANSAC inlier and of a match a
+        start explains.
+    ransac_iterations: most RANSAC (MAGSAC++) hypotheses of the essential matrix.
+    min_alpha: rendered opacity above which the previous frame's rendered depth may set the step's length.
+    min_inliers: matches the feature start must explain to be used; prefer_ratio: and this many times as many
+        as the flow start explains.
+    search_frames: when neither start explains `min_inliers` matches with frame t-1, match the fitted frames
+        up to this many before t (frames) and start from the one whose essential matrix explains the most
+        matches, at least `search_min_inliers` (0 = t-1 only)."""
+
+    enabled: bool = True
+    detector: str = "sift"
+    max_features: int = 2000
+    sift_contrast: float = 0.01
+    detect_short_side_px: int = 180
+    ratio: float = 0.9
+    inlier_px: float = 1.0
+    ransac_iterations: int = 500
+    min_alpha: float = 0.9
+    min_inliers: int = 15
+    prefer_ratio: float = 1.2
+    search_frames: int = 32
+    search_min_inliers: int = 30
+    depth_refine: bool = False
+
+
+@dataclass
 class DensifyConfig:
     """max_gaussians: overall cap of both strategies.
     Spawn (`recon4d.fit.strategy.spawn`, sequential pass): pixels rendered with less alpha than
@@ -269,7 +309,7 @@ class KeyframeConfig:
 
 SECTIONS: dict[str, type] = {
     "input": InputConfig, "priors": PriorSettings, "keyframes": KeyframeConfig, "init": InitConfig,
-    "losses": LossConfig, "sequential": SequentialConfig, "bundle": BundleConfig, "densify": DensifyConfig, "refine": RefineConfig,
+    "losses": LossConfig, "sequential": SequentialConfig, "bundle": BundleConfig, "matching": MatchingConfig, "densify": DensifyConfig, "refine": RefineConfig,
     "eval": EvalConfig,
 }
 
@@ -321,6 +361,7 @@ class FitConfig:
     losses: LossConfig = field(default_factory=LossConfig)
     sequential: SequentialConfig = field(default_factory=SequentialConfig)
     bundle: BundleConfig = field(default_factory=BundleConfig)
+    matching: MatchingConfig = field(default_factory=MatchingConfig)
     densify: DensifyConfig = field(default_factory=DensifyConfig)
     refine: RefineConfig = field(default_factory=RefineConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -380,6 +421,8 @@ class FitConfig:
         for name in SECTIONS:
             if name != "priors":
                 validate_fields(getattr(self, name), prefix=f"{name}.")
+        if self.matching.detector not in ("sift", "orb"):
+            raise InputError(f"config field matching.detector must be sift or orb, got {self.matching.detector!r}")
         if self.input.intrinsics is not None:
             values = self.input.intrinsics
             if len(values) != 4 or not all(isinstance(x, (int, float)) and math.isfinite(x) for x in values) or min(values[:2]) <= 0:
@@ -429,6 +472,13 @@ _RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "bundle.loop_min_gap": (1, None, False),
     "bundle.loop_min_similarity": (0, 1, False),
     "bundle.loop_min_departure": (0, 1, False),
+    "matching.max_features": (8, None, False),
+    "matching.detect_short_side_px": (16, None, False),
+    "matching.ratio": (0, 1, True),
+    "matching.inlier_px": (0, None, True),
+    "matching.ransac_iterations": (1, None, False),
+    "matching.min_alpha": (0, 1, False),
+    "matching.prefer_ratio": (0, None, True),
     "densify.max_gaussians": (1, 50_000_000, False),
     "densify.spawn_alpha": (0, 1, False),
     "densify.spawn_every": (1, None, False),
