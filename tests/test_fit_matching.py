@@ -9,8 +9,18 @@ import pytest
 import torch
 
 from recon4d.fit.config import FitConfig, MatchingConfig
-from recon4d.fit.matching import (WideBaselineStart, baseline_scale, choose_start, detect_features, epipolar_errors,
-                                  essential_start, grey_uint8, match_descriptors, match_features, relative_start)
+from recon4d.fit.matching import (
+    WideBaselineStart,
+    baseline_scale,
+    choose_start,
+    detect_features,
+    epipolar_errors,
+    essential_start,
+    grey_uint8,
+    match_descriptors,
+    match_features,
+    relative_start,
+)
 from recon4d.fit.pnp import pnp_camera_from_world
 from recon4d.geometry import invert_pose, look_at
 from recon4d.priors.flow import make_flow_estimator
@@ -79,7 +89,7 @@ def pose_errors(estimate: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
     """(rotation error in degrees, camera-centre error in scene units) of two camera_from_world [4, 4]."""
     relative = estimate[:3, :3] @ truth[:3, :3].T
     angle = math.degrees(math.acos(np.clip((np.trace(relative) - 1) / 2, -1, 1)))
-    centre = lambda pose: -pose[:3, :3].T @ pose[:3, 3]  # noqa: E731
+    centre = lambda pose: -pose[:3, :3].T @ pose[:3, 3]
     return angle, float(np.linalg.norm(centre(estimate) - centre(truth)))
 
 
@@ -170,7 +180,7 @@ def test_essential_start_rejects_outliers_and_needs_enough_matches():
     K = np.array([[100.0, 0, 64], [0, 100.0, 48], [0, 0, 1]])
     truth = random_relative_pose()
     points = rng.uniform(-1, 1, (120, 3)) + [0, 0, 5]
-    def project(pose):  # noqa: E306
+    def project(pose):
         camera = points @ pose[:3, :3].T + pose[:3, 3]
         pixels = camera @ K.T
         return pixels[:, :2] / pixels[:, 2:]

@@ -11,7 +11,11 @@ essential matrix of the matches (MAGSAC++ in OpenCV) gives the rotation and the 
 camera t-1 to camera t. It needs no depth: the depth prior of a video is often wrong in shape on such steps
 (it triangulates flow), and so are the Gaussians placed from it. Depth sets only the length of the step: the
 matches are triangulated with a unit baseline, and the median ratio of the rendered depth of the fitted
-Gaussians (camera t-1, opaque still pixels) to the triangulated depth scales it (`baseline_scale`).
+Gaussians (camera t-1, opaque still pixels) to the triangulated depth scales it (`baseline_scale`). With
+`matching.depth_refine`, PnP on that depth then refines the pose (`refine_with_depth`): right when the depth is
+right in shape; off by default, as on the lego walk-around it made steps worse (README, "Camera accuracy").
+When frame t shares too little with t-1, earlier fitted frames are searched for a reference
+(`WideBaselineStart`).
 
 The choice (`choose_start`): both starts are scored on the same matches by their epipolar (Sampson) error:
 how many matches each relative pose explains within `matching.inlier_px`. The feature start replaces the flow
@@ -57,6 +61,7 @@ def detect_features(grey: np.ndarray, config: MatchingConfig) -> tuple[np.ndarra
     if config.detector == "sift":
         detector = cv2.SIFT_create(nfeatures=config.max_features, contrastThreshold=config.sift_contrast)
     else:
+        # Half of OpenCV's default patch (31 px): the default border would drop most of a small frame.
         detector = cv2.ORB_create(nfeatures=config.max_features, edgeThreshold=15, patchSize=15)
     keypoints, descriptors = detector.detectAndCompute(image, None)
     # Pixel centres at integers at both scales: u_working = (u_up + 0.5) / factor - 0.5.
