@@ -11,7 +11,9 @@ essential matrix of the matches (MAGSAC++ in OpenCV) gives the rotation and the 
 camera t-1 to camera t. It needs no depth: the depth prior of a video is often wrong in shape on such steps
 (it triangulates flow), and so are the Gaussians placed from it. Depth sets only the length of the step: the
 matches are triangulated with a unit baseline, and the median ratio of the rendered depth of the fitted
-Gaussians (camera t-1, opaque still pixels) to the triangulated depth scales it (`baseline_scale`). With
+Gaussians (camera t-1, opaque pixels) to the triangulated depth scales it (`baseline_scale`). Moving masks
+are not applied: the essential matrix's inliers already move with the camera, and on wide steps the motion
+prior marks much of a still scene as moving (lego: up to 40 % of a frame). With
 `matching.depth_refine`, PnP on that depth then refines the pose (`refine_with_depth`): right when the depth is
 right in shape; off by default, as on the lego walk-around it made steps worse (README, "Camera accuracy").
 When frame t shares too little with t-1, earlier fitted frames are searched for a reference
@@ -129,7 +131,7 @@ def baseline_scale(unit_depth: np.ndarray, pixels_a: np.ndarray, depth: np.ndarr
     """Length of the step in scene units: median of rendered depth / unit-baseline depth over the matches.
 
     unit_depth [M] (triangulated with a unit baseline), pixels_a [M, 2] in the rendered view, depth [H, W]
-    rendered (scene units), usable [H, W] bool (opaque, still). None with fewer than SCALE_MIN_POINTS."""
+    rendered (scene units), usable [H, W] bool (opaque). None with fewer than SCALE_MIN_POINTS."""
     height, width = depth.shape
     u = np.clip(np.round(pixels_a[:, 0]).astype(np.int64), 0, width - 1)
     v = np.clip(np.round(pixels_a[:, 1]).astype(np.int64), 0, height - 1)
@@ -161,8 +163,8 @@ def epipolar_errors(b_from_a: np.ndarray, pixels_a: np.ndarray, pixels_b: np.nda
 def relative_start(pixels_a: np.ndarray, pixels_b: np.ndarray, depth: np.ndarray, usable: np.ndarray, K: np.ndarray,
                    config: MatchingConfig) -> tuple[np.ndarray | None, int]:
     """Pose of view b relative to a rendered view a from matched pixels [M, 2] (module docstring): the essential
-    matrix, and the step's length from a's rendered depth [H, W] (scene units) where `usable` [H, W] (opaque,
-    still). K [3, 3]. Returns (b_from_a [4, 4] or None, matches the essential matrix explains)."""
+    matrix, and the step's length from a's rendered depth [H, W] (scene units) where `usable` [H, W] (opaque).
+    K [3, 3]. Returns (b_from_a [4, 4] or None, matches the essential matrix explains)."""
     found = essential_start(pixels_a, pixels_b, K, config)
     if found is None:
         return None, 0

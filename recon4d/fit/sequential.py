@@ -377,8 +377,7 @@ class SequentialFitter:
         def render_at(k: int) -> tuple[torch.Tensor, torch.Tensor]:
             with torch.no_grad():
                 out = rendered if k == t - 1 else self.render(state.gaussians.activated(), state.camera_from_world[k])
-            still = ~dilate(self.inputs.moving[k], self.config.sequential.motion_dilation)
-            return out.depth, (out.alpha > self.config.matching.min_alpha) & still
+            return out.depth, out.alpha > self.config.matching.min_alpha
 
         pose, reference = self.wide_baseline(t, state.camera_from_world, render_at, start)
         return (start, kind) if pose is None else (pose, "features" if reference == t - 1 else f"features-{reference}")
