@@ -140,7 +140,8 @@ class BundleConfig:
         the window with its camera fixed, which pulls the drifted cameras and Gaussians back onto it.
     Off by default. Measured (README, "Camera accuracy: keyframe bundle adjustment and loop closure"), every 3
     frames: syn-translate ATE 0.88 -> 0.41 % of the path at equal CPU; bear -0.34 dB held-out for +17 % CPU
-    (320x180 keyframes) and -0.71 dB for +14 % (160x90); the lego walk-around is not recovered either way (its steps defeat the flow start)."""
+    (320x180 keyframes) and -0.71 dB for +14 % (160x90); the lego walk-around is not recovered either way, with
+    the flow start or the feature start (`matching`; README, "Wide-baseline start of the camera step")."""
 
     every: int = 0
     window: int = 5
@@ -174,7 +175,10 @@ class MatchingConfig:
         as the flow start explains.
     search_frames: when neither start explains `min_inliers` matches with frame t-1, match the fitted frames
         up to this many before t (frames) and start from the one whose essential matrix explains the most
-        matches, at least `search_min_inliers` (0 = t-1 only)."""
+        matches, at least `search_min_inliers` (0 = t-1 only).
+    depth_refine: refine the feature start by PnP (RANSAC, then Levenberg-Marquardt) on the matches lifted by the
+        rendered depth. Off: it helps only where that depth is right in shape; on the lego walk-around it
+        made steps worse (README, "Wide-baseline start of the camera step")."""
 
     enabled: bool = True
     detector: str = "sift"
