@@ -172,8 +172,7 @@ class MatchingConfig:
     ransac_iterations: most RANSAC (MAGSAC++) hypotheses of the essential matrix.
     min_alpha: rendered opacity above which the previous frame's rendered depth may set the step's length.
     min_inliers: matches the feature start must explain to be used; prefer_ratio: and this many times as many
-        as the flow start explains when their rotations differ by at most agree_deg (degrees); beyond it, as
-        many.
+        as the flow start explains.
     search_frames: when neither start explains `min_inliers` matches with frame t-1, match the fitted frames
         up to this many before t (frames) and start from the one whose essential matrix explains the most
         matches, at least `search_min_inliers` (0 = t-1 only).
@@ -192,7 +191,6 @@ class MatchingConfig:
     min_alpha: float = 0.9
     min_inliers: int = 15
     prefer_ratio: float = 1.2
-    agree_deg: float = 2.0
     search_frames: int = 32
     search_min_inliers: int = 30
     depth_refine: bool = False

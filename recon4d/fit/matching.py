@@ -24,11 +24,7 @@ how many matches each relative pose explains within `matching.inlier_px`. The fe
 start only when it explains at least `matching.min_inliers` matches and `matching.prefer_ratio` times as many
 as the flow start. On a small step the flow start fits the matches as well (video clips keep their start);
 on a wide step its rotation is off and it explains few of them. A camera that only rotates fits every
-direction of travel, so there the two starts tie and the flow start stays. A tie is no proof, though: on a
-narrow view of a compact object a sideways step stands in for part of a rotation, and a flow start that lost
-several degrees of a small step explains nearly as many matches. So when the two rotations differ by more than
-`matching.agree_deg`, the feature start (depth-free) wins a tie; within it, it needs `prefer_ratio` times as
-many matches.
+direction of travel, so there the two starts tie and the flow start stays.
 
 Images are grey uint8 [H, W] at the working resolution; when that is small, they are upsampled (cubic) so the
 short side is `matching.detect_short_side_px` before detection, and keypoints are returned in working-resolution
@@ -225,9 +221,8 @@ def choose_start(flow_relative: np.ndarray, feature_relative: np.ndarray | None,
     if feature_relative is None:
         return False, flow_inliers, 0
     feature_inliers = explained(feature_relative)
-    gap = math.degrees(math.acos(np.clip((np.trace(feature_relative[:3, :3] @ flow_relative[:3, :3].T) - 1) / 2, -1, 1)))
-    needed = config.prefer_ratio * flow_inliers if gap <= config.agree_deg else flow_inliers
-    return bool(feature_inliers >= max(config.min_inliers, needed)), flow_inliers, feature_inliers
+    better = feature_inliers >= max(config.min_inliers, config.prefer_ratio * flow_inliers)
+    return bool(better), flow_inliers, feature_inliers
 
 
 def numpy64(x: torch.Tensor) -> np.ndarray:
