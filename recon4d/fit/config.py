@@ -8,11 +8,12 @@
     ├── losses      weights of the loss terms shared by both passes
     ├── sequential  the per-frame (GFlow) pass: iterations, learning rates, camera step
     ├── bundle      keyframe bundle adjustment and loop closure during the sequential pass
+    ├── matching    wide-baseline start of the camera step: feature matches, essential matrix
     ├── densify     both densification strategies: spawn (sequential) and grow by gradient (refine)
     ├── refine      the continuous-time refinement (Gaussian-Flow trajectories, joint bundle adjustment)
     └── eval        held-out camera refinement, moving-mask threshold
 
-Each stage reads its sections; the sequential pass's sections (input, priors, keyframes, init, losses, bundle,
+Each stage reads its sections; the sequential pass's sections (input, priors, keyframes, init, losses, bundle, matching,
 sequential and the spawn part of densify) make the checkpoint key. Every tunable number lives here with its unit, and the
 resolved tree is stored in the scene. Presets are nested YAML; the flat keys of earlier versions
 (`short_side`, `refine_iters`, `lambda_ssim`, ...) are mapped onto the tree (`FLAT_KEYS`), so old presets,
@@ -139,7 +140,8 @@ class BundleConfig:
         the window with its camera fixed, which pulls the drifted cameras and Gaussians back onto it.
     Off by default. Measured (README, "Camera accuracy: keyframe bundle adjustment and loop closure"), every 3
     frames: syn-translate ATE 0.88 -> 0.41 % of the path at equal CPU; bear -0.34 dB held-out for +17 % CPU
-    (320x180 keyframes) and -0.71 dB for +14 % (160x90); the lego walk-around is not recovered either way (its steps defeat the flow start)."""
+    (320x180 keyframes) and -0.71 dB for +14 % (160x90); the lego walk-around is not recovered either way, with
+    the flow start or the feature start (`matching`; README, "Wide-baseline start of the camera step")."""
 
     every: int = 0
     window: int = 5
@@ -150,6 +152,48 @@ class BundleConfig:
     loop_min_gap: int = 8
     loop_min_similarity: float = 0.9
     loop_min_departure: float = 0.1
+
+
+@dataclass
+class MatchingConfig:
+    """Wide-baseline start of the camera step (`recon4d.fit.matching`): features of frame t matched to the
+    previous fitted frame, the essential matrix of the matches (rotation, direction of travel), the step's
+    length from the previous frame's rendered depth; used instead of the flow start when it explains more of
+    the matches. No weights (OpenCV).
+
+    enabled: compute the feature start and let it compete with the flow start.
+    detector: "sift" or "orb"; max_features: keypoints per frame; sift_contrast: SIFT's contrast threshold
+        (OpenCV's default 0.04 finds few keypoints in small frames).
+    detect_short_side_px: frames with a shorter short side are upsampled by an integer factor to reach it
+        before detection (pixels).
+    ratio: Lowe's ratio test (best / second-best descriptor distance), applied both ways.
+    inlier_px: epipolar (Sampson) error, in working-resolution pixels, of a RANSAC inlier and of a match a
+        start explains.
+    ransac_iterations: most RANSAC (MAGSAC++) hypotheses of the essential matrix.
+    min_alpha: rendered opacity above which the previous frame's rendered depth may set the step's length.
+    min_inliers: matches the feature start must explain to be used; prefer_ratio: and this many times as many
+        as the flow start explains.
+    search_frames: when neither start explains `min_inliers` matches with frame t-1, match the fitted frames
+        up to this many before t (frames) and start from the one whose essential matrix explains the most
+        matches, at least `search_min_inliers` (0 = t-1 only).
+    depth_refine: refine the feature start by PnP (RANSAC, then Levenberg-Marquardt) on the matches lifted by the
+        rendered depth. Off: it helps only where that depth is right in shape; on the lego walk-around it
+        made steps worse (README, "Wide-baseline start of the camera step")."""
+
+    enabled: bool = True
+    detector: str = "sift"
+    max_features: int = 2000
+    sift_contrast: float = 0.01
+    detect_short_side_px: int = 180
+    ratio: float = 0.9
+    inlier_px: float = 1.0
+    ransac_iterations: int = 500
+    min_alpha: float = 0.9
+    min_inliers: int = 15
+    prefer_ratio: float = 1.2
+    search_frames: int = 32
+    search_min_inliers: int = 30
+    depth_refine: bool = False
 
 
 @dataclass
@@ -276,7 +320,7 @@ class KeyframeConfig:
 
 SECTIONS: dict[str, type] = {
     "input": InputConfig, "priors": PriorSettings, "keyframes": KeyframeConfig, "init": InitConfig,
-    "losses": LossConfig, "sequential": SequentialConfig, "bundle": BundleConfig, "densify": DensifyConfig, "refine": RefineConfig,
+    "losses": LossConfig, "sequential": SequentialConfig, "bundle": BundleConfig, "matching": MatchingConfig, "densify": DensifyConfig, "refine": RefineConfig,
     "eval": EvalConfig,
 }
 
@@ -328,6 +372,7 @@ class FitConfig:
     losses: LossConfig = field(default_factory=LossConfig)
     sequential: SequentialConfig = field(default_factory=SequentialConfig)
     bundle: BundleConfig = field(default_factory=BundleConfig)
+    matching: MatchingConfig = field(default_factory=MatchingConfig)
     densify: DensifyConfig = field(default_factory=DensifyConfig)
     refine: RefineConfig = field(default_factory=RefineConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -387,6 +432,8 @@ class FitConfig:
         for name in SECTIONS:
             if name != "priors":
                 validate_fields(getattr(self, name), prefix=f"{name}.")
+        if self.matching.detector not in ("sift", "orb"):
+            raise InputError(f"config field matching.detector must be sift or orb, got {self.matching.detector!r}")
         if self.input.intrinsics is not None:
             values = self.input.intrinsics
             if len(values) != 4 or not all(isinstance(x, (int, float)) and math.isfinite(x) for x in values) or min(values[:2]) <= 0:
@@ -436,6 +483,13 @@ _RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "bundle.loop_min_gap": (1, None, False),
     "bundle.loop_min_similarity": (0, 1, False),
     "bundle.loop_min_departure": (0, 1, False),
+    "matching.max_features": (8, None, False),
+    "matching.detect_short_side_px": (16, None, False),
+    "matching.ratio": (0, 1, True),
+    "matching.inlier_px": (0, None, True),
+    "matching.ransac_iterations": (1, None, False),
+    "matching.min_alpha": (0, 1, False),
+    "matching.prefer_ratio": (0, None, True),
     "densify.max_gaussians": (1, 50_000_000, False),
     "densify.spawn_alpha": (0, 1, False),
     "densify.spawn_every": (1, None, False),

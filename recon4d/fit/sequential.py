@@ -39,6 +39,7 @@ from recon4d.fit.losses import (
     isotropy_loss,
     photometric_loss,
 )
+from recon4d.fit.matching import WideBaselineStart
 from recon4d.fit.model import CameraParams, GaussianParams, prior_depth_unit
 from recon4d.fit.pnp import PNP_MAX_POINTS, PNP_MIN_INLIERS, pnp_camera_from_world
 from recon4d.fit.pyramid import Level, Pyramid, level_phases, pixels_at_level
@@ -157,6 +158,7 @@ class SequentialFitter:
         self.depth_unit = prior_depth_unit(inputs.depth[0])
         self.strategy = SpawnStrategy(inputs, config.init, config.densify)
         self.pyramid = Pyramid(inputs, config.sequential.pyramid_levels)
+        self.wide_baseline = WideBaselineStart(inputs.frames, inputs.K, config.matching)
 
     # -- rendering -----------------------------------------------------------------------------------------
     def render(self, gaussians: Gaussians, camera_from_world: torch.Tensor,
@@ -339,7 +341,8 @@ class SequentialFitter:
 
     def initial_camera(self, state: FitState, t: int) -> tuple[torch.Tensor, str]:
         """Camera t from PnP on still pixels of frame t-1 (rendered depth) matched by the forward flow;
-        falls back to constant velocity."""
+        falls back to constant velocity; replaced by the wide-baseline feature start when that explains more
+        feature matches (`wide_baseline_start`)."""
         previous = state.camera_from_world[t - 1]
         if t >= 2:
             velocity = previous @ invert_pose(state.camera_from_world[t - 2])
@@ -354,15 +357,30 @@ class SequentialFitter:
             step = flat.numel() // PNP_MAX_POINTS + 1
             flat = flat[::step]
         if flat.numel() < PNP_MIN_INLIERS:
-            return guess, "constant-velocity"
+            return self.wide_baseline_start(state, t, out, guess, "constant-velocity")
         points = unproject_pixels(flat, out.depth.flatten()[flat], self.K, self.width, invert_pose(previous))
         pixels = torch.stack([flat % self.width, flat // self.width], -1).to(self.K.dtype)
         pixels = pixels + self.inputs.flow_forward[t - 1].reshape(-1, 2)[flat]
         pose = pnp_camera_from_world(points.cpu().numpy(), pixels.cpu().numpy(), self.K.cpu().numpy(),
                                      guess.cpu().numpy())
         if pose is None:
-            return guess, "constant-velocity"
-        return torch.tensor(pose, dtype=previous.dtype, device=self.device), "pnp"
+            return self.wide_baseline_start(state, t, out, guess, "constant-velocity")
+        return self.wide_baseline_start(state, t, out, torch.tensor(pose, dtype=previous.dtype, device=self.device), "pnp")
+
+    def wide_baseline_start(self, state: FitState, t: int, rendered: RenderResult, start: torch.Tensor,
+                            kind: str) -> tuple[torch.Tensor, str]:
+        """`start` [4, 4] (of `kind`), or the feature start of `recon4d.fit.matching` when `matching.enabled`
+        and it explains more feature matches (`rendered`: frame t-1's render from its camera)."""
+        if not self.config.matching.enabled:
+            return start, kind
+
+        def render_at(k: int) -> tuple[torch.Tensor, torch.Tensor]:
+            with torch.no_grad():
+                out = rendered if k == t - 1 else self.render(state.gaussians.activated(), state.camera_from_world[k])
+            return out.depth, out.alpha > self.config.matching.min_alpha
+
+        pose, reference = self.wide_baseline(t, state.camera_from_world, render_at, start)
+        return (start, kind) if pose is None else (pose, "features" if reference == t - 1 else f"features-{reference}")
 
     def add_new_content(self, state: FitState, t: int, camera_from_world: torch.Tensor,
                         generator: torch.Generator) -> GaussianParams | None:
