@@ -1,12 +1,12 @@
 """Build-once loader of recon4d's C++ kernels (one translation unit each, compiled on first use).
 
 Each kernel is built with `torch.utils.cpp_extension` (ninja) into ``$RECON4D_CACHE_DIR/ext`` (default
-``~/.cache/recon4d/ext``); the build key hashes the source, the torch version and the compiler flags, so a
-later process only loads the shared library. The build compiles a copy of the source kept in its build
-directory, so that checkouts of the same code at other paths (git worktrees, an installed copy beside an
-editable one) share one build instead of rebuilding each other's (ninja's build file names the source path).
-Users: `recon4d.image` (SSIM's blur), `recon4d.render.cpu`
-(tile rasterizer, EWA projection), `recon4d.fit.optim` (selective Adam).
+``~/.cache/recon4d/ext``); the build key hashes the source, the torch version and install path and the
+compiler flags, so a later process only loads the shared library. The build compiles a copy of the source
+kept in its build directory, so that checkouts of the same code at other paths (git worktrees, an installed
+copy beside an editable one) share one build instead of rebuilding each other's (ninja's build file names
+the source path). Users: `recon4d.image` (SSIM's blur), `recon4d.render.cpu` (tile rasterizer, EWA
+projection), `recon4d.fit.optim` (selective Adam).
 """
 from __future__ import annotations
 
@@ -33,7 +33,10 @@ def cache_dir() -> Path:
 
 def _build_key(source: Path) -> str:
     digest = hashlib.sha256(source.read_bytes())
-    digest.update(" ".join([torch.__version__, platform.machine(), *_CFLAGS, "source-copy"]).encode())
+    # The torch install's own path too: ninja's build file names its include directories, so two environments
+    # (a CI virtualenv beside a developer's) sharing one build directory would rebuild each other's kernel.
+    digest.update(" ".join([torch.__version__, str(Path(torch.__file__).parent), platform.machine(), *_CFLAGS,
+                            "source-copy"]).encode())
     return digest.hexdigest()[:16]
 
 
