@@ -259,6 +259,10 @@ class WideBaselineStart:
         bool) of frame k's render from its camera."""
         config = self.config
         reference = t - 1
+        # Only the last search_frames frames can be matched again: keep the features of those alone (SIFT
+        # descriptors of every fitted frame of a long clip would hold about 1 MB each).
+        for old in [k for k in self._features if k < t - config.search_frames]:
+            del self._features[old]
         pixels_a, pixels_b = match_features(self.features(reference), self.features(t), config)
         start = self._start(reference, pixels_a, pixels_b, cameras, render_at, flow_start)
         if start[0] is not None or max(start[1:]) >= config.min_inliers:
