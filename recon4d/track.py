@@ -68,7 +68,7 @@ def track_points(scene: Scene4D, queries: torch.Tensor, config: TrackConfig = Tr
         cam = torch.stack([(uv[:, 0] - K[0, 2]) / K[0, 0] * z, (uv[:, 1] - K[1, 2]) / K[1, 1] * z, z], -1)
         points = transform_points(scene.cameras.world_from_camera[p_start].float(), cam)
         means_start = _all_means(scene, p_start)
-        alive = scene.birth_frame <= p_start
+        alive = scene.alive_at(p_start)
         gauss_uv, gauss_z = _project(means_start, scene, p_start)
         # Candidates: alive Gaussians near the surface seen at the query (not hidden far behind it).
         distance = torch.cdist(points, means_start)

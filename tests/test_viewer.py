@@ -173,12 +173,12 @@ def viewer(scene_dir, tmp_path):
 
 def test_viewer_streams_only_the_moving_node(viewer):
     scene = viewer.scene
-    still_buffers = [handle.buffer.copy() for _, handle in viewer.still_nodes]
-    assert [first for first, _ in viewer.still_nodes] == [0, PATCH_BIRTH]
-    assert [handle.visible for _, handle in viewer.still_nodes] == [True, False]
+    still_buffers = [handle.buffer.copy() for *_, handle in viewer.still_nodes]
+    assert [first for first, *_ in viewer.still_nodes] == [0, PATCH_BIRTH]
+    assert [handle.visible for *_, handle in viewer.still_nodes] == [True, False]
     viewer.set_time(3.5)
-    assert [handle.visible for _, handle in viewer.still_nodes] == [True, True]  # the patch is born at frame 3
-    for before, (_, handle) in zip(still_buffers, viewer.still_nodes):
+    assert [handle.visible for *_, handle in viewer.still_nodes] == [True, True]  # the patch is born at frame 3
+    for before, (*_, handle) in zip(still_buffers, viewer.still_nodes):
         assert np.array_equal(before, handle.buffer)  # still nodes are never re-sent
     centres = viewer.moving_node.centers / viewer.unit
     expected = scene.gaussians_at(3.5).means[scene.is_dynamic].numpy()
@@ -198,7 +198,7 @@ def test_viewer_budget_decimates_display(scene_dir, tmp_path):
         server = viser.ViserServer(host="127.0.0.1", port=0, verbose=False)
     app = SceneViewer(scene, tmp_path, server, ViewerConfig(max_still_gaussians=1000, max_moving_gaussians=200))
     try:
-        assert sum(handle.buffer.shape[0] for _, handle in app.still_nodes) == 1000
+        assert sum(handle.buffer.shape[0] for *_, handle in app.still_nodes) == 1000
         assert app.moving_node.buffer.shape[0] == 200
     finally:
         app.close()

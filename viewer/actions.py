@@ -99,7 +99,7 @@ class SavePanel:
         `recon4d.render.rasterize` -> RGB [height, width, 3] float32 in [0, 1]."""
         from recon4d.io.scene_render import render_scene
 
-        is_moving = self.scene.is_moving[self.scene.birth_frame <= t]
+        is_moving = self.scene.is_moving[self.scene.alive_at(t)]
         shown = (is_moving & self.layers.moving) | (~is_moving & self.layers.still)
 
         def features(gaussians, alive):  # noqa: ANN001, ANN202 - render_scene's feature function

@@ -20,7 +20,7 @@ class ViewerConfig:
     Attributes:
         max_still_gaussians: display budget of still Gaussians (decimated above it; renders use all).
         max_moving_gaussians: display budget of moving Gaussians.
-        max_still_nodes: still Gaussians are grouped by birth frame into at most this many nodes; a node
+        max_still_nodes: still Gaussians are grouped by birth frame (and temporal window) into at most this many nodes; a node
             appears once the time reaches the earliest birth frame in it.
         display_splat_std: median splat standard deviation in display units (keeps float16 covariances in
             their precise range).

@@ -116,7 +116,7 @@ class LayerPanel:
         with self._lock:
             setattr(self.layers, name, bool(on))
             if name == "highlight":
-                for (_, handle), members in zip(self.still_nodes, self._still_members):
+                for (_, _, handle), members in zip(self.still_nodes, self._still_members):
                     handle.rgbs = self._still_rgbs(self.still.colors[members])
             elif name == "tracks":
                 if on and (self._tracks is None or self._tracks.query_frame != round(self.time)):

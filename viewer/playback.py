@@ -32,8 +32,8 @@ class PlaybackPanel:
         with self._lock:
             self.time = t
             with self.server.atomic():
-                for first_birth, handle in self.still_nodes:
-                    handle.visible = self.layers.still and first_birth <= t
+                for first_birth, death, handle in self.still_nodes:
+                    handle.visible = self.layers.still and first_birth <= t < death
                 self._update_moving()
                 self._update_current_camera()
                 self._update_tracks()

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from recon4d.io.scene import NEVER
 from recon4d.render.highlight import motion_highlight
 from viewer.config import ViewerConfig
 
@@ -101,6 +102,7 @@ class SplatSet:
     opacities: np.ndarray  # [M]
     colors: np.ndarray  # [M, 3]
     birth: np.ndarray  # [M]
+    death: np.ndarray  # [M] first frame it no longer exists in (NEVER: it lives to the end)
 
 
 class SplatNodes:
@@ -112,12 +114,14 @@ class SplatNodes:
         opacities = g.opacities.detach().float().numpy().reshape(-1)
         scales = g.scales.detach().float().numpy()
         importance = splat_importance(opacities, scales)
+        death = (np.full(len(g), NEVER, dtype=np.int64) if self.scene.death_frame is None
+                 else self.scene.death_frame.numpy().astype(np.int64))
 
         def subset(index: np.ndarray) -> SplatSet:
             return SplatSet(index=index, means=g.means[index].detach().float().numpy(),
                              quats=g.quats[index].detach().float().numpy(), scales=scales[index],
                              opacities=opacities[index], colors=g.colors[index].detach().float().clamp(0, 1).numpy(),
-                             birth=self.scene.birth_frame[index].numpy())
+                             birth=self.scene.birth_frame[index].numpy(), death=death[index])
 
         still_index = np.nonzero(~dynamic)[0]
         moving_index = np.nonzero(dynamic)[0]
@@ -137,19 +141,25 @@ class SplatNodes:
 
     def _add_splat_nodes(self) -> None:
         scene_api = self.server.scene
-        self.still_nodes: list[tuple[int, object]] = []
-        for first_birth, members in birth_groups(self.still.birth, self.config.max_still_nodes):
-            handle = scene_api.add_gaussian_splats(
-                f"/gaussians/still/{first_birth:05d}",
-                centers=self.still.means[members] * self.unit,
-                covariances=self.still_covariances[members],
-                rgbs=self._still_rgbs(self.still.colors[members]),
-                opacities=self.still.opacities[members, None],
-                scale=1.0 / self.unit,
-                visible=first_birth <= self.time,
-            )
-            self.still_nodes.append((first_birth, handle))
-        self._still_members = [m for _, m in birth_groups(self.still.birth, self.config.max_still_nodes)]
+        self.still_nodes: list[tuple[int, int, object]] = []  # (first birth frame, death frame, node)
+        self._still_members: list[np.ndarray] = []
+        # A long clip's temporal windows each have their own still Gaussians: no node spans two of them.
+        deaths = np.unique(self.still.death)
+        for death in deaths.tolist():
+            window = np.nonzero(self.still.death == death)[0]
+            for first_birth, members in birth_groups(self.still.birth[window], max(1, self.config.max_still_nodes // len(deaths))):
+                members = window[members]
+                handle = scene_api.add_gaussian_splats(
+                    f"/gaussians/still/{first_birth:05d}" + ("" if death == NEVER else f"-{death:05d}"),
+                    centers=self.still.means[members] * self.unit,
+                    covariances=self.still_covariances[members],
+                    rgbs=self._still_rgbs(self.still.colors[members]),
+                    opacities=self.still.opacities[members, None],
+                    scale=1.0 / self.unit,
+                    visible=first_birth <= self.time < death,
+                )
+                self.still_nodes.append((first_birth, death, handle))
+                self._still_members.append(members)
         self.moving_node = None
         if self.moving.index.shape[0]:
             means, quats, _ = self._moving_state(0.0)
@@ -162,7 +172,7 @@ class SplatNodes:
         if self.moving_node is None:
             return
         is_moving = self._moving_is_moving
-        alive = (self.moving.birth <= self.time) & np.where(is_moving, self.layers.moving, self.layers.still)
+        alive = (self.moving.birth <= self.time) & (self.time < self.moving.death) & np.where(is_moving, self.layers.moving, self.layers.still)
         self._moving_count = int(alive.sum())
         if self._moving_count == 0:
             self.moving_node.visible = False

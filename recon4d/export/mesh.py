@@ -120,15 +120,15 @@ def import_open3d():
 
 def still_gaussians(scene: Scene4D, t: int | None = None) -> Gaussians:
     """The Gaussians alive at frame t that are not moving things, in their frame-t state; t None: all of
-    them (those of the last frame, since Gaussians are only ever added), the static world that every frame's
+    them (those alive at the last frame), the static world that every frame's
     mesh shares (background Gaussians with a residual drift, dynamic but not moving, in their last state)."""
     t = scene.num_frames - 1 if t is None else t
-    return scene.gaussians_at(t).select(~scene.is_moving[scene.birth_frame <= t])
+    return scene.gaussians_at(t).select(~scene.is_moving[scene.alive_at(t)])
 
 
 def moving_gaussians(scene: Scene4D, t: int) -> Gaussians:
     """The moving Gaussians alive at frame t, in their frame-t state."""
-    return scene.gaussians_at(t).select(scene.is_moving[scene.birth_frame <= t])
+    return scene.gaussians_at(t).select(scene.is_moving[scene.alive_at(t)])
 
 
 def concat_gaussians(a: Gaussians, b: Gaussians) -> Gaussians:

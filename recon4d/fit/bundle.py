@@ -51,7 +51,7 @@ def view_at(state: FitState, k: int, means: torch.Tensor, active: Gaussians) -> 
     """The Gaussians as frame k sees them: every still one (means [N, 3] as given, differentiable) and the
     dynamic ones alive at k at their stored state (detached)."""
     g = state.gaussians
-    ids, means_k, quats_k = state.dynamic_states[k]
+    ids, means_k, quats_k = state.active_dynamic_state(k)
     means = means.clone()
     quats = active.quats.detach().clone()
     means[ids] = means_k
@@ -136,7 +136,9 @@ def adjust_after_frame(fitter: SequentialFitter, state: FitState, t: int) -> dic
         descriptors = frame_descriptors(fitter.inputs.frames[: t + 1])
         revisit = find_revisit(descriptors, t, max(cfg.loop_min_gap, cfg.window), cfg.loop_min_similarity,
                                cfg.loop_min_departure)
-    frames, fixed = window_frames(t, cfg.window, revisit)
+    if revisit is not None and revisit < state.window_start:
+        revisit = None  # an earlier temporal window's frame: its Gaussians are retired
+    frames, fixed = window_frames(t, min(cfg.window, t - state.window_start + 1), revisit)
     stats = adjust_window(fitter, state, frames, fixed)
     if not all(math.isfinite(v) for v in stats.values() if v is not None):
         raise FloatingPointError(f"bundle adjustment at frame {t} diverged: {stats}")

@@ -21,11 +21,11 @@ from recon4d.io.atomic import atomic_path
 CHECKPOINT_NAME = "state.safetensors"
 LEGACY_NAMES = ("state.pt",)  # pickled checkpoints of recon4d < 0.1.1: never loaded, removed on sight
 FORMAT_NAME = "recon4d.fit-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: death frames and retired Gaussians of temporal windows
 
 _GAUSSIAN_DTYPES = {"means": torch.float32, "quats": torch.float32, "log_scales": torch.float32,
                     "opacity_logits": torch.float32, "color_logits": torch.float32, "is_dynamic": torch.bool,
-                    "birth_frame": torch.int32}
+                    "birth_frame": torch.int32, "death_frame": torch.int32}
 
 
 class DamagedCheckpoint(Exception):
@@ -44,13 +44,16 @@ def save_checkpoint(path: str | Path, key: str, state: FitState, seconds: dict[s
     from safetensors.torch import save_file
 
     tensors = {f"gaussians/{name}": value for name, value in state.gaussians.state_dict().items()}
+    if state.retired is not None:
+        tensors.update({f"retired/{name}": value for name, value in state.retired.state_dict().items()})
     for k, pose in enumerate(state.camera_from_world):
         tensors[f"camera_from_world/{k}"] = pose
     for k, (ids, means, quats) in enumerate(state.dynamic_states):
         tensors.update({f"dynamic/{k}/ids": ids, f"dynamic/{k}/means": means, f"dynamic/{k}/quats": quats})
     tensors = {name: value.detach().cpu().contiguous() for name, value in tensors.items()}
     header = {"key": key, "seconds": seconds, "frame_stats": state.frame_stats,
-              "frames": len(state.camera_from_world), "dynamic_states": len(state.dynamic_states)}
+              "frames": len(state.camera_from_world), "dynamic_states": len(state.dynamic_states),
+              "window_start": state.window_start}
     metadata = {"format": FORMAT_NAME, "version": str(FORMAT_VERSION), "header": json.dumps(header)}
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
@@ -81,15 +84,11 @@ def _parse(header: dict, tensors: dict[str, torch.Tensor], device: torch.device)
     if not isinstance(header, dict) or not isinstance(header["key"], str):
         raise ValueError("header is not an object with a key")
     frames, num_dynamic = int(header["frames"]), int(header["dynamic_states"])
-    gaussians = {}
-    for name, dtype in _GAUSSIAN_DTYPES.items():
-        value = tensors[f"gaussians/{name}"]
-        if value.dtype != dtype:
-            raise ValueError(f"gaussians/{name} has dtype {value.dtype}")
-        gaussians[name] = value.to(device)
-    count = gaussians["means"].shape[0]
-    if any(v.shape[0] != count for v in gaussians.values()):
-        raise ValueError("Gaussian fields differ in length")
+    gaussians = _gaussian_rows(tensors, "gaussians", device)
+    retired = _gaussian_rows(tensors, "retired", device) if "retired/means" in tensors else None
+    window_start = int(header.get("window_start", 0))
+    if not 0 <= window_start <= max(frames - 1, 0):
+        raise ValueError(f"window start {window_start} is outside the {frames} frames")
     cameras = [tensors[f"camera_from_world/{k}"].to(device) for k in range(frames)]
     if any(tuple(p.shape) != (4, 4) for p in cameras):
         raise ValueError("a camera is not 4x4")
@@ -100,5 +99,20 @@ def _parse(header: dict, tensors: dict[str, torch.Tensor], device: torch.device)
         raise ValueError("frame statistics do not match the frames")
     seconds = {str(k): float(v) for k, v in dict(header.get("seconds", {})).items()}
     state = FitState(gaussians=GaussianParams(**gaussians), camera_from_world=cameras,
-                     dynamic_states=dynamic, frame_stats=list(stats))
+                     dynamic_states=dynamic, frame_stats=list(stats),
+                     retired=None if retired is None else GaussianParams(**retired), window_start=window_start)
     return Checkpoint(key=header["key"], state=state, seconds=seconds)
+
+
+def _gaussian_rows(tensors: dict[str, torch.Tensor], prefix: str, device: torch.device) -> dict[str, torch.Tensor]:
+    """The Gaussian rows stored under `prefix/` with their expected dtypes, all of one length."""
+    rows = {}
+    for name, dtype in _GAUSSIAN_DTYPES.items():
+        value = tensors[f"{prefix}/{name}"]
+        if value.dtype != dtype:
+            raise ValueError(f"{prefix}/{name} has dtype {value.dtype}")
+        rows[name] = value.to(device)
+    count = rows["means"].shape[0]
+    if any(v.shape[0] != count for v in rows.values()):
+        raise ValueError(f"{prefix} fields differ in length")
+    return rows

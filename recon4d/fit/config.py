@@ -97,7 +97,13 @@ class SequentialConfig:
     Gaussians on it were born still; the refinement then gives them trajectories (0 = off).
     pyramid_levels, coarse_share: coarse-to-fine (`recon4d.fit.pyramid`): the first `coarse_share` of each
     camera and Gaussian step's iterations run on images downsampled 2x per level (coarsest first), the rest at
-    the working resolution; 1 level = off. New content is spawned only at the working resolution."""
+    the working resolution; 1 level = off. New content is spawned only at the working resolution.
+    window_frames: fitted frames per temporal window (0 = the whole clip is one window). Every shared attribute
+    (colour, opacity, scale, still position) is refitted at each frame, so over a long clip the early frames
+    are forgotten and the Gaussian budget is spent on clutter (dynamic Gaussians carried behind occluders,
+    surfaces long out of view). When a window is full, its Gaussians are retired (they exist until its last
+    frame) and the next window starts from copies of those its last frame sees; that frame belongs to both
+    (its own camera, the new copies render it). Replay and the refinement's trajectories stay in the window."""
 
     frame0_iters: int = 300
     camera_iters: int = 60
@@ -118,6 +124,7 @@ class SequentialConfig:
     slow_mover_min_frames: int = 3
     pyramid_levels: int = 1
     coarse_share: float = 0.0
+    window_frames: int = 0
 
 
 @dataclass
@@ -176,6 +183,8 @@ class MatchingConfig:
     search_frames: when neither start explains `min_inliers` matches with frame t-1, match the fitted frames
         up to this many before t (frames) and start from the one whose essential matrix explains the most
         matches, at least `search_min_inliers` (0 = t-1 only).
+    min_parallax_px: median distance (working-resolution pixels) by which the start's inlier matches must
+        differ from a rotation alone (a static or only rotating camera has no baseline to triangulate).
     depth_refine: refine the feature start by PnP (RANSAC, then Levenberg-Marquardt) on the matches lifted by the
         rendered depth. Off: it helps only where that depth is right in shape; on the lego walk-around it
         made steps worse (README, "Wide-baseline start of the camera step")."""
@@ -193,6 +202,8 @@ class MatchingConfig:
     prefer_ratio: float = 1.2
     search_frames: int = 32
     search_min_inliers: int = 30
+    min_parallax_px: float = 1.0
+    check_loss: bool = True
     depth_refine: bool = False
 
 
@@ -223,7 +234,8 @@ class DensifyConfig:
 class RefineConfig:
     """Continuous-time refinement (`recon4d.fit.refine`, after the sequential pass).
 
-    enabled: run it; iters: optimisation steps, one random fitted frame each.
+    enabled: run it; iters: optimisation steps, one random fitted frame each; min_visits: at least this many
+        steps per fitted frame (a long clip's refinement takes max(iters, min_visits x fitted frames) steps).
     poly_degree, fourier_terms: trajectory basis (Gaussian-Flow: about 3 and 3); min_period_frames: shortest
         Fourier period in frames (with fewer frames per period the terms fit each frame and oscillate).
     ridge: least-squares regularisation of the initial trajectory fit (relative).
@@ -248,6 +260,7 @@ class RefineConfig:
 
     enabled: bool = False
     iters: int = 600
+    min_visits: int = 0
     poly_degree: int = 3
     fourier_terms: int = 3
     min_period_frames: int = 10
@@ -432,6 +445,8 @@ class FitConfig:
         for name in SECTIONS:
             if name != "priors":
                 validate_fields(getattr(self, name), prefix=f"{name}.")
+        if self.sequential.window_frames == 1:
+            raise InputError("config field sequential.window_frames must be 0 (one window) or at least 2")
         if self.matching.detector not in ("sift", "orb"):
             raise InputError(f"config field matching.detector must be sift or orb, got {self.matching.detector!r}")
         if self.input.intrinsics is not None:

@@ -27,8 +27,8 @@ from recon4d.fit.optim import replace_parameter
 from recon4d.geometry.camera import invert_pose
 from recon4d.geometry.lie import apply_pose_delta
 from recon4d.geometry.quaternion import normalize_quaternion
-from recon4d.geometry.trajectory import evaluate_trajectories, time_basis
-from recon4d.io.scene import Gaussians, MotionModel, Scene4D
+from recon4d.geometry.trajectory import evaluate_trajectories, time_basis, window_basis
+from recon4d.io.scene import NEVER, Gaussians, MotionModel, Scene4D
 
 _EPS = 1e-4
 
@@ -63,7 +63,9 @@ class GaussianParams:
     Attributes:
         means: [N, 3] world; quats: [N, 4] wxyz; log_scales: [N, 3]; opacity_logits: [N];
         color_logits: [N, 3] (sigmoid -> RGB); is_dynamic: [N] bool (in the sequential pass every dynamic
-        Gaussian is a moving one: both come from the prior's moving masks); birth_frame: [N] int32.
+        Gaussian is a moving one: both come from the prior's moving masks); birth_frame: [N] int32;
+        death_frame: [N] int32, first frame a Gaussian no longer exists in (`NEVER` until the sequential pass
+        retires its temporal window).
     """
 
     means: torch.Tensor
@@ -73,8 +75,10 @@ class GaussianParams:
     color_logits: torch.Tensor
     is_dynamic: torch.Tensor
     birth_frame: torch.Tensor
+    death_frame: torch.Tensor
 
     PARAMETERS = ("means", "quats", "log_scales", "opacity_logits", "color_logits")
+    ROWS = (*PARAMETERS, "is_dynamic", "birth_frame", "death_frame")
 
     @staticmethod
     def create(means, scales, colors, opacity: float, is_dynamic, birth_frame: int) -> "GaussianParams":
@@ -89,6 +93,7 @@ class GaussianParams:
             color_logits=logit(colors.detach()),
             is_dynamic=is_dynamic.clone(),
             birth_frame=torch.full((n,), birth_frame, dtype=torch.int32, device=means.device),
+            death_frame=torch.full((n,), NEVER, dtype=torch.int32, device=means.device),
         )
 
     def __len__(self) -> int:
@@ -102,13 +107,22 @@ class GaussianParams:
     def append(self, other: "GaussianParams", optimizer: torch.optim.Optimizer | None = None) -> None:
         """Append `other`'s rows. With `optimizer` (one that trains some of these parameters), the grown
         tensors replace the old ones in it: existing rows keep their Adam moments, new rows start at zero."""
-        for name in (*self.PARAMETERS, "is_dynamic", "birth_frame"):
+        for name in self.ROWS:
             old = getattr(self, name)
             merged = torch.cat([old.detach(), getattr(other, name).detach()])
             if optimizer is not None and name in self.PARAMETERS:
                 merged.requires_grad_(old.requires_grad)
                 replace_parameter(optimizer, old, merged)
             setattr(self, name, merged)
+
+    def select(self, index: torch.Tensor) -> "GaussianParams":
+        """The rows picked by a bool mask or index tensor [N], as a copy."""
+        return GaussianParams.from_state_dict({k: v[index] for k, v in self.state_dict().items()})
+
+    @staticmethod
+    def concat(parts: list["GaussianParams"]) -> "GaussianParams":
+        """All rows of `parts`, in order, as one copy."""
+        return GaussianParams(**{name: torch.cat([getattr(p, name).detach() for p in parts]) for name in GaussianParams.ROWS})
 
     def tail(self, start: int) -> "GaussianParams":
         """The Gaussians from row `start` on (e.g. the ones just appended), as a copy."""
@@ -131,7 +145,7 @@ class GaussianParams:
         return torch.optim.Adam(groups, eps=1e-15, fused=True)  # one kernel per step: 5x cheaper than the loop on CPU
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {name: getattr(self, name).detach().clone() for name in (*self.PARAMETERS, "is_dynamic", "birth_frame")}
+        return {name: getattr(self, name).detach().clone() for name in self.ROWS}
 
     @staticmethod
     def from_state_dict(state: dict[str, torch.Tensor]) -> "GaussianParams":
@@ -189,7 +203,9 @@ class SceneModel:
     """Gaussians with continuous-time motion and refinable cameras over the fitted frames of a clip.
 
     Rows (first index of the per-Gaussian tensors, N): quats [N, 4], log_scales [N, 3], opacity_logits [N],
-    color_logits [N, 3], birth [N] (clip frame), is_moving [N] bool. Still rows (`still` [Ns] indices) have a
+    color_logits [N, 3], birth [N] and death [N] (clip frames; a Gaussian exists at birth <= t < death),
+    window [N, 2] (first and last frame of its temporal window, over which its trajectory is normalised:
+    `Scene4D.trajectory_windows`), is_moving [N] bool. Still rows (`still` [Ns] indices) have a
     position `still_means` [Ns, 3] and a residual trajectory `still_motion` [Ns, B-1, 3] (non-constant
     coefficients only); dynamic rows (`dynamic` [Nd], in index order) have trajectories `position` [Nd, B, 3],
     `rotation` [Nd, B, 4] and `color_offsets` [Nd, B, 3]. `motion_meta` holds the basis (poly degree, Fourier
@@ -205,6 +221,10 @@ class SceneModel:
         self.dynamic = scene.is_dynamic.nonzero().squeeze(1).to(device)
         self.still = (~scene.is_dynamic).nonzero().squeeze(1).to(device)
         self.birth = scene.birth_frame.to(device)
+        self.windowed = scene.death_frame is not None
+        death = scene.death_frame if self.windowed else torch.full_like(scene.birth_frame, NEVER)
+        self.death = death.to(device)
+        self.window = scene.trajectory_windows().to(device)
         self.is_moving = scene.is_moving.to(device)
         g = scene.gaussians
         tensor = lambda x: x.detach().to(device=device, dtype=torch.float32).clone().requires_grad_(True)  # noqa: E731
@@ -230,36 +250,52 @@ class SceneModel:
     def depth_unit(self) -> float:
         return self.cameras.depth_unit
 
-    def basis(self, t: torch.Tensor) -> torch.Tensor:
-        """Trajectory basis [T, B] at clip times t [T] (frames)."""
-        tau = t.reshape(-1).float() / self.motion_meta["time_span"]
-        return time_basis(tau.to(self.device), self.motion_meta["poly_degree"], self.motion_meta["fourier_terms"])
+    @property
+    def num_windows(self) -> int:
+        """Temporal windows of the clip (1 unless the sequential pass retired some)."""
+        return int(torch.unique(self.window[:, 0]).numel()) if self.num_gaussians else 1
+
+    def basis(self, times: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """Trajectory basis [T, R, B] of Gaussians `rows` [R] at clip times [T] (frames), each over its window."""
+        return window_basis(times.reshape(-1).float().to(self.device), self.window[rows],
+                            self.motion_meta["poly_degree"], self.motion_meta["fourier_terms"])
+
+    def alive_at(self, t: float | torch.Tensor) -> torch.Tensor:
+        """[N] bool (or [T, N] for times [T]): the Gaussians that exist at clip time t."""
+        t = torch.as_tensor(t, dtype=torch.float32, device=self.device)
+        t = t[..., None] if t.dim() else t
+        return (self.birth <= t) & (self.death > t)
 
     @torch.no_grad()
     def at_birth(self, coeffs: torch.Tensor) -> torch.Tensor:
         """Each dynamic Gaussian's trajectory [Nd, B, D] evaluated at its own birth frame -> [Nd, D]."""
-        return torch.einsum("nbd,nb->nd", coeffs.detach(), self.basis(self.birth[self.dynamic].float()))
+        window = self.window[self.dynamic]
+        tau = (self.birth[self.dynamic].float() - window[:, 0]) / (window[:, 1] - window[:, 0]).clamp_min(1.0)
+        basis = time_basis(tau, self.motion_meta["poly_degree"], self.motion_meta["fourier_terms"])
+        return torch.einsum("nbd,nb->nd", coeffs.detach(), basis)
 
     def means_at(self, t: float, with_still_motion: bool) -> torch.Tensor:
         """Positions [N, 3] of all Gaussians at clip time t (differentiable); still ones move by their residual
         trajectory only `with_still_motion` (off, it stays zero and is not evaluated)."""
-        basis = self.basis(torch.tensor([t]))[0]
+        times = torch.tensor([t])
         still = self.still_means
         if with_still_motion:
-            still = still + evaluate_trajectories(self.still_motion, basis[1:])
+            still = still + evaluate_trajectories(self.still_motion, self.basis(times, self.still)[..., 1:])[0]
+        dynamic = evaluate_trajectories(self.position, self.basis(times, self.dynamic))[0]
         means = torch.zeros(self.num_gaussians, 3, device=self.device)
-        return means.index_put((self.still,), still).index_put((self.dynamic,), evaluate_trajectories(self.position, basis))
+        return means.index_put((self.still,), still).index_put((self.dynamic,), dynamic)
 
     def gaussians_at(self, t: float, with_still_motion: bool) -> tuple[Gaussians, torch.Tensor]:
         """All Gaussians at clip time t (differentiable) and the mask [N] of those alive at t."""
-        basis = self.basis(torch.tensor([t]))[0]
+        basis = self.basis(torch.tensor([t]), self.dynamic)
         means = self.means_at(t, with_still_motion)
-        quats = self.quats.index_put((self.dynamic,), evaluate_trajectories(self.rotation, basis))
+        quats = self.quats.index_put((self.dynamic,), evaluate_trajectories(self.rotation, basis)[0])
         colors = torch.sigmoid(self.color_logits)
-        colors = colors.index_put((self.dynamic,), (colors[self.dynamic] + evaluate_trajectories(self.color_offsets, basis)).clamp(0, 1))
+        offsets = evaluate_trajectories(self.color_offsets, basis)[0]
+        colors = colors.index_put((self.dynamic,), (colors[self.dynamic] + offsets).clamp(0, 1))
         gaussians = Gaussians(means, normalize_quaternion(quats), torch.exp(self.log_scales),
                               torch.sigmoid(self.opacity_logits), colors)
-        return gaussians, self.birth <= t
+        return gaussians, self.alive_at(t)
 
     def reference_rotations(self) -> torch.Tensor:
         """[N, 4] rotation of each Gaussian: its static one, or a dynamic one's at its birth frame."""
@@ -276,14 +312,21 @@ class SceneModel:
         residue. Returns how many kept a trajectory."""
         if self.still.numel() == 0 or not bool(self.still_motion.detach().abs().gt(0).any()):
             return 0
-        times = torch.arange(num_frames, dtype=torch.float32)
-        displacement = evaluate_trajectories(self.still_motion.detach(), self.basis(times)[:, 1:])  # [T, Ns, 3]
-        alive = (times.to(self.device)[:, None] >= self.birth[self.still][None].float()).float()  # [T, Ns]
+        count = self.still.numel()
+        largest = torch.zeros(count, device=self.device)  # over the frames each one is alive in
+        total = torch.zeros(count, 3, device=self.device)
+        frames_alive = torch.zeros(count, device=self.device)
+        for start in range(0, num_frames, MotionModel.CHUNK_TIMES):  # bounds the [T, Ns, B] basis
+            times = torch.arange(start, min(start + MotionModel.CHUNK_TIMES, num_frames), dtype=torch.float32)
+            displacement = evaluate_trajectories(self.still_motion.detach(), self.basis(times, self.still)[..., 1:])
+            alive = self.alive_at(times.to(self.device))[:, self.still].float()  # [T, Ns]
+            largest = torch.maximum(largest, (displacement.norm(dim=-1) * alive).amax(0))
+            total += (displacement * alive[..., None]).sum(0)
+            frames_alive += alive.sum(0)
         center = invert_pose(self.cameras.base[0])[:3, 3]
         distance = torch.linalg.norm(self.still_means.detach() - center, dim=-1).clamp_min(1e-6)
-        pixels = (displacement.norm(dim=-1) * alive).amax(0) / distance * focal
-        promote = pixels >= keep_motion_px
-        mean_displacement = (displacement * alive[..., None]).sum(0) / alive.sum(0).clamp_min(1)[:, None]
+        promote = largest / distance * focal >= keep_motion_px
+        mean_displacement = total / frames_alive.clamp_min(1)[:, None]
         still_means, still_motion = self.still_means.detach(), self.still_motion.detach()
         promoted = int(promote.sum())
         if promoted:
@@ -311,7 +354,7 @@ class SceneModel:
         from recon4d.geometry.lie import fill_poses
 
         motion = MotionModel(self.position.detach().cpu(), self.rotation.detach().cpu(), self.color_offsets.detach().cpu(),
-                             **self.motion_meta)
+                             **self.motion_meta, window=self.window[self.dynamic].cpu() if self.windowed else None)
         count = self.num_gaussians
         is_dynamic = torch.zeros(count, dtype=torch.bool)
         is_dynamic[self.dynamic.cpu()] = True
@@ -330,7 +373,8 @@ class SceneModel:
                                          timestamps=template.cameras.timestamps, width=template.cameras.width,
                                          height=template.cameras.height, frame_names=list(template.cameras.frame_names))
         birth_frame = self.birth.cpu().to(template.birth_frame.dtype)
-        refined = Scene4D(gaussians=gaussians, is_dynamic=is_dynamic, birth_frame=birth_frame,
+        death_frame = self.death.cpu().to(template.birth_frame.dtype) if self.windowed else None
+        refined = Scene4D(gaussians=gaussians, is_dynamic=is_dynamic, birth_frame=birth_frame, death_frame=death_frame,
                           dynamic_means=dyn_means, dynamic_quats=dyn_quats, cameras=cameras, arrays=dict(template.arrays),
                           config=dict(template.config), metrics=dict(template.metrics), motion=motion,
                           is_moving=self.is_moving.cpu().clone())

@@ -28,7 +28,7 @@ from recon4d.geometry.quaternion import normalize_quaternion
 from recon4d.io.atomic import write_bytes_atomic
 from recon4d.io.camera_json import camera_json_bytes, scene_cameras_json
 from recon4d.io.outputs import OutputSet
-from recon4d.io.scene import Cameras, Gaussians, Scene4D, save_scene
+from recon4d.io.scene import NEVER, Cameras, Gaussians, Scene4D, save_scene
 from recon4d.io.video import Clip
 from recon4d.io.video_writer import write_video
 
@@ -44,8 +44,9 @@ class FitResult:
 
 def assemble_scene(state: FitState, fitted: list[int], clip: Clip, K: np.ndarray, config: FitConfig,
                    moving_masks: np.ndarray) -> Scene4D:
-    """Scene over all clip frames; frames between fitted ones get interpolated cameras and dynamic states."""
-    g = state.gaussians
+    """Scene over all clip frames; frames between fitted ones get interpolated cameras and dynamic states. The
+    Gaussians of every temporal window are in it, each living from its birth to its death frame."""
+    g = state.all_gaussians()
     dynamic = g.is_dynamic.nonzero().squeeze(1)
     position = {int(i): k for k, i in enumerate(dynamic.tolist())}
     nd = dynamic.numel()
@@ -83,9 +84,14 @@ def assemble_scene(state: FitState, fitted: list[int], clip: Clip, K: np.ndarray
         w = (frame - fitted[before]) / (fitted[after] - fitted[before])
         means_all[frame] = ((1 - w) * fitted_means[before] + w * fitted_means[after]).cpu()
         quats_all[frame] = normalize_quaternion((1 - w) * fitted_quats[before] + w * fitted_quats[after]).cpu()
-    # birth_frame is stored in clip frame numbers.
+    # Birth and death frames are stored in clip frame numbers.
     fitted_tensor = torch.tensor(fitted)
     birth = fitted_tensor[birth.long()].to(torch.int32)
+    death = None
+    if state.retired is not None:
+        death = g.death_frame.clone().cpu()
+        ends = death != NEVER
+        death[ends] = fitted_tensor[death[ends].long()].to(torch.int32)
     active = g.activated()
     gaussians = Gaussians(*(x.detach().cpu() for x in (active.means, normalize_quaternion(active.quats), active.scales,
                                                        active.opacities, active.colors)))
@@ -93,7 +99,7 @@ def assemble_scene(state: FitState, fitted: list[int], clip: Clip, K: np.ndarray
     masks = np.zeros((num_frames, clip.height, clip.width), dtype=bool)
     masks[fitted] = moving_masks
     return Scene4D(
-        gaussians=gaussians, is_dynamic=g.is_dynamic.cpu(), birth_frame=birth,
+        gaussians=gaussians, is_dynamic=g.is_dynamic.cpu(), birth_frame=birth, death_frame=death,
         dynamic_means=means_all, dynamic_quats=quats_all,
         cameras=Cameras(world_from_camera=world_from_camera, intrinsics=intrinsics,
                         timestamps=torch.as_tensor(clip.timestamps, dtype=torch.float64),

@@ -151,6 +151,8 @@ def run_refinement(scene: Scene4D, prepared: Prepared, config: FitConfig, device
     """Continuous-time refinement of a sequential scene (progress bar on stderr)."""
     from recon4d.fit.refine import RefineInputs, Refiner
 
+    config = config.replace(refine_iters=max(config.refine.iters, config.refine.min_visits * len(prepared.fitted)))
+
     with progress_bar("refining") as progress:
         task = progress.add_task("refine", total=config.refine.iters)
         refiner = Refiner(RefineInputs(scene, prepared.fitted, prepared.inputs), config, device,
@@ -228,7 +230,7 @@ def _fit_locked(source, out_dir: Path, config: FitConfig, device: torch.device, 
         task = progress.add_task("fit", total=len(fitted), completed=0 if state is None else state.next_frame)
         fitter = SequentialFitter(inputs, config, on_frame=on_frame)
         state = fitter.run(state)
-        slow_movers = fitter.label_slow_movers(state)
+        slow_movers = fitter.label_slow_movers(state) + sum(s.get("slow_movers", 0) for s in state.frame_stats)
     seconds["fit"] = prior_fit_seconds + time.perf_counter() - fit_started
     prepared.peak_rss["fit"] = peak_rss_mb()
 

@@ -66,27 +66,46 @@ def fourier_terms_for(num_frames: int, config: RefineConfig, fitted: list[int] |
     return terms
 
 
+def windows_of(scene: Scene4D, fitted: list[int]) -> list[tuple[float, float, list[int]]]:
+    """The temporal windows of a scene (`Scene4D.trajectory_windows`) as (first frame, last frame, the fitted
+    frames inside), in time order."""
+    windows = torch.unique(scene.trajectory_windows(), dim=0).tolist()
+    return [(first, last, [f for f in fitted if first <= f <= last]) for first, last in sorted(windows)]
+
+
 def initial_motion(scene: Scene4D, fitted: list[int], config: RefineConfig) -> MotionModel:
-    """Least-squares trajectories through the per-frame states of the fitted frames (after each birth)."""
-    num_frames = scene.num_frames
-    fourier_terms = fourier_terms_for(num_frames, config, fitted)
-    times = torch.tensor(fitted, dtype=torch.float32)
-    basis = time_basis(times / max(num_frames - 1, 1), config.poly_degree, fourier_terms)
-    dynamic = scene.is_dynamic.nonzero().squeeze(1)
-    birth = scene.birth_frame[dynamic].to(torch.float32)
-    weights = (times[:, None] >= birth[None]).float()  # [F, Nd]: a Gaussian's states before its birth are fillers
-    means = scene.dynamic_means[fitted].float()
-    quats = scene.dynamic_quats[fitted].float()
-    # One sign per Gaussian and frame: q and -q are the same rotation, the fit needs one continuous branch.
-    reference = quats[torch.clamp(torch.searchsorted(times, birth), max=len(fitted) - 1), torch.arange(dynamic.numel())]
-    quats = torch.where((quats * reference[None]).sum(-1, keepdim=True) < 0, -quats, quats)
+    """Least-squares trajectories through the per-frame states of the fitted frames (while each Gaussian
+    exists), each over its temporal window; one basis size for all windows (the smallest they allow)."""
+    windows = windows_of(scene, fitted)
+    fourier_terms = min(fourier_terms_for(int(last - first) + 1, config, frames) for first, last, frames in windows)
     count = basis_size(config.poly_degree, fourier_terms)
+    dynamic = scene.is_dynamic.nonzero().squeeze(1)
+    row_windows = scene.trajectory_windows()[dynamic]
+    birth = scene.birth_frame[dynamic].to(torch.float32)
+    death = (scene.death_frame[dynamic].to(torch.float32) if scene.death_frame is not None
+             else torch.full_like(birth, math.inf))
+    position = torch.zeros(dynamic.numel(), count, 3)
+    rotation = torch.zeros(dynamic.numel(), count, 4)
+    for first, last, frames in windows:
+        rows = ((row_windows[:, 0] == first) & (row_windows[:, 1] == last)).nonzero().squeeze(1)
+        if rows.numel() == 0 or not frames:
+            continue
+        times = torch.tensor(frames, dtype=torch.float32)
+        basis = time_basis((times - first) / max(last - first, 1.0), config.poly_degree, fourier_terms)
+        # [F, R]: states before a Gaussian's birth are fillers; its death frame holds its last state.
+        weights = ((times[:, None] >= birth[rows][None]) & (times[:, None] <= death[rows][None])).float()
+        means = scene.dynamic_means[frames][:, rows].float()
+        quats = scene.dynamic_quats[frames][:, rows].float()
+        # One sign per Gaussian and frame: q and -q are the same rotation, the fit needs one continuous branch.
+        reference = quats[torch.clamp(torch.searchsorted(times, birth[rows]), max=len(frames) - 1), torch.arange(rows.numel())]
+        quats = torch.where((quats * reference[None]).sum(-1, keepdim=True) < 0, -quats, quats)
+        position[rows] = fit_trajectories(means, basis, weights, config.ridge)
+        rotation[rows] = fit_trajectories(quats, basis, weights, config.ridge)
     return MotionModel(
-        position=fit_trajectories(means, basis, weights, config.ridge),
-        rotation=fit_trajectories(quats, basis, weights, config.ridge),
-        color=torch.zeros(dynamic.numel(), count, 3),
+        position=position, rotation=rotation, color=torch.zeros(dynamic.numel(), count, 3),
         poly_degree=config.poly_degree, fourier_terms=fourier_terms,
-        time_span=float(max(num_frames - 1, 1)),
+        time_span=float(max(scene.num_frames - 1, 1)),
+        window=row_windows if scene.death_frame is not None else None,
     )
 
 
@@ -131,9 +150,20 @@ class Refiner:
         self.K = data.inputs.K.to(device)
         self.pyramid = Pyramid(data.inputs, config.refine.pyramid_levels)
         self.model = SceneModel(scene, initial_motion(scene, data.fitted, config.refine), data.fitted, device)
-        self.pairs = knn_pairs(self.model.at_birth(self.model.position), config.refine.rigid_neighbours)
+        self.pairs = self.rigid_pairs()
         self.strategy = GrowStrategy(config.densify, config.refine.iters)
         self.strategy.initialize_state(self.model)
+
+    def rigid_pairs(self) -> torch.Tensor:
+        """KNN pairs [M, 2] (rows of the trajectories) of dynamic Gaussians at birth, within each temporal window."""
+        model = self.model
+        points = model.at_birth(model.position)
+        windows = model.window[model.dynamic, 0]
+        pairs = []
+        for start in torch.unique(windows):
+            rows = (windows == start).nonzero().squeeze(1)
+            pairs.append(rows[knn_pairs(points[rows], self.config.refine.rigid_neighbours)])
+        return torch.cat(pairs) if pairs else torch.zeros(0, 2, dtype=torch.long, device=self.device)
 
     # -- losses --------------------------------------------------------------------------------------------
     def frame_loss(self, k: int, track_means: bool = False, level: int = 0) -> tuple[torch.Tensor, float, torch.Tensor]:
@@ -182,12 +212,18 @@ class Refiner:
             loss = loss + cfg.lambda_still_motion * (model.still_motion.flatten(1).norm(dim=-1).mean() / model.depth_unit)
         if model.dynamic.numel() == 0:
             return loss
+        # The trajectories of other temporal windows are not at t (a single window: every one is).
+        window = model.window[model.dynamic]
+        alive = (window[:, 0] <= t) & (t <= window[:, 1])
+        if not bool(alive.any()):
+            return loss
         times = torch.tensor([t - 1.0, t, t + 1.0]).clamp(0, model.motion_meta["time_span"])
-        positions = evaluate_trajectories(model.position, model.basis(times))  # [3, Nd, 3]
+        positions = evaluate_trajectories(model.position, model.basis(times, model.dynamic))  # [3, Nd, 3]
         acceleration = (positions[0] - 2 * positions[1] + positions[2]).norm(dim=-1) / model.depth_unit
-        loss = loss + cfg.lambda_smooth * acceleration.mean()
-        if self.pairs.numel():
-            i, j = self.pairs[:, 0], self.pairs[:, 1]
+        loss = loss + cfg.lambda_smooth * acceleration[alive].mean()
+        pairs = self.pairs[alive[self.pairs[:, 0]] & alive[self.pairs[:, 1]]] if self.pairs.numel() else self.pairs
+        if pairs.numel():
+            i, j = pairs[:, 0], pairs[:, 1]
             now = (positions[1, i] - positions[1, j]).norm(dim=-1)
             later = (positions[2, i] - positions[2, j]).norm(dim=-1)
             loss = loss + cfg.lambda_rigid * ((now - later).abs() / model.depth_unit).mean()
@@ -244,7 +280,7 @@ class Refiner:
             scheduler.step()
             dynamic_before = model.dynamic.numel()
             if strategy.step_post_optimizer(model, optimizer, step + 1, info, generator) and model.dynamic.numel() > dynamic_before:
-                self.pairs = knn_pairs(model.at_birth(model.position), cfg.rigid_neighbours)
+                self.pairs = self.rigid_pairs()
             l1_history.append(l1)
             if self.on_progress is not None:
                 self.on_progress(step + 1, cfg.iters)

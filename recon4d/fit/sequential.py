@@ -85,21 +85,44 @@ class FitInputs:
 class FitState:
     """What the fit has produced so far; checkpointed after every frame.
 
+    Rows of all Gaussians are numbered as in `all_gaussians()`: the retired ones first, then the active ones.
+
     Attributes:
-        gaussians: the trainable Gaussians (their current, latest-frame state).
+        gaussians: the trainable Gaussians of the current temporal window (their latest-frame state).
         camera_from_world: per fitted frame, [4, 4].
-        dynamic_states: per fitted frame, (indices of dynamic Gaussians alive then, their means, quats).
+        dynamic_states: per fitted frame, (row numbers of the dynamic Gaussians alive then, their means, quats);
+            a window's first frame holds those of both windows.
         frame_stats: per fitted frame, seconds, iterations and losses.
+        retired: the Gaussians of finished windows (their death frames set), or None.
+        window_start: the fitted frame the current window begins at.
     """
 
     gaussians: GaussianParams
     camera_from_world: list[torch.Tensor] = field(default_factory=list)
     dynamic_states: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = field(default_factory=list)
     frame_stats: list[dict] = field(default_factory=list)
+    retired: GaussianParams | None = None
+    window_start: int = 0
 
     @property
     def next_frame(self) -> int:
         return len(self.camera_from_world)
+
+    @property
+    def row_offset(self) -> int:
+        """Row number of the first active Gaussian."""
+        return 0 if self.retired is None else len(self.retired)
+
+    def all_gaussians(self) -> GaussianParams:
+        """Retired and active Gaussians, in row order."""
+        return self.gaussians if self.retired is None else GaussianParams.concat([self.retired, self.gaussians])
+
+    def active_dynamic_state(self, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Frame k's dynamic states of the active Gaussians: (indices into `gaussians`, means, quats)."""
+        ids, means, quats = self.dynamic_states[k]
+        local = ids - self.row_offset
+        keep = local >= 0
+        return local[keep], means[keep], quats[keep]
 
     def state_dict(self) -> dict:
         return {
@@ -107,6 +130,8 @@ class FitState:
             "camera_from_world": [p.cpu() for p in self.camera_from_world],
             "dynamic_states": [tuple(x.cpu() for x in s) for s in self.dynamic_states],
             "frame_stats": self.frame_stats,
+            "retired": None if self.retired is None else self.retired.state_dict(),
+            "window_start": self.window_start,
         }
 
     @staticmethod
@@ -117,6 +142,9 @@ class FitState:
             camera_from_world=[p.to(device) for p in state["camera_from_world"]],
             dynamic_states=[tuple(x.to(device) for x in s) for s in state["dynamic_states"]],
             frame_stats=list(state["frame_stats"]),
+            retired=None if state.get("retired") is None
+            else GaussianParams.from_state_dict({k: v.to(device) for k, v in state["retired"].items()}),
+            window_start=int(state.get("window_start", 0)),
         )
 
 
@@ -158,7 +186,7 @@ class SequentialFitter:
         self.depth_unit = prior_depth_unit(inputs.depth[0])
         self.strategy = SpawnStrategy(inputs, config.init, config.densify)
         self.pyramid = Pyramid(inputs, config.sequential.pyramid_levels)
-        self.wide_baseline = WideBaselineStart(inputs.frames, inputs.K, config.matching)
+        self.wide_baseline = WideBaselineStart(inputs.frames, inputs.K, config.matching, inputs.moving)
 
     # -- rendering -----------------------------------------------------------------------------------------
     def render(self, gaussians: Gaussians, camera_from_world: torch.Tensor,
@@ -277,8 +305,8 @@ class SequentialFitter:
                 if extra is not None and flow_w is not None and flow_w.sum() > 0:
                     loss = loss + cfg.losses.flow * factor * flow_loss(out.color[..., 3:5], inputs.flow_backward[t - 1], flow_w)
                 loss = loss + cfg.losses.iso * isotropy_loss(g.log_scales)
-                if t > 0 and cfg.sequential.replay_every > 0 and step % cfg.sequential.replay_every == 0:
-                    past = int(torch.randint(0, t, (1,), generator=generator))
+                if t > state.window_start and cfg.sequential.replay_every > 0 and step % cfg.sequential.replay_every == 0:
+                    past = int(torch.randint(state.window_start, t, (1,), generator=generator))
                     loss = loss + cfg.losses.replay * self.replay_loss(state, past, level)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -312,7 +340,7 @@ class SequentialFitter:
         frame only, which is what lets the scene render frames other than the last one.
         """
         g = state.gaussians
-        ids, means_k, quats_k = state.dynamic_states[k]
+        ids, means_k, quats_k = state.active_dynamic_state(k)
         means = g.means.clone()
         quats = g.quats.clone()
         means[ids] = means_k
@@ -337,7 +365,7 @@ class SequentialFitter:
         g = state.gaussians
         dynamic = g.is_dynamic.nonzero().squeeze(1)
         state.camera_from_world.append(camera_from_world.detach().clone())
-        state.dynamic_states.append((dynamic.clone(), g.means[dynamic].detach().clone(), g.quats[dynamic].detach().clone()))
+        state.dynamic_states.append((dynamic + state.row_offset, g.means[dynamic].detach().clone(), g.quats[dynamic].detach().clone()))
 
     def initial_camera(self, state: FitState, t: int) -> tuple[torch.Tensor, str]:
         """Camera t from PnP on still pixels of frame t-1 (rendered depth) matched by the forward flow;
@@ -369,8 +397,10 @@ class SequentialFitter:
 
     def wide_baseline_start(self, state: FitState, t: int, rendered: RenderResult, start: torch.Tensor,
                             kind: str) -> tuple[torch.Tensor, str]:
-        """`start` [4, 4] (of `kind`), or the feature start of `recon4d.fit.matching` when `matching.enabled`
-        and it explains more feature matches (`rendered`: frame t-1's render from its camera)."""
+        """`start` [4, 4] (of `kind`), or the feature start of `recon4d.fit.matching` when `matching.enabled`,
+        it explains more feature matches (`rendered`: frame t-1's render from its camera) and the camera step's
+        loss is lower there: matches cannot tell a camera's motion from a moving object's when most of them
+        lie on it, the still pixels of the loss can."""
         if not self.config.matching.enabled:
             return start, kind
 
@@ -380,7 +410,16 @@ class SequentialFitter:
             return out.depth, out.alpha > self.config.matching.min_alpha
 
         pose, reference = self.wide_baseline(t, state.camera_from_world, render_at, start)
-        return (start, kind) if pose is None else (pose, "features" if reference == t - 1 else f"features-{reference}")
+        if pose is None or (self.config.matching.check_loss and self.start_loss(state, t, pose) >= self.start_loss(state, t, start)):
+            return start, kind
+        return pose, "features" if reference == t - 1 else f"features-{reference}"
+
+    @torch.no_grad()
+    def start_loss(self, state: FitState, t: int, camera_from_world: torch.Tensor) -> float:
+        """The camera step's loss of frame t at a start pose [4, 4] (working resolution)."""
+        gaussians = state.gaussians.activated()
+        previous = project_to_pixels(gaussians.means, state.camera_from_world[t - 1], self.K, min_depth=MIN_DEPTH)[0]
+        return float(self.camera_loss(gaussians, t, self.pyramid.level(0), previous, camera_from_world))
 
     def add_new_content(self, state: FitState, t: int, camera_from_world: torch.Tensor,
                         generator: torch.Generator) -> GaussianParams | None:
@@ -395,16 +434,18 @@ class SequentialFitter:
     @torch.no_grad()
     def label_slow_movers(self, state: FitState) -> int:
         """Make dynamic (and so moving) the still Gaussians that the prior's moving masks cover in at least
-        `sequential.slow_mover_share` of the fitted frames where the Gaussian is in view and in front (its depth
-        within `OCCLUSION_TOLERANCE` of the rendered depth); returns how many. See `SequentialConfig`."""
+        `sequential.slow_mover_share` of the current window's fitted frames where the Gaussian is in view and in
+        front (its depth within `OCCLUSION_TOLERANCE` of the rendered depth); returns how many. See
+        `SequentialConfig`."""
         cfg, g = self.config.sequential, state.gaussians
         if cfg.slow_mover_share <= 0 or not bool((~g.is_dynamic).any()):
             return 0
         active = g.activated()
         visible_count = torch.zeros(len(g), device=self.device)
         masked_count = torch.zeros(len(g), device=self.device)
-        for k, camera_from_world in enumerate(state.camera_from_world):
-            ids, means_k, quats_k = state.dynamic_states[k]
+        for k in range(state.window_start, state.next_frame):
+            camera_from_world = state.camera_from_world[k]
+            ids, means_k, quats_k = state.active_dynamic_state(k)
             means = g.means.clone()
             means[ids] = means_k
             quats = g.quats.clone()
@@ -426,6 +467,38 @@ class SequentialFitter:
         g.is_dynamic = g.is_dynamic | relabel
         return int(relabel.sum())
 
+    @torch.no_grad()
+    def start_window(self, state: FitState) -> dict:
+        """Retire the current window's Gaussians after its last frame b (the latest fitted one) and start the
+        next window at b from copies of the Gaussians frame b sees (`SequentialConfig.window_frames`); returns
+        the frame's statistics."""
+        boundary = state.next_frame - 1
+        relabelled = self.label_slow_movers(state)
+        g = state.gaussians
+        seen = self.seen_from(g, state.camera_from_world[boundary])
+        retiring = g.select(torch.arange(len(g), device=self.device))
+        retiring.death_frame.fill_(boundary)
+        state.retired = retiring if state.retired is None else GaussianParams.concat([state.retired, retiring])
+        copies = g.select(seen)
+        copies.birth_frame.fill_(boundary)
+        state.gaussians, state.window_start = copies, boundary
+        dynamic = copies.is_dynamic.nonzero().squeeze(1)
+        ids, means, quats = state.dynamic_states[boundary]
+        state.dynamic_states[boundary] = (torch.cat([ids, dynamic + state.row_offset]), torch.cat([means, copies.means[dynamic]]),
+                                          torch.cat([quats, copies.quats[dynamic]]))
+        return {"window_start": boundary, "window_copied": len(copies), "window_retired": len(g), "slow_movers": relabelled}
+
+    def seen_from(self, g: GaussianParams, camera_from_world: torch.Tensor) -> torch.Tensor:
+        """[N] bool: the Gaussians that contribute to a pixel of the render from `camera_from_world` [4, 4]
+        (in their current state): those out of view, or hidden behind opaque surfaces, have no gradient."""
+        active = g.activated()
+        opacities = active.opacities.detach().clone().requires_grad_(True)
+        with torch.enable_grad():
+            out = rasterize(active.means.detach(), active.quats.detach(), active.scales.detach(), opacities,
+                            active.colors.detach(), camera_from_world, self.K, self.width, self.height)
+            out.alpha.sum().backward()
+        return opacities.grad.abs() > 0
+
     # -- driver ----------------------------------------------------------------------------------------------
     def run(self, state: FitState | None = None) -> FitState:
         cfg = self.config
@@ -438,11 +511,15 @@ class SequentialFitter:
                 state, stats = self.fit_first_frame(generator)
                 camera_from_world = torch.eye(4, device=self.device)
             else:
+                stats = {}
+                if cfg.sequential.window_frames and t - state.window_start >= cfg.sequential.window_frames:
+                    stats.update(self.start_window(state))
                 previous_cfw = state.camera_from_world[t - 1]
                 init, init_kind = self.initial_camera(state, t)
                 with torch.no_grad():
                     previous_pixels = project_to_pixels(state.gaussians.means, previous_cfw, self.K, min_depth=MIN_DEPTH)[0]
-                camera_from_world, stats = self.camera_step(state, t, init, previous_pixels)
+                camera_from_world, camera_stats = self.camera_step(state, t, init, previous_pixels)
+                stats.update(camera_stats)
                 stats["camera_init"] = init_kind
                 # previous_pixels were taken before the move: they are where each Gaussian was at t-1.
                 self.move_dynamic(state, t, previous_cfw, camera_from_world)

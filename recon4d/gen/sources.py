@@ -59,7 +59,7 @@ def select_gaussians(scene: Scene4D, which: str, time: float) -> Gaussians:
         raise InputError(f"--object must be one of {', '.join(OBJECT_CHOICES)}, got {which!r}")
     if not 0 <= time <= scene.num_frames - 1:
         raise InputError(f"--time {time} is outside the fit's frames 0..{scene.num_frames - 1}")
-    alive = scene.birth_frame <= time
+    alive = scene.alive_at(time)
     current = scene.gaussians_at(time)
     moving = scene.is_moving[alive]
     mask = {"moving": moving, "still": ~moving, "all": torch.ones_like(moving)}[which]

@@ -42,10 +42,21 @@ def time_basis(tau: torch.Tensor, poly_degree: int, fourier_terms: int) -> torch
     return torch.stack(columns, -1)
 
 
+def window_basis(times: torch.Tensor, window: torch.Tensor, poly_degree: int, fourier_terms: int) -> torch.Tensor:
+    """Basis of N trajectories that each live in their own time window: times [T] (frames), window [N, 2]
+    (first and last frame of each trajectory's window) -> [T, N, B], with tau = (t - first) / (last - first)."""
+    first, span = window[:, 0], (window[:, 1] - window[:, 0]).clamp_min(1.0)
+    tau = (times.reshape(-1, 1).to(window.dtype) - first) / span  # [T, N]
+    return time_basis(tau.reshape(-1), poly_degree, fourier_terms).reshape(*tau.shape, basis_size(poly_degree, fourier_terms))
+
+
 def evaluate_trajectories(coeffs: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
-    """Values of N trajectories: coeffs [N, B, D], basis [T, B] -> [T, N, D] (or [N, D] for basis [B])."""
+    """Values of N trajectories: coeffs [N, B, D], basis [T, B] -> [T, N, D] (or [N, D] for basis [B]); a
+    per-trajectory basis [T, N, B] (`window_basis`) -> [T, N, D]."""
     if basis.dim() == 1:
         return torch.einsum("nbd,b->nd", coeffs, basis)
+    if basis.dim() == 3:
+        return torch.einsum("nbd,tnb->tnd", coeffs, basis)
     return torch.einsum("nbd,tb->tnd", coeffs, basis)
 
 

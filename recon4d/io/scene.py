@@ -8,7 +8,8 @@ it never unpickles code. Writes are atomic.
 
 A dynamic scene keeps one canonical set of N Gaussians. Still Gaussians never move. The Nd dynamic ones
 (``is_dynamic``) have one position and rotation per frame in ``dynamic_means`` / ``dynamic_quats``;
-a Gaussian exists from its ``birth_frame`` on. ``is_moving`` (a subset of ``is_dynamic``) marks the Gaussians
+a Gaussian exists from its ``birth_frame`` on, and until its ``death_frame`` (exclusive) when the scene has
+one: a long clip is fitted in temporal windows (`recon4d.fit.sequential`), each with its own Gaussians. ``is_moving`` (a subset of ``is_dynamic``) marks the Gaussians
 of independently moving things, which moving masks and highlights show; a dynamic Gaussian that is not moving
 is background that drifts by a residue (the refinement's residual motion). Files without it read it as
 ``is_dynamic``.
@@ -26,11 +27,12 @@ import torch
 
 from recon4d.errors import SceneError
 from recon4d.geometry.lie import interpolate_pose
-from recon4d.geometry.trajectory import evaluate_trajectories, time_basis
+from recon4d.geometry.trajectory import evaluate_trajectories, time_basis, window_basis
 from recon4d.io.atomic import atomic_path
 
 FORMAT_NAME = "recon4d.scene"
-FORMAT_VERSION = 3  # 3: motion coefficients may be stored sparse; 2: continuous motion model; 1, 2 are read
+FORMAT_VERSION = 4  # 4: death frames and per-trajectory time windows; 3: sparse motion coefficients; 2: motion model
+NEVER = 2**31 - 1  # death frame of a Gaussian that lives to the end of the clip
 
 
 @dataclass
@@ -111,7 +113,8 @@ class Cameras:
 class MotionModel:
     """Continuous-time motion of the dynamic Gaussians (Gaussian-Flow's polynomial + Fourier model).
 
-    Attribute(t) = coefficients . time_basis(t / time_span) (see `recon4d.geometry.trajectory`).
+    Attribute(t) = coefficients . time_basis(t / time_span) (see `recon4d.geometry.trajectory`); with `window`,
+    each trajectory is normalised over its own window instead: tau = (t - first) / (last - first).
 
     Attributes:
         position: [Nd, B, 3] world position coefficients.
@@ -119,6 +122,7 @@ class MotionModel:
         color: [Nd, B, 3] additive colour offsets (RGB); the result is clamped to [0, 1].
         poly_degree, fourier_terms: the basis (B = 1 + poly_degree + 2 fourier_terms).
         time_span: frames mapped to tau = 1 (number of frames - 1).
+        window: [Nd, 2] first and last frame of each trajectory's time window, or None (the whole clip).
     """
 
     position: torch.Tensor
@@ -127,19 +131,29 @@ class MotionModel:
     poly_degree: int
     fourier_terms: int
     time_span: float
+    window: torch.Tensor | None = None
 
     TENSORS = ("position", "rotation", "color")
+    # Times evaluated together with per-trajectory windows: bounds the [T, Nd, B] basis.
+    CHUNK_TIMES = 16
 
     def basis(self, t: float | torch.Tensor) -> torch.Tensor:
-        """Basis [T, B] at times t (frame units, scalar or [T])."""
+        """Basis at times t (frame units, scalar or [T]): [T, B], or [T, Nd, B] with windows."""
         times = torch.as_tensor(t, dtype=self.position.dtype, device=self.position.device).reshape(-1)
+        if self.window is not None:
+            return window_basis(times, self.window.to(times), self.poly_degree, self.fourier_terms)
         return time_basis(times / max(self.time_span, 1e-9), self.poly_degree, self.fourier_terms)
 
     def states(self, t: float | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Positions [T, Nd, 3], unit quaternions [T, Nd, 4] and colour offsets [T, Nd, 3] at times t."""
-        basis = self.basis(t)
-        quats = torch.nn.functional.normalize(evaluate_trajectories(self.rotation, basis), dim=-1)
-        return evaluate_trajectories(self.position, basis), quats, evaluate_trajectories(self.color, basis)
+        times = torch.as_tensor(t, dtype=self.position.dtype, device=self.position.device).reshape(-1)
+        step = self.CHUNK_TIMES if self.window is not None else max(times.numel(), 1)
+        parts = []
+        for start in range(0, max(times.numel(), 1), step):
+            basis = self.basis(times[start:start + step])
+            quats = torch.nn.functional.normalize(evaluate_trajectories(self.rotation, basis), dim=-1)
+            parts.append((evaluate_trajectories(self.position, basis), quats, evaluate_trajectories(self.color, basis)))
+        return tuple(torch.cat(column) for column in zip(*parts))
 
     def metadata(self) -> dict[str, Any]:
         return {"poly_degree": self.poly_degree, "fourier_terms": self.fourier_terms, "time_span": self.time_span}
@@ -164,6 +178,8 @@ class Scene4D:
             the file stores only the coefficients.
         is_moving: [N] bool, the Gaussians of moving things (moving masks, highlights, static exports leave
             them out); a subset of is_dynamic. None means all dynamic Gaussians.
+        death_frame: [N] int32, first frame a Gaussian no longer exists in (`NEVER`: it lives to the end), or
+            None when every Gaussian does.
     """
 
     gaussians: Gaussians
@@ -177,6 +193,7 @@ class Scene4D:
     metrics: dict[str, Any] = field(default_factory=dict)
     motion: MotionModel | None = None
     is_moving: torch.Tensor | None = None
+    death_frame: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.is_moving is None:
@@ -185,6 +202,26 @@ class Scene4D:
     @property
     def num_frames(self) -> int:
         return len(self.cameras)
+
+    def alive_at(self, t: float) -> torch.Tensor:
+        """[N] bool: the Gaussians that exist at time t (frame units): born at or before t, not dead by t."""
+        alive = self.birth_frame <= t
+        if self.death_frame is not None:
+            alive = alive & (self.death_frame > t)
+        return alive
+
+    def trajectory_windows(self) -> torch.Tensor:
+        """[N, 2] float: first and last frame of the temporal window each Gaussian belongs to, the span its
+        trajectory is normalised over. Windows end at the scene's death frames; a Gaussian belongs to the
+        window it is born in. Without death frames every Gaussian's window is the whole clip."""
+        last = float(max(self.num_frames - 1, 1))
+        count = self.birth_frame.shape[0]
+        if self.death_frame is None:
+            return torch.tensor([0.0, last]).repeat(count, 1)
+        ends = torch.unique(self.death_frame[self.death_frame != NEVER]).to(torch.float64)
+        edges = torch.cat([torch.zeros(1, dtype=torch.float64), ends, torch.tensor([last], dtype=torch.float64)])
+        window = torch.searchsorted(ends, self.birth_frame.to(torch.float64), right=True)
+        return torch.stack([edges[window], edges[window + 1]], -1).float()
 
     def dynamic_state_at(self, t: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Positions [Nd, 3], unit quaternions [Nd, 4] and colour offsets [Nd, 3] (None without a motion
@@ -217,7 +254,7 @@ class Scene4D:
             colors = colors.clone()
             colors[dynamic] = (colors[dynamic] + dyn_offsets).clamp(0, 1)
         current = Gaussians(means, quats, self.gaussians.scales, self.gaussians.opacities, colors)
-        return current.select(self.birth_frame <= t)
+        return current.select(self.alive_at(t))
 
     def validate(self) -> None:
         """Raise SceneError if the parts do not fit together."""
@@ -232,6 +269,7 @@ class Scene4D:
             (not (moving_ok and dynamic_ok) or not bool((self.is_moving & ~self.is_dynamic).any()),
              "is_moving must be a subset of is_dynamic"),
             (tuple(self.birth_frame.shape) == (n,), "birth_frame must be [N]"),
+            (self.death_frame is None or tuple(self.death_frame.shape) == (n,), "death_frame must be [N]"),
             (tuple(self.dynamic_means.shape) == (t, nd, 3), f"dynamic_means must be [{t}, {nd}, 3]"),
             (tuple(self.dynamic_quats.shape) == (t, nd, 4), f"dynamic_quats must be [{t}, {nd}, 4]"),
             (tuple(self.cameras.intrinsics.shape) == (t, 4), f"intrinsics must be [{t}, 4]"),
@@ -241,6 +279,8 @@ class Scene4D:
         if self.motion is not None:
             checks += [(getattr(self.motion, name).shape[0] == nd, f"motion {name} must have {nd} rows")
                        for name in MotionModel.TENSORS]
+            checks.append((self.motion.window is None or tuple(self.motion.window.shape) == (nd, 2),
+                           f"motion window must be [{nd}, 2]"))
         for ok, message in checks:
             if not ok:
                 raise SceneError(f"inconsistent scene: {message}")
@@ -287,6 +327,10 @@ def save_scene(scene: Scene4D, path: str | os.PathLike) -> Path:
     else:  # the per-frame states follow from the model: store only its coefficients
         for name in MotionModel.TENSORS:
             tensors.update(_pack_coefficients(f"motion/{name}", getattr(scene.motion, name)))
+        if scene.motion.window is not None:
+            tensors["motion/window"] = scene.motion.window
+    if scene.death_frame is not None:
+        tensors["death_frame"] = scene.death_frame
     tensors.update({f"arrays/{name}": value for name, value in scene.arrays.items()})
     tensors = {name: value.detach().cpu().contiguous() for name, value in tensors.items()}
     manifest = {
@@ -391,7 +435,7 @@ def load_scene(path: str | os.PathLike) -> Scene4D:
         motion = None
         if manifest.get("motion") is not None:
             motion = MotionModel(*(_unpack_coefficients(f"motion/{name}", tensors) for name in MotionModel.TENSORS),
-                                 **manifest["motion"])
+                                 **manifest["motion"], window=tensors.get("motion/window"))
             num_frames = tensors["cameras/world_from_camera"].shape[0]
             dyn_means, dyn_quats, _ = motion.states(torch.arange(num_frames, dtype=motion.position.dtype))
             tensors["dynamic_means"], tensors["dynamic_quats"] = dyn_means, dyn_quats
@@ -414,6 +458,7 @@ def load_scene(path: str | os.PathLike) -> Scene4D:
             metrics=manifest.get("metrics", {}),
             motion=motion,
             is_moving=tensors.get("is_moving"),
+            death_frame=tensors.get("death_frame"),
         )
     except KeyError as exc:
         raise SceneError(f"scene file {path} lacks the entry {exc.args[0]!r}") from exc

@@ -42,7 +42,7 @@ def render_scene(scene: Scene4D, t: float, camera_from_world: torch.Tensor | Non
         `recon4d.render.RenderResult` (color [H, W, C], depth, alpha, means2d, radii), on `device`.
     """
     gaussians = scene.gaussians_at(t)
-    alive = (scene.birth_frame <= t).nonzero().squeeze(1)
+    alive = scene.alive_at(t).nonzero().squeeze(1)
     if callable(colors):
         colors = colors(gaussians, alive)
     features = gaussians.colors if colors is None else colors

@@ -92,7 +92,8 @@ class GrowStrategy:
         cfg, device = self.config, model.device
         count = model.num_gaussians
         seen_count, grad_sum = self.state["seen_count"], self.state["grad_px_sum"]
-        budget = min(int(cfg.grow_fraction * count), cfg.max_gaussians - count)
+        # The budget holds per temporal window: a long clip's windows each have their own Gaussians.
+        budget = min(int(cfg.grow_fraction * count), cfg.max_gaussians * model.num_windows - count)
         seen = seen_count > 0
         score = torch.where(seen, grad_sum / seen_count.clamp_min(1), 0.0)
         budget = min(budget, int((score > 0).sum()))
@@ -148,6 +149,8 @@ class GrowStrategy:
         model.still = torch.cat([model.still, new_ids[chosen_still]])
         model.dynamic = torch.cat([model.dynamic, new_ids[chosen_dynamic]])
         model.birth = torch.cat([model.birth, model.birth[chosen]])
+        model.death = torch.cat([model.death, model.death[chosen]])
+        model.window = torch.cat([model.window, model.window[chosen]])
         model.is_moving = torch.cat([model.is_moving, model.is_moving[chosen]])
         self.initialize_state(model)
         self.added += chosen.numel()

@@ -55,7 +55,7 @@ def teacher_gaussians(scene: Scene4D, time: float | None) -> tuple[Gaussians, st
     """The still part of the scene (time None) or the whole scene at `time` (frame units)."""
     if time is None:
         last = scene.num_frames - 1
-        alive = scene.birth_frame <= last
+        alive = scene.alive_at(last)
         still = ~scene.is_moving[alive]
         return scene.gaussians_at(last).select(still), "static"
     if not (math.isfinite(time) and 0 <= time <= scene.num_frames - 1):
