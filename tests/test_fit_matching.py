@@ -20,6 +20,7 @@ from recon4d.fit.matching import (
     match_descriptors,
     match_features,
     relative_start,
+    rotation_residual_px,
 )
 from recon4d.fit.pnp import pnp_camera_from_world
 from recon4d.geometry import invert_pose, look_at
@@ -234,3 +235,25 @@ def test_matching_config_is_validated():
     with pytest.raises(InputError, match="matching.ratio"):
         FitConfig.from_dict({"matching.ratio": 1.5}).validate()
     assert FitConfig().validate().matching.enabled
+
+
+def test_a_start_without_parallax_is_dropped():
+    """Matches that a rotation alone explains (a static or only rotating camera) give no feature start: its
+    baseline would be triangulated from noise. A real step gives parallax well above the bar."""
+    K = np.array([[100.0, 0, 64], [0, 100.0, 48], [0, 0, 1]])
+    rng = np.random.default_rng(0)
+    points = np.concatenate([rng.uniform(-1.5, 1.5, (200, 2)), rng.uniform(3.0, 8.0, (200, 1))], 1)  # camera a
+
+    def project(x):
+        uv = x @ K.T
+        return uv[:, :2] / uv[:, 2:]
+
+    rotation = cv2.Rodrigues(np.array([0.0, 0.05, 0.01]))[0]
+    pixels_a = project(points)
+    rotated = project(points @ rotation.T) + rng.normal(0, 0.2, (200, 2))
+    assert rotation_residual_px(pixels_a, rotated, K, rotation) < 0.5
+    depth, usable = np.full((96, 128), 5.0), np.ones((96, 128), dtype=bool)
+    config = MatchingConfig()
+    assert relative_start(pixels_a, rotated, depth, usable, K, config)[0] is None
+    stepped = project(points @ rotation.T + np.array([0.4, 0.0, 0.0]))
+    assert rotation_residual_px(pixels_a, stepped, K, rotation) > 3 * config.min_parallax_px
