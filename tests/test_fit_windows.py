@@ -7,6 +7,7 @@ the refinement keeps the windows, the scene file round-trips, and an interrupted
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -15,7 +16,7 @@ from recon4d.eval.ground_truth import evaluate_scene
 from recon4d.eval.synthetic import make_synthetic, write_synthetic
 from recon4d.fit.config import load_config
 from recon4d.fit.pipeline import fit_video
-from recon4d.fit.sequential import FitState, SequentialFitter
+from recon4d.fit.sequential import FitState, SequentialFitter, window_boundaries
 from recon4d.io.scene import NEVER, load_scene
 from fit_scenes import static_world_inputs
 
@@ -93,3 +94,14 @@ def test_interrupted_windowed_pass_resumes_to_the_same_result():
         assert torch.equal(a, b)
     for name in ("means", "color_logits", "death_frame"):
         assert torch.equal(getattr(resumed.all_gaussians(), name), getattr(full.all_gaussians(), name))
+
+
+def test_windows_are_balanced_and_never_longer_than_asked():
+    assert window_boundaries(30, 32) == [] and window_boundaries(79, 0) == []  # one window
+    for frames in range(2, 200):
+        for most in (2, 4, 10, 32):
+            edges = [0, *window_boundaries(frames, most), frames - 1]  # windows share their boundary frames
+            steps = [b - a for a, b in zip(edges[:-1], edges[1:])]
+            assert max(steps) <= most - 1, (frames, most, steps)  # no window longer than asked
+            assert len(steps) == max(1, math.ceil((frames - 1) / (most - 1))), (frames, most, steps)  # as few as can be
+            assert max(steps) - min(steps) <= 1, (frames, most, steps)  # as equal as can be

@@ -239,15 +239,18 @@ def _fit_locked(source, out_dir: Path, config: FitConfig, device: torch.device, 
     extra = {"peak_rss_mb_by_stage": prepared.peak_rss, "camera_inits": [s.get("camera_init") for s in state.frame_stats],
              "frame_stats": state.frame_stats, "slow_movers": slow_movers}
     if config.refine.enabled:
-        t0 = time.perf_counter()
-        sequential_metrics, _, _ = evaluate(scene, clip.frames, prepared.held, config, device, skipped=prepared.skipped)
-        seconds["evaluate"] = time.perf_counter() - t0
+        if config.eval.before_refine:
+            t0 = time.perf_counter()
+            sequential_metrics, _, _ = evaluate(scene, clip.frames, prepared.held, config, device, skipped=prepared.skipped)
+            seconds["evaluate"] = time.perf_counter() - t0
+            extra["sequential"] = _summary(sequential_metrics)
+            log(f"sequential held-out PSNR {sequential_metrics['held_out']['psnr']}")
         t0 = time.perf_counter()
         scene, refine_stats = run_refinement(scene, prepared, config, device)
         seconds["refine"] = time.perf_counter() - t0
         prepared.peak_rss["refine"] = peak_rss_mb()
-        extra.update({"sequential": _summary(sequential_metrics), "refine_stats": refine_stats})
-        log(f"refined in {seconds['refine']:.0f} s; sequential held-out PSNR {sequential_metrics['held_out']['psnr']}")
+        extra["refine_stats"] = refine_stats
+        log(f"refined in {seconds['refine']:.0f} s")
     return finish(scene, clip, prepared.held, config, device, out_dir, seconds, extra, skipped=prepared.skipped)
 
 

@@ -169,6 +169,21 @@ def dilate(mask: torch.Tensor, radius: int) -> torch.Tensor:
     return F.max_pool2d(mask[None, None].float(), size, stride=1, padding=radius)[0, 0] > 0
 
 
+def window_boundaries(num_frames: int, window_frames: int) -> list[int]:
+    """The fitted frames at which a pass over `num_frames` starts a new temporal window: as few windows as
+    hold at most `window_frames` frames each (consecutive windows share their boundary frame), as equal as
+    the count allows; [] when one window holds them all.
+
+    Example:
+        >>> window_boundaries(79, 32), window_boundaries(28, 32), window_boundaries(8, 4)
+        ([26, 52], [], [2, 5])
+    """
+    if window_frames < 2 or num_frames <= window_frames:
+        return []
+    windows = math.ceil((num_frames - 1) / (window_frames - 1))
+    return [round(i * (num_frames - 1) / windows) for i in range(1, windows)]
+
+
 # ----------------------------------------------------------------------------------------------------------
 # The trainer
 
@@ -187,6 +202,7 @@ class SequentialFitter:
         self.strategy = SpawnStrategy(inputs, config.init, config.densify)
         self.pyramid = Pyramid(inputs, config.sequential.pyramid_levels)
         self.wide_baseline = WideBaselineStart(inputs.frames, inputs.K, config.matching, inputs.moving)
+        self.window_boundaries = set(window_boundaries(inputs.num_frames, config.sequential.window_frames))
 
     # -- rendering -----------------------------------------------------------------------------------------
     def render(self, gaussians: Gaussians, camera_from_world: torch.Tensor,
@@ -512,7 +528,7 @@ class SequentialFitter:
                 camera_from_world = torch.eye(4, device=self.device)
             else:
                 stats = {}
-                if cfg.sequential.window_frames and t - state.window_start >= cfg.sequential.window_frames:
+                if t - 1 in self.window_boundaries and t - 1 > state.window_start:
                     stats.update(self.start_window(state))
                 previous_cfw = state.camera_from_world[t - 1]
                 init, init_kind = self.initial_camera(state, t)
