@@ -186,6 +186,9 @@ class MatchingConfig:
         matches, at least `search_min_inliers` (0 = t-1 only).
     min_parallax_px: median distance (working-resolution pixels) by which the start's inlier matches must
         differ from a rotation alone (a static or only rotating camera has no baseline to triangulate).
+    check_loss: keep the feature start only where the camera step's loss (still pixels) is lower than at the
+        flow start; on cup it rejected every feature start, on lego most (README, "Long clips in temporal
+        windows").
     depth_refine: refine the feature start by PnP (RANSAC, then Levenberg-Marquardt) on the matches lifted by the
         rendered depth. Off: it helps only where that depth is right in shape; on the lego walk-around it
         made steps worse (README, "Wide-baseline start of the camera step")."""

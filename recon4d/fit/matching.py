@@ -11,27 +11,27 @@ essential matrix of the matches (MAGSAC++ in OpenCV) gives the rotation and the 
 camera t-1 to camera t. It needs no depth: the depth prior of a video is often wrong in shape on such steps
 (it triangulates flow), and so are the Gaussians placed from it. Depth sets only the length of the step: the
 matches are triangulated with a unit baseline, and the median ratio of the rendered depth of the fitted
-Gaussians (camera t-1, opaque pixels) to the triangulated depth scales it (`baseline_scale`). On wide steps
-the motion prior marks much of a still scene as moving (lego: up to 40 % of a frame), so all matches are used
-when too few lie off the moving masks (below). With
+Gaussians (camera t-1, opaque pixels) to the triangulated depth scales it (`baseline_scale`). With
 `matching.depth_refine`, PnP on that depth then refines the pose (`refine_with_depth`): right when the depth is
 right in shape; off by default, as on the lego walk-around it made steps worse (README, "Camera accuracy").
 When frame t shares too little with t-1, earlier fitted frames are searched for a reference
 (`WideBaselineStart`).
 
-The choice (`choose_start`): both starts are scored on the same matches by their epipolar (Sampson) error:
-how many matches each relative pose explains within `matching.inlier_px`.
+Moving things and missing parallax: the essential matrix and the score use only the matches off the moving
+masks of both frames, and there is no feature start when fewer than `matching.min_inliers` of them are (a
+turning object's keypoints agree on a rigid motion, the object's, not the camera's). A start whose inliers a
+rotation alone maps within `matching.min_parallax_px` (median) has no baseline to measure and is dropped, and
+with `matching.check_loss` the sequential pass keeps it only where the camera step's loss is lower than at
+the flow start (`SequentialFitter.wide_baseline_start`). Before these, on cup (a static camera, a hand
+turning a cup) the feature start won 13 of 27 fitted frames with camera losses 5-10x those of the flow
+start, and the frames of the turn rendered at 14-19 dB (25-27 dB without feature starts; README, "Long
+clips in temporal windows").
 
-Moving things and missing parallax: the essential matrix and the score use the matches off the moving masks of
-both frames when at least `matching.min_inliers` of them are (a turning object's keypoints agree on a rigid
-motion, the object's, not the camera's), and a start whose inliers a rotation alone maps within
-`matching.min_parallax_px` (median) has no baseline to measure and is dropped. Without both, on cup (a static
-camera, a hand turning a cup) the feature start won 13 of 27 fitted frames with camera losses 5-10x those of
-the flow start, and the frames of the turn rendered at 14-19 dB (25-27 dB without feature starts). The feature start replaces the flow
-start only when it explains at least `matching.min_inliers` matches and `matching.prefer_ratio` times as many
-as the flow start. On a small step the flow start fits the matches as well (video clips keep their start);
-on a wide step its rotation is off and it explains few of them. A camera that only rotates fits every
-direction of travel, so there the two starts tie and the flow start stays.
+The choice (`choose_start`): both starts are scored on the same matches by their epipolar (Sampson) error:
+how many matches each relative pose explains within `matching.inlier_px`. The feature start replaces the
+flow start only when it explains at least `matching.min_inliers` matches and `matching.prefer_ratio` times
+as many as the flow start. On a small step the flow start fits the matches as well (video clips keep their
+start); on a wide step its rotation is off and it explains few of them.
 
 Images are grey uint8 [H, W] at the working resolution; when that is small, they are upsampled (cubic) so the
 short side is `matching.detect_short_side_px` before detection, and keypoints are returned in working-resolution
