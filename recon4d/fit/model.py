@@ -115,9 +115,9 @@ class GaussianParams:
                 replace_parameter(optimizer, old, merged)
             setattr(self, name, merged)
 
-    def select(self, index: torch.Tensor) -> "GaussianParams":
-        """The rows picked by a bool mask or index tensor [N], as a copy."""
-        return GaussianParams.from_state_dict({k: v[index] for k, v in self.state_dict().items()})
+    def select(self, index: torch.Tensor | slice) -> "GaussianParams":
+        """The rows picked by a bool mask, an index tensor [N] or a slice, as a copy."""
+        return GaussianParams(**{name: getattr(self, name).detach()[index].clone() for name in self.ROWS})
 
     @staticmethod
     def concat(parts: list["GaussianParams"]) -> "GaussianParams":
@@ -126,7 +126,7 @@ class GaussianParams:
 
     def tail(self, start: int) -> "GaussianParams":
         """The Gaussians from row `start` on (e.g. the ones just appended), as a copy."""
-        return GaussianParams.from_state_dict({k: v[start:] for k, v in self.state_dict().items()})
+        return self.select(slice(start, None))
 
     def activated(self) -> Gaussians:
         return Gaussians(

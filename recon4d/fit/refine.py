@@ -154,16 +154,18 @@ class Refiner:
         self.strategy = GrowStrategy(config.densify, config.refine.iters)
         self.strategy.initialize_state(self.model)
 
-    def rigid_pairs(self) -> torch.Tensor:
-        """KNN pairs [M, 2] (rows of the trajectories) of dynamic Gaussians at birth, within each temporal window."""
+    def rigid_pairs(self) -> list[tuple[float, float, torch.Tensor]]:
+        """Per temporal window (first frame, last frame, KNN pairs [M, 2] of trajectory rows): the dynamic
+        Gaussians' nearest neighbours at birth within the window. Kept apart so that a step takes its window's
+        pairs without filtering all of them."""
         model = self.model
         points = model.at_birth(model.position)
-        windows = model.window[model.dynamic, 0]
+        window = model.window[model.dynamic]
         pairs = []
-        for start in torch.unique(windows):
-            rows = (windows == start).nonzero().squeeze(1)
-            pairs.append(rows[knn_pairs(points[rows], self.config.refine.rigid_neighbours)])
-        return torch.cat(pairs) if pairs else torch.zeros(0, 2, dtype=torch.long, device=self.device)
+        for first, last in torch.unique(window, dim=0).tolist():
+            rows = ((window[:, 0] == first) & (window[:, 1] == last)).nonzero().squeeze(1)
+            pairs.append((first, last, rows[knn_pairs(points[rows], self.config.refine.rigid_neighbours)]))
+        return pairs
 
     # -- losses --------------------------------------------------------------------------------------------
     def frame_loss(self, k: int, track_means: bool = False, level: int = 0) -> tuple[torch.Tensor, float, torch.Tensor]:
@@ -221,7 +223,8 @@ class Refiner:
         positions = evaluate_trajectories(model.position, model.basis(times, model.dynamic))  # [3, Nd, 3]
         acceleration = (positions[0] - 2 * positions[1] + positions[2]).norm(dim=-1) / model.depth_unit
         loss = loss + cfg.lambda_smooth * acceleration[alive].mean()
-        pairs = self.pairs[alive[self.pairs[:, 0]] & alive[self.pairs[:, 1]]] if self.pairs.numel() else self.pairs
+        pairs = [p for first, last, p in self.pairs if first <= t <= last]
+        pairs = pairs[0] if len(pairs) == 1 else torch.cat(pairs) if pairs else torch.zeros(0, 2, dtype=torch.long, device=self.device)
         if pairs.numel():
             i, j = pairs[:, 0], pairs[:, 1]
             now = (positions[1, i] - positions[1, j]).norm(dim=-1)
@@ -295,6 +298,6 @@ class Refiner:
             "refine_densified": strategy.added,
             "residual_motion_gaussians": residual,
             "gaussians": model.num_gaussians,
-            "rigid_pairs": int(self.pairs.shape[0]),
+            "rigid_pairs": sum(int(p.shape[0]) for *_, p in self.pairs),
         }
         return model.to_scene(self.data.scene), stats

@@ -492,11 +492,10 @@ class SequentialFitter:
         relabelled = self.label_slow_movers(state)
         g = state.gaussians
         seen = self.seen_from(g, state.camera_from_world[boundary])
-        retiring = g.select(torch.arange(len(g), device=self.device))
-        retiring.death_frame.fill_(boundary)
-        state.retired = retiring if state.retired is None else GaussianParams.concat([state.retired, retiring])
         copies = g.select(seen)
         copies.birth_frame.fill_(boundary)
+        g.death_frame.fill_(boundary)  # the window's own rows retire as they are: no copy of them
+        state.retired = g if state.retired is None else GaussianParams.concat([state.retired, g])
         state.gaussians, state.window_start = copies, boundary
         dynamic = copies.is_dynamic.nonzero().squeeze(1)
         ids, means, quats = state.dynamic_states[boundary]
