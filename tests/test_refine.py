@@ -22,8 +22,8 @@ from recon4d.fit.refine import (
     Refiner,
     fourier_terms_for,
     initial_motion,
-    knn_pairs,
 )
+from recon4d.fit.rigidity import knn_neighbours, rigidity_loss
 from recon4d.fit.sequential import FitInputs
 from recon4d.fit.strategy.spawn import unproject_pixels
 from recon4d.geometry.camera import project_to_pixels
@@ -155,10 +155,29 @@ def test_fourier_terms_follow_clip_length():
     assert fourier_terms_for(61, config.refine, [0, 10, 50, 60]) == 0  # a 40-frame gap: no period under 80
 
 
-def test_knn_pairs_are_nearest_neighbours():
-    points = torch.tensor([[0.0, 0, 0], [1, 0, 0], [10, 0, 0], [11, 0, 0]])
-    pairs = knn_pairs(points, 1)
-    assert pairs.tolist() == [[0, 1], [1, 0], [2, 3], [3, 2]]
+def test_knn_neighbours_are_nearest_within_a_window():
+    points = torch.tensor([[0.0, 0, 0], [1, 0, 0], [10, 0, 0], [11, 0, 0], [1.5, 0, 0]])
+    window = torch.tensor([[0.0, 9], [0, 9], [0, 9], [0, 9], [9, 20]])
+    assert knn_neighbours(points, window, 1).squeeze(1).tolist() == [1, 0, 3, 2, -1]  # row 4 is alone in its window
+    assert knn_neighbours(points, window, 2)[0].tolist() == [1, 2]
+
+
+def test_rigidity_kernel_matches_tensor_ops():
+    generator = torch.Generator().manual_seed(0)
+    positions = torch.randn(3, 2, 200, 3, generator=generator)
+    neighbours = knn_neighbours(positions[0, 0], torch.zeros(200, 2), 6)
+    neighbours[::7, -2:] = -1
+    weight = torch.rand(3, 200, generator=generator) * (torch.rand(3, 200, generator=generator) > 0.2)
+    results = []
+    for dtype in (torch.float32, torch.float64):  # float64 takes the tensor-op path
+        x = positions.to(dtype).clone().requires_grad_(True)
+        loss = rigidity_loss(x, neighbours, weight.to(dtype))
+        (loss * torch.tensor([1.0, 2.0, 3.0], dtype=dtype)).sum().backward()
+        results.append((loss.double(), x.grad.double()))
+    (loss32, grad32), (loss64, grad64) = results
+    assert torch.allclose(loss32, loss64, rtol=1e-5)
+    assert torch.allclose(grad32, grad64, atol=1e-5)
+    assert float(grad64.abs().sum()) > 0
 
 
 def test_initial_motion_interpolates_smooth_states():

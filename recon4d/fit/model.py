@@ -25,7 +25,7 @@ import torch
 
 from recon4d.fit.optim import replace_parameter
 from recon4d.geometry.camera import invert_pose
-from recon4d.geometry.lie import apply_pose_delta
+from recon4d.geometry.lie import apply_pose_delta, fill_poses
 from recon4d.geometry.quaternion import normalize_quaternion
 from recon4d.geometry.trajectory import evaluate_trajectories, time_basis, window_basis
 from recon4d.io.scene import NEVER, Gaussians, MotionModel, Scene4D
@@ -214,8 +214,11 @@ class SceneModel:
 
     GAUSSIAN_ROWS = ("quats", "log_scales", "opacity_logits", "color_logits")
 
-    def __init__(self, scene: Scene4D, motion: MotionModel, fitted: list[int], device: torch.device) -> None:
-        """From a sequential `scene` and the initial `motion` of its dynamic Gaussians (clip frames `fitted`)."""
+    def __init__(self, scene: Scene4D, motion: MotionModel, fitted: list[int], device: torch.device,
+                 window: torch.Tensor | None = None, gauge: tuple[int, ...] = (0,)) -> None:
+        """From a sequential `scene` and the initial `motion` of its dynamic Gaussians (clip frames `fitted`);
+        `window` [N, 2] overrides `scene.trajectory_windows()` (a scene of one window's rows cannot tell where its
+        window starts), `gauge` lists the fitted frames whose cameras stay fixed."""
         self.device = device
         self.fitted = list(fitted)
         self.dynamic = scene.is_dynamic.nonzero().squeeze(1).to(device)
@@ -224,7 +227,8 @@ class SceneModel:
         self.windowed = scene.death_frame is not None
         death = scene.death_frame if self.windowed else torch.full_like(scene.birth_frame, NEVER)
         self.death = death.to(device)
-        self.window = scene.trajectory_windows().to(device)
+        self.window = (scene.trajectory_windows() if window is None else window).to(device)
+        self._single_window = (-1, False)
         self.is_moving = scene.is_moving.to(device)
         g = scene.gaussians
         tensor = lambda x: x.detach().to(device=device, dtype=torch.float32).clone().requires_grad_(True)  # noqa: E731
@@ -240,7 +244,7 @@ class SceneModel:
         self.still_motion = tensor(torch.zeros(self.still.numel(), motion.position.shape[1] - 1, 3))
         base = torch.stack([invert_pose(scene.cameras.world_from_camera[t]).float() for t in fitted]).to(device)
         first_centre = scene.cameras.world_from_camera[fitted[0], :3, 3].float().to(device)
-        self.cameras = CameraParams(base, median_distance(g.means.to(device), first_centre), gauge=(0,))
+        self.cameras = CameraParams(base, median_distance(g.means.to(device), first_centre), gauge=gauge)
 
     @property
     def num_gaussians(self) -> int:
@@ -255,10 +259,29 @@ class SceneModel:
         """Temporal windows of the clip (1 unless the sequential pass retired some)."""
         return int(torch.unique(self.window[:, 0]).numel()) if self.num_gaussians else 1
 
+    @property
+    def time_range(self) -> tuple[float, float]:
+        """First and last clip frame of the model's temporal windows."""
+        if not self.num_gaussians:
+            return 0.0, float(self.motion_meta["time_span"])
+        return float(self.window[:, 0].min()), float(self.window[:, 1].max())
+
+    @property
+    def single_window(self) -> bool:
+        """All rows share one temporal window (a clip fitted in one window, or one window of a long clip)."""
+        if self._single_window[0] != self.window.shape[0]:  # rows are only ever appended with their window
+            self._single_window = (self.window.shape[0], bool((self.window == self.window[:1]).all()))
+        return self._single_window[1]
+
     def basis(self, times: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        """Trajectory basis [T, R, B] of Gaussians `rows` [R] at clip times [T] (frames), each over its window."""
-        return window_basis(times.reshape(-1).float().to(self.device), self.window[rows],
-                            self.motion_meta["poly_degree"], self.motion_meta["fourier_terms"])
+        """Trajectory basis of Gaussians `rows` [R] at clip times [T] (frames), each over its window: [T, R, B],
+        or [T, B] when all rows share one window (one matrix product evaluates them, instead of R small ones)."""
+        times = times.reshape(-1).float().to(self.device)
+        degree, terms = self.motion_meta["poly_degree"], self.motion_meta["fourier_terms"]
+        if self.single_window:
+            first, last = self.time_range
+            return time_basis((times - first) / max(last - first, 1.0), degree, terms)
+        return window_basis(times, self.window[rows], degree, terms)
 
     def alive_at(self, t: float | torch.Tensor) -> torch.Tensor:
         """[N] bool (or [T, N] for times [T]): the Gaussians that exist at clip time t."""
@@ -346,37 +369,50 @@ class SceneModel:
         self.still_motion = torch.zeros_like(still_motion[keep])
         return promoted
 
-    @torch.no_grad()
     def to_scene(self, template: Scene4D) -> Scene4D:
-        """The model as a Scene4D over all frames of `template` (the sequential scene it started from): the
-        continuous motion model, Gaussians and refined cameras (other frames' cameras re-interpolated between
-        their refined neighbours)."""
-        from recon4d.geometry.lie import fill_poses
+        """The model as a Scene4D over all frames of `template` (`scene_from_models`)."""
+        return scene_from_models([self], template)
 
-        motion = MotionModel(self.position.detach().cpu(), self.rotation.detach().cpu(), self.color_offsets.detach().cpu(),
-                             **self.motion_meta, window=self.window[self.dynamic].cpu() if self.windowed else None)
-        count = self.num_gaussians
-        is_dynamic = torch.zeros(count, dtype=torch.bool)
-        is_dynamic[self.dynamic.cpu()] = True
-        means = torch.zeros(count, 3)
-        means[self.still.cpu()] = self.still_means.detach().cpu()
-        dyn_means, dyn_quats, _ = motion.states(torch.arange(template.num_frames, dtype=torch.float32))
-        if dyn_means.shape[0]:  # dynamic Gaussians' static slot: their state at frame 0, as the sequential pass has it
-            means[self.dynamic.cpu()] = dyn_means[0]
-        gaussians = Gaussians(means, normalize_quaternion(self.quats.detach().cpu()), torch.exp(self.log_scales.detach().cpu()),
-                              torch.sigmoid(self.opacity_logits.detach().cpu()), torch.sigmoid(self.color_logits.detach().cpu()))
-        world_from_camera = template.cameras.world_from_camera.clone()
-        for k, t in enumerate(self.fitted):
-            world_from_camera[t] = invert_pose(self.cameras.camera_from_world(k).detach().cpu()).to(world_from_camera.dtype)
-        world_from_camera = fill_poses(world_from_camera, self.fitted)
-        cameras = type(template.cameras)(world_from_camera=world_from_camera, intrinsics=template.cameras.intrinsics,
-                                         timestamps=template.cameras.timestamps, width=template.cameras.width,
-                                         height=template.cameras.height, frame_names=list(template.cameras.frame_names))
-        birth_frame = self.birth.cpu().to(template.birth_frame.dtype)
-        death_frame = self.death.cpu().to(template.birth_frame.dtype) if self.windowed else None
-        refined = Scene4D(gaussians=gaussians, is_dynamic=is_dynamic, birth_frame=birth_frame, death_frame=death_frame,
-                          dynamic_means=dyn_means, dynamic_quats=dyn_quats, cameras=cameras, arrays=dict(template.arrays),
-                          config=dict(template.config), metrics=dict(template.metrics), motion=motion,
-                          is_moving=self.is_moving.cpu().clone())
-        refined.validate()
-        return refined
+
+@torch.no_grad()
+def scene_from_models(models: list[SceneModel], template: Scene4D) -> Scene4D:
+    """Models of disjoint Gaussians (e.g. one per temporal window, in time order) as one Scene4D over all frames
+    of `template` (the sequential scene they started from): their rows in order, the continuous motion model and
+    the refined cameras of their fitted frames (other frames' cameras re-interpolated between their refined
+    neighbours). All models share one trajectory basis."""
+    offsets = [0]
+    for model in models:
+        offsets.append(offsets[-1] + model.num_gaussians)
+    cat = lambda name: torch.cat([getattr(m, name).detach().cpu() for m in models])  # noqa: E731
+    rows = lambda name: torch.cat([getattr(m, name).cpu() + o for m, o in zip(models, offsets)])  # noqa: E731
+    dynamic, still = rows("dynamic"), rows("still")
+    windowed = any(m.windowed for m in models)
+    motion = MotionModel(cat("position"), cat("rotation"), cat("color_offsets"), **models[0].motion_meta,
+                         window=torch.cat([m.window[m.dynamic].cpu() for m in models]) if windowed else None)
+    count = offsets[-1]
+    is_dynamic = torch.zeros(count, dtype=torch.bool)
+    is_dynamic[dynamic] = True
+    means = torch.zeros(count, 3)
+    means[still] = cat("still_means")
+    dyn_means, dyn_quats, _ = motion.states(torch.arange(template.num_frames, dtype=torch.float32))
+    if dyn_means.shape[0]:  # dynamic Gaussians' static slot: their state at frame 0, as the sequential pass has it
+        means[dynamic] = dyn_means[0]
+    gaussians = Gaussians(means, normalize_quaternion(cat("quats")), torch.exp(cat("log_scales")),
+                          torch.sigmoid(cat("opacity_logits")), torch.sigmoid(cat("color_logits")))
+    world_from_camera = template.cameras.world_from_camera.clone()
+    fitted = sorted({t for m in models for t in m.fitted})
+    for model in models:
+        for k, t in enumerate(model.fitted):
+            world_from_camera[t] = invert_pose(model.cameras.camera_from_world(k).detach().cpu()).to(world_from_camera.dtype)
+    world_from_camera = fill_poses(world_from_camera, fitted)
+    cameras = type(template.cameras)(world_from_camera=world_from_camera, intrinsics=template.cameras.intrinsics,
+                                     timestamps=template.cameras.timestamps, width=template.cameras.width,
+                                     height=template.cameras.height, frame_names=list(template.cameras.frame_names))
+    birth_frame = cat("birth").to(template.birth_frame.dtype)
+    death_frame = cat("death").to(template.birth_frame.dtype) if windowed else None
+    refined = Scene4D(gaussians=gaussians, is_dynamic=is_dynamic, birth_frame=birth_frame, death_frame=death_frame,
+                      dynamic_means=dyn_means, dynamic_quats=dyn_quats, cameras=cameras, arrays=dict(template.arrays),
+                      config=dict(template.config), metrics=dict(template.metrics), motion=motion,
+                      is_moving=cat("is_moving").clone())
+    refined.validate()
+    return refined

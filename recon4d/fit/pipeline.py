@@ -149,15 +149,12 @@ def prepare(source: str | Path, config: FitConfig, device: torch.device, log=pri
 
 def run_refinement(scene: Scene4D, prepared: Prepared, config: FitConfig, device: torch.device) -> tuple[Scene4D, dict]:
     """Continuous-time refinement of a sequential scene (progress bar on stderr)."""
-    from recon4d.fit.refine import RefineInputs, Refiner
-
-    config = config.replace(refine_iters=max(config.refine.iters, config.refine.min_visits * len(prepared.fitted)))
+    from recon4d.fit.refine import RefineInputs, refine_scene
 
     with progress_bar("refining") as progress:
-        task = progress.add_task("refine", total=config.refine.iters)
-        refiner = Refiner(RefineInputs(scene, prepared.fitted, prepared.inputs), config, device,
-                          on_progress=lambda done, total: progress.update(task, completed=done))
-        return refiner.run()
+        task = progress.add_task("refine", total=None)
+        return refine_scene(RefineInputs(scene, prepared.fitted, prepared.inputs), config, device,
+                            on_progress=lambda done, total: progress.update(task, completed=done, total=total))
 
 
 def _summary(metrics: dict) -> dict:

@@ -38,9 +38,10 @@ import torch
 
 from recon4d.fit.config import FitConfig, RefineConfig
 from recon4d.fit.losses import COVERED_ALPHA, depth_loss, flow_loss, photometric_loss
-from recon4d.fit.model import SceneModel
+from recon4d.fit.model import SceneModel, scene_from_models
 from recon4d.fit.optim import SelectiveAdam
 from recon4d.fit.pyramid import Pyramid, level_at
+from recon4d.fit.rigidity import knn_neighbours, rigidity_loss
 from recon4d.fit.sequential import MIN_DEPTH, FitInputs
 from recon4d.fit.strategy.grow import GrowStrategy
 from recon4d.geometry.camera import project_to_pixels
@@ -66,21 +67,30 @@ def fourier_terms_for(num_frames: int, config: RefineConfig, fitted: list[int] |
     return terms
 
 
-def windows_of(scene: Scene4D, fitted: list[int]) -> list[tuple[float, float, list[int]]]:
-    """The temporal windows of a scene (`Scene4D.trajectory_windows`) as (first frame, last frame, the fitted
-    frames inside), in time order."""
-    windows = torch.unique(scene.trajectory_windows(), dim=0).tolist()
+def windows_of(row_windows: torch.Tensor, fitted: list[int]) -> list[tuple[float, float, list[int]]]:
+    """The temporal windows of rows with trajectory windows `row_windows` [N, 2] (`Scene4D.trajectory_windows`)
+    as (first frame, last frame, the fitted frames inside), in time order."""
+    windows = torch.unique(row_windows, dim=0).tolist()
     return [(first, last, [f for f in fitted if first <= f <= last]) for first, last in sorted(windows)]
 
 
-def initial_motion(scene: Scene4D, fitted: list[int], config: RefineConfig) -> MotionModel:
+def shared_fourier_terms(windows: list[tuple[float, float, list[int]]], config: RefineConfig) -> int:
+    """One Fourier count for all windows: the smallest any of them allows (`fourier_terms_for`)."""
+    return min(fourier_terms_for(int(last - first) + 1, config, frames) for first, last, frames in windows)
+
+
+def initial_motion(scene: Scene4D, fitted: list[int], config: RefineConfig, window: torch.Tensor | None = None,
+                   fourier_terms: int | None = None) -> MotionModel:
     """Least-squares trajectories through the per-frame states of the fitted frames (while each Gaussian
-    exists), each over its temporal window; one basis size for all windows (the smallest they allow)."""
-    windows = windows_of(scene, fitted)
-    fourier_terms = min(fourier_terms_for(int(last - first) + 1, config, frames) for first, last, frames in windows)
-    count = basis_size(config.poly_degree, fourier_terms)
+    exists), each over its temporal window (`window` [N, 2] overrides `scene.trajectory_windows()`); one basis
+    size for all windows (`fourier_terms`, by default the smallest they allow)."""
+    window = scene.trajectory_windows() if window is None else window
     dynamic = scene.is_dynamic.nonzero().squeeze(1)
-    row_windows = scene.trajectory_windows()[dynamic]
+    row_windows = window[dynamic]
+    windows = windows_of(window, fitted)
+    if fourier_terms is None:
+        fourier_terms = shared_fourier_terms(windows, config)
+    count = basis_size(config.poly_degree, fourier_terms)
     birth = scene.birth_frame[dynamic].to(torch.float32)
     death = (scene.death_frame[dynamic].to(torch.float32) if scene.death_frame is not None
              else torch.full_like(birth, math.inf))
@@ -109,21 +119,6 @@ def initial_motion(scene: Scene4D, fitted: list[int], config: RefineConfig) -> M
     )
 
 
-def knn_pairs(points: torch.Tensor, neighbours: int) -> torch.Tensor:
-    """Indices [M, 2] of each point's `neighbours` nearest other points; points [N, 3]."""
-    count = points.shape[0]
-    if count < 2 or neighbours <= 0:
-        return torch.zeros(0, 2, dtype=torch.long, device=points.device)
-    k = min(neighbours, count - 1)
-    rows = []
-    for start in range(0, count, 2048):  # chunks bound the [chunk, N] distance matrix
-        distance = torch.cdist(points[start:start + 2048], points)
-        distance[torch.arange(distance.shape[0]), torch.arange(start, start + distance.shape[0])] = math.inf
-        rows.append(distance.topk(k, largest=False).indices)
-    nearest = torch.cat(rows)
-    return torch.stack([torch.arange(count, device=points.device).repeat_interleave(k), nearest.reshape(-1)], -1)
-
-
 @dataclass
 class RefineInputs:
     """What the refinement fits: the sequential scene and the priors of its fitted frames.
@@ -144,28 +139,27 @@ class Refiner:
     `GrowStrategy`; `run()` returns the refined Scene4D."""
 
     def __init__(self, data: RefineInputs, config: FitConfig, device: torch.device,
-                 on_progress: Callable[[int, int], None] | None = None):
+                 on_progress: Callable[[int, int], None] | None = None, window: torch.Tensor | None = None,
+                 fourier_terms: int | None = None, gauge: tuple[int, ...] = (0,)):
+        """`window`, `fourier_terms`: see `initial_motion`; `gauge`: the fitted frames (indices into
+        `data.fitted`) whose cameras stay fixed."""
         self.data, self.config, self.device, self.on_progress = data, config, device, on_progress
         scene = data.scene
         self.K = data.inputs.K.to(device)
         self.pyramid = Pyramid(data.inputs, config.refine.pyramid_levels)
-        self.model = SceneModel(scene, initial_motion(scene, data.fitted, config.refine), data.fitted, device)
-        self.pairs = self.rigid_pairs()
+        motion = initial_motion(scene, data.fitted, config.refine, window, fourier_terms)
+        self.model = SceneModel(scene, motion, data.fitted, device, window, gauge)
+        # A window's last frame belongs to the next window's Gaussians: it only serves the flow to it.
+        self.drawn = [k for k, t in enumerate(data.fitted) if bool(self.model.alive_at(float(t)).any())]
+        self.neighbours = self.rigid_neighbours()
         self.strategy = GrowStrategy(config.densify, config.refine.iters)
         self.strategy.initialize_state(self.model)
 
-    def rigid_pairs(self) -> list[tuple[float, float, torch.Tensor]]:
-        """Per temporal window (first frame, last frame, KNN pairs [M, 2] of trajectory rows): the dynamic
-        Gaussians' nearest neighbours at birth within the window. Kept apart so that a step takes its window's
-        pairs without filtering all of them."""
+    def rigid_neighbours(self) -> torch.Tensor:
+        """[Nd, k] trajectory rows of each dynamic Gaussian's nearest neighbours at birth within its temporal
+        window (`knn_neighbours`)."""
         model = self.model
-        points = model.at_birth(model.position)
-        window = model.window[model.dynamic]
-        pairs = []
-        for first, last in torch.unique(window, dim=0).tolist():
-            rows = ((window[:, 0] == first) & (window[:, 1] == last)).nonzero().squeeze(1)
-            pairs.append((first, last, rows[knn_pairs(points[rows], self.config.refine.rigid_neighbours)]))
-        return pairs
+        return knn_neighbours(model.at_birth(model.position), model.window[model.dynamic], self.config.refine.rigid_neighbours)
 
     # -- losses --------------------------------------------------------------------------------------------
     def frame_loss(self, k: int, track_means: bool = False, level: int = 0) -> tuple[torch.Tensor, float, torch.Tensor]:
@@ -204,32 +198,31 @@ class Refiner:
         l1 = float((color.detach() - inputs.frames[k]).abs().mean())
         return loss, l1, means
 
-    def motion_regularisers(self, t: float, still: bool = True) -> torch.Tensor:
-        """Temporal smoothness (acceleration over one frame) and KNN rigidity at time t, in depth units, and
-        (with `still`) the group-lasso penalty on the residual motion of still Gaussians."""
+    def motion_regularisers(self, times: list[float]) -> torch.Tensor:
+        """Temporal smoothness (acceleration over one frame) and KNN rigidity at each of `times` (clip frames), in
+        depth units, and the group-lasso penalty on the residual motion of still Gaussians. One evaluation of
+        the trajectories at all times: three samples per time, for the acceleration and the distance change."""
         cfg, model = self.config.refine, self.model
         loss = torch.zeros((), device=self.device)
-        if still and cfg.lambda_still_motion > 0 and model.still.numel():
+        if cfg.lambda_still_motion > 0 and model.still.numel():
             # Group lasso: a Gaussian's whole residual trajectory is zero unless the images pay for it.
             loss = loss + cfg.lambda_still_motion * (model.still_motion.flatten(1).norm(dim=-1).mean() / model.depth_unit)
         if model.dynamic.numel() == 0:
             return loss
+        t = torch.tensor(times, device=self.device)
         # The trajectories of other temporal windows are not at t (a single window: every one is).
         window = model.window[model.dynamic]
-        alive = (window[:, 0] <= t) & (t <= window[:, 1])
-        if not bool(alive.any()):
-            return loss
-        times = torch.tensor([t - 1.0, t, t + 1.0]).clamp(0, model.motion_meta["time_span"])
-        positions = evaluate_trajectories(model.position, model.basis(times, model.dynamic))  # [3, Nd, 3]
-        acceleration = (positions[0] - 2 * positions[1] + positions[2]).norm(dim=-1) / model.depth_unit
-        loss = loss + cfg.lambda_smooth * acceleration[alive].mean()
-        pairs = [p for first, last, p in self.pairs if first <= t <= last]
-        pairs = pairs[0] if len(pairs) == 1 else torch.cat(pairs) if pairs else torch.zeros(0, 2, dtype=torch.long, device=self.device)
-        if pairs.numel():
-            i, j = pairs[:, 0], pairs[:, 1]
-            now = (positions[1, i] - positions[1, j]).norm(dim=-1)
-            later = (positions[2, i] - positions[2, j]).norm(dim=-1)
-            loss = loss + cfg.lambda_rigid * ((now - later).abs() / model.depth_unit).mean()
+        alive = ((window[:, 0] <= t[:, None]) & (t[:, None] <= window[:, 1])).float()  # [T, Nd]
+        samples = torch.stack([t - 1.0, t, t + 1.0], -1).clamp(0, model.motion_meta["time_span"])
+        positions = evaluate_trajectories(model.position, model.basis(samples, model.dynamic))
+        positions = positions.reshape(len(times), 3, -1, 3)  # [T, 3, Nd, 3]
+        acceleration = (positions[:, 0] - 2 * positions[:, 1] + positions[:, 2]).norm(dim=-1) / model.depth_unit
+        loss = loss + cfg.lambda_smooth * _masked_means(acceleration, alive)
+        if self.neighbours.numel():
+            # Each time's mean over the pairs of the rows alive then (a pair lies within one window).
+            pairs_alive = alive * (self.neighbours >= 0).sum(-1)
+            weight = alive / (model.depth_unit * pairs_alive.sum(-1, keepdim=True).clamp_min(1.0))
+            loss = loss + cfg.lambda_rigid * rigidity_loss(positions[:, 1:].contiguous(), self.neighbours, weight).sum()
         return loss
 
     # -- driver --------------------------------------------------------------------------------------------
@@ -253,6 +246,12 @@ class Refiner:
         return SelectiveAdam(groups, eps=1e-15)
 
     def run(self, generator: torch.Generator | None = None) -> tuple[Scene4D, dict]:
+        """Optimise (`optimise`) and return the refined Scene4D and the statistics."""
+        stats = self.optimise(generator)
+        return self.model.to_scene(self.data.scene), stats
+
+    def optimise(self, generator: torch.Generator | None = None) -> dict:
+        """`refine.iters` steps over the drawn fitted frames in random epochs; returns statistics."""
         cfg, model, strategy = self.config.refine, self.model, self.strategy
         generator = generator or torch.Generator().manual_seed(self.config.seed)
         optimizer = self.optimizer()
@@ -263,7 +262,7 @@ class Refiner:
         l1_history = []
         for step in range(cfg.iters):
             if not order:  # epochs over the fitted frames in random order
-                order = torch.randperm(len(self.data.fitted), generator=generator).tolist()
+                order = [self.drawn[i] for i in torch.randperm(len(self.drawn), generator=generator).tolist()]
             k = order.pop()
             info: dict = {}
             strategy.step_pre_backward(model, step, info)
@@ -271,8 +270,9 @@ class Refiner:
             loss, l1, means = self.frame_loss(k, track_means=info["track_means"], level=level)
             # The trajectories are smoothed at the fitted frame and at a random time of the clip: between fitted
             # frames (keyframes of a long clip) no image constrains them.
-            between = float(torch.rand((), generator=generator)) * model.motion_meta["time_span"]
-            loss = loss + self.motion_regularisers(float(self.data.fitted[k])) + self.motion_regularisers(between, still=False)
+            first, last = model.time_range
+            between = first + float(torch.rand((), generator=generator)) * (last - first)
+            loss = loss + self.motion_regularisers([float(self.data.fitted[k]), between])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if info["track_means"]:
@@ -283,13 +283,13 @@ class Refiner:
             scheduler.step()
             dynamic_before = model.dynamic.numel()
             if strategy.step_post_optimizer(model, optimizer, step + 1, info, generator) and model.dynamic.numel() > dynamic_before:
-                self.pairs = self.rigid_pairs()
+                self.neighbours = self.rigid_neighbours()
             l1_history.append(l1)
             if self.on_progress is not None:
                 self.on_progress(step + 1, cfg.iters)
         residual = model.settle_still_motion(self.data.scene.num_frames, cfg.keep_motion_px, float(self.K[0, 0]))
-        window = max(1, len(self.data.fitted))
-        stats = {
+        window = max(1, len(self.drawn))
+        return {
             "refine_iters": cfg.iters,
             "refine_seconds": time.perf_counter() - started,
             "refine_l1_first_epoch": sum(l1_history[:window]) / max(len(l1_history[:window]), 1),
@@ -298,6 +298,63 @@ class Refiner:
             "refine_densified": strategy.added,
             "residual_motion_gaussians": residual,
             "gaussians": model.num_gaussians,
-            "rigid_pairs": sum(int(p.shape[0]) for *_, p in self.pairs),
+            "rigid_pairs": int((self.neighbours >= 0).sum()),
         }
-        return model.to_scene(self.data.scene), stats
+
+
+def _masked_means(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Sum over rows of the mean of values [T, N] where mask [T, N] (float 0/1) is set; rows without any count 0."""
+    return ((values * mask).sum(-1) / mask.sum(-1).clamp_min(1.0)).sum()
+
+
+def scene_rows(scene: Scene4D, rows: torch.Tensor) -> Scene4D:
+    """The Gaussians `rows` [R] (sorted indices) of a sequential scene (no motion model) as a scene of their own,
+    over the same cameras and frames."""
+    if scene.motion is not None:
+        raise ValueError("scene_rows takes a sequential scene (per-frame states, no motion model)")
+    columns = torch.searchsorted(scene.is_dynamic.nonzero().squeeze(1), rows[scene.is_dynamic[rows]])
+    return Scene4D(gaussians=scene.gaussians.select(rows), is_dynamic=scene.is_dynamic[rows],
+                   birth_frame=scene.birth_frame[rows], dynamic_means=scene.dynamic_means[:, columns],
+                   dynamic_quats=scene.dynamic_quats[:, columns], cameras=scene.cameras, arrays=scene.arrays,
+                   config=scene.config, metrics=scene.metrics, is_moving=scene.is_moving[rows],
+                   death_frame=None if scene.death_frame is None else scene.death_frame[rows])
+
+
+def refine_scene(data: RefineInputs, config: FitConfig, device: torch.device,
+                 on_progress: Callable[[int, int], None] | None = None) -> tuple[Scene4D, dict]:
+    """Refine a sequential scene, one temporal window at a time; returns the refined scene and statistics.
+
+    Windows share no Gaussians, and their only shared frames are the boundaries (a window's last fitted frame is
+    the next one's first, drawn by the next window's Gaussians). So each window is refined on its own, with its
+    boundary cameras held as the sequential pass left them (they anchor neighbouring windows to one frame): a
+    step then touches one window's rows instead of all of them. Steps: `refine.iters` shared by the windows in
+    proportion to their drawn frames, and at least `refine.min_visits` per drawn frame.
+    """
+    scene, fitted, cfg = data.scene, data.fitted, config.refine
+    row_windows = scene.trajectory_windows()
+    windows = windows_of(row_windows, fitted)
+    fourier_terms = shared_fourier_terms(windows, cfg)
+    parts = []
+    for i, (first, last, frames) in enumerate(windows):
+        final = i == len(windows) - 1
+        rows = ((row_windows[:, 0] == first) & (row_windows[:, 1] == last)).nonzero().squeeze(1)
+        start = fitted.index(frames[0])
+        drawn = len(frames) if final else len(frames) - 1
+        parts.append((rows, frames, start, drawn, (0,) if final else (0, len(frames) - 1)))
+    total_drawn = sum(part[3] for part in parts)
+    steps = [max(round(cfg.iters * drawn / max(total_drawn, 1)), cfg.min_visits * drawn) for *_, drawn, _ in parts]
+    done, models, stats = 0, [], []
+    for (rows, frames, start, _, gauge), iters in zip(parts, steps):
+        progress = None if on_progress is None else (lambda step, _, done=done: on_progress(done + step, sum(steps)))
+        window_scene = scene if len(parts) == 1 else scene_rows(scene, rows)
+        window_data = RefineInputs(window_scene, frames, data.inputs.between(start, start + len(frames)))
+        refiner = Refiner(window_data, config.replace(refine_iters=iters), device, progress,
+                          window=row_windows[rows], fourier_terms=fourier_terms, gauge=gauge)
+        stats.append(refiner.optimise())
+        models.append(refiner.model)
+        done += iters
+    merged = {key: sum(s[key] for s in stats) for key in stats[0] if not key.startswith("refine_l1")}
+    for key in ("refine_l1_first_epoch", "refine_l1_last_epoch"):
+        merged[key] = sum(s[key] * part[3] for s, part in zip(stats, parts)) / max(total_drawn, 1)
+    merged["refine_windows"] = len(parts)
+    return scene_from_models(models, scene), merged

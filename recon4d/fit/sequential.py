@@ -80,6 +80,13 @@ class FitInputs:
     def num_frames(self) -> int:
         return self.frames.shape[0]
 
+    def between(self, start: int, stop: int) -> "FitInputs":
+        """The inputs of frames start..stop-1 and the flow between consecutive ones of them (views, no copies)."""
+        pairs = slice(start, max(stop - 1, start))
+        return FitInputs(self.frames[start:stop], self.flow_forward[pairs], self.flow_backward[pairs],
+                         self.valid_forward[pairs], self.valid_backward[pairs], self.depth[start:stop],
+                         self.depth_confidence[start:stop], self.moving[start:stop], self.K)
+
 
 @dataclass
 class FitState:

@@ -134,7 +134,7 @@ class MotionModel:
     window: torch.Tensor | None = None
 
     TENSORS = ("position", "rotation", "color")
-    # Times evaluated together with per-trajectory windows: bounds the [T, Nd, B] basis.
+    # Times evaluated together where a per-trajectory basis [T, Nd, B] is built.
     CHUNK_TIMES = 16
 
     def basis(self, t: float | torch.Tensor) -> torch.Tensor:
@@ -147,13 +147,23 @@ class MotionModel:
     def states(self, t: float | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Positions [T, Nd, 3], unit quaternions [T, Nd, 4] and colour offsets [T, Nd, 3] at times t."""
         times = torch.as_tensor(t, dtype=self.position.dtype, device=self.position.device).reshape(-1)
-        step = self.CHUNK_TIMES if self.window is not None else max(times.numel(), 1)
-        parts = []
-        for start in range(0, max(times.numel(), 1), step):
-            basis = self.basis(times[start:start + step])
-            quats = torch.nn.functional.normalize(evaluate_trajectories(self.rotation, basis), dim=-1)
-            parts.append((evaluate_trajectories(self.position, basis), quats, evaluate_trajectories(self.color, basis)))
-        return tuple(torch.cat(column) for column in zip(*parts))
+        if self.window is None:
+            groups = [(0.0, self.time_span, slice(None))]
+        else:  # one [T, B] basis and one matrix product per window, not a basis per trajectory
+            windows, inverse = torch.unique(self.window, dim=0, return_inverse=True)
+            groups = [(float(first), float(last), slice(None) if len(windows) == 1 else (inverse == g).nonzero().squeeze(1))
+                      for g, (first, last) in enumerate(windows.tolist())]
+        count = self.position.shape[0]
+        means = self.position.new_zeros(times.numel(), count, 3)
+        quats = self.position.new_zeros(times.numel(), count, 4)
+        offsets = self.position.new_zeros(times.numel(), count, 3)
+        for first, last, rows in groups:
+            span = max(last - first, 1.0) if self.window is not None else max(self.time_span, 1e-9)
+            basis = time_basis((times - first) / span, self.poly_degree, self.fourier_terms)
+            means[:, rows] = evaluate_trajectories(self.position[rows], basis)
+            quats[:, rows] = torch.nn.functional.normalize(evaluate_trajectories(self.rotation[rows], basis), dim=-1)
+            offsets[:, rows] = evaluate_trajectories(self.color[rows], basis)
+        return means, quats, offsets
 
     def metadata(self) -> dict[str, Any]:
         return {"poly_degree": self.poly_degree, "fourier_terms": self.fourier_terms, "time_span": self.time_span}
