@@ -60,6 +60,17 @@ def test_each_frame_is_drawn_by_one_window(fits):
     assert load_scene(results["one"].out_dir).death_frame is None
 
 
+def test_refinement_takes_one_window_at_a_time(fits):
+    _, results = fits
+    metrics = {k: json.loads((results[k].out_dir / "metrics.json").read_text()) for k in ("one", "windows")}
+    scene = load_scene(results["windows"].out_dir)
+    windows = torch.unique(scene.trajectory_windows(), dim=0)
+    assert metrics["windows"]["refine_stats"]["refine_windows"] == windows.shape[0] >= 3
+    assert metrics["one"]["refine_stats"]["refine_windows"] == 1
+    # The steps are shared by the windows in proportion to their frames: no fewer than one window takes.
+    assert metrics["windows"]["refine_stats"]["refine_iters"] >= metrics["one"]["refine_stats"]["refine_iters"]
+
+
 def test_windows_render_held_out_frames_like_one_window(fits):
     _, results = fits
     one, windows = (json.loads((results[k].out_dir / "metrics.json").read_text()) for k in ("one", "windows"))
