@@ -323,7 +323,11 @@ class KeyframeConfig:
         (hands squeezing), cup 0.18 (static camera), carphone 0.17 (bench/timings.py).
     max_gap_frames: consecutive keyframes are at most this many frames apart, however still the clip.
     max_share: most keyframes as a share of the clip's frames (1 = no cap); a selection over it scales the
-        budget and the gap up together until it fits (`select_keyframes`)."""
+        budget and the gap up together until it fits (`select_keyframes`).
+    sequential_budget_px: with the refinement on, the sequential pass fits only the keyframes this motion
+        budget picks among them (`sequential_keyframes`; pixels as motion_budget_px, the gap grows with it);
+        the refinement then fits every keyframe, starting the others from interpolated cameras and states.
+        A keyframe costs the sequential pass about three times what it costs the refinement. 0 = off."""
 
     enabled: bool = False
     flow_short_side_px: int = 64
@@ -332,6 +336,7 @@ class KeyframeConfig:
     motion_budget_px: float = 18.0
     max_gap_frames: int = 6
     max_share: float = 1.0
+    sequential_budget_px: float = 0.0
 
     def validate(self) -> None:
         """InputError (one line) for a setting out of range."""
@@ -533,6 +538,7 @@ _RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "keyframes.motion_budget_px": (0, None, True),
     "keyframes.max_gap_frames": (1, None, False),
     "keyframes.max_share": (0, 1, True),
+    "keyframes.sequential_budget_px": (0, None, False),
 }
 _POSITIVE_PREFIXES = ("lr_",)  # learning rates must move something
 

@@ -105,3 +105,29 @@ def select_keyframes(motion: np.ndarray, config: KeyframeConfig | None = None) -
 def choose_keyframes(frames: np.ndarray, working_short_side: int, config: KeyframeConfig | None = None) -> list[int]:
     """frames [T, H, W, 3] uint8 RGB -> keyframe indices (`consecutive_motion` then `select_keyframes`)."""
     return select_keyframes(consecutive_motion(frames, working_short_side, config), config)
+
+
+def sequential_keyframes(fitted: list[int], motion: np.ndarray, config: KeyframeConfig) -> list[int]:
+    """The keyframes `fitted` (sorted clip indices) that the sequential pass fits when
+    `config.sequential_budget_px` > 0: greedy as `select_keyframes`, over the motion summed between consecutive
+    fitted frames (`motion` [T-1], see `consecutive_motion`), with that budget and a gap of max_gap_frames
+    scaled by the ratio of the two budgets (clip frames). The first and last fitted frames are always in.
+
+    Example:
+        >>> config = KeyframeConfig(motion_budget_px=10, sequential_budget_px=20, max_gap_frames=100)
+        >>> sequential_keyframes([0, 2, 4, 6, 8], np.full(8, 5.0), config)
+        [0, 4, 8]
+    """
+    if config.sequential_budget_px <= 0 or len(fitted) <= 2:
+        return list(fitted)
+    cumulative = np.concatenate([[0.0], np.cumsum(np.nan_to_num(np.asarray(motion, dtype=np.float64), nan=np.inf))])
+    between = [cumulative[b] - cumulative[a] for a, b in zip(fitted[:-1], fitted[1:])]
+    max_gap = config.max_gap_frames * config.sequential_budget_px / max(config.motion_budget_px, 1e-9)
+    keys, accumulated = [0], 0.0
+    for k in range(1, len(fitted)):
+        accumulated += between[k - 1]
+        if (k == len(fitted) - 1 or fitted[k + 1] - fitted[keys[-1]] > max_gap
+                or accumulated + between[k] > config.sequential_budget_px):
+            keys.append(k)
+            accumulated = 0.0
+    return [fitted[k] for k in keys]

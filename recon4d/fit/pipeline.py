@@ -32,7 +32,7 @@ from recon4d.fit.checkpoint import (
     save_checkpoint,
 )
 from recon4d.fit.config import FLAT_KEYS, SECTIONS, FitConfig
-from recon4d.fit.keyframes import choose_keyframes
+from recon4d.fit.keyframes import consecutive_motion, select_keyframes, sequential_keyframes
 from recon4d.fit.outputs import FitResult, assemble_scene, finish, peak_rss_mb
 from recon4d.fit.sequential import FitInputs, FitState, SequentialFitter
 from recon4d.io.outputs import check_output_dir, locked_output_dir
@@ -109,6 +109,13 @@ class Prepared:
     inputs: FitInputs
     seconds: dict
     peak_rss: dict
+    sequential: list[int] | None = None
+    sequential_priors: object = None
+    sequential_inputs: FitInputs | None = None
+
+    def __post_init__(self) -> None:
+        if self.sequential is None:  # the sequential pass fits every fitted frame
+            self.sequential, self.sequential_priors, self.sequential_inputs = self.fitted, self.priors, self.inputs
 
 
 def prepare(source: str | Path, config: FitConfig, device: torch.device, log=print, before_priors=None) -> Prepared:
@@ -127,24 +134,38 @@ def prepare(source: str | Path, config: FitConfig, device: torch.device, log=pri
     log(f"decoded {clip.num_frames} frames at {clip.width}x{clip.height} from {source}")
     fitted, held = holdout_split(clip.num_frames, config.input.holdout_every)
     skipped: list[int] = []
+    sequential = None
     if config.keyframes.enabled:
         t0 = time.perf_counter()
-        keys = set(choose_keyframes(clip.frames, min(clip.width, clip.height), config.keyframes))
+        motion = consecutive_motion(clip.frames, min(clip.width, clip.height), config.keyframes)
+        keys = set(select_keyframes(motion, config.keyframes))
         skipped = [t for t in fitted if t not in keys]
         fitted = [t for t in fitted if t in keys]
+        if config.refine.enabled and config.keyframes.sequential_budget_px > 0:
+            sequential = sequential_keyframes(fitted, motion, config.keyframes)
         seconds["keyframes"] = time.perf_counter() - t0
-        log(f"keyframes: fitting {len(fitted)} of {clip.num_frames} frames")
+        log(f"keyframes: fitting {len(fitted)} of {clip.num_frames} frames"
+            + (f", {len(sequential)} of them in the sequential pass" if sequential is not None else ""))
     intrinsics = config.input.intrinsics
     K = default_intrinsics(clip.width, clip.height, config.input.fov_x_deg) if intrinsics is None else np.asarray(intrinsics, float)
     if before_priors is not None:
         before_priors(clip, K)
     t0 = time.perf_counter()
-    priors = compute_priors(clip.frames[fitted], K, config.priors,
-                            clip_hash=f"{clip.source_hash}:{','.join(map(str, fitted))}", log=log)
+    def priors_of(frames: list[int]):
+        return compute_priors(clip.frames[frames], K, config.priors,
+                              clip_hash=f"{clip.source_hash}:{','.join(map(str, frames))}", log=log)
+
+    priors = priors_of(fitted)
+    # The sequential pass's flow runs between its own consecutive frames.
+    sequential_priors = priors_of(sequential) if sequential is not None and sequential != fitted else None
     seconds["priors"] = time.perf_counter() - t0
     peak_rss["priors"] = peak_rss_mb()
-    return Prepared(clip, fitted, held, skipped, K, priors, _to_inputs(clip.frames[fitted], priors, K, device), seconds,
-                    peak_rss)
+    prepared = Prepared(clip, fitted, held, skipped, K, priors, _to_inputs(clip.frames[fitted], priors, K, device), seconds,
+                        peak_rss)
+    if sequential_priors is not None:
+        prepared.sequential, prepared.sequential_priors = sequential, sequential_priors
+        prepared.sequential_inputs = _to_inputs(clip.frames[sequential], sequential_priors, K, device)
+    return prepared
 
 
 def run_refinement(scene: Scene4D, prepared: Prepared, config: FitConfig, device: torch.device) -> tuple[Scene4D, dict]:
@@ -202,8 +223,10 @@ def _fit_locked(source, out_dir: Path, config: FitConfig, device: torch.device, 
         check_replaceable(out_dir, _run_key(clip, config, K), overwrite)
 
     prepared = prepare(source, config, device, log, before_priors=check_before_priors)
-    clip, fitted, K, seconds = prepared.clip, prepared.fitted, prepared.K, dict(prepared.seconds)
-    inputs = prepared.inputs
+    # The sequential pass fits `prepared.sequential` (all fitted frames, or a sparser subset of them that the
+    # refinement completes).
+    clip, fitted, K, seconds = prepared.clip, prepared.sequential, prepared.K, dict(prepared.seconds)
+    inputs = prepared.sequential_inputs
     key = _run_key(clip, config, K)
     checkpoint_dir = out_dir / ".checkpoint"
     state, saved_seconds = _read_checkpoint(checkpoint_dir, key, len(fitted), device, restart, log)
@@ -231,10 +254,12 @@ def _fit_locked(source, out_dir: Path, config: FitConfig, device: torch.device, 
     seconds["fit"] = prior_fit_seconds + time.perf_counter() - fit_started
     prepared.peak_rss["fit"] = peak_rss_mb()
 
-    scene = assemble_scene(state, fitted, clip, K, config, prepared.priors.moving_masks)
+    scene = assemble_scene(state, fitted, clip, K, config, prepared.sequential_priors.moving_masks)
+    if fitted != prepared.fitted:  # the prior's masks of the keyframes the refinement adds
+        scene.arrays["moving_masks"][prepared.fitted] = torch.from_numpy(np.asarray(prepared.priors.moving_masks))
     scene.config["run_key"] = key
     extra = {"peak_rss_mb_by_stage": prepared.peak_rss, "camera_inits": [s.get("camera_init") for s in state.frame_stats],
-             "frame_stats": state.frame_stats, "slow_movers": slow_movers}
+             "frame_stats": state.frame_stats, "slow_movers": slow_movers, "sequential_frames": list(fitted)}
     if config.refine.enabled:
         if config.eval.before_refine:
             t0 = time.perf_counter()
