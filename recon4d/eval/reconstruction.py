@@ -16,12 +16,15 @@ from recon4d.fit.camera import optimize_camera
 from recon4d.fit.config import FitConfig
 from recon4d.fit.losses import photometric_loss
 from recon4d.fit.model import CameraParams, median_distance
+from recon4d.fit.pyramid import area_downsample, scale_intrinsics
 from recon4d.geometry.camera import invert_pose
 from recon4d.image import psnr, ssim
 from recon4d.io.scene import Gaussians, Scene4D
 from recon4d.io.scene_render import render_scene
 from recon4d.progress import track
 from recon4d.render import rasterize
+
+MIN_COARSE_SIDE = 16  # pixels: a frame whose half is smaller is searched at its own resolution only
 
 
 def moving_share(scene: Scene4D) -> Callable[[Gaussians, torch.Tensor], torch.Tensor]:
@@ -51,22 +54,35 @@ def refine_camera(scene: Scene4D, t: int, target: torch.Tensor, config: FitConfi
     """Camera [4, 4] of an unfitted frame t (held out, or skipped between keyframes): its stored (interpolated)
     camera refined photometrically against `target` [H, W, 3] with the Gaussians frozen
     (`config.eval.holdout_refine_iters` Adam steps on L1 + `holdout_refine_ssim` x (1 - SSIM), the rate
-    shrinking by `holdout_refine_lr_decay`; the pose of the lowest loss is kept)."""
-    init = invert_pose(scene.cameras.world_from_camera[t]).float().to(device)
+    shrinking by `holdout_refine_lr_decay` over all of them; the first `holdout_refine_coarse_share` of them at
+    half resolution; each resolution keeps the pose of its lowest loss)."""
+    cfg = config.eval
+    pose = invert_pose(scene.cameras.world_from_camera[t]).float().to(device)
     gaussians = scene.gaussians_at(t)  # frozen: evaluated once, not at every step
     frozen = [x.to(device=device, dtype=torch.float32) for x in
               (gaussians.means, gaussians.quats, gaussians.scales, gaussians.opacities, gaussians.colors)]
-    cameras = CameraParams(init[None], median_distance(frozen[0], invert_pose(init)[:3, 3]))
+    depth_unit = median_distance(frozen[0], invert_pose(pose)[:3, 3])
     K = scene.cameras.K(t).to(device=device, dtype=torch.float32)
-    height, width = target.shape[:2]
-    weight = torch.ones(height, width, device=device)
+    total = cfg.holdout_refine_iters
+    coarse = round(total * cfg.holdout_refine_coarse_share) if min(target.shape[:2]) >= 2 * MIN_COARSE_SIDE else 0
+    done = 0
+    for factor, steps in ((2, coarse), (1, total - coarse)):
+        if steps <= 0:
+            continue
+        level_target = area_downsample(target[None], factor)[0]
+        level_K = scale_intrinsics(K, factor)
+        height, width = level_target.shape[:2]
+        weight = torch.ones(height, width, device=device)
 
-    def loss_of(camera_from_world: torch.Tensor) -> torch.Tensor:
-        color = rasterize(*frozen, camera_from_world, K, width, height).color
-        return photometric_loss(color, target, weight, config.eval.holdout_refine_ssim)
+        def loss_of(camera_from_world: torch.Tensor) -> torch.Tensor:
+            color = rasterize(*frozen, camera_from_world, level_K, width, height).color
+            return photometric_loss(color, level_target, weight, cfg.holdout_refine_ssim)
 
-    pose, _ = optimize_camera(cameras, 0, loss_of, config.eval.holdout_refine_iters, config.sequential.lr_camera_rotation,
-                              lr_decay=config.eval.holdout_refine_lr_decay, keep_best=True)
+        # One rate schedule across the phases: this one covers steps done .. done + steps of the total.
+        lr = config.sequential.lr_camera_rotation * cfg.holdout_refine_lr_decay ** (done / total)
+        pose, _ = optimize_camera(CameraParams(pose[None], depth_unit), 0, loss_of, steps, lr,
+                                  lr_decay=cfg.holdout_refine_lr_decay ** (steps / total), keep_best=True)
+        done += steps
     return pose
 
 

@@ -294,6 +294,8 @@ class EvalConfig:
     holdout_refine_lr_decay: factor by which that search's rate shrinks over its iterations; the pose of the
     lowest loss seen is kept. On the 32 skipped frames of cup's first 60 (320x240): 15 iterations at 0.1
     reach 34.10 dB, 30 at a constant rate 34.18 dB, 15 at a constant rate about 33.9 dB.
+    holdout_refine_coarse_share: share of that search's iterations run first on the frame and the scene at
+        half the working resolution (a render there costs about a third), the rest at the working resolution.
     before_refine: also score the sequential pass before the refinement (metrics.json `sequential`): one more
         camera search of every held-out and skipped frame, 357 of the 3031 s of a 450-frame fit (stop 16).
     moving_mask_threshold: share of a pixel's rendered colour from moving Gaussians above which the stored
@@ -302,6 +304,7 @@ class EvalConfig:
     holdout_refine_iters: int = 20
     holdout_refine_ssim: float = 0.0
     holdout_refine_lr_decay: float = 0.1
+    holdout_refine_coarse_share: float = 0.0
     before_refine: bool = False
     moving_mask_threshold: float = 0.5
 
@@ -532,6 +535,7 @@ _RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "refine.coarse_share": (0, 0.9, False),
     "eval.holdout_refine_ssim": (0, 1, False),
     "eval.holdout_refine_lr_decay": (0, 1, True),
+    "eval.holdout_refine_coarse_share": (0, 0.9, False),
     "eval.moving_mask_threshold": (0, 1, False),
     "keyframes.flow_short_side_px": (16, None, False),
     "keyframes.motion_percentile": (0, 100, False),
