@@ -18,6 +18,7 @@ from recon4d.fit.keyframes import (
     choose_keyframes,
     consecutive_motion,
     select_keyframes,
+    sequential_keyframes,
 )
 from recon4d.geometry import look_at
 from recon4d.geometry.lie import fill_poses
@@ -135,3 +136,19 @@ def test_max_share_caps_keyframes_and_keeps_them_where_motion_is():
     assert select_keyframes(motion, KeyframeConfig(motion_budget_px=6.0, max_share=1.0)) == free
     with pytest.raises(InputError, match="max_share"):
         select_keyframes(motion, KeyframeConfig(max_share=0.0))
+
+
+def test_sequential_keyframes_follow_the_motion_and_spare_short_clips():
+    fitted = list(range(0, 40, 2))  # every second frame is a keyframe
+    motion = np.r_[np.full(20, 2.0), np.full(19, 6.0)]  # pixels per frame: 3x faster in the second half
+    config = KeyframeConfig(motion_budget_px=4.0, sequential_budget_px=12.0, max_gap_frames=100)
+    keys = sequential_keyframes(fitted, motion, config)
+    assert keys[0] == 0 and keys[-1] == 38 and set(keys) < set(fitted)
+    slow, fast = [k for k in keys if k < 20], [k for k in keys if k >= 20]
+    assert len(fast) >= 2 * len(slow), keys  # every pair of the fast half is over half the budget
+    gaps = np.diff(keys)
+    assert gaps[: len(slow) - 1].min() >= 6 and gaps[len(slow):-1].max() <= 4, keys
+    # No subset for clips with few keyframes, nor without a budget.
+    assert sequential_keyframes(fitted, motion, KeyframeConfig(sequential_budget_px=12.0, sequential_min_keyframes=20)) == fitted
+    assert sequential_keyframes(fitted, motion, KeyframeConfig()) == fitted
+

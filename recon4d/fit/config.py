@@ -296,6 +296,9 @@ class EvalConfig:
     reach 34.10 dB, 30 at a constant rate 34.18 dB, 15 at a constant rate about 33.9 dB.
     holdout_refine_coarse_share: share of that search's iterations run first on the frame and the scene at
         half the working resolution (a render there costs about a third), the rest at the working resolution.
+        Off in every preset: at 0.5 the search took 12.5 instead of 29.5 s on cup's 30 frames (240x180), but
+        its held-out frames fell from 41.54 to 40.13 dB (a still camera at 40+ dB needs sub-pixel poses);
+        bear's stayed at 29.68 dB.
     before_refine: also score the sequential pass before the refinement (metrics.json `sequential`): one more
         camera search of every held-out and skipped frame, 357 of the 3031 s of a 450-frame fit (stop 16).
     moving_mask_threshold: share of a pixel's rendered colour from moving Gaussians above which the stored
@@ -330,7 +333,10 @@ class KeyframeConfig:
     sequential_budget_px: with the refinement on, the sequential pass fits only the keyframes this motion
         budget picks among them (`sequential_keyframes`; pixels as motion_budget_px, the gap grows with it);
         the refinement then fits every keyframe, starting the others from interpolated cameras and states.
-        A keyframe costs the sequential pass about three times what it costs the refinement. 0 = off."""
+        A keyframe costs the sequential pass about three times what it costs the refinement. 0 = off.
+    sequential_min_keyframes: the subset is taken only when there are more keyframes than this: a short
+        clip's few keyframes are what its sequential pass needs (bear's 30 frames, 4 of 6 keyframes in the
+        pass and a replay every 4th step: 1.46 dB less held-out)."""
 
     enabled: bool = False
     flow_short_side_px: int = 64
@@ -340,6 +346,7 @@ class KeyframeConfig:
     max_gap_frames: int = 6
     max_share: float = 1.0
     sequential_budget_px: float = 0.0
+    sequential_min_keyframes: int = 0
 
     def validate(self) -> None:
         """InputError (one line) for a setting out of range."""
@@ -543,6 +550,7 @@ _RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "keyframes.max_gap_frames": (1, None, False),
     "keyframes.max_share": (0, 1, True),
     "keyframes.sequential_budget_px": (0, None, False),
+    "keyframes.sequential_min_keyframes": (0, None, False),
 }
 _POSITIVE_PREFIXES = ("lr_",)  # learning rates must move something
 

@@ -111,14 +111,15 @@ def sequential_keyframes(fitted: list[int], motion: np.ndarray, config: Keyframe
     """The keyframes `fitted` (sorted clip indices) that the sequential pass fits when
     `config.sequential_budget_px` > 0: greedy as `select_keyframes`, over the motion summed between consecutive
     fitted frames (`motion` [T-1], see `consecutive_motion`), with that budget and a gap of max_gap_frames
-    scaled by the ratio of the two budgets (clip frames). The first and last fitted frames are always in.
+    scaled by the ratio of the two budgets (clip frames). The first and last fitted frames are always in; with
+    no more than `config.sequential_min_keyframes` fitted frames, all of them are.
 
     Example:
         >>> config = KeyframeConfig(motion_budget_px=10, sequential_budget_px=20, max_gap_frames=100)
         >>> sequential_keyframes([0, 2, 4, 6, 8], np.full(8, 5.0), config)
         [0, 4, 8]
     """
-    if config.sequential_budget_px <= 0 or len(fitted) <= 2:
+    if config.sequential_budget_px <= 0 or len(fitted) <= max(2, config.sequential_min_keyframes):
         return list(fitted)
     cumulative = np.concatenate([[0.0], np.cumsum(np.nan_to_num(np.asarray(motion, dtype=np.float64), nan=np.inf))])
     between = [cumulative[b] - cumulative[a] for a, b in zip(fitted[:-1], fitted[1:])]

@@ -34,7 +34,7 @@ from recon4d.fit.checkpoint import (
 from recon4d.fit.config import FLAT_KEYS, SECTIONS, FitConfig
 from recon4d.fit.keyframes import consecutive_motion, select_keyframes, sequential_keyframes
 from recon4d.fit.outputs import FitResult, assemble_scene, finish, peak_rss_mb
-from recon4d.fit.sequential import FitInputs, FitState, SequentialFitter
+from recon4d.fit.sequential import FitInputs, FitState, SequentialFitter, subset_window_boundaries
 from recon4d.io.outputs import check_output_dir, locked_output_dir
 from recon4d.io.scene import Scene4D, read_manifest
 from recon4d.io.video import Clip, read_clip
@@ -248,7 +248,10 @@ def _fit_locked(source, out_dir: Path, config: FitConfig, device: torch.device, 
 
     with progress_bar("fitting frames") as progress:
         task = progress.add_task("fit", total=len(fitted), completed=0 if state is None else state.next_frame)
-        fitter = SequentialFitter(inputs, config, on_frame=on_frame)
+        # With a sparser sequential pass a window still spans `window_frames` keyframes of the refinement.
+        boundaries = (subset_window_boundaries(prepared.fitted, fitted, config.sequential.window_frames)
+                      if fitted != prepared.fitted else None)
+        fitter = SequentialFitter(inputs, config, on_frame=on_frame, boundaries=boundaries)
         state = fitter.run(state)
         slow_movers = fitter.label_slow_movers(state) + sum(s.get("slow_movers", 0) for s in state.frame_stats)
     seconds["fit"] = prior_fit_seconds + time.perf_counter() - fit_started

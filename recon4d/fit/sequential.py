@@ -191,6 +191,24 @@ def window_boundaries(num_frames: int, window_frames: int) -> list[int]:
     return [round(i * (num_frames - 1) / windows) for i in range(1, windows)]
 
 
+def subset_window_boundaries(fitted: list[int], subset: list[int], window_frames: int) -> list[int]:
+    """`window_boundaries` of all `fitted` frames (sorted clip indices), each moved to the nearest frame of the
+    sequential pass's `subset` of them: indices into `subset`, distinct and increasing. Windows then hold as
+    many keyframes of the refinement as without a subset, not as many frames of the pass.
+
+    Example:
+        >>> subset_window_boundaries(list(range(0, 16, 2)), [0, 6, 8, 14], 4)
+        [1, 2]
+    """
+    subset_times = torch.tensor(subset, dtype=torch.float64)
+    boundaries = []
+    for b in window_boundaries(len(fitted), window_frames):
+        index = int((subset_times - fitted[b]).abs().argmin())
+        if 0 < index < len(subset) - 1 and (not boundaries or index > boundaries[-1]):
+            boundaries.append(index)
+    return boundaries
+
+
 # ----------------------------------------------------------------------------------------------------------
 # The trainer
 
@@ -198,7 +216,10 @@ def window_boundaries(num_frames: int, window_frames: int) -> list[int]:
 class SequentialFitter:
     """Runs the per-frame optimisation over `inputs`, continuing from `state` when given."""
 
-    def __init__(self, inputs: FitInputs, config: FitConfig, on_frame: Callable[[FitState, int], None] | None = None):
+    def __init__(self, inputs: FitInputs, config: FitConfig, on_frame: Callable[[FitState, int], None] | None = None,
+                 boundaries: list[int] | None = None):
+        """`boundaries`: the frames (indices into inputs) that start a temporal window; by default
+        `window_boundaries` of `sequential.window_frames`."""
         self.inputs = inputs
         self.config = config
         self.on_frame = on_frame
@@ -209,7 +230,9 @@ class SequentialFitter:
         self.strategy = SpawnStrategy(inputs, config.init, config.densify)
         self.pyramid = Pyramid(inputs, config.sequential.pyramid_levels)
         self.wide_baseline = WideBaselineStart(inputs.frames, inputs.K, config.matching, inputs.moving)
-        self.window_boundaries = set(window_boundaries(inputs.num_frames, config.sequential.window_frames))
+        if boundaries is None:
+            boundaries = window_boundaries(inputs.num_frames, config.sequential.window_frames)
+        self.window_boundaries = set(boundaries)
 
     # -- rendering -----------------------------------------------------------------------------------------
     def render(self, gaussians: Gaussians, camera_from_world: torch.Tensor,
