@@ -5,7 +5,8 @@ Usage: python bench/fit.py [--preset default] [--clips bear,apple,backpack,cup] 
        [--out /tmp/recon4d-bench]
 
 With --keyframes only keyframes are fitted; psnr_skipped is the PSNR of the frames between them (refined
-interpolated cameras), fitted_frames how many were fitted.
+interpolated cameras), fitted_frames how many were fitted (by the refinement), sequential_frames how many of them
+the sequential pass fitted (`keyframes.sequential_budget_px`).
 
 --preset also takes a YAML file (e.g. a preset with `refine.pyramid_levels: 1` for a before/after pair). `cpu_s` is
 the CPU seconds (user + system) of the fit's process, `load` the 1-minute load average when each fit started and ended: timings on a shared machine need it.
@@ -175,6 +176,7 @@ def fit_one(name: str, source: Path, out: Path, args: argparse.Namespace, extra:
         "psnr_fit": metrics["fitted"]["psnr"], "ssim_fit": metrics["fitted"]["ssim"],
         "psnr_held": metrics["held_out"]["psnr"], "ssim_held": metrics["held_out"]["ssim"],
         "psnr_skipped": (metrics.get("skipped") or {}).get("psnr"), "fitted_frames": metrics["fitted"]["frames"],
+        "sequential_frames": len(metrics.get("sequential_frames") or []) or None,
         "psnr_held_seq": (metrics.get("sequential") or {}).get("held_out", {}).get("psnr"),
         "psnr_fit_seq": (metrics.get("sequential") or {}).get("fitted", {}).get("psnr"),
         "baseline_blend": neighbour_blend_psnr(clip.frames, held),
@@ -225,7 +227,7 @@ def main() -> None:
     if args.lego:
         rows.append(fit_lego(args.out / "lego", args))
         print(json.dumps(rows[-1]), flush=True)
-    cols = ["clip", "frames", "fitted_frames", "size", "psnr_held", "psnr_skipped", "psnr_held_seq", "baseline_blend", "psnr_fit", "psnr_fit_seq", "ssim_fit", "ssim_held",
+    cols = ["clip", "frames", "fitted_frames", "sequential_frames", "size", "psnr_held", "psnr_skipped", "psnr_held_seq", "baseline_blend", "psnr_fit", "psnr_fit_seq", "ssim_fit", "ssim_held",
             "ate_percent", "ate_one_point_percent", "rot_mean_deg", "rot_max_deg", "rpe_rot_deg", "mask_iou", "track_median_px", "priors_s", "fit_s", "refine_s", "skipped_s", "evaluate_s", "total_s", "cpu_s", "load", "rss_mb", "gaussians"]
     print(f"\npreset={args.preset} frames={args.frames} holdout_every={args.holdout_every}")
     print_markdown_table(rows, cols)
