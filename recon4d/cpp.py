@@ -14,6 +14,7 @@ import hashlib
 import os
 import platform
 import threading
+import time
 from pathlib import Path
 
 import torch
@@ -23,6 +24,7 @@ from recon4d.errors import BackendError
 # -ffast-math lets gcc vectorise expf over the rasterizer's pixel loop (libmvec); the kernels avoid inf/NaN inputs.
 _CFLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp"]
 _extensions: dict = {}
+STALE_LOCK_SECONDS = 900  # a kernel builds in 1-2 minutes on 2 cores
 _lock = threading.Lock()
 
 
@@ -56,9 +58,15 @@ def load_extension(source: Path):
                     staged = build_dir / f".{source.name}.{os.getpid()}"
                     staged.write_bytes(source.read_bytes())
                     staged.replace(copy)  # atomic: a concurrent build never reads half a file
+                module = f"recon4d_{name}_{key}"
+                built = _import_built(module, build_dir)
+                if built is not None:
+                    _extensions[name] = built
+                    return built
+                _remove_stale_lock(build_dir)
                 try:
                     _extensions[name] = load(
-                        name=f"recon4d_{name}_{key}",
+                        name=module,
                         sources=[str(copy)],
                         extra_cflags=_CFLAGS,
                         extra_ldflags=["-fopenmp"],
@@ -71,3 +79,33 @@ def load_extension(source: Path):
                         hint="install a C++ compiler (g++) and the Python headers, then retry",
                     ) from exc
     return _extensions[name]
+
+
+def _import_built(module: str, build_dir: Path):
+    """The extension `module` if its library is already built in `build_dir` (the key names one source and one set
+    of flags), else None. Loading it directly skips torch's build check, which takes a lock file that a process
+    killed at that moment leaves behind, and which every later load would wait on forever."""
+    import importlib.machinery
+    import importlib.util
+
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES + [".so"]:
+        library = build_dir / f"{module}{suffix}"
+        if library.is_file():
+            try:
+                spec = importlib.util.spec_from_file_location(module, library)
+                extension = importlib.util.module_from_spec(spec)
+                spec.loader.exec_module(extension)
+                return extension
+            except ImportError:  # a library cut short by a killed build: build it again
+                return None
+    return None
+
+
+def _remove_stale_lock(build_dir: Path) -> None:
+    """Remove torch's build lock in `build_dir` when it is older than any build takes (left by a killed process)."""
+    lock = build_dir / "lock"
+    try:
+        if time.time() - lock.stat().st_mtime > STALE_LOCK_SECONDS:
+            lock.unlink()
+    except FileNotFoundError:
+        pass
