@@ -203,6 +203,7 @@ def main() -> int:
                         help="safetensors of the judge: loaded when it exists (same recipe and data), else trained and saved there")
     parser.add_argument("--judge-only", action="store_true", help="train (and save) the judge, report its ceiling, then stop")
     parser.add_argument("--methods", default="rf1-euler,rf2-euler,boss,turbo,onestep")
+    parser.add_argument("--cfg", type=float, default=None, help="guidance scale (default: the one stored with each model)")
     parser.add_argument("--ablation-latents", type=Path, default=None,
                         help="latents to train the timestep-sampler ablation on (1-RF, uniform/logit-normal/U-shaped)")
     parser.add_argument("--ablation-steps", type=int, default=600, help="1-RF steps of each ablation model")
@@ -230,7 +231,7 @@ def main() -> int:
         for nfe in [int(n) for n in args.nfe.split(",")]:
             settings = {"rf1-euler": {"solver": "euler"}, "rf2-euler": {"solver": "euler", "reflow": True},
                         "boss": {"solver": "boss"}, "turbo": {"solver": "turbo"}, "onestep": {"solver": "onestep"}}[method]
-            request = SampleRequest("-", steps=nfe, **settings)
+            request = SampleRequest("-", steps=nfe, cfg=args.cfg, **settings)
             if method == "onestep" and nfe != 1:
                 continue
             try:

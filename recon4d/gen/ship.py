@@ -30,7 +30,7 @@ SHIPPED_FILES = (*KINDS.values(), "boss.json")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=Path("out/gen_ship"), help="corpus, latents and model folder")
-    parser.add_argument("--count", type=int, default=320, help="corpus objects")
+    parser.add_argument("--count", type=int, default=1600, help="corpus objects")
     parser.add_argument("--workers", type=int, default=2, help="parallel corpus/encode jobs")
     parser.add_argument("--preset", type=Path, default=PRESET, help="training preset")
     parser.add_argument("--stages", default=None, help="override the preset's stages (comma list)")
