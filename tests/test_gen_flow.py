@@ -201,6 +201,21 @@ def test_reflow_distillation_and_refiner_stages(tiny_latents, tiny_model, tmp_pa
         assert generator.generate(request).shape == (1, 64, 14)
 
 
+def test_a_finished_stage_is_not_resaved_on_resume(tiny_latents, tiny_model, tmp_path):
+    """Rerunning a finished stage (e.g. `gen.ship` resuming to ship) keeps the saved file and its measured
+    summary; re-saving had replaced the final loss with None and the seconds with those of an empty resume."""
+    import shutil
+
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny_model, model_dir)
+    before = (model_dir / "model.safetensors").read_bytes()
+    config = PipelineConfig(stages=("rf1",), model=TINY_MODEL,
+                            rf1=TrainConfig(steps=250, batch=8, lr=2e-3, warmup=20, ema_decay=0.99, log_every=50))
+    summary = run_pipeline(tiny_latents, model_dir, config)
+    assert (model_dir / "model.safetensors").read_bytes() == before
+    assert summary["rf1"]["resumed_from"] == 0 and summary["rf1"]["final_loss"] > 0
+
+
 def test_shipped_model_moves_every_number_of_a_token():
     """The shipped velocity model's output layer has full rank over a token's patch x 14 numbers: with
     patch x 14 > width (the earlier patch 16 at width 128) the velocity lived in a width-dim subspace and

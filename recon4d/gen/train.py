@@ -201,7 +201,7 @@ def train_velocity_model(data: FlowData, text: TextTable, stats: LatentStats, mo
     init_state: start from these weights (reflow starts from 1-RF, distillation from 2-RF).
     Returns the EMA model (unwrapped) and a summary (steps, final loss, seconds, parameters).
     """
-    from recon4d.gen.model_io import KINDS
+    from recon4d.gen.model_io import KINDS, load_model_file
 
     ctx = distributed.init_from_env()
     check_config(config, ctx.world_size, len(data))
@@ -214,6 +214,13 @@ def train_velocity_model(data: FlowData, text: TextTable, stats: LatentStats, mo
     meta = {"stage": stage, "train": asdict(config), "model": model_config.to_json(), "data": len(data)}
     checkpoint = _checkpoint_path(out, stage)
     start = load_checkpoint(checkpoint, model, ema, optimizer, meta)
+    finished = out / KINDS[kind]
+    if start >= config.steps and finished.is_file():
+        # A finished stage is kept as it was saved: re-saving it would overwrite its measured summary
+        # (final loss, seconds) with the numbers of an empty resume.
+        stored = load_model_file(finished, kind)
+        if stored.info.get("train") == asdict(config):
+            return ema.eval(), {k: v for k, v in stored.info.items() if k != "train"}
     wrapped = distributed.wrap_model(model, ctx)
     shape = (config.batch, *data.x1.shape[1:])
     rows = slice(ctx.rank, None, ctx.world_size)
