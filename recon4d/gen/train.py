@@ -251,7 +251,7 @@ def train_velocity_model(data: FlowData, text: TextTable, stats: LatentStats, mo
                "seconds": time.perf_counter() - began, "cpu_seconds": time.process_time() - began_cpu,
                "parameters": count_parameters(model), **(info or {})}
     if distributed.is_rank0():
-        save_model(out / KINDS[kind], ema.state_dict(), kind, model_config.to_json(), stats,
+        save_model(finished, ema.state_dict(), kind, model_config.to_json(), stats,
                    {"train": asdict(config), **summary}, dtype=save_dtype)
     distributed.barrier()
     return ema.eval(), summary
