@@ -30,7 +30,7 @@ from recon4d.io.atomic import atomic_path
 log = logging.getLogger(__name__)
 
 CORPUS_FORMAT = "recon4d.gen.corpus"
-CORPUS_VERSION = 1
+CORPUS_VERSION = 2  # 2: achromatic colours no longer share a pattern's colour pair (objects.PATTERN_SECONDARY)
 # colour x shape pairs that never appear in train/val: the compositional-generalisation test
 HELDOUT_PAIRS = (("red", "cone"), ("blue", "torus"), ("green", "cube"), ("yellow", "capsule"),
                  ("purple", "sphere"), ("orange", "cylinder"), ("pink", "pyramid"), ("gray", "mug"),
