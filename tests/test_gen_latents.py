@@ -1,6 +1,7 @@
 """Scene latents: corpus, exact renderer, encoder, canonical form, file formats, decoding, user fits."""
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -92,15 +93,13 @@ def test_patterned_objects_of_different_colours_never_show_the_same_two_tones():
         spec = sample_object(seed)
         part = spec.parts[0]
         if spec.labels["pattern"] != "plain" and spec.labels["shape"] in ("cube", "sphere", "cone", "pyramid"):
-            pair = sorted((sum(part.color) / 3, sum(part.secondary) / 3))
-            tones.setdefault(spec.labels["color"], []).append((pair[0], pair[1]))
+            pair = tuple(sorted((sum(part.color) / 3, sum(part.secondary) / 3)))
+            tones.setdefault(spec.labels["color"], []).append(pair)
     achromatic = ("black", "white", "gray")
     assert all(tones.get(c) for c in achromatic)
-    for first in achromatic:
-        for second in achromatic:
-            if first < second:
-                closest = min(max(abs(a[0] - b[0]), abs(a[1] - b[1])) for a in tones[first] for b in tones[second])
-                assert closest > 0.3, (first, second, closest)
+    for first, second in itertools.combinations(achromatic, 2):
+        closest = min(max(abs(a[0] - b[0]), abs(a[1] - b[1])) for a in tones[first] for b in tones[second])
+        assert closest > 0.3, (first, second, closest)
 
 
 def test_red_sphere_encodes_to_a_red_ball(red_sphere):

@@ -55,7 +55,7 @@ def _jitter(rgb: tuple[float, float, float], rng: random.Random, amount: float =
 # colours take each other's tones in a cycle so that no two of them show the same pair: in corpus version 1,
 # black took white stripes and white took black ones, so "a black striped cone" and "a white striped cone"
 # were the same picture up to the stripes' phase, and neither the generator nor the judge could learn which
-# colour a caption named (10 of 181 colour errors at 4 steps were black <-> white).
+# colour a caption named (15 of 181 judged prompts at 4 steps: black taken for white or white for black).
 LIGHT_SECONDARY, MID_SECONDARY, DARK_SECONDARY = (0.95, 0.95, 0.95), (0.50, 0.50, 0.50), (0.12, 0.12, 0.12)
 PATTERN_SECONDARY = {"black": LIGHT_SECONDARY, "white": MID_SECONDARY, "gray": DARK_SECONDARY,
                      "yellow": DARK_SECONDARY, "pink": DARK_SECONDARY}
