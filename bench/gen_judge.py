@@ -20,12 +20,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from recon4d.gen.latents import load_latent, to_gaussians
+from recon4d.gen.latents import load_latent
 from recon4d.gen.objects import COLORS, SHAPES
+from recon4d.gen.render_loss import render_latent
 from recon4d.gen.views import intrinsics, orbit_poses, read_view_set
 from recon4d.geometry import invert_pose
 from recon4d.progress import track
-from recon4d.render import rasterize
 
 COLOR_NAMES, SIZE, FOV_X_DEG = list(COLORS), 64, 40.0
 SAMPLE_CAMERA_DISTANCE = 3.4  # canonical objects have radius 1; corpus objects ~0.8 at distance 2.8
@@ -89,14 +89,12 @@ def sample_poses(count: int, azimuth_offset_deg: float = 0.0) -> torch.Tensor:
 def render_canonical(latent: torch.Tensor, poses: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Canonical latent [G, 14] -> premultiplied RGB [V, 64, 64, 3] and alpha [V, 64, 64] for poses [V, 4, 4]."""
     K = intrinsics(FOV_X_DEG, SIZE, SIZE)
-    g = to_gaussians(latent)
     colors, alphas = [], []
     with torch.no_grad():
         for pose in poses:
-            out = rasterize(g.means, g.quats, g.scales, g.opacities, g.colors, invert_pose(pose), K, SIZE, SIZE,
-                            background=torch.zeros(3))
-            colors.append(out.color.clamp(0, 1))
-            alphas.append(out.alpha.reshape(SIZE, SIZE).clamp(0, 1))
+            color, alpha = render_latent(latent, invert_pose(pose), K, SIZE)
+            colors.append(color.clamp(0, 1))
+            alphas.append(alpha.clamp(0, 1))
     return torch.stack(colors), torch.stack(alphas)
 
 

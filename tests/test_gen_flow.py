@@ -201,6 +201,51 @@ def test_reflow_distillation_and_refiner_stages(tiny_latents, tiny_model, tmp_pa
         assert generator.generate(request).shape == (1, 64, 14)
 
 
+def _mean_rendering_loss(model_file: Path, latents_dir: Path) -> float:
+    """Rendering loss of a stored velocity model on fixed draws (every object, 4 times) of the tiny corpus."""
+    from recon4d.gen.data import split_names
+    from recon4d.gen.flow import interpolate
+    from recon4d.gen.mmdit import MMDiT
+    from recon4d.gen.model_io import load_model_file
+    from recon4d.gen.train import render_term
+
+    stored = load_model_file(model_file, "rf1")
+    model = MMDiT(ModelConfig(**stored.config))
+    model.load_state_dict(stored.state)
+    data, stats = load_flow_data(latents_dir, split_names(latents_dir, None, "train"), num_gaussians=64)
+    text = text_table(TextEncoder(None), data.captions)
+    generator = torch.Generator().manual_seed(3)
+    x1 = data.x1.repeat(4, 1, 1)
+    x0, t = torch.randn(x1.shape, generator=generator), 0.3 + 0.6 * torch.rand(len(x1), generator=generator)
+    config = TrainConfig(batch=len(x1), render_weight=1.0, render_samples=len(x1), render_size=24)
+    x_t = interpolate(x0, x1, t)
+    with torch.no_grad():
+        predicted = model(x_t, t, *text.take(data.caption_index.repeat(4)))
+        return float(render_term(0, config, predicted, x_t, x1, t, stats, rank=0, world_size=1))
+
+
+def test_the_render_stage_fine_tunes_the_1rf_towards_lower_rendering_loss(tiny_latents, tiny_model, tmp_path):
+    import shutil
+
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny_model, model_dir)
+    flow_model = (model_dir / "model.safetensors").read_bytes()
+    render = TrainConfig(steps=60, batch=8, lr=1e-3, warmup=5, ema_decay=0.9, log_every=20, render_weight=20.0,
+                         render_samples=8, render_size=24)
+    rf1 = TrainConfig(steps=250, batch=8, lr=2e-3, warmup=20, ema_decay=0.99, log_every=50)
+    summary = run_pipeline(tiny_latents, model_dir, PipelineConfig(stages=("render",), model=TINY_MODEL, render=render))
+    assert summary["render"]["steps"] == 60
+    assert (model_dir / "model_flow.safetensors").read_bytes() == flow_model
+    before = _mean_rendering_loss(model_dir / "model_flow.safetensors", tiny_latents)
+    after = _mean_rendering_loss(model_dir / "model.safetensors", tiny_latents)
+    assert after < 0.8 * before, (before, after)
+    # rerunning both stages keeps both files: the 1-RF is model_flow.safetensors once a render stage exists
+    fine_tuned = (model_dir / "model.safetensors").read_bytes()
+    run_pipeline(tiny_latents, model_dir, PipelineConfig(stages=("rf1", "render"), model=TINY_MODEL, rf1=rf1, render=render))
+    assert (model_dir / "model_flow.safetensors").read_bytes() == flow_model
+    assert (model_dir / "model.safetensors").read_bytes() == fine_tuned
+
+
 def test_a_finished_stage_is_not_resaved_on_resume(tiny_latents, tiny_model, tmp_path):
     """Rerunning a finished stage (e.g. `gen.ship` resuming to ship) keeps the saved file and its measured
     summary; re-saving had replaced the final loss with None and the seconds with those of an empty resume."""

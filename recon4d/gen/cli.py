@@ -44,13 +44,16 @@ def register(commands: argparse._SubParsersAction) -> None:
     train.add_argument("-o", "--out", type=Path, required=True, help="model directory")
     train.add_argument("--config", type=Path, default=None, help="YAML preset (configs/gen*.yaml); flags override it")
     train.add_argument("--stages", default=None,
-                       help="comma list of rf1,boss,rf2,onestep,refiner,boss_finetune (default: rf1,boss)")
+                       help="comma list of rf1,render,boss,rf2,onestep,refiner,boss_finetune (default: rf1,boss)")
     train.add_argument("--steps", type=int, default=None, help="1-RF optimiser steps")
     train.add_argument("--batch", type=int, default=None, help="GLOBAL batch, split evenly over torchrun processes")
     train.add_argument("--lr", type=float, default=None, help="1-RF learning rate")
     train.add_argument("--sampler", default=None, choices=("uniform", "logit_normal", "u_shaped"),
                        help="1-RF timestep sampler (default: logit_normal)")
     train.add_argument("--loss", default=None, choices=("mse", "pseudo_huber"), help="1-RF loss (default: mse)")
+    train.add_argument("--render-steps", type=int, default=None,
+                       help="render stage optimiser steps (the 1-RF fine-tuned with the rendering loss: L1 + SSIM between "
+                            "renders of the implied clean latent and of the true one)")
     train.add_argument("--reflow-steps", type=int, default=None, help="2-RF optimiser steps")
     train.add_argument("--distill-steps", type=int, default=None, help="one-step student optimiser steps")
     train.add_argument("--refiner-steps", type=int, default=None, help="FlowTurbo refiner optimiser steps")
@@ -137,7 +140,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from recon4d.gen.config import pipeline_config
 
     overrides = {"stages": args.stages, "steps": args.steps, "batch": args.batch, "lr": args.lr,
-                 "sampler": args.sampler, "loss": args.loss, "reflow_steps": args.reflow_steps,
+                 "sampler": args.sampler, "loss": args.loss, "render_steps": args.render_steps,
+                 "reflow_steps": args.reflow_steps,
                  "distill_steps": args.distill_steps, "refiner_steps": args.refiner_steps, "size": args.size,
                  "seed": args.seed}
     config = pipeline_config(args.config, {k: v for k, v in overrides.items() if v is not None})

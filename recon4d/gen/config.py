@@ -15,7 +15,7 @@ from recon4d.gen.reflow import PairConfig
 from recon4d.gen.train import TrainConfig
 from recon4d.gen.turbo import RefinerConfig
 
-_NESTED = {"model": ModelConfig, "rf1": TrainConfig, "rf2": TrainConfig, "onestep": TrainConfig,
+_NESTED = {"model": ModelConfig, "rf1": TrainConfig, "render": TrainConfig, "rf2": TrainConfig, "onestep": TrainConfig,
            "pairs": PairConfig, "refiner": RefinerConfig,
            "boss_finetune": FinetuneConfig}
 
@@ -60,6 +60,8 @@ def pipeline_config(path: Path | None, flags: dict[str, Any]) -> PipelineConfig:
         updates["onestep"] = dataclasses.replace(config.onestep, batch=flags["batch"])
     if "reflow_steps" in flags:
         updates["rf2"] = dataclasses.replace(updates.get("rf2", config.rf2), steps=flags["reflow_steps"])
+    if "render_steps" in flags:
+        updates["render"] = dataclasses.replace(config.render, steps=flags["render_steps"])
     if "distill_steps" in flags:
         updates["onestep"] = dataclasses.replace(updates.get("onestep", config.onestep), steps=flags["distill_steps"])
     if "refiner_steps" in flags:

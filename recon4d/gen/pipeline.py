@@ -31,7 +31,8 @@ from recon4d.gen.train import TrainConfig, train_velocity_model
 from recon4d.gen.turbo import RefinerConfig, save_refiner, train_refiner
 from recon4d.io.atomic import atomic_path
 
-STAGES = ("rf1", "rf2", "onestep", "refiner", "boss", "boss_finetune")
+STAGES = ("rf1", "render", "rf2", "onestep", "refiner", "boss", "boss_finetune")
+FLOW_FILE = "model_flow.safetensors"  # the 1-RF before the render stage fine-tuned it into model.safetensors
 SUMMARY_FILE = "training.json"
 
 
@@ -42,6 +43,7 @@ class PipelineConfig:
     Attributes:
         stages: which stages to run, in STAGES order.
         model: denoiser size; rf1/rf2/onestep: their optimisation; pairs: reflow/distillation pairs.
+        render: the render stage, a fine-tune of the 1-RF with the rendering loss (`recon4d.gen.render_loss`).
         default_cfg: guidance stored with the 1-RF model (2-RF and the student bake guidance into their
             pairs and sample with 1.0).
         boss_fine_steps, boss_samples: reference grid and paths of the BOSS cost matrix.
@@ -54,6 +56,8 @@ class PipelineConfig:
     stages: tuple[str, ...] = ("rf1", "boss")
     model: ModelConfig = field(default_factory=ModelConfig)
     rf1: TrainConfig = field(default_factory=TrainConfig)
+    render: TrainConfig = field(default_factory=lambda: TrainConfig(
+        steps=800, lr=1e-4, warmup=20, render_weight=5.0, render_samples=16, render_size=48))
     rf2: TrainConfig = field(default_factory=lambda: TrainConfig(steps=1000, cfg_drop=0.1, lr=2e-4, warmup=50))
     onestep: TrainConfig = field(default_factory=lambda: TrainConfig(steps=1000, timestep_sampler="zero", cfg_drop=0.0,
                                                                      lr=2e-4, warmup=50))
@@ -120,6 +124,25 @@ def _boss_finetune(out: Path, data: FlowData, text: TextTable, stats, config: Pi
     return report
 
 
+def _render_finetune(out: Path, data: FlowData, text: TextTable, stats, config: PipelineConfig,  # noqa: ANN001
+                     dtype: torch.dtype) -> dict:
+    """Fine-tune the 1-RF with the rendering loss (`config.render`): from MODEL_DIR/model_flow.safetensors (the
+    flow-only 1-RF; a model.safetensors of an earlier `--stages rf1` run is renamed to it) into
+    model.safetensors, which every later stage and the sampler use."""
+    flow = out / FLOW_FILE
+    if not flow.is_file():
+        if not (out / KINDS["rf1"]).is_file():
+            raise InputError(f"the render stage fine-tunes a 1-RF model, and {out} has none", hint="run the rf1 stage first")
+        if distributed.is_rank0():
+            (out / KINDS["rf1"]).rename(flow)
+        distributed.barrier()
+    stored = load_model_file(flow, "rf1")
+    _, summary = train_velocity_model(data, text, stats, config.model, config.render, out, stage="render", kind="rf1",
+                                      init_state={k: v.float() for k, v in stored.state.items()},
+                                      info={"default_cfg": config.default_cfg}, save_dtype=dtype)
+    return summary
+
+
 def run_pipeline(latents_dir: Path, out: Path, config: PipelineConfig) -> dict:
     """Run the configured stages; returns (and writes, rank 0) MODEL_DIR/training.json."""
     unknown = [s for s in config.stages if s not in STAGES]
@@ -146,9 +169,13 @@ def run_pipeline(latents_dir: Path, out: Path, config: PipelineConfig) -> dict:
     x0, captions = _noise_and_captions(data, config.straightness_samples, seed=99)
     for stage in (s for s in STAGES if s in config.stages):
         if stage == "rf1":
+            fine_tuned_later = "render" in config.stages or (out / FLOW_FILE).is_file()
             model, summary["rf1"] = train_velocity_model(
                 data, text, stats, config.model, config.rf1, out, stage="rf1", kind="rf1",
-                info={"default_cfg": config.default_cfg}, save_dtype=dtype)
+                info={"default_cfg": config.default_cfg}, save_dtype=dtype,
+                file=FLOW_FILE if fine_tuned_later else None)
+        elif stage == "render":
+            summary["render"] = _render_finetune(out, data, text, stats, config, dtype)
         elif stage == "boss":
             summary["boss"] = {}
             for kind in ("rf1", "rf2"):

@@ -29,6 +29,7 @@ from recon4d.gen.flow import TIMESTEP_SAMPLERS, flow_loss, interpolate, sample_t
 from recon4d.gen.latents import LatentStats
 from recon4d.gen.mmdit import MMDiT, ModelConfig, count_parameters
 from recon4d.gen.model_io import save_model
+from recon4d.gen.render_loss import random_cameras, rendering_loss
 from recon4d.io.atomic import atomic_path
 from recon4d.progress import track
 
@@ -45,6 +46,8 @@ class TrainConfig:
         timestep_sampler: uniform | logit_normal | u_shaped (or "zero": always t = 0, one-step distillation);
         logit_mean, logit_std, u_shape: their parameters.
         loss: mse | pseudo_huber.
+        render_weight: weight of the rendering loss (`recon4d.gen.render_loss`; 0: off); render_samples: rows
+            of each GLOBAL batch rendered, each from one random camera; render_size: their size in pixels.
         checkpoint_every: steps between resumable checkpoints; log_every: steps between log lines.
         seed: seeds the model init, data order, noise, times and dropout.
     """
@@ -63,6 +66,9 @@ class TrainConfig:
     logit_std: float = 1.0
     u_shape: float = 4.0
     loss: str = "mse"
+    render_weight: float = 0.0
+    render_samples: int = 8
+    render_size: int = 32
     checkpoint_every: int = 250
     log_every: int = 50
     seed: int = 0
@@ -77,6 +83,8 @@ def check_config(config: TrainConfig, world_size: int, data_size: int) -> None:
         raise InputError(f"the global batch {config.batch} must be divisible by the {world_size} processes")
     if data_size < 1:
         raise InputError("no training data")
+    if config.render_weight < 0 or config.render_samples < 0 or config.render_size < 8:
+        raise InputError("the rendering loss needs render_weight >= 0, render_samples >= 0 and render_size >= 8")
 
 
 def epoch_permutation(size: int, seed: int, epoch: int) -> torch.Tensor:
@@ -107,6 +115,24 @@ def step_draws(step: int, config: TrainConfig, shape: tuple[int, ...], need_nois
                              logit_std=config.logit_std, u_shape=config.u_shape)
     drop = torch.rand(shape[0], generator=generator) < config.cfg_drop
     return noise, t, drop
+
+
+def render_term(step: int, config: TrainConfig, predicted: torch.Tensor, x_t: torch.Tensor, x1: torch.Tensor,
+                t: torch.Tensor, stats: LatentStats, rank: int, world_size: int) -> torch.Tensor:
+    """This rank's share of the rendering loss of global step `step`: the global rows 0 .. render_samples - 1
+    are rendered (rank r holds rows r, r + W, ..., its local rows 0, 1, ...), each from a camera drawn for
+    the whole global batch, and the sum is scaled so that DDP's mean over ranks is the mean over those rows."""
+    count = min(config.render_samples, config.batch)
+    generator = torch.Generator().manual_seed((config.seed + 1) * 7_000_003 + step)
+    cameras, K = random_cameras(count, config.render_size, generator)
+    greys = torch.rand(count, generator=generator)
+    mine = torch.arange(rank, count, world_size)
+    local = slice(0, len(mine))
+    t = t[local]
+    weights = torch.ones_like(t) if config.timestep_sampler == "zero" else t  # see recon4d.gen.render_loss
+    total = rendering_loss(predicted[local], x_t[local], x1[local], t, weights, stats, cameras[mine], K, greys[mine],
+                           config.render_size)
+    return total * world_size / count
 
 
 def learning_rate(step: int, config: TrainConfig) -> float:
@@ -195,8 +221,8 @@ def load_checkpoint(path: Path, model: torch.nn.Module, ema: torch.nn.Module, op
 def train_velocity_model(data: FlowData, text: TextTable, stats: LatentStats, model_config: ModelConfig,
                          config: TrainConfig, out: Path, *, stage: str = "rf1", kind: str = "rf1",
                          init_state: dict[str, torch.Tensor] | None = None, info: dict | None = None,
-                         save_dtype: torch.dtype = torch.float32) -> tuple[MMDiT, dict]:
-    """Train v(x_t, t, text) on `data` and save its EMA weights as MODEL_DIR/<kind file>.
+                         save_dtype: torch.dtype = torch.float32, file: str | None = None) -> tuple[MMDiT, dict]:
+    """Train v(x_t, t, text) on `data` and save its EMA weights as MODEL_DIR/<file or the kind's file>.
 
     init_state: start from these weights (reflow starts from 1-RF, distillation from 2-RF).
     Returns the EMA model (unwrapped) and a summary (steps, final loss, seconds, parameters).
@@ -214,7 +240,7 @@ def train_velocity_model(data: FlowData, text: TextTable, stats: LatentStats, mo
     meta = {"stage": stage, "train": asdict(config), "model": model_config.to_json(), "data": len(data)}
     checkpoint = _checkpoint_path(out, stage)
     start = load_checkpoint(checkpoint, model, ema, optimizer, meta)
-    finished = out / KINDS[kind]
+    finished = out / (file or KINDS[kind])
     if start >= config.steps and finished.is_file():
         # A finished stage is kept as it was saved: re-saving it would overwrite its measured summary
         # (final loss, seconds) with the numbers of an empty resume.
@@ -224,7 +250,8 @@ def train_velocity_model(data: FlowData, text: TextTable, stats: LatentStats, mo
     wrapped = distributed.wrap_model(model, ctx)
     shape = (config.batch, *data.x1.shape[1:])
     rows = slice(ctx.rank, None, ctx.world_size)
-    log_path, losses, began, began_cpu = out / f"train_{stage}.jsonl", [], time.perf_counter(), time.process_time()
+    log_path, losses, render_losses = out / f"train_{stage}.jsonl", [], []
+    began, began_cpu = time.perf_counter(), time.process_time()
     if distributed.is_rank0():
         out.mkdir(parents=True, exist_ok=True)
     steps = range(start, config.steps)
@@ -235,15 +262,24 @@ def train_velocity_model(data: FlowData, text: TextTable, stats: LatentStats, mo
         x0 = data.x0[index] if data.x0 is not None else noise[rows]
         t, drop = t[rows], drop[rows]
         captions = torch.where(drop, torch.full_like(index, data.unconditional_index), data.caption_index[index])
-        predicted = wrapped(interpolate(x0, x1, t), t, *text.take(captions))
+        x_t = interpolate(x0, x1, t)
+        predicted = wrapped(x_t, t, *text.take(captions))
         loss = flow_loss(predicted, x1 - x0, data.weight[index], config.loss)
+        if config.render_weight > 0 and config.render_samples > 0:
+            rendered = render_term(step, config, predicted, x_t, x1, t, stats, ctx.rank, ctx.world_size)
+            loss = loss + config.render_weight * rendered
+            render_losses.append(float(distributed.all_reduce_mean(rendered.detach())))
         losses.append(optimizer_step(model, ema, optimizer, loss, learning_rate(step, config), config.grad_clip,
                                      config.ema_decay, step))
         done = step + 1
         if distributed.is_rank0() and (done % config.log_every == 0 or done == config.steps):
-            recent = losses[-config.log_every:]
+            recent, line = losses[-config.log_every:], {"step": done}
+            line["loss"] = sum(recent) / len(recent)
+            if render_losses:  # the unweighted rendering term, also included (weighted) in "loss"
+                line["render_loss"] = sum(render_losses[-config.log_every:]) / len(render_losses[-config.log_every:])
+            line["lr"] = learning_rate(step, config)
             with open(log_path, "a") as log:
-                log.write(json.dumps({"step": done, "loss": sum(recent) / len(recent), "lr": learning_rate(step, config)}) + "\n")
+                log.write(json.dumps(line) + "\n")
         if distributed.is_rank0() and (done % config.checkpoint_every == 0 or done == config.steps):
             save_checkpoint(checkpoint, model, ema, optimizer, done, meta)
     summary = {"stage": stage, "steps": config.steps, "resumed_from": start, "world_size": ctx.world_size,
