@@ -1,6 +1,6 @@
 """Generator model directories: weights as safetensors with a JSON config, never pickles.
 
-    MODEL_DIR/model.safetensors     the 1-RF velocity model (EMA weights)
+    MODEL_DIR/model.safetensors     the 1-RF velocity model (EMA weights; after the render stage, if any)
     MODEL_DIR/reflow.safetensors    the 2-RF model trained on the 1-RF model's (noise, sample) pairs
     MODEL_DIR/onestep.safetensors   the one-step student distilled from the 2-RF model
     MODEL_DIR/refiner.safetensors   FlowTurbo's small velocity refiner

@@ -1,6 +1,8 @@
 """`recon4d gen train`: the training stages of a model directory, in order.
 
     rf1      rectified flow on the latents (MM-DiT + MiniLM, CFG dropout, EMA)         model.safetensors
+             (model_flow.safetensors when a render stage follows)
+    render   the 1-RF fine-tuned with the rendering loss (recon4d.gen.render_loss)     model.safetensors
     rf2      reflow on (noise, 1-RF sample) pairs, starting from the 1-RF weights       reflow.safetensors
     onestep  InstaFlow one-step student from the 2-RF model's pairs                     onestep.safetensors
     refiner  FlowTurbo velocity refiner on the 1-RF model's paths                       refiner.safetensors
