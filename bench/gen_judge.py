@@ -22,13 +22,14 @@ from torch import nn
 
 from recon4d.gen.latents import load_latent
 from recon4d.gen.objects import COLORS, SHAPES
-from recon4d.gen.render_loss import render_latent
+from recon4d.gen.render_loss import CAMERA_DISTANCE, FOV_X_DEG, render_latent
 from recon4d.gen.views import intrinsics, orbit_poses, read_view_set
 from recon4d.geometry import invert_pose
 from recon4d.progress import track
 
-COLOR_NAMES, SIZE, FOV_X_DEG = list(COLORS), 64, 40.0
-SAMPLE_CAMERA_DISTANCE = 3.4  # canonical objects have radius 1; corpus objects ~0.8 at distance 2.8
+COLOR_NAMES, SIZE = list(COLORS), 64
+# the sample camera is the rendering loss's canonical orbit camera (CAMERA_DISTANCE 3.4, FOV_X_DEG 40):
+# canonical objects have radius 1; corpus objects ~0.8 at distance 2.8
 SAMPLE_ELEVATIONS = (10.0, 30.0)  # the elevations samples are judged at (corpus bands 2 and 3)
 
 
@@ -83,7 +84,7 @@ class Judge(nn.Module):
 
 def sample_poses(count: int, azimuth_offset_deg: float = 0.0) -> torch.Tensor:
     """[count, 4, 4] world_from_camera of the sample camera: orbit at SAMPLE_ELEVATIONS about the origin."""
-    return orbit_poses(count, SAMPLE_CAMERA_DISTANCE, SAMPLE_ELEVATIONS, azimuth_offset_deg=azimuth_offset_deg)
+    return orbit_poses(count, CAMERA_DISTANCE, SAMPLE_ELEVATIONS, azimuth_offset_deg=azimuth_offset_deg)
 
 
 def render_canonical(latent: torch.Tensor, poses: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

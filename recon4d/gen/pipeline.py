@@ -138,9 +138,8 @@ def _render_finetune(out: Path, data: FlowData, text: TextTable, stats, config: 
         if distributed.is_rank0():
             (out / KINDS["rf1"]).rename(flow)
         distributed.barrier()
-    stored = load_model_file(flow, "rf1")
     _, summary = train_velocity_model(data, text, stats, config.model, config.render, out, stage="render", kind="rf1",
-                                      init_state={k: v.float() for k, v in stored.state.items()},
+                                      init_state=load_model_file(flow, "rf1").state,
                                       info={"default_cfg": config.default_cfg}, save_dtype=dtype)
     return summary
 

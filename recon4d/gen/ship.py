@@ -2,9 +2,9 @@
 
 Recipe: a procedural corpus (`--count` objects, seed 0, 24 views at 64x64), encoded to 1024-Gaussian
 latents, then `recon4d gen train` with configs/gen.yaml (1-RF, its render-loss fine-tune, BOSS, 2-RF,
-one-step student, FlowTurbo refiner; weights stored as float16). Every step resumes, so an interrupted run continues. The model files
-(each <= 5 MB) are copied into recon4d/gen/models/text2splat/ with a recipe.json of the settings and
-training numbers.
+one-step student, FlowTurbo refiner; weights stored as float16). Every step resumes, so an interrupted run
+continues. The model files (each <= 5 MB) are copied into recon4d/gen/models/text2splat/ with a recipe.json
+of the settings and training numbers.
 """
 from __future__ import annotations
 
