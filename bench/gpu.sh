@@ -10,7 +10,7 @@
 #
 # Options: --wheels DIR (default .whl), --video FILE (default .whl/clips/bear.mp4, else
 # ../shared/data/davis-cotracker/bear.mp4), --budget SECONDS (570), --out DIR (default $OUT, else
-# /tmp/recon4d_gpu_bench): logs, parity.json, fit_metrics.json and summary.md go there (7 files).
+# /tmp/recon4d_gpu_bench): logs, parity.json, fit_metrics.json and summary.md go there (8 files).
 # Exit status: 0 when every stage passed, 1 when one failed or timed out, 2 on bad usage.
 set -euo pipefail
 
@@ -76,16 +76,18 @@ if [[ "$MODE" == dry-run ]]; then
   # several times the work there (bench/render.py --omp-wait-policy shows it); sleep instead.
   export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
   PARITY_ARGS="--device cpu --cases 64x48x300"
+  NERF_STEPS=4
 else
   PYTHON=${PYTHON:-python3}
   FIT_DEVICE=cuda
   FIT_ARGS="--short-side 480 --max-frames 30"
   PARITY_ARGS="--device cuda"
+  NERF_STEPS=300
 fi
 
 mkdir -p "$OUT_DIR"
 # Never report an earlier run's numbers.
-rm -f "$OUT_DIR"/{install,build,parity,fit}.log "$OUT_DIR"/{parity.json,fit_metrics.json,summary.md}
+rm -f "$OUT_DIR"/{install,build,parity,fit,nerf}.log "$OUT_DIR"/{parity.json,fit_metrics.json,summary.md}
 SITE=/tmp/recon4d_gpu_site            # carried wheels go here, ahead of the image's packages
 FIT_DIR=/tmp/recon4d_gpu_fit
 STAGES=$(mktemp /tmp/recon4d_gpu_stages.XXXXXX)
@@ -179,9 +181,20 @@ stage_fit() {
   cp "$FIT_DIR/metrics.json" "$OUT_DIR/fit_metrics.json"
   "$PYTHON" -c "print(f'end to end (process start to exit): {$t1 - $t0:.1f} s')"
 }
-export -f stage_install stage_build stage_parity stage_fit
+stage_nerf() {
+  # Issue #18's GPU row: GNT-MOVE and dense GNT training speed on a small procedural corpus made here.
+  set -euo pipefail
+  local data=/tmp/recon4d_gpu_corpus steps=$NERF_STEPS
+  rm -rf "$data" /tmp/recon4d_gpu_nerf_*
+  "$PYTHON" -m recon4d gen corpus -o "$data" --count 4 >/dev/null
+  for moe in --moe --no-moe; do
+    "$PYTHON" -m recon4d nerf train "$data"/obj_0000{0,1,2,3} -o "/tmp/recon4d_gpu_nerf_${moe#--}" $moe \
+      --steps "$steps" --eval-every "$steps" --device "$FIT_DEVICE" | tail -n 1 | sed "s/^/nerf $moe: /"
+  done
+}
+export -f stage_install stage_build stage_parity stage_fit stage_nerf
 # Plain strings, split on purpose in the stages (arrays do not cross `bash -c`; no argument has a space).
-export PARITY_ARGS FIT_DEVICE FIT_ARGS VIDEO FIT_DIR OUT_DIR
+export PARITY_ARGS FIT_DEVICE FIT_ARGS VIDEO FIT_DIR OUT_DIR NERF_STEPS
 
 echo "recon4d GPU bench ($MODE) in $REPO, budget ${BUDGET}s, outputs in $OUT_DIR"
 "$PYTHON" -c "import torch" 2>/dev/null || die "$PYTHON cannot import torch (set PYTHON=/path/to/python)"
@@ -202,6 +215,7 @@ fi
 if ((failed == 0)); then
   run_stage parity 120 stage_parity || failed=1
   run_stage fit 600 stage_fit || failed=1
+  run_stage nerf 120 stage_nerf || failed=1
 fi
 
 {
@@ -209,6 +223,7 @@ fi
   "$PYTHON" "$REPO/bench/gpu_check.py" table --stages "$STAGES" --parity "$OUT_DIR/parity.json" \
     --fit-metrics "$OUT_DIR/fit_metrics.json"
   grep -h "end to end" "$OUT_DIR/fit.log" 2>/dev/null || true
+  grep -h "^nerf --" "$OUT_DIR/nerf.log" 2>/dev/null || true
 } | tee "$OUT_DIR/summary.md"
 rm -f "$STAGES"
 exit $failed
