@@ -8,7 +8,7 @@
 #   bash bench/gpu.sh               # on the GPU machine: run(command="bash bench/gpu.sh", carry=[".whl"])
 #   bash bench/gpu.sh --dry-run     # here, no GPU: the same stages on the CPU at a tiny size
 #
-# Options: --wheels DIR (default .whl), --video FILE (default .whl/clips/bear.mp4, else
+# Options: --skip STAGE[,STAGE] (parity, fit or nerf: not run, e.g. on a rerun), --wheels DIR (default .whl), --video FILE (default .whl/clips/bear.mp4, else
 # ../shared/data/davis-cotracker/bear.mp4), --budget SECONDS (570), --out DIR (default $OUT, else
 # /tmp/recon4d_gpu_bench): logs, parity.json, fit_metrics.json and summary.md go there (8 files).
 # Exit status: 0 when every stage passed, 1 when one failed or timed out, 2 on bad usage.
@@ -17,12 +17,13 @@ set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 MODE=gpu
 WHEELS=""
+SKIP=""
 VIDEO=""
 BUDGET=570
 OUT_DIR="${OUT:-/tmp/recon4d_gpu_bench}"
 # Pinned so that a run is reproducible; gsplat is pure Python and JIT-compiles its CUDA code on first use.
 GSPLAT_WHEEL="gsplat==1.5.3"
-AV_WHEEL="av==19.0.2"
+AV_WHEEL="av==18.1.0"  # the version the CPU machines test; 19 needs the TypeError path of open_container
 DEVICE_PYTHON_VERSION=3.12  # the H200 image's python3
 
 usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "${BASH_SOURCE[0]}"; }
@@ -32,6 +33,7 @@ while (($#)); do
   case "$1" in
     --dry-run) MODE=dry-run ;;
     --prepare) MODE=prepare ;;
+    --skip) SKIP=${2:?--skip needs stage names}; shift ;;
     --wheels) WHEELS=${2:?--wheels needs a folder}; shift ;;
     --video) VIDEO=${2:?--video needs a file}; shift ;;
     --budget) BUDGET=${2:?--budget needs seconds}; shift ;;
@@ -103,6 +105,9 @@ record() { printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "${4//$'\t'/ }" >>"$STAGES";
 # $OUT_DIR/NAME.log, records ok / timeout / failed; never stops the script (later stages may still run).
 run_stage() {
   local name=$1 cap=$2 fn=$3
+  if [[ ",$SKIP," == *",$name,"* ]]; then
+    record "$name" skipped 0 "--skip $name"; echo "== $name: skipped (--skip)"; return 0
+  fi
   local left=$((BUDGET - SECONDS - RESERVE))
   if ((left < 10)); then
     record "$name" skipped 0 "budget of ${BUDGET}s used up"; echo "== $name: skipped, budget used up"; return 1

@@ -65,8 +65,11 @@ def one_line(exc: BaseException) -> str:
 
 def open_container(source: Path) -> "av.container.InputContainer":
     try:
-        # Broken tag bytes must not make a decodable video unreadable.
-        return av.open(str(source), mode="r", metadata_errors="replace")
+        try:
+            # Broken tag bytes must not make a decodable video unreadable.
+            return av.open(str(source), mode="r", metadata_errors="replace")
+        except TypeError:  # PyAV >= 19 has no such option
+            return av.open(str(source), mode="r")
     except (av.error.FFmpegError, UnicodeDecodeError, ValueError) as exc:
         raise VideoError(
             f"not a readable video: {source.name} ({one_line(exc)})",

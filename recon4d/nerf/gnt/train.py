@@ -163,9 +163,11 @@ def _learning_rate(config: TrainConfig, step: int) -> float:
 def held_out_psnr(model: GNT, splits: list[Split]) -> float | None:
     """Mean PSNR of the first held-out view of up to _EVAL_SCENES scenes, rendered from their training views."""
     values = []
+    device = next(model.parameters()).device  # the splits stay on the CPU; one view at a time goes to the model
     for split in [s for s in splits if s.held is not None][:_EVAL_SCENES]:
-        held = split.held
-        rgb, _ = render_view(model, split.train, held.world_from_camera[0], held.intrinsics[0], held.width, held.height)
+        held = split.held.to(device)
+        rgb, _ = render_view(model, split.train.to(device), held.world_from_camera[0], held.intrinsics[0],
+                             held.width, held.height)
         values.append(psnr(rgb, held.images[0]))
     return sum(values) / len(values) if values else None
 
