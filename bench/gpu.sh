@@ -181,7 +181,7 @@ stage_fit() {
   rm -rf "$FIT_DIR"
   echo "recon4d --device $FIT_DEVICE fit $VIDEO ${FIT_ARGS}"
   local t0=$(date +%s.%N)
-  "$PYTHON" -m recon4d --device "$FIT_DEVICE" fit "$VIDEO" --out "$FIT_DIR" ${FIT_ARGS}
+  "$PYTHON" -m recon4d --debug --device "$FIT_DEVICE" fit "$VIDEO" --out "$FIT_DIR" ${FIT_ARGS}
   local t1=$(date +%s.%N)
   cp "$FIT_DIR/metrics.json" "$OUT_DIR/fit_metrics.json"
   "$PYTHON" -c "print(f'end to end (process start to exit): {$t1 - $t0:.1f} s')"
@@ -193,7 +193,7 @@ stage_nerf() {
   rm -rf "$data" /tmp/recon4d_gpu_nerf_*
   "$PYTHON" -m recon4d gen corpus -o "$data" --count 4 >/dev/null
   for moe in --moe --no-moe; do
-    "$PYTHON" -m recon4d nerf train "$data"/obj_0000{0,1,2,3} -o "/tmp/recon4d_gpu_nerf_${moe#--}" $moe \
+    "$PYTHON" -m recon4d --debug nerf train "$data"/obj_0000{0,1,2,3} -o "/tmp/recon4d_gpu_nerf_${moe#--}" $moe \
       --steps "$steps" --eval-every "$steps" --device "$FIT_DEVICE" | tail -n 1 | sed "s/^/nerf $moe: /"
   done
 }
