@@ -194,7 +194,9 @@ stage_nerf() {
   "$PYTHON" -m recon4d gen corpus -o "$data" --count 4 >/dev/null
   for moe in --moe --no-moe; do
     "$PYTHON" -m recon4d --debug nerf train "$data"/obj_0000{0,1,2,3} -o "/tmp/recon4d_gpu_nerf_${moe#--}" $moe \
-      --steps "$steps" --eval-every "$steps" --device "$FIT_DEVICE" | tail -n 1 | sed "s/^/nerf $moe: /"
+      --steps "$steps" --eval-every "$steps" --device "$FIT_DEVICE" >/tmp/recon4d_gpu_nerf.log 2>&1 \
+      || { tail -n 30 /tmp/recon4d_gpu_nerf.log; return 1; }
+    tail -n 1 /tmp/recon4d_gpu_nerf.log | sed "s/^/nerf $moe: /"
   done
 }
 export -f stage_install stage_build stage_parity stage_fit stage_nerf
