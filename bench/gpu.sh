@@ -159,8 +159,6 @@ stage_build() {
   cpu_pid=$!  # global: the EXIT trap below still sees it
   trap 'kill "$cpu_pid" 2>/dev/null || true' EXIT  # a failed gsplat build ends the CPU build too
   if [[ "$MODE" != dry-run ]]; then
-    TORCH_CUDA_ARCH_LIST=$("$PYTHON" -c "import torch; print('%d.%d' % torch.cuda.get_device_capability())")
-    export TORCH_CUDA_ARCH_LIST
     echo "building gsplat for sm_${TORCH_CUDA_ARCH_LIST/./} with MAX_JOBS=$MAX_JOBS"
     "$PYTHON" -c "
 from gsplat.cuda._backend import _C
@@ -212,6 +210,10 @@ fi
 if [[ "$MODE" != dry-run ]]; then
   "$PYTHON" -c "import torch; assert torch.cuda.is_available()" 2>/dev/null \
     || die "torch sees no CUDA GPU here; use --dry-run on a machine without one"
+  # Set for every stage, not only the build: torch's JIT loader rebuilds gsplat whenever nvcc's flags change,
+  # and unset it adds PTX to the flags, so the first run (2026-12-04) rebuilt gsplat inside the timed fit.
+  TORCH_CUDA_ARCH_LIST=$("$PYTHON" -c "import torch; print('%d.%d' % torch.cuda.get_device_capability())")
+  export TORCH_CUDA_ARCH_LIST
 fi
 
 failed=0
