@@ -189,7 +189,8 @@ def test_reflow_distillation_and_refiner_stages(tiny_latents, tiny_model, tmp_pa
     config = PipelineConfig(stages=("rf2", "onestep", "refiner", "boss"), model=TINY_MODEL, rf2=short,
                             onestep=TrainConfig(**{**short.__dict__, "timestep_sampler": "zero", "cfg_drop": 0.0}),
                             pairs=PairConfig(per_caption=2, euler_steps=6), boss_fine_steps=16, boss_samples=4,
-                            refiner_steps=20, refiner_batch=8, refiner_paths=4, straightness_samples=4)
+                            refiner_steps=20, refiner_batch=8, refiner_paths=4, straightness_samples=4,
+                            reflow_cfg=2.0, reflow_guidance_channels=("r", "g", "b"))
     summary = run_pipeline(tiny_latents, model_dir, config)
     assert summary["rf2"]["straightness_rf1"] > 0 and summary["rf2"]["straightness_rf2"] >= 0
     assert 0 < summary["refiner"]["share_of_model"] < 0.5
@@ -199,6 +200,29 @@ def test_reflow_distillation_and_refiner_stages(tiny_latents, tiny_model, tmp_pa
                     SampleRequest("a red ball", steps=4, reflow=True), SampleRequest("a red ball", steps=2, solver="boss",
                                                                                     reflow=True)):
         assert generator.generate(request).shape == (1, 64, 14)
+    # The 2-RF stores its guidance; the sampler guides its colour channels only, the others stay conditional.
+    assert generator.default_cfg("rf2") == 2.0 and generator.guidance_channels("rf2") == [11, 12, 13]
+    assert generator.guidance_channels("rf1") is None
+    x, t = torch.randn(1, 64, 14, generator=torch.Generator().manual_seed(5)), torch.full((1,), 0.3)
+    cond, uncond = generator.conditions(["a red ball"])
+    model = generator.velocity_model("rf2")
+    v_cond, v_uncond = model(x, t, *cond), model(x, t, *uncond)
+    v = generator.velocity("rf2", ["a red ball"], 2.0)(x, t)
+    assert float((v_cond[..., 11:] - v_uncond[..., 11:]).abs().max()) > 1e-3, "the text changes the colour velocity"
+    torch.testing.assert_close(v[..., :11], v_cond[..., :11], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(v[..., 11:], v_uncond[..., 11:] + 2.0 * (v_cond - v_uncond)[..., 11:], atol=1e-5, rtol=1e-5)
+
+
+def test_a_preset_naming_an_unknown_guidance_channel_is_one_line(tmp_path):
+    from recon4d.errors import InputError
+    from recon4d.gen.config import load_preset
+
+    preset = tmp_path / "gen.yaml"
+    preset.write_text("reflow_cfg: 2.0\nreflow_guidance_channels: [red]\n")
+    with pytest.raises(InputError, match="unknown latent channel 'red'"):
+        load_preset(preset)
+    preset.write_text("reflow_cfg: 2.0\nreflow_guidance_channels: [r, g, b]\n")
+    assert load_preset(preset).reflow_guidance_channels == ("r", "g", "b")
 
 
 def _mean_rendering_loss(model_file: Path, latents_dir: Path) -> float:

@@ -159,11 +159,11 @@ def schedule_error(velocity: Velocity, x0: torch.Tensor, times: torch.Tensor, re
 
 def finetune_on_schedule(model: MMDiT, cond: tuple, uncond: tuple, cfg: float, x0: torch.Tensor,
                          stats: LatentStats, schedule: torch.Tensor, fine_steps: int, config: FinetuneConfig,
-                         checkpoint: Path | None = None) -> tuple[MMDiT, dict]:
+                         checkpoint: Path | None = None, channels: list[int] | None = None) -> tuple[MMDiT, dict]:
     """Finetune a copy of `model` so that each of its K guided Euler steps lands on the reference path.
 
     Reference paths start at x0 [P, G, C] with text cond/uncond ((tokens, mask, pooled), P rows) and guidance
-    `cfg`; `schedule` [K + 1] holds times on the fine grid of `fine_steps` (from the boss stage). A training
+    `cfg` on its guided `channels` (None: all); `schedule` [K + 1] holds times on the fine grid of `fine_steps` (from the boss stage). A training
     pair is a reference state x_k at t_k and the reference jump x_{k+1} - x_k to t_{k+1}; the loss is the
     opacity-weighted (`latents.spatial_weight` of the reference sample) squared error of the model's jump (t_{k+1} - t_k) v(x_k, t_k): the
     per-step cost c[k][k+1] the schedule was chosen by. Guidance stays in the loop, so the finetuned model
@@ -176,7 +176,7 @@ def finetune_on_schedule(model: MMDiT, cond: tuple, uncond: tuple, cfg: float, x
     from recon4d.gen.train import learning_rate, load_checkpoint, optimizer_step, save_checkpoint
 
     indices = [round(float(t) * fine_steps) for t in schedule]
-    frozen = guided(model, cond, uncond, cfg)
+    frozen = guided(model, cond, uncond, cfg, channels)
     states = reference_states(frozen, x0, fine_steps, indices)  # [P, K + 1, G, C]
     weight = spatial_weight(stats.destandardize(states[:, -1]))
     steps_k = len(indices) - 1
@@ -201,7 +201,7 @@ def finetune_on_schedule(model: MMDiT, cond: tuple, uncond: tuple, cfg: float, x
         k = torch.randint(steps_k, (config.batch,), generator=generator)[rows]
         x, after = states[path, k], states[path, k + 1]
         t, h = schedule[k], (schedule[k + 1] - schedule[k]).reshape(-1, 1, 1)
-        velocity = guided(wrapped, tuple(c[path] for c in cond), tuple(u[path] for u in uncond), cfg)
+        velocity = guided(wrapped, tuple(c[path] for c in cond), tuple(u[path] for u in uncond), cfg, channels)
         loss = flow_loss(h * velocity(x, t), after - x, weight[path])
         losses.append(optimizer_step(student, ema, optimizer, loss, learning_rate(step, train), config.grad_clip,
                                      config.ema_decay, step))

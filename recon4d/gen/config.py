@@ -9,6 +9,7 @@ import yaml
 
 from recon4d.errors import InputError
 from recon4d.gen.boss import FinetuneConfig
+from recon4d.gen.latents import channel_indices
 from recon4d.gen.mmdit import ModelConfig
 from recon4d.gen.pipeline import PipelineConfig
 from recon4d.gen.reflow import PairConfig
@@ -45,6 +46,12 @@ def load_preset(path: Path | None) -> PipelineConfig:
             nested[name] = _build(cls, values.pop(name) or {}, getattr(config, name), f"{path}: {name}")
     if "stages" in values:
         values["stages"] = tuple(values["stages"])
+    if "reflow_guidance_channels" in values:
+        values["reflow_guidance_channels"] = tuple(values["reflow_guidance_channels"] or ())
+        try:
+            channel_indices(values["reflow_guidance_channels"])
+        except InputError as exc:
+            raise InputError(f"{path}: reflow_guidance_channels: {exc}") from exc
     return _build(PipelineConfig, {**values, **nested}, config, str(path))
 
 

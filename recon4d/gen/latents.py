@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +33,18 @@ STATS_VERSION = 1
 STATS_FILE = "stats.json"
 CHANNELS = ("x", "y", "z", "log_sx", "log_sy", "log_sz", "qw", "qx", "qy", "qz", "opacity_logit", "r", "g", "b")
 NUM_CHANNELS = len(CHANNELS)
+
+
+def channel_indices(names: Sequence[str]) -> list[int]:
+    """Indices into CHANNELS of channel names (e.g. ["r", "g", "b"] -> [11, 12, 13]).
+
+        >>> channel_indices(["r", "g", "b"])
+        [11, 12, 13]
+    """
+    unknown = [n for n in names if n not in CHANNELS]
+    if unknown:
+        raise InputError(f"unknown latent channel {unknown[0]!r}; the channels are {', '.join(CHANNELS)}")
+    return [CHANNELS.index(n) for n in names]
 OPACITY_CHANNEL = 10
 LOG_SCALE_RANGE = (-9.0, 0.5)  # canonical units: below is sub-pixel dust, above is larger than the object
 OPACITY_LOGIT_RANGE = (-9.0, 9.0)

@@ -25,6 +25,7 @@ from recon4d.gen.boss import (FinetuneConfig, finetune_on_schedule, finetuned_fi
                               save_finetuned, save_schedules, schedule_error, schedules, step_costs)
 from recon4d.gen.data import FlowData, TextTable, load_flow_data, split_names, text_table
 from recon4d.gen.flow import guided, straightness
+from recon4d.gen.latents import channel_indices
 from recon4d.gen.mmdit import MMDiT, ModelConfig
 from recon4d.gen.model_io import KINDS, load_model_file
 from recon4d.gen.reflow import PairConfig, make_pairs
@@ -46,8 +47,11 @@ class PipelineConfig:
         stages: which stages to run, in STAGES order.
         model: denoiser size; rf1/rf2/onestep: their optimisation; pairs: reflow/distillation pairs.
         render: the render stage, a fine-tune of the 1-RF with the rendering loss (`recon4d.gen.render_loss`).
-        default_cfg: guidance stored with the 1-RF model (2-RF and the student bake guidance into their
-            pairs and sample with 1.0).
+        default_cfg: guidance stored with the 1-RF model (its pairs for the 2-RF are made with it).
+        reflow_cfg, reflow_guidance_channels: guidance stored with the 2-RF model, on those latent channels
+            only (names from `latents.CHANNELS`; empty: all). The 2-RF learns the guided 1-RF's samples, so it
+            needs none for shape; at few steps it loses colour, which guiding the colour channels alone
+            restores (README, "Text-to-3D"). The student learns the guided 2-RF and samples with 1.0.
         boss_fine_steps, boss_samples: reference grid and paths of the BOSS cost matrix.
         boss_finetune: budgets and optimisation of the boss_finetune stage.
         refiner, refiner_steps, refiner_batch, refiner_paths: FlowTurbo refiner training.
@@ -65,6 +69,8 @@ class PipelineConfig:
                                                                      lr=2e-4, warmup=50))
     pairs: PairConfig = field(default_factory=PairConfig)
     default_cfg: float = 3.0
+    reflow_cfg: float = 1.0
+    reflow_guidance_channels: tuple[str, ...] = ()
     boss_fine_steps: int = 64
     boss_samples: int = 16
     boss_finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
@@ -90,9 +96,17 @@ def _noise_and_captions(data: FlowData, count: int, seed: int) -> tuple[torch.Te
     return torch.randn((count, *data.x1.shape[1:]), generator=generator), captions
 
 
-def _velocity(model: MMDiT, text: TextTable, data: FlowData, captions: torch.Tensor, cfg: float):
+def _guidance(config: PipelineConfig, kind: str) -> tuple[float, list[int] | None]:
+    """(scale, guided channels or None for all) that model `kind` ("rf1" or "rf2") samples with."""
+    if kind == "rf1":
+        return config.default_cfg, None
+    return config.reflow_cfg, channel_indices(config.reflow_guidance_channels) or None
+
+
+def _velocity(model: MMDiT, text: TextTable, data: FlowData, captions: torch.Tensor, cfg: float,
+              channels: list[int] | None = None):
     uncond = text.take(torch.full_like(captions, data.unconditional_index))
-    return guided(model, text.take(captions), uncond, cfg)
+    return guided(model, text.take(captions), uncond, cfg, channels)
 
 
 def _boss_finetune(out: Path, data: FlowData, text: TextTable, stats, config: PipelineConfig,  # noqa: ANN001
@@ -104,10 +118,10 @@ def _boss_finetune(out: Path, data: FlowData, text: TextTable, stats, config: Pi
         if not (out / KINDS[kind]).is_file():
             continue
         model, _ = _load_stored(out, kind)
-        cfg = config.default_cfg if kind == "rf1" else 1.0
+        cfg, channels = _guidance(config, kind)
         x0, captions = _noise_and_captions(data, settings.paths, seed=settings.seed + 21)
         e_x0, e_captions = _noise_and_captions(data, settings.eval_paths, seed=settings.seed + 22)
-        base = _velocity(model, text, data, e_captions, cfg)
+        base = _velocity(model, text, data, e_captions, cfg, channels)
         reference = reference_states(base, e_x0, config.boss_fine_steps, [config.boss_fine_steps])[:, 0]
         uncond = text.take(torch.full_like(captions, data.unconditional_index))
         report[kind] = {}
@@ -115,9 +129,9 @@ def _boss_finetune(out: Path, data: FlowData, text: TextTable, stats, config: Pi
             schedule = load_schedule(out, steps, kind)
             finetuned, info = finetune_on_schedule(
                 model, text.take(captions), uncond, cfg, x0, stats, schedule, config.boss_fine_steps, settings,
-                checkpoint=out / f"checkpoint_boss_{kind}_k{steps}.safetensors")
+                checkpoint=out / f"checkpoint_boss_{kind}_k{steps}.safetensors", channels=channels)
             info.update(error_before=schedule_error(base, e_x0, schedule, reference),
-                        error_after=schedule_error(_velocity(finetuned, text, data, e_captions, cfg), e_x0, schedule,
+                        error_after=schedule_error(_velocity(finetuned, text, data, e_captions, cfg, channels), e_x0, schedule,
                                                    reference),
                         schedule=schedule.tolist(), default_cfg=cfg, base=KINDS[kind])
             if distributed.is_rank0():
@@ -182,9 +196,10 @@ def run_pipeline(latents_dir: Path, out: Path, config: PipelineConfig) -> dict:
             for kind in ("rf1", "rf2"):
                 if (out / KINDS[kind]).is_file():
                     model, _ = _load_stored(out, kind)
-                    cfg = config.default_cfg if kind == "rf1" else 1.0
+                    cfg, channels = _guidance(config, kind)
                     b_x0, b_captions = _noise_and_captions(data, config.boss_samples, seed=7)
-                    costs = step_costs(_velocity(model, text, data, b_captions, cfg), b_x0, config.boss_fine_steps)
+                    costs = step_costs(_velocity(model, text, data, b_captions, cfg, channels), b_x0,
+                                       config.boss_fine_steps)
                     table = schedules(costs)
                     if distributed.is_rank0():
                         save_schedules(out, kind, table, {"fine_steps": config.boss_fine_steps, "cfg": cfg})
@@ -195,14 +210,19 @@ def run_pipeline(latents_dir: Path, out: Path, config: PipelineConfig) -> dict:
             teacher, teacher_state = _load_stored(out, "rf1")
             pairs = make_pairs(teacher, data, text, stats, dataclasses.replace(config.pairs, cfg=config.default_cfg))
             before = straightness(_velocity(teacher, text, data, captions, config.default_cfg), x0)
+            reflow_cfg, reflow_channels = _guidance(config, "rf2")
+            guidance = {"default_cfg": reflow_cfg, "guidance_channels": list(config.reflow_guidance_channels)}
             model, info = train_velocity_model(pairs, text, stats, config.model, config.rf2, out, stage="rf2",
                                                kind="rf2", init_state=teacher_state,
-                                               info={"default_cfg": 1.0, "pairs": len(pairs)}, save_dtype=dtype)
-            after = straightness(_velocity(model, text, data, captions, 1.0), x0)
+                                               info={**guidance, "pairs": len(pairs)}, save_dtype=dtype)
+            after = straightness(_velocity(model, text, data, captions, reflow_cfg, reflow_channels), x0)
             summary["rf2"] = {**info, "straightness_rf1": before, "straightness_rf2": after}
         elif stage == "onestep":
             teacher, teacher_state = _load_stored(out, "rf2")
-            pairs = make_pairs(teacher, data, text, stats, dataclasses.replace(config.pairs, cfg=1.0, seed=config.pairs.seed + 1))
+            reflow_cfg, reflow_channels = _guidance(config, "rf2")
+            pairs = make_pairs(teacher, data, text, stats,
+                               dataclasses.replace(config.pairs, cfg=reflow_cfg, seed=config.pairs.seed + 1),
+                               reflow_channels)
             _, summary["onestep"] = train_velocity_model(
                 pairs, text, stats, config.model, config.onestep, out, stage="onestep", kind="onestep",
                 init_state=teacher_state, info={"default_cfg": 1.0, "pairs": len(pairs)}, save_dtype=dtype)

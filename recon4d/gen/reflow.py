@@ -10,6 +10,7 @@ spatially weighted MSE in latent space.)
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -55,9 +56,10 @@ def solve(velocity, x0: torch.Tensor, config: PairConfig) -> torch.Tensor:  # no
 
 
 def make_pairs(model: torch.nn.Module, data: FlowData, text: TextTable, stats: LatentStats,
-               config: PairConfig) -> FlowData:
+               config: PairConfig, channels: Sequence[int] | None = None) -> FlowData:
     """FlowData of (x0, teacher sample) pairs for every training caption, `per_caption` noises each.
 
+    The teacher samples with guidance config.cfg on its guided `channels` (None: all; see `flow.guided`).
     Deterministic given config.seed (all noise is drawn at once, in pair order). The spatial weights are
     the samples' own opacities.
     """
@@ -70,7 +72,7 @@ def make_pairs(model: torch.nn.Module, data: FlowData, text: TextTable, stats: L
         index = caption_index[start:start + config.batch]
         cond = text.take(index)
         uncond = text.take(uncond_index.expand(len(index)))
-        samples.append(solve(guided(model, cond, uncond, config.cfg), x0[start:start + config.batch], config))
+        samples.append(solve(guided(model, cond, uncond, config.cfg, channels), x0[start:start + config.batch], config))
     x1 = torch.cat(samples)
     return FlowData(x1=x1, weight=spatial_weight(stats.destandardize(x1)), caption_index=caption_index,
                     captions=data.captions, x0=x0)

@@ -25,7 +25,7 @@ from recon4d.errors import InputError
 from recon4d.gen.data import UNCONDITIONAL
 from recon4d.gen.decode import PreviewConfig, check_output_dir, write_scene_dir
 from recon4d.gen.flow import euler, guided, heun, uniform_times
-from recon4d.gen.latents import to_gaussians
+from recon4d.gen.latents import channel_indices, to_gaussians
 from recon4d.gen.mmdit import MMDiT, ModelConfig
 from recon4d.gen.model_io import KINDS, load_model_file, resolve_model_dir
 from recon4d.gen.text import TextEncoder
@@ -100,11 +100,19 @@ class Generator:
 
     def velocity(self, kind: str, prompts: list[str], cfg: float):
         cond, uncond = self.conditions(prompts)
-        return guided(self.velocity_model(kind), cond, uncond, cfg)
+        return guided(self.velocity_model(kind), cond, uncond, cfg, self.guidance_channels(kind))
+
+    @functools.cache
+    def _info(self, kind: str) -> dict:
+        stored = self.main if kind == "rf1" else load_model_file(self.model_dir / KINDS[kind], kind)
+        return stored.info
 
     def default_cfg(self, kind: str) -> float:
-        stored = self.main if kind == "rf1" else load_model_file(self.model_dir / KINDS[kind], kind)
-        return float(stored.info.get("default_cfg", DEFAULT_CFG))
+        return float(self._info(kind).get("default_cfg", DEFAULT_CFG))
+
+    def guidance_channels(self, kind: str) -> list[int] | None:
+        """The latent channels that guidance (default or --cfg) acts on for model `kind`; None: all."""
+        return channel_indices(self._info(kind).get("guidance_channels") or []) or None
 
     @torch.no_grad()
     def generate_standardized(self, request: SampleRequest, x0: torch.Tensor | None = None) -> torch.Tensor:
@@ -137,7 +145,8 @@ class Generator:
             schedule = load_schedule(self.model_dir, request.steps, kind)
             finetuned = load_finetuned(self.model_dir, kind, request.steps)
             if finetuned is not None:
-                velocity = guided(finetuned, *self.conditions(prompts), self._cfg(request, kind))
+                velocity = guided(finetuned, *self.conditions(prompts), self._cfg(request, kind),
+                                  self.guidance_channels(kind))
             return euler(velocity, x0, schedule)
         from recon4d.gen.turbo import load_refiner, turbo_sample
 
