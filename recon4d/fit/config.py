@@ -9,6 +9,7 @@
     ├── sequential  the per-frame (GFlow) pass: iterations, learning rates, camera step
     ├── bundle      keyframe bundle adjustment and loop closure during the sequential pass
     ├── matching    wide-baseline start of the camera step: feature matches, essential matrix
+    ├── sfm         global camera prior from structure-from-motion (COLMAP), off by default
     ├── densify     both densification strategies: spawn (sequential) and grow by gradient (refine)
     ├── refine      the continuous-time refinement (Gaussian-Flow trajectories, joint bundle adjustment)
     └── eval        held-out camera refinement, moving-mask threshold
@@ -32,6 +33,7 @@ import yaml
 
 from recon4d.errors import InputError
 from recon4d.priors.pipeline import PriorSettings
+from recon4d.priors.sfm import SfmConfig
 
 PRESET_NAMES = ("fast", "thumbnail", "default", "quality")
 
@@ -355,7 +357,8 @@ class KeyframeConfig:
 
 SECTIONS: dict[str, type] = {
     "input": InputConfig, "priors": PriorSettings, "keyframes": KeyframeConfig, "init": InitConfig,
-    "losses": LossConfig, "sequential": SequentialConfig, "bundle": BundleConfig, "matching": MatchingConfig, "densify": DensifyConfig, "refine": RefineConfig,
+    "losses": LossConfig, "sequential": SequentialConfig, "bundle": BundleConfig, "matching": MatchingConfig,
+    "sfm": SfmConfig, "densify": DensifyConfig, "refine": RefineConfig,
     "eval": EvalConfig,
 }
 
@@ -408,6 +411,7 @@ class FitConfig:
     sequential: SequentialConfig = field(default_factory=SequentialConfig)
     bundle: BundleConfig = field(default_factory=BundleConfig)
     matching: MatchingConfig = field(default_factory=MatchingConfig)
+    sfm: SfmConfig = field(default_factory=SfmConfig)
     densify: DensifyConfig = field(default_factory=DensifyConfig)
     refine: RefineConfig = field(default_factory=RefineConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -527,6 +531,12 @@ _RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "matching.ransac_iterations": (1, None, False),
     "matching.min_alpha": (0, 1, False),
     "matching.prefer_ratio": (0, None, True),
+    "sfm.short_side": (32, 4096, False),
+    "sfm.max_features": (64, None, False),
+    "sfm.exhaustive_max_frames": (2, None, False),
+    "sfm.sequential_overlap": (1, None, False),
+    "sfm.min_registered": (0, 1, False),
+    "sfm.min_scale_points": (3, None, False),
     "densify.max_gaussians": (1, 50_000_000, False),
     "densify.spawn_alpha": (0, 1, False),
     "densify.spawn_every": (1, None, False),

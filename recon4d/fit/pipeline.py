@@ -165,7 +165,36 @@ def prepare(source: str | Path, config: FitConfig, device: torch.device, log=pri
     if sequential_priors is not None:
         prepared.sequential, prepared.sequential_priors = sequential, sequential_priors
         prepared.sequential_inputs = _to_inputs(clip.frames[sequential], sequential_priors, K, device)
+    if config.sfm.enabled:
+        t0 = time.perf_counter()
+        prepared.sequential_inputs = _with_sfm_prior(source, clip, prepared.sequential, prepared.sequential_inputs, K,
+                                                     config, device, log)
+        seconds["sfm"] = time.perf_counter() - t0
+        peak_rss["sfm"] = peak_rss_mb()
     return prepared
+
+
+def _with_sfm_prior(source: str | Path, clip: Clip, frames: list[int], inputs: FitInputs, K: np.ndarray,
+                    config: FitConfig, device: torch.device, log) -> FitInputs:
+    """`inputs` (the sequential pass's, of `frames`) with COLMAP's cameras (`recon4d.priors.sfm`) when it
+    places at least `sfm.min_registered` of the frames; the clip is decoded again at `sfm.short_side`."""
+    import dataclasses
+
+    from recon4d.priors.sfm import scaled_intrinsics, sfm_cameras
+
+    sharp = read_clip(source, stride=config.input.stride, max_frames=config.input.max_frames,
+                      short_side=config.sfm.short_side)
+    intrinsics = scaled_intrinsics(K, (clip.width, clip.height), (sharp.width, sharp.height))
+    cameras = sfm_cameras(sharp.frames[frames], intrinsics, config.sfm)
+    del sharp
+    used = cameras.registered >= config.sfm.min_registered * len(frames)
+    log(f"sfm: COLMAP placed {cameras.registered} of {len(frames)} frames in {cameras.seconds:.1f} s"
+        + ("" if used else f" (under sfm.min_registered = {config.sfm.min_registered}: not used)"))
+    if not used:
+        return inputs
+    tensor = lambda x: torch.as_tensor(x, dtype=torch.float64, device=device)  # noqa: E731
+    return dataclasses.replace(inputs, sfm_camera_from_world=tensor(cameras.camera_from_world),
+                               sfm_points=tensor(cameras.points))
 
 
 def run_refinement(scene: Scene4D, prepared: Prepared, config: FitConfig, device: torch.device) -> tuple[Scene4D, dict]:

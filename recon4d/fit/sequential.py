@@ -43,6 +43,7 @@ from recon4d.fit.matching import WideBaselineStart
 from recon4d.fit.model import CameraParams, GaussianParams, prior_depth_unit
 from recon4d.fit.pnp import PNP_MAX_POINTS, PNP_MIN_INLIERS, pnp_camera_from_world
 from recon4d.fit.pyramid import Level, Pyramid, level_phases, pixels_at_level
+from recon4d.fit.sfm_start import sfm_scale, sfm_start
 from recon4d.fit.strategy.spawn import SpawnStrategy, unproject_pixels
 from recon4d.geometry.camera import invert_pose, project_to_pixels, transform_points
 from recon4d.io.scene import Gaussians
@@ -64,6 +65,8 @@ class FitInputs:
         depth: [T, H, W] prior depth (up to scale); depth_confidence: [T, H, W] in [0, 1].
         moving: [T, H, W] bool moving-object masks.
         K: [3, 3] intrinsics.
+        sfm_camera_from_world: [T, 4, 4] COLMAP's cameras (`recon4d.priors.sfm`; NaN rows: not placed), or None.
+        sfm_points: [P, 3] COLMAP's points in its world, or None.
     """
 
     frames: torch.Tensor
@@ -75,6 +78,8 @@ class FitInputs:
     depth_confidence: torch.Tensor
     moving: torch.Tensor
     K: torch.Tensor
+    sfm_camera_from_world: torch.Tensor | None = None
+    sfm_points: torch.Tensor | None = None
 
     @property
     def num_frames(self) -> int:
@@ -83,9 +88,10 @@ class FitInputs:
     def between(self, start: int, stop: int) -> "FitInputs":
         """The inputs of frames start..stop-1 and the flow between consecutive ones of them (views, no copies)."""
         pairs = slice(start, max(stop - 1, start))
+        sfm = None if self.sfm_camera_from_world is None else self.sfm_camera_from_world[start:stop]
         return FitInputs(self.frames[start:stop], self.flow_forward[pairs], self.flow_backward[pairs],
                          self.valid_forward[pairs], self.valid_backward[pairs], self.depth[start:stop],
-                         self.depth_confidence[start:stop], self.moving[start:stop], self.K)
+                         self.depth_confidence[start:stop], self.moving[start:stop], self.K, sfm, self.sfm_points)
 
 
 @dataclass
@@ -233,6 +239,7 @@ class SequentialFitter:
         if boundaries is None:
             boundaries = window_boundaries(inputs.num_frames, config.sequential.window_frames)
         self.window_boundaries = set(boundaries)
+        self.sfm_anchor: tuple[int, float] | None = None  # (frame, fit units per COLMAP unit), found on first use
 
     # -- rendering -----------------------------------------------------------------------------------------
     def render(self, gaussians: Gaussians, camera_from_world: torch.Tensor,
@@ -414,9 +421,13 @@ class SequentialFitter:
         state.dynamic_states.append((dynamic + state.row_offset, g.means[dynamic].detach().clone(), g.quats[dynamic].detach().clone()))
 
     def initial_camera(self, state: FitState, t: int) -> tuple[torch.Tensor, str]:
-        """Camera t from PnP on still pixels of frame t-1 (rendered depth) matched by the forward flow;
-        falls back to constant velocity; replaced by the wide-baseline feature start when that explains more
-        feature matches (`wide_baseline_start`)."""
+        """Camera t from the structure-from-motion prior when it placed frame t (`sfm_camera_start`); else
+        from PnP on still pixels of frame t-1 (rendered depth) matched by the forward flow; falls back to
+        constant velocity; replaced by the wide-baseline feature start when that explains more feature matches
+        (`wide_baseline_start`)."""
+        start = self.sfm_camera_start(state, t)
+        if start is not None:
+            return start, "sfm"
         previous = state.camera_from_world[t - 1]
         if t >= 2:
             velocity = previous @ invert_pose(state.camera_from_world[t - 2])
@@ -440,6 +451,30 @@ class SequentialFitter:
         if pose is None:
             return self.wide_baseline_start(state, t, out, guess, "constant-velocity")
         return self.wide_baseline_start(state, t, out, torch.tensor(pose, dtype=previous.dtype, device=self.device), "pnp")
+
+    def sfm_camera_start(self, state: FitState, t: int) -> torch.Tensor | None:
+        """COLMAP's camera t aligned to the fit at the anchor: the earliest fitted frame COLMAP placed whose
+        rendered still, opaque pixels see `sfm.min_scale_points` of its points (`recon4d.fit.sfm_start`).
+        None when there is no prior, COLMAP did not place frame t, or no anchor is found yet."""
+        poses = self.inputs.sfm_camera_from_world
+        if poses is None or not bool(torch.isfinite(poses[t]).all()):
+            return None
+        if self.sfm_anchor is None:
+            for k in range(t):
+                if not bool(torch.isfinite(poses[k]).all()):
+                    continue
+                with torch.no_grad():
+                    out = self.render(state.gaussians.activated(), state.camera_from_world[k])
+                trusted = (out.alpha > COVERED_ALPHA) & ~dilate(self.inputs.moving[k], self.config.sequential.motion_dilation)
+                scale = sfm_scale(self.inputs.sfm_points.to(poses), poses[k], out.depth.to(poses), trusted,
+                                  self.K.to(poses), self.config.sfm.min_scale_points)
+                if scale is not None:
+                    self.sfm_anchor = (k, scale)
+                    break
+            if self.sfm_anchor is None:
+                return None
+        k, scale = self.sfm_anchor
+        return sfm_start(poses[t], poses[k], state.camera_from_world[k], scale)
 
     def wide_baseline_start(self, state: FitState, t: int, rendered: RenderResult, start: torch.Tensor,
                             kind: str) -> tuple[torch.Tensor, str]:
@@ -563,7 +598,10 @@ class SequentialFitter:
                 init, init_kind = self.initial_camera(state, t)
                 with torch.no_grad():
                     previous_pixels = project_to_pixels(state.gaussians.means, previous_cfw, self.K, min_depth=MIN_DEPTH)[0]
-                camera_from_world, camera_stats = self.camera_step(state, t, init, previous_pixels)
+                if init_kind == "sfm" and not cfg.sfm.refine_camera:
+                    camera_from_world, camera_stats = init, {}
+                else:
+                    camera_from_world, camera_stats = self.camera_step(state, t, init, previous_pixels)
                 stats.update(camera_stats)
                 stats["camera_init"] = init_kind
                 # previous_pixels were taken before the move: they are where each Gaussian was at t-1.

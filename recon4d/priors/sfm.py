@@ -1,0 +1,141 @@
+"""Global camera prior from structure-from-motion (COLMAP through pycolmap): the cameras of all frames at once.
+
+The sequential pass chains each camera from the previous one, so a step that flow and two-view matching cannot
+follow (a wide baseline, a walk-around with steps of 30-90 degrees) breaks the rest of the path. COLMAP's
+incremental mapper matches every pair of frames (or a sequential window plus loop candidates on long clips),
+registers frames one by one against the growing 3D point cloud and bundle-adjusts globally, so it places frames
+that share features with any earlier-placed frame, not only with their neighbour. Its poses are up to a
+similarity transform; `recon4d.fit.sequential` aligns them to the fit at one frame (`sfm_start`).
+
+The intrinsics are held fixed at the fit's (COLMAP only refines poses and points), so both agree. Frames are
+matched at `SfmConfig.short_side` pixels, more than the fit's working resolution: at 180 px COLMAP placed 4 of
+lego's 34 views, at 400 px 28 (README, "Global camera prior from structure-from-motion").
+"""
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from recon4d.errors import InputError
+
+
+@dataclass
+class SfmConfig:
+    """The structure-from-motion camera prior (`recon4d.priors.sfm`), section `sfm` of the fit config.
+
+    enabled: run COLMAP on the sequential pass's frames and start each registered frame's camera step from its
+        COLMAP pose (aligned to the fit), instead of chaining it from the previous frame.
+    short_side: frames are decoded again at this short side (pixels) for feature extraction.
+    max_features: SIFT keypoints per frame.
+    exhaustive_max_frames: up to this many frames every pair is matched; more frames are matched within
+        `sequential_overlap` neighbours plus COLMAP's loop detection by quadratic overlap.
+    sequential_overlap: neighbours matched per frame on long clips (frames).
+    min_registered: share of the frames COLMAP must place for the prior to be used at all (a clip without
+        parallax, e.g. a still camera, places few or none, and then the sequential start is kept).
+    min_scale_points: COLMAP points seen by the anchor frame (inside its rendered object) that set the scale.
+    refine_camera: still run the camera step from the COLMAP start (photometric refinement); off, the COLMAP
+        pose is the camera of the frame.
+    seed: COLMAP's random seed (RANSAC), so a rerun gives the same cameras.
+    """
+
+    enabled: bool = False
+    short_side: int = 400
+    max_features: int = 4096
+    exhaustive_max_frames: int = 80
+    sequential_overlap: int = 15
+    min_registered: float = 0.5
+    min_scale_points: int = 20
+    refine_camera: bool = True
+    seed: int = 0
+
+
+@dataclass
+class SfmCameras:
+    """COLMAP's cameras of T frames in its own world frame and units.
+
+    camera_from_world: [T, 4, 4] OpenCV camera-from-world; rows of frames COLMAP did not place are NaN.
+    points: [P, 3] triangulated points (world). seconds: wall time. registered: how many frames were placed.
+    """
+
+    camera_from_world: np.ndarray
+    points: np.ndarray
+    seconds: float
+
+    @property
+    def registered(self) -> int:
+        return int(np.isfinite(self.camera_from_world[:, 0, 0]).sum())
+
+
+def _pycolmap():
+    try:
+        import pycolmap
+    except ImportError as exc:
+        raise InputError("the sfm camera prior needs pycolmap", hint="pip install 'recon4d[export]' or set sfm.enabled: false") from exc
+    return pycolmap
+
+
+def sfm_cameras(frames: np.ndarray, intrinsics: np.ndarray, config: SfmConfig) -> SfmCameras:
+    """COLMAP's cameras of `frames` [T, H, W, 3] uint8 RGB with fixed pinhole `intrinsics` [4] fx, fy, cx, cy
+    (pixels of these frames). Runs in a temporary folder; returns NaN rows for frames it does not place."""
+    import cv2
+
+    pycolmap = _pycolmap()
+    started = time.perf_counter()
+    num_frames = frames.shape[0]
+    camera_from_world = np.full((num_frames, 4, 4), np.nan)
+    points = np.zeros((0, 3))
+    pycolmap.logging.minloglevel = 2  # warnings and errors only: the mapper's progress is not the fit's
+    with tempfile.TemporaryDirectory(prefix="recon4d_sfm_") as tmp:
+        root = Path(tmp)
+        images = root / "images"
+        images.mkdir()
+        names = [f"frame_{t:05d}.png" for t in range(num_frames)]
+        for name, frame in zip(names, frames):
+            cv2.imwrite(str(images / name), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+        reader = pycolmap.ImageReaderOptions()
+        reader.camera_model = "PINHOLE"
+        reader.camera_params = ",".join(f"{float(v):.9g}" for v in intrinsics)
+        extraction = pycolmap.FeatureExtractionOptions()
+        extraction.num_threads = -1
+        extraction.sift.max_num_features = config.max_features
+        database = root / "database.db"
+        pycolmap.extract_features(database, images, camera_mode=pycolmap.CameraMode.SINGLE, reader_options=reader,
+                                  extraction_options=extraction)
+        if num_frames <= config.exhaustive_max_frames:
+            pycolmap.match_exhaustive(database)
+        else:
+            pairing = pycolmap.SequentialPairingOptions()
+            pairing.overlap = config.sequential_overlap
+            pairing.quadratic_overlap = True
+            pycolmap.match_sequential(database, pairing_options=pairing)
+        options = pycolmap.IncrementalPipelineOptions()
+        options.ba_refine_focal_length = False
+        options.ba_refine_principal_point = False
+        options.ba_refine_extra_params = False
+        options.random_seed = config.seed
+        (root / "sparse").mkdir()
+        reconstructions = pycolmap.incremental_mapping(database, images, root / "sparse", options=options)
+        if reconstructions:
+            best = max(reconstructions.values(), key=lambda r: r.num_reg_images())
+            for image in best.images.values():
+                if image.has_pose:
+                    camera_from_world[names.index(image.name)] = np.vstack([image.cam_from_world().matrix(), [0, 0, 0, 1]])
+            points = np.array([p.xyz for p in best.points3D.values()], dtype=np.float64).reshape(-1, 3)
+    return SfmCameras(camera_from_world, points, time.perf_counter() - started)
+
+
+def scaled_intrinsics(intrinsics: np.ndarray, from_size: tuple[int, int], to_size: tuple[int, int]) -> np.ndarray:
+    """fx, fy, cx, cy [4] of frames of `from_size` (width, height) for the same view at `to_size`.
+
+    Pixel centres map as (x + 0.5) * s - 0.5, so the principal point follows the image, not its corner.
+
+        >>> scaled_intrinsics(np.array([100.0, 100.0, 63.5, 35.5]), (128, 72), (256, 144)).tolist()
+        [200.0, 200.0, 127.5, 71.5]
+    """
+    sx, sy = to_size[0] / from_size[0], to_size[1] / from_size[1]
+    fx, fy, cx, cy = (float(v) for v in intrinsics)
+    return np.array([fx * sx, fy * sy, (cx + 0.5) * sx - 0.5, (cy + 0.5) * sy - 0.5])
