@@ -71,8 +71,9 @@ def test_the_sfm_section_is_validated_and_off_by_default():
 
 @pytest.mark.skipif(not LEGO.is_dir(), reason="needs ../shared/data/nerf-synthetic-lego")
 def test_colmap_places_most_of_legos_walk_around_within_a_degree(tmp_path):
-    """34 views 3.5-95 degrees apart, which the sequential pass cannot chain (README): COLMAP at 400 px places
-    at least 24 with an ATE under 0.5 % of the path after Sim(3) alignment and every rotation within 2 degrees."""
+    """34 views 3.5-95 degrees apart, which the sequential pass cannot chain (README): COLMAP at 400 px with
+    DSP-SIFT places at least 29 (31 measured) with an ATE under 0.5 % of the path after Sim(3) alignment and
+    every rotation within 2 degrees (0.9 measured)."""
     import cv2
 
     from recon4d.eval.metrics import ate_rpe, umeyama_sim3
@@ -89,7 +90,7 @@ def test_colmap_places_most_of_legos_walk_around_within_a_degree(tmp_path):
     intrinsics = scaled_intrinsics(np.array([focal, focal, 399.5, 399.5]), (800, 800), (400, 400))
     cameras = sfm_cameras(np.stack(frames), intrinsics, SfmConfig())
     placed = np.isfinite(cameras.camera_from_world[:, 0, 0])
-    assert cameras.registered >= 24 and cameras.points.shape[0] > 500
+    assert cameras.registered >= 29 and cameras.points.shape[0] > 500
     predicted = np.linalg.inv(cameras.camera_from_world[placed])
     truth = np.stack(truth)[placed]
     errors = ate_rpe(predicted, truth)

@@ -9,7 +9,8 @@ similarity transform; `recon4d.fit.sequential` aligns them to the fit at one fra
 
 The intrinsics are held fixed at the fit's (COLMAP only refines poses and points), so both agree. Frames are
 matched at `SfmConfig.short_side` pixels, more than the fit's working resolution: at 180 px COLMAP placed 4 of
-lego's 34 views, at 400 px 28 (README, "Global camera prior from structure-from-motion").
+lego's 34 views, at 400 px 31, all within 0.9 degrees; at 560 and 800 px 33, one of them turned by 179 degrees
+(README, "Global camera prior from structure-from-motion").
 """
 from __future__ import annotations
 
@@ -31,6 +32,8 @@ class SfmConfig:
         COLMAP pose (aligned to the fit), instead of chaining it from the previous frame.
     short_side: frames are decoded again at this short side (pixels) for feature extraction.
     max_features: SIFT keypoints per frame.
+    domain_size_pooling: DSP-SIFT descriptors (pooled over scales); on lego at 400 px COLMAP placed 31 of 34
+        views with them, 28 without, all within 0.9 degrees.
     exhaustive_max_frames: up to this many frames every pair is matched; more frames are matched within
         `sequential_overlap` neighbours plus COLMAP's loop detection by quadratic overlap.
     sequential_overlap: neighbours matched per frame on long clips (frames).
@@ -45,6 +48,7 @@ class SfmConfig:
     enabled: bool = False
     short_side: int = 400
     max_features: int = 4096
+    domain_size_pooling: bool = True
     exhaustive_max_frames: int = 80
     sequential_overlap: int = 15
     min_registered: float = 0.5
@@ -102,6 +106,7 @@ def sfm_cameras(frames: np.ndarray, intrinsics: np.ndarray, config: SfmConfig) -
         extraction = pycolmap.FeatureExtractionOptions()
         extraction.num_threads = -1
         extraction.sift.max_num_features = config.max_features
+        extraction.sift.domain_size_pooling = config.domain_size_pooling
         database = root / "database.db"
         pycolmap.extract_features(database, images, camera_mode=pycolmap.CameraMode.SINGLE, reader_options=reader,
                                   extraction_options=extraction)
