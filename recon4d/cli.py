@@ -93,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--keyframes", action=argparse.BooleanOptionalAction, default=None,
                      help="fit only keyframes chosen by motion; the frames between get refined interpolated cameras "
                           "(default: as the preset says)")
+    fit.add_argument("--sfm", action=argparse.BooleanOptionalAction, default=None,
+                     help="start cameras from COLMAP's structure-from-motion (pycolmap, the export extra): for "
+                          "walk-arounds and photo sets with wide steps between views (default: as the preset says, off)")
     fit.set_defaults(handler=_cmd_fit)
 
     refine = commands.add_parser("refine", help="continuous-time refinement of an existing `recon4d fit` OUT")
@@ -242,6 +245,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
                                         depth_options=depth_options)
     overrides["input.intrinsics"] = intrinsics
     overrides["keyframes.enabled"] = args.keyframes
+    overrides["sfm.enabled"] = args.sfm
     config = load_config(args.preset, overrides)
     result = fit_video(args.video, out, config, device, overwrite=args.overwrite, restart=args.restart)
     _print_fit_summary(result.metrics, out)

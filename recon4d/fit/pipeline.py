@@ -126,6 +126,10 @@ def prepare(source: str | Path, config: FitConfig, device: torch.device, log=pri
     """
     from recon4d.priors.pipeline import compute_priors
 
+    if config.sfm.enabled:  # a missing pycolmap is reported before any decoding
+        from recon4d.priors.sfm import require_pycolmap
+
+        require_pycolmap()
     seconds: dict[str, float] = {}
     started = time.perf_counter()
     clip = read_clip(source, stride=config.input.stride, max_frames=config.input.max_frames, short_side=config.input.short_side)

@@ -74,7 +74,8 @@ class SfmCameras:
         return int(np.isfinite(self.camera_from_world[:, 0, 0]).sum())
 
 
-def _pycolmap():
+def require_pycolmap():
+    """The pycolmap module, or a one-line InputError naming the extra that installs it."""
     try:
         import pycolmap
     except ImportError as exc:
@@ -87,7 +88,7 @@ def sfm_cameras(frames: np.ndarray, intrinsics: np.ndarray, config: SfmConfig) -
     (pixels of these frames). Runs in a temporary folder; returns NaN rows for frames it does not place."""
     import cv2
 
-    pycolmap = _pycolmap()
+    pycolmap = require_pycolmap()
     started = time.perf_counter()
     num_frames = frames.shape[0]
     camera_from_world = np.full((num_frames, 4, 4), np.nan)
