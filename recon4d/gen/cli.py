@@ -73,7 +73,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     sample.add_argument("--steps", type=int, default=8, help="velocity evaluations (default: 8; 1 = one-step student)")
     sample.add_argument("--solver", default="auto", choices=("auto", "euler", "heun", "boss", "turbo", "onestep"),
                         help="auto (default): the one-step student at --steps 1 when the model has one, else euler")
-    sample.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale (default: the model's)")
+    sample.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale (default: the model's), on the "
+                        "latent channels the model guides (the shipped 2-RF: colour only)")
     sample.add_argument("--reflow", action="store_true", help="sample the 2-RF model")
     sample.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     sample.add_argument("--num", type=int, default=1, help="number of samples (default: 1)")
