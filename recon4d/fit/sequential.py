@@ -240,6 +240,7 @@ class SequentialFitter:
             boundaries = window_boundaries(inputs.num_frames, config.sequential.window_frames)
         self.window_boundaries = set(boundaries)
         self.sfm_anchor: tuple[int, float] | None = None  # (frame, fit units per COLMAP unit), found on first use
+        self.sfm_rejected: set[int] = set()  # frames that saw too few COLMAP points to be the anchor
 
     # -- rendering -----------------------------------------------------------------------------------------
     def render(self, gaussians: Gaussians, camera_from_world: torch.Tensor,
@@ -461,16 +462,18 @@ class SequentialFitter:
             return None
         if self.sfm_anchor is None:
             for k in range(t):
-                if not bool(torch.isfinite(poses[k]).all()):
+                if k in self.sfm_rejected or not bool(torch.isfinite(poses[k]).all()):
                     continue
                 with torch.no_grad():
                     out = self.render(state.gaussians.activated(), state.camera_from_world[k])
                 trusted = (out.alpha > COVERED_ALPHA) & ~dilate(self.inputs.moving[k], self.config.sequential.motion_dilation)
                 scale = sfm_scale(self.inputs.sfm_points.to(poses), poses[k], out.depth.to(poses), trusted,
                                   self.K.to(poses), self.config.sfm.min_scale_points)
-                if scale is not None:
-                    self.sfm_anchor = (k, scale)
-                    break
+                if scale is None:
+                    self.sfm_rejected.add(k)
+                    continue
+                self.sfm_anchor = (k, scale)
+                break
             if self.sfm_anchor is None:
                 return None
         k, scale = self.sfm_anchor
