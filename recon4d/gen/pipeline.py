@@ -51,7 +51,7 @@ class PipelineConfig:
         reflow_cfg, reflow_guidance_channels: guidance stored with the 2-RF model, on those latent channels
             only (names from `latents.CHANNELS`; empty: all). The 2-RF learns the guided 1-RF's samples, so it
             needs none for shape; at few steps it loses colour, which guiding the colour channels alone
-            restores (README, "Text-to-3D"). The student learns the guided 2-RF and samples with 1.0.
+            restores (README, "Text-to-3D generator"). The student learns the guided 2-RF and samples with 1.0.
         boss_fine_steps, boss_samples: reference grid and paths of the BOSS cost matrix.
         boss_finetune: budgets and optimisation of the boss_finetune stage.
         refiner, refiner_steps, refiner_batch, refiner_paths: FlowTurbo refiner training.
