@@ -184,11 +184,12 @@ def _with_sfm_prior(source: str | Path, clip: Clip, frames: list[int], inputs: F
     places at least `sfm.min_registered` of the frames; the clip is decoded again at `sfm.short_side`."""
     import dataclasses
 
-    from recon4d.priors.sfm import scaled_intrinsics, sfm_cameras
+    from recon4d.geometry.camera import scale_intrinsics
+    from recon4d.priors.sfm import sfm_cameras
 
     sharp = read_clip(source, stride=config.input.stride, max_frames=config.input.max_frames,
                       short_side=config.sfm.short_side)
-    intrinsics = scaled_intrinsics(K, (clip.width, clip.height), (sharp.width, sharp.height))
+    intrinsics = scale_intrinsics(K, sharp.width / clip.width, sharp.height / clip.height)
     cameras = sfm_cameras(sharp.frames[frames], intrinsics, config.sfm)
     del sharp
     used = cameras.registered >= config.sfm.min_registered * len(frames)

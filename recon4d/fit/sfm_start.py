@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from recon4d.geometry.camera import invert_pose
+from recon4d.geometry.camera import invert_pose, project_to_pixels
 
 
 def sfm_scale(points: torch.Tensor, sfm_camera_from_world: torch.Tensor, depth: torch.Tensor, mask: torch.Tensor,
@@ -26,14 +26,10 @@ def sfm_scale(points: torch.Tensor, sfm_camera_from_world: torch.Tensor, depth: 
         >>> sfm_scale(points, torch.eye(4), torch.full((32, 32), 8.0), torch.ones(32, 32, dtype=torch.bool), K, 5)
         2.0
     """
-    camera = points @ sfm_camera_from_world[:3, :3].T + sfm_camera_from_world[:3, 3]
-    z = camera[:, 2]
-    front = z > 1e-6
-    camera, z = camera[front], z[front]
-    pixels = (camera @ K.T)[:, :2] / z[:, None]
+    pixels, z = project_to_pixels(points, sfm_camera_from_world, K)
     u, v = pixels[:, 0].round().long(), pixels[:, 1].round().long()
     height, width = depth.shape
-    inside = (u >= 0) & (u < width) & (v >= 0) & (v < height)
+    inside = (z > 1e-6) & (u >= 0) & (u < width) & (v >= 0) & (v < height)
     u, v, z = u[inside], v[inside], z[inside]
     keep = mask[v, u] & (depth[v, u] > 0)
     if int(keep.sum()) < min_points:

@@ -33,6 +33,10 @@ STATS_VERSION = 1
 STATS_FILE = "stats.json"
 CHANNELS = ("x", "y", "z", "log_sx", "log_sy", "log_sz", "qw", "qx", "qy", "qz", "opacity_logit", "r", "g", "b")
 NUM_CHANNELS = len(CHANNELS)
+OPACITY_CHANNEL = 10
+LOG_SCALE_RANGE = (-9.0, 0.5)  # canonical units: below is sub-pixel dust, above is larger than the object
+OPACITY_LOGIT_RANGE = (-9.0, 9.0)
+MORTON_BITS = 10
 
 
 def channel_indices(names: Sequence[str]) -> list[int]:
@@ -45,10 +49,6 @@ def channel_indices(names: Sequence[str]) -> list[int]:
     if unknown:
         raise InputError(f"unknown latent channel {unknown[0]!r}; the channels are {', '.join(CHANNELS)}")
     return [CHANNELS.index(n) for n in names]
-OPACITY_CHANNEL = 10
-LOG_SCALE_RANGE = (-9.0, 0.5)  # canonical units: below is sub-pixel dust, above is larger than the object
-OPACITY_LOGIT_RANGE = (-9.0, 9.0)
-MORTON_BITS = 10
 
 
 @dataclass

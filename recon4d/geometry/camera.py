@@ -5,12 +5,29 @@ Poses: `world_from_camera` maps camera coordinates to world coordinates; `camera
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 
 def intrinsics_matrix(fx: float, fy: float, cx: float, cy: float, **tensor_options) -> torch.Tensor:
     """-> K [3, 3] for focal lengths and principal point in pixels."""
     return torch.tensor([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]], **tensor_options)
+
+
+def scale_intrinsics(intrinsics: np.ndarray, scale_x: float, scale_y: float) -> np.ndarray:
+    """[..., 4] fx, fy, cx, cy (OpenCV pixel centres) of an image resized by (scale_x, scale_y).
+
+    A pixel edge u + 0.5 scales linearly, so a centre u maps to (u + 0.5) * s - 0.5.
+
+        >>> scale_intrinsics(np.array([100.0, 100.0, 63.5, 35.5]), 2.0, 2.0).tolist()
+        [200.0, 200.0, 127.5, 71.5]
+    """
+    out = np.array(intrinsics, dtype=np.float64, copy=True)
+    out[..., 0] *= scale_x
+    out[..., 1] *= scale_y
+    out[..., 2] = (out[..., 2] + 0.5) * scale_x - 0.5
+    out[..., 3] = (out[..., 3] + 0.5) * scale_y - 0.5
+    return out
 
 
 def invert_pose(pose: torch.Tensor) -> torch.Tensor:

@@ -132,16 +132,3 @@ def sfm_cameras(frames: np.ndarray, intrinsics: np.ndarray, config: SfmConfig) -
                     camera_from_world[names.index(image.name)] = np.vstack([image.cam_from_world().matrix(), [0, 0, 0, 1]])
             points = np.array([p.xyz for p in best.points3D.values()], dtype=np.float64).reshape(-1, 3)
     return SfmCameras(camera_from_world, points, time.perf_counter() - started)
-
-
-def scaled_intrinsics(intrinsics: np.ndarray, from_size: tuple[int, int], to_size: tuple[int, int]) -> np.ndarray:
-    """fx, fy, cx, cy [4] of frames of `from_size` (width, height) for the same view at `to_size`.
-
-    Pixel centres map as (x + 0.5) * s - 0.5, so the principal point follows the image, not its corner.
-
-        >>> scaled_intrinsics(np.array([100.0, 100.0, 63.5, 35.5]), (128, 72), (256, 144)).tolist()
-        [200.0, 200.0, 127.5, 71.5]
-    """
-    sx, sy = to_size[0] / from_size[0], to_size[1] / from_size[1]
-    fx, fy, cx, cy = (float(v) for v in intrinsics)
-    return np.array([fx * sx, fy * sy, (cx + 0.5) * sx - 0.5, (cy + 0.5) * sy - 0.5])

@@ -25,6 +25,7 @@ import math
 import numpy as np
 
 from recon4d.export.cameras import PIXEL_CENTER_OFFSET, opengl_from_opencv
+from recon4d.geometry.camera import scale_intrinsics
 
 __all__ = [
     "PIXEL_CENTER_OFFSET",
@@ -62,19 +63,6 @@ def focal_from_fov(fov: float, size: int) -> float:
 def fov_from_focal(focal: float, size: int) -> float:
     """Inverse of :func:`focal_from_fov`."""
     return 2.0 * math.atan(0.5 * size / focal)
-
-
-def scale_intrinsics(intrinsics: np.ndarray, scale_x: float, scale_y: float) -> np.ndarray:
-    """[..., 4] fx, fy, cx, cy (OpenCV pixel centres) of an image resized by (scale_x, scale_y).
-
-    A pixel edge u + 0.5 scales linearly, so a centre u maps to (u + 0.5) * s - 0.5.
-    """
-    out = np.array(intrinsics, dtype=np.float64, copy=True)
-    out[..., 0] *= scale_x
-    out[..., 1] *= scale_y
-    out[..., 2] = (out[..., 2] + 0.5) * scale_x - 0.5
-    out[..., 3] = (out[..., 3] + 0.5) * scale_y - 0.5
-    return out
 
 
 def undistort_image(image: np.ndarray, intrinsics: np.ndarray, distortion: np.ndarray) -> np.ndarray:
