@@ -537,6 +537,8 @@ _RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "sfm.sequential_overlap": (1, None, False),
     "sfm.min_registered": (0, 1, False),
     "sfm.min_scale_points": (3, None, False),
+    "sfm.match_max_ratio": (0, 1, True),
+    "sfm.max_step_degrees": (0, 180, False),
     "densify.max_gaussians": (1, 50_000_000, False),
     "densify.spawn_alpha": (0, 1, False),
     "densify.spawn_every": (1, None, False),

@@ -43,7 +43,7 @@ from recon4d.fit.matching import WideBaselineStart
 from recon4d.fit.model import CameraParams, GaussianParams, prior_depth_unit
 from recon4d.fit.pnp import PNP_MAX_POINTS, PNP_MIN_INLIERS, pnp_camera_from_world
 from recon4d.fit.pyramid import Level, Pyramid, level_phases, pixels_at_level
-from recon4d.fit.sfm_start import sfm_scale, sfm_start
+from recon4d.fit.sfm_start import rotation_between_degrees, sfm_scale, sfm_start
 from recon4d.fit.strategy.spawn import SpawnStrategy, unproject_pixels
 from recon4d.geometry.camera import invert_pose, project_to_pixels, transform_points
 from recon4d.io.scene import Gaussians
@@ -422,13 +422,20 @@ class SequentialFitter:
         state.dynamic_states.append((dynamic + state.row_offset, g.means[dynamic].detach().clone(), g.quats[dynamic].detach().clone()))
 
     def initial_camera(self, state: FitState, t: int) -> tuple[torch.Tensor, str]:
-        """Camera t from the structure-from-motion prior when it placed frame t (`sfm_camera_start`); else
-        from PnP on still pixels of frame t-1 (rendered depth) matched by the forward flow; falls back to
-        constant velocity; replaced by the wide-baseline feature start when that explains more feature matches
-        (`wide_baseline_start`)."""
+        """Camera t from the structure-from-motion prior when it placed frame t (`sfm_camera_start`) within
+        `sfm.max_step_degrees` of camera t-1's rotation; else the sequential start (`sequential_start`)."""
         start = self.sfm_camera_start(state, t)
-        if start is not None:
-            return start, "sfm"
+        if start is None:
+            return self.sequential_start(state, t)
+        if rotation_between_degrees(start, state.camera_from_world[t - 1]) > self.config.sfm.max_step_degrees:
+            chained, kind = self.sequential_start(state, t)
+            return chained, f"{kind} (sfm rejected)"
+        return start, "sfm"
+
+    def sequential_start(self, state: FitState, t: int) -> tuple[torch.Tensor, str]:
+        """Camera t chained from frame t-1: PnP on still pixels of frame t-1 (rendered depth) matched by the
+        forward flow; falls back to constant velocity; replaced by the wide-baseline feature start when that
+        explains more feature matches (`wide_baseline_start`)."""
         previous = state.camera_from_world[t - 1]
         if t >= 2:
             velocity = previous @ invert_pose(state.camera_from_world[t - 2])

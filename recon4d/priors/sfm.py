@@ -9,8 +9,9 @@ similarity transform; `recon4d.fit.sequential` aligns them to the fit at one fra
 
 The intrinsics are held fixed at the fit's (COLMAP only refines poses and points), so both agree. Frames are
 matched at `SfmConfig.short_side` pixels, more than the fit's working resolution: at 180 px COLMAP placed 4 of
-lego's 34 views, at 400 px 31, all within 0.9 degrees; at 560 and 800 px 33, one of them turned by 179 degrees
-(README, "Global camera prior from structure-from-motion").
+lego's 34 views; at 400 px 31 with the ratio test at 0.8, all 34 at 0.9 with guided matching (the default),
+within 1.1 degrees; at 800 px with 8192 features, guided matching and ratio 0.8 all 34, three of them 122-178
+degrees off (README, "Global camera prior from structure-from-motion").
 """
 from __future__ import annotations
 
@@ -34,6 +35,17 @@ class SfmConfig:
     max_features: SIFT keypoints per frame.
     domain_size_pooling: DSP-SIFT descriptors (pooled over scales); on lego at 400 px COLMAP placed 31 of 34
         views with them, 28 without, all within 0.9 degrees.
+    match_max_ratio: Lowe's ratio test of the matcher (COLMAP's default 0.8). Lego's three views 25-41 degrees
+        from any other have too few matches that pass 0.8; at 0.9 with guided matching COLMAP placed all 34
+        views within 1.1-1.6 degrees for seeds 0, 1 and 2 (0.8: 31 of 34).
+    guided_matching: match again along the epipolar lines of each verified pair (more inliers per pair).
+    max_step_degrees: a frame's COLMAP start is dropped (the sequential start is kept) where its rotation from
+        the fit's previous camera exceeds this. COLMAP sometimes places a view turned round (180 degrees about
+        its axis: a mirror-like ambiguity of nearly symmetric views), and neighbouring frames of a video or a
+        walk-around are not (lego's ordered views are at most 95 degrees apart). The camera step's loss at
+        the start cannot judge it: at a wide baseline the model built so far covers the new view in part,
+        and the chained start, near the previous view, scored lower at 31 of the 33 COLMAP starts of lego (all
+        34 views placed within 1.1 degrees).
     exhaustive_max_frames: up to this many frames every pair is matched; more frames are matched within
         `sequential_overlap` neighbours plus COLMAP's loop detection by quadratic overlap.
     sequential_overlap: neighbours matched per frame on long clips (frames).
@@ -49,6 +61,9 @@ class SfmConfig:
     short_side: int = 400
     max_features: int = 4096
     domain_size_pooling: bool = True
+    match_max_ratio: float = 0.9
+    guided_matching: bool = True
+    max_step_degrees: float = 120.0
     exhaustive_max_frames: int = 80
     sequential_overlap: int = 15
     min_registered: float = 0.5
@@ -111,13 +126,16 @@ def sfm_cameras(frames: np.ndarray, intrinsics: np.ndarray, config: SfmConfig) -
         database = root / "database.db"
         pycolmap.extract_features(database, images, camera_mode=pycolmap.CameraMode.SINGLE, reader_options=reader,
                                   extraction_options=extraction)
+        matching = pycolmap.FeatureMatchingOptions()
+        matching.sift.max_ratio = config.match_max_ratio
+        matching.guided_matching = config.guided_matching
         if num_frames <= config.exhaustive_max_frames:
-            pycolmap.match_exhaustive(database)
+            pycolmap.match_exhaustive(database, matching_options=matching)
         else:
             pairing = pycolmap.SequentialPairingOptions()
             pairing.overlap = config.sequential_overlap
             pairing.quadratic_overlap = True
-            pycolmap.match_sequential(database, pairing_options=pairing)
+            pycolmap.match_sequential(database, matching_options=matching, pairing_options=pairing)
         options = pycolmap.IncrementalPipelineOptions()
         options.ba_refine_focal_length = False
         options.ba_refine_principal_point = False
