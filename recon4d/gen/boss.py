@@ -172,13 +172,17 @@ def finetune_on_schedule(model: MMDiT, cond: tuple, uncond: tuple, cfg: float, x
     """
     import copy
 
-    from recon4d.gen.flow import flow_loss, guided
+    from recon4d.gen.flow import flow_loss, guided, module_device
     from recon4d.gen.train import learning_rate, load_checkpoint, optimizer_step, save_checkpoint
 
     indices = [round(float(t) * fine_steps) for t in schedule]
     frozen = guided(model, cond, uncond, cfg, channels)
     states = reference_states(frozen, x0, fine_steps, indices)  # [P, K + 1, G, C]
     weight = spatial_weight(stats.destandardize(states[:, -1]))
+    device = module_device(model)  # the training pairs live with the model
+    device = states.device if device is None else device
+    states, weight, schedule = states.to(device), weight.to(device), schedule.to(device)
+    cond, uncond = tuple(c.to(device) for c in cond), tuple(u.to(device) for u in uncond)
     steps_k = len(indices) - 1
     train = config.train_config()
     ctx = distributed.init_from_env()
@@ -197,8 +201,8 @@ def finetune_on_schedule(model: MMDiT, cond: tuple, uncond: tuple, cfg: float, x
     steps = range(start, config.steps)
     for step in track(steps, f"BOSS finetune K={steps_k}", total=len(steps)) if distributed.is_rank0() else steps:
         generator = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
-        path = torch.randint(x0.shape[0], (config.batch,), generator=generator)[rows]
-        k = torch.randint(steps_k, (config.batch,), generator=generator)[rows]
+        path = torch.randint(x0.shape[0], (config.batch,), generator=generator)[rows].to(device)
+        k = torch.randint(steps_k, (config.batch,), generator=generator)[rows].to(device)
         x, after = states[path, k], states[path, k + 1]
         t, h = schedule[k], (schedule[k + 1] - schedule[k]).reshape(-1, 1, 1)
         velocity = guided(wrapped, tuple(c[path] for c in cond), tuple(u[path] for u in uncond), cfg, channels)

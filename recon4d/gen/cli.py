@@ -149,9 +149,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     config = _with_boss_finetune_flags(config, args)
     if not args.latents.is_dir():
         raise InputError(f"{args.latents} is not a latents folder", hint="make one with `recon4d gen encode`")
+    from recon4d.device import resolve_device
     from recon4d.gen.pipeline import run_pipeline
 
-    summary = run_pipeline(args.latents, args.out, config)
+    summary = run_pipeline(args.latents, args.out, config, resolve_device(args.device))
     from recon4d import distributed
 
     if distributed.is_rank0():
@@ -187,6 +188,8 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     request = SampleRequest(args.prompt, steps=args.steps, solver=args.solver, cfg=args.cfg, seed=args.seed,
                             num=args.num, reflow=args.reflow)
     check_request(request)
-    for path in sample_to_dirs(request, args.out, args.model):
+    from recon4d.device import resolve_device
+
+    for path in sample_to_dirs(request, args.out, args.model, resolve_device(args.device)):
         print(path)
     return 0

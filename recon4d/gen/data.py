@@ -6,7 +6,7 @@ reflow and distillation it also holds the fixed noise x0 paired with each target
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -41,6 +41,12 @@ class FlowData:
     def __len__(self) -> int:
         return self.x1.shape[0]
 
+    def to(self, device: torch.device) -> "FlowData":
+        """The tensors on `device` (captions and names stay)."""
+        return replace(self, x1=self.x1.to(device), weight=self.weight.to(device),
+                                   caption_index=self.caption_index.to(device),
+                                   x0=None if self.x0 is None else self.x0.to(device))
+
     @property
     def unconditional_index(self) -> int:
         return len(self.captions) - 1
@@ -56,6 +62,9 @@ class TextTable:
 
     def take(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return self.tokens[index], self.mask[index], self.pooled[index]
+
+    def to(self, device: torch.device) -> "TextTable":
+        return TextTable(self.tokens.to(device), self.mask.to(device), self.pooled.to(device))
 
 
 def text_table(encoder: TextEncoder, captions: list[str]) -> TextTable:

@@ -88,6 +88,13 @@ def heun(velocity: Velocity, x0: torch.Tensor, times: torch.Tensor) -> torch.Ten
     return x
 
 
+def module_device(model: object) -> torch.device | None:
+    """The device of a module's first parameter; None for a plain function or a module without parameters."""
+    parameters = getattr(model, "parameters", None)
+    first = next(parameters(), None) if callable(parameters) else None
+    return None if first is None else first.device
+
+
 def guided(model_velocity: Callable[..., torch.Tensor], cond: tuple, uncond: tuple, scale: float,
            channels: Sequence[int] | None = None) -> Velocity:
     """Classifier-free guidance: v = v_u + scale (v_c - v_u), conditional and unconditional in one batch.
@@ -95,12 +102,21 @@ def guided(model_velocity: Callable[..., torch.Tensor], cond: tuple, uncond: tup
     cond/uncond: (text_tokens [B, L, D], mask [B, L], pooled [B, D]) with the same L.
     channels: latent channels (indices into the last axis of x [B, G, C]) that are guided; the others take
         the conditional velocity (scale 1). None guides all of them.
+    A module on another device than x (a GPU) evaluates there; the velocity comes back on x's device, so
+    every solver keeps its state where it began.
 
     Example (a toy model whose velocity is x plus its text input; guidance 3 on channel 2 only):
         >>> velocity = guided(lambda x, t, text: x + text[:, None], (torch.ones(1, 1),), (torch.zeros(1, 1),), 3.0, [2])
         >>> velocity(torch.zeros(1, 1, 3), torch.zeros(1)).tolist()
         [[[1.0, 1.0, 3.0]]]
     """
+    device = module_device(model_velocity)
+    if device is not None:  # a model on a GPU: text moved once, each evaluation's state there and back
+        cond, uncond = tuple(c.to(device) for c in cond), tuple(u.to(device) for u in uncond)
+        model_at = model_velocity
+
+        def model_velocity(x: torch.Tensor, t: torch.Tensor, *text: torch.Tensor) -> torch.Tensor:
+            return model_at(x.to(device), t.to(device), *text).to(x.device)
     if scale == 1.0:
         return lambda x, t: model_velocity(x, t, *cond)
     both = tuple(torch.cat([c, u]) for c, u in zip(cond, uncond))

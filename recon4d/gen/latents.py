@@ -83,7 +83,7 @@ def pack(means: torch.Tensor, quats: torch.Tensor, log_scales: torch.Tensor, opa
 
 def to_gaussians(latent: torch.Tensor, center: torch.Tensor | None = None, radius: float = 1.0) -> Gaussians:
     """[G, 14] canonical channels -> activated Gaussians in the source frame (x = center + radius x_c)."""
-    center = torch.zeros(3, dtype=latent.dtype) if center is None else center.to(latent.dtype)
+    center = latent.new_zeros(3) if center is None else center.to(latent)
     log_scales = latent[:, 3:6].clamp(*LOG_SCALE_RANGE) + math.log(radius)
     return Gaussians(
         means=center + radius * latent[:, 0:3],
@@ -197,10 +197,10 @@ class LatentStats:
 
     def standardize(self, latent: torch.Tensor) -> torch.Tensor:
         """[..., G, 14] canonical -> standardised (zero mean, unit std per channel)."""
-        return (latent - self.mean) / self.std
+        return (latent - self.mean.to(latent)) / self.std.to(latent)
 
     def destandardize(self, standardized: torch.Tensor) -> torch.Tensor:
-        return standardized * self.std + self.mean
+        return standardized * self.std.to(standardized) + self.mean.to(standardized)
 
     def to_json(self) -> dict:
         return {"format": STATS_FORMAT, "version": STATS_VERSION, "channels": list(CHANNELS),

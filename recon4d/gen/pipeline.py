@@ -83,11 +83,13 @@ class PipelineConfig:
     save_dtype: str = "float32"
 
 
-def _load_stored(out: Path, kind: str) -> tuple[MMDiT, dict]:
+def _load_stored(out: Path, kind: str, device: torch.device) -> tuple[MMDiT, dict]:
+    """A stored velocity model on `device` (samplers keep their state on the CPU, see `flow.guided`) and its
+    weights on the CPU (the start of a later stage)."""
     stored = load_model_file(out / KINDS[kind], kind)
     model = MMDiT(ModelConfig(**stored.config))
     model.load_state_dict(stored.state)
-    return model.eval().requires_grad_(False), stored.state
+    return model.to(device).eval().requires_grad_(False), stored.state
 
 
 def _noise_and_captions(data: FlowData, count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -110,14 +112,14 @@ def _velocity(model: MMDiT, text: TextTable, data: FlowData, captions: torch.Ten
 
 
 def _boss_finetune(out: Path, data: FlowData, text: TextTable, stats, config: PipelineConfig,  # noqa: ANN001
-                   dtype: torch.dtype) -> dict:
+                   dtype: torch.dtype, device: torch.device) -> dict:
     """Finetune the 1-RF (and 2-RF) model on each budget's BOSS schedule; report the K-step path error
     against the fine reference on held-out noise before and after."""
     settings, report = config.boss_finetune, {}
     for kind in ("rf1", "rf2"):
         if not (out / KINDS[kind]).is_file():
             continue
-        model, _ = _load_stored(out, kind)
+        model, _ = _load_stored(out, kind, device)
         cfg, channels = _guidance(config, kind)
         x0, captions = _noise_and_captions(data, settings.paths, seed=settings.seed + 21)
         e_x0, e_captions = _noise_and_captions(data, settings.eval_paths, seed=settings.seed + 22)
@@ -141,7 +143,7 @@ def _boss_finetune(out: Path, data: FlowData, text: TextTable, stats, config: Pi
 
 
 def _render_finetune(out: Path, data: FlowData, text: TextTable, stats, config: PipelineConfig,  # noqa: ANN001
-                     dtype: torch.dtype) -> dict:
+                     dtype: torch.dtype, device: torch.device) -> dict:
     """Fine-tune the 1-RF with the rendering loss (`config.render`): from MODEL_DIR/model_flow.safetensors (the
     flow-only 1-RF; a model.safetensors of an earlier `--stages rf1` run is renamed to it) into
     model.safetensors, which every later stage and the sampler use."""
@@ -154,12 +156,13 @@ def _render_finetune(out: Path, data: FlowData, text: TextTable, stats, config: 
         distributed.barrier()
     _, summary = train_velocity_model(data, text, stats, config.model, config.render, out, stage="render", kind="rf1",
                                       init_state=load_model_file(flow, "rf1").state,
-                                      info={"default_cfg": config.default_cfg}, save_dtype=dtype)
+                                      info={"default_cfg": config.default_cfg}, save_dtype=dtype, device=device)
     return summary
 
 
-def run_pipeline(latents_dir: Path, out: Path, config: PipelineConfig) -> dict:
-    """Run the configured stages; returns (and writes, rank 0) MODEL_DIR/training.json."""
+def run_pipeline(latents_dir: Path, out: Path, config: PipelineConfig, device: torch.device | str = "cpu") -> dict:
+    """Run the configured stages on `device`; returns (and writes, rank 0) MODEL_DIR/training.json.
+    Under torchrun on CUDA each process takes its local rank's GPU."""
     unknown = [s for s in config.stages if s not in STAGES]
     if unknown:
         raise InputError(f"unknown stage {unknown[0]!r}; stages are {', '.join(STAGES)}")
@@ -171,6 +174,7 @@ def run_pipeline(latents_dir: Path, out: Path, config: PipelineConfig) -> dict:
     if out.exists() and not out.is_dir():
         raise InputError(f"output {out} exists and is not a directory")
     dtype = {"float32": torch.float32, "float16": torch.float16}[config.save_dtype]
+    device = distributed.init_from_env(device).device
     names = split_names(latents_dir, None, config.split)
     data, stats = load_flow_data(latents_dir, names, num_gaussians=config.model.num_gaussians)
     out.mkdir(parents=True, exist_ok=True)
@@ -188,14 +192,14 @@ def run_pipeline(latents_dir: Path, out: Path, config: PipelineConfig) -> dict:
             model, summary["rf1"] = train_velocity_model(
                 data, text, stats, config.model, config.rf1, out, stage="rf1", kind="rf1",
                 info={"default_cfg": config.default_cfg}, save_dtype=dtype,
-                file=FLOW_FILE if fine_tuned_later else None)
+                file=FLOW_FILE if fine_tuned_later else None, device=device)
         elif stage == "render":
-            summary["render"] = _render_finetune(out, data, text, stats, config, dtype)
+            summary["render"] = _render_finetune(out, data, text, stats, config, dtype, device)
         elif stage == "boss":
             summary["boss"] = {}
             for kind in ("rf1", "rf2"):
                 if (out / KINDS[kind]).is_file():
-                    model, _ = _load_stored(out, kind)
+                    model, _ = _load_stored(out, kind, device)
                     cfg, channels = _guidance(config, kind)
                     b_x0, b_captions = _noise_and_captions(data, config.boss_samples, seed=7)
                     costs = step_costs(_velocity(model, text, data, b_captions, cfg, channels), b_x0,
@@ -205,29 +209,30 @@ def run_pipeline(latents_dir: Path, out: Path, config: PipelineConfig) -> dict:
                         save_schedules(out, kind, table, {"fine_steps": config.boss_fine_steps, "cfg": cfg})
                     summary["boss"][kind] = table
         elif stage == "boss_finetune":
-            summary["boss_finetune"] = _boss_finetune(out, data, text, stats, config, dtype)
+            summary["boss_finetune"] = _boss_finetune(out, data, text, stats, config, dtype, device)
         elif stage == "rf2":
-            teacher, teacher_state = _load_stored(out, "rf1")
+            teacher, teacher_state = _load_stored(out, "rf1", device)
             pairs = make_pairs(teacher, data, text, stats, dataclasses.replace(config.pairs, cfg=config.default_cfg))
             before = straightness(_velocity(teacher, text, data, captions, config.default_cfg), x0)
             reflow_cfg, reflow_channels = _guidance(config, "rf2")
             guidance = {"default_cfg": reflow_cfg, "guidance_channels": list(config.reflow_guidance_channels)}
             model, info = train_velocity_model(pairs, text, stats, config.model, config.rf2, out, stage="rf2",
                                                kind="rf2", init_state=teacher_state,
-                                               info={**guidance, "pairs": len(pairs)}, save_dtype=dtype)
+                                               info={**guidance, "pairs": len(pairs)}, save_dtype=dtype, device=device)
             after = straightness(_velocity(model, text, data, captions, reflow_cfg, reflow_channels), x0)
             summary["rf2"] = {**info, "straightness_rf1": before, "straightness_rf2": after}
         elif stage == "onestep":
-            teacher, teacher_state = _load_stored(out, "rf2")
+            teacher, teacher_state = _load_stored(out, "rf2", device)
             reflow_cfg, reflow_channels = _guidance(config, "rf2")
             pairs = make_pairs(teacher, data, text, stats,
                                dataclasses.replace(config.pairs, cfg=reflow_cfg, seed=config.pairs.seed + 1),
                                reflow_channels)
             _, summary["onestep"] = train_velocity_model(
                 pairs, text, stats, config.model, config.onestep, out, stage="onestep", kind="onestep",
-                init_state=teacher_state, info={"default_cfg": 1.0, "pairs": len(pairs)}, save_dtype=dtype)
+                init_state=teacher_state, info={"default_cfg": 1.0, "pairs": len(pairs)}, save_dtype=dtype,
+                device=device)
         elif stage == "refiner":
-            teacher, _ = _load_stored(out, "rf1")
+            teacher, _ = _load_stored(out, "rf1", device)
             r_x0, r_captions = _noise_and_captions(data, config.refiner_paths, seed=11)
             velocity = _velocity(teacher, text, data, r_captions, config.default_cfg)
             refiner_config = dataclasses.replace(config.refiner, patch=config.model.patch)

@@ -65,9 +65,12 @@ def check_request(request: SampleRequest) -> None:
 
 
 class Generator:
-    """A model directory ready to sample: its velocity models (loaded on first use) and the text encoder."""
+    """A model directory ready to sample: its velocity models (loaded on first use, on `device`) and the text
+    encoder. Noise, solver states and results stay on the CPU (`flow.guided` evaluates on the model's device),
+    so a seed gives the same noise on every device."""
 
-    def __init__(self, model_dir: Path | None = None) -> None:
+    def __init__(self, model_dir: Path | None = None, device: torch.device | str = "cpu") -> None:
+        self.device = torch.device(device)
         self.model_dir = resolve_model_dir(model_dir)
         self.main = load_model_file(self.model_dir / KINDS["rf1"], "rf1")
         self.stats = self.main.stats
@@ -82,7 +85,7 @@ class Generator:
         stored = self.main if kind == "rf1" else load_model_file(self.model_dir / KINDS[kind], kind)
         model = MMDiT(ModelConfig(**stored.config))
         model.load_state_dict(stored.state)
-        return model.eval().requires_grad_(False)
+        return model.to(self.device).eval().requires_grad_(False)
 
     def conditions(self, prompts: list[str]) -> tuple[tuple, tuple]:
         """(cond, uncond) text inputs for a batch of prompts, padded to one length."""
@@ -145,7 +148,7 @@ class Generator:
             schedule = load_schedule(self.model_dir, request.steps, kind)
             finetuned = load_finetuned(self.model_dir, kind, request.steps)
             if finetuned is not None:
-                velocity = guided(finetuned, *self.conditions(prompts), self._cfg(request, kind),
+                velocity = guided(finetuned.to(self.device), *self.conditions(prompts), self._cfg(request, kind),
                                   self.guidance_channels(kind))
             return euler(velocity, x0, schedule)
         from recon4d.gen.turbo import load_refiner, turbo_sample
@@ -184,11 +187,12 @@ def write_scene_dirs(latents: torch.Tensor, out: Path, prompt: str, config: Prev
     return paths
 
 
-def sample_to_dirs(request: SampleRequest, out: Path, model_dir: Path | None = None) -> list[Path]:
-    """What `recon4d gen sample` does: validate, generate, write scene directories."""
+def sample_to_dirs(request: SampleRequest, out: Path, model_dir: Path | None = None,
+                   device: torch.device | str = "cpu") -> list[Path]:
+    """What `recon4d gen sample` does: validate, generate (velocity models on `device`), write scene directories."""
     check_request(request)
     check_output_dir(out)
-    generator = Generator(model_dir)
+    generator = Generator(model_dir, device)
     latents = generator.generate(request)
     return write_scene_dirs(latents, out, request.prompt, info={"solver": request.solver, "steps": request.steps,
                                                                "seed": request.seed, "model": str(generator.model_dir)})

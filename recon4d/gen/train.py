@@ -213,28 +213,34 @@ def load_checkpoint(path: Path, model: torch.nn.Module, ema: torch.nn.Module, op
     for index, param in enumerate(model.parameters()):
         if str(index) in steps:
             optimizer.state[param] = {"step": torch.tensor(steps[str(index)]),
-                                      "exp_avg": tensors[f"optim/{index}/exp_avg"].clone(),
-                                      "exp_avg_sq": tensors[f"optim/{index}/exp_avg_sq"].clone()}
+                                      "exp_avg": tensors[f"optim/{index}/exp_avg"].to(param.device),
+                                      "exp_avg_sq": tensors[f"optim/{index}/exp_avg_sq"].to(param.device)}
     return step
 
 
 def train_velocity_model(data: FlowData, text: TextTable, stats: LatentStats, model_config: ModelConfig,
                          config: TrainConfig, out: Path, *, stage: str = "rf1", kind: str = "rf1",
                          init_state: dict[str, torch.Tensor] | None = None, info: dict | None = None,
-                         save_dtype: torch.dtype = torch.float32, file: str | None = None) -> tuple[MMDiT, dict]:
+                         save_dtype: torch.dtype = torch.float32, file: str | None = None,
+                         device: torch.device | str = "cpu") -> tuple[MMDiT, dict]:
     """Train v(x_t, t, text) on `data` and save its EMA weights as MODEL_DIR/<file or the kind's file>.
 
     init_state: start from these weights (reflow starts from 1-RF, distillation from 2-RF).
+    device: where the model, the data and each step's draws live (under torchrun on CUDA: the local rank's
+        GPU). Draws come from CPU generators, so a seed gives the same run on every device.
     Returns the EMA model (unwrapped) and a summary (steps, final loss, seconds, parameters).
     """
     from recon4d.gen.model_io import KINDS, load_model_file
 
-    ctx = distributed.init_from_env()
+    ctx = distributed.init_from_env(device)
+    device = ctx.device
     check_config(config, ctx.world_size, len(data))
     torch.manual_seed(config.seed)
     model = MMDiT(model_config)
     if init_state is not None:
         model.load_state_dict(init_state)
+    model.to(device)
+    data, text = data.to(device), text.to(device)
     ema = copy.deepcopy(model).requires_grad_(False)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.99))
     meta = {"stage": stage, "train": asdict(config), "model": model_config.to_json(), "data": len(data)}
@@ -256,11 +262,11 @@ def train_velocity_model(data: FlowData, text: TextTable, stats: LatentStats, mo
         out.mkdir(parents=True, exist_ok=True)
     steps = range(start, config.steps)
     for step in track(steps, f"training {stage}", total=len(steps)) if distributed.is_rank0() else steps:
-        index = global_batch_indices(step, len(data), config.batch, config.seed)[rows]
+        index = global_batch_indices(step, len(data), config.batch, config.seed)[rows].to(device)
         noise, t, drop = step_draws(step, config, shape, data.x0 is None)
         x1 = data.x1[index]
-        x0 = data.x0[index] if data.x0 is not None else noise[rows]
-        t, drop = t[rows], drop[rows]
+        x0 = data.x0[index] if data.x0 is not None else noise[rows].to(device)
+        t, drop = t[rows].to(device), drop[rows].to(device)
         captions = torch.where(drop, torch.full_like(index, data.unconditional_index), data.caption_index[index])
         x_t = interpolate(x0, x1, t)
         predicted = wrapped(x_t, t, *text.take(captions))
