@@ -96,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--sfm", action=argparse.BooleanOptionalAction, default=None,
                      help="start cameras from COLMAP's structure-from-motion (pycolmap, the export extra): for "
                           "walk-arounds and photo sets with wide steps between views (default: as the preset says, off)")
+    fit.add_argument("--static", action=argparse.BooleanOptionalAction, default=None,
+                     help="nothing in the scene moves (a walk-around or photo set): no moving masks, every "
+                          "Gaussian still, no residual motion in the refinement (default: as the preset says, off)")
     fit.set_defaults(handler=_cmd_fit)
 
     refine = commands.add_parser("refine", help="continuous-time refinement of an existing `recon4d fit` OUT")
@@ -246,6 +249,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     overrides["input.intrinsics"] = intrinsics
     overrides["keyframes.enabled"] = args.keyframes
     overrides["sfm.enabled"] = args.sfm
+    overrides["input.static_scene"] = args.static
     config = load_config(args.preset, overrides)
     result = fit_video(args.video, out, config, device, overwrite=args.overwrite, restart=args.restart)
     _print_fit_summary(result.metrics, out)

@@ -44,7 +44,11 @@ class InputConfig:
     max_frames / stride: which frames of the source to use.
     fov_x_deg: horizontal field of view assumed when `intrinsics` is not given.
     intrinsics: fx, fy, cx, cy in pixels at the working resolution, or None (from fov_x_deg).
-    holdout_every: withhold every K-th frame from the fit and report it as a held-out view (0 = off)."""
+    holdout_every: withhold every K-th frame from the fit and report it as a held-out view (0 = off).
+    static_scene: nothing in the scene moves (a walk-around or photo set of a still object): the moving masks
+        are empty, so every Gaussian is still, and `with_static_scene` turns off what only moving content
+        needs. The flow-based masks cannot tell a wide camera step from motion: on lego's 34 views they made
+        47,000 of 68,000 Gaussians dynamic."""
 
     short_side: int = 90
     max_frames: int | None = None
@@ -52,6 +56,7 @@ class InputConfig:
     fov_x_deg: float = 60.0
     intrinsics: list[float] | None = None
     holdout_every: int = 0
+    static_scene: bool = False
 
 
 @dataclass
@@ -353,6 +358,20 @@ class KeyframeConfig:
     def validate(self) -> None:
         """InputError (one line) for a setting out of range."""
         validate_fields(self, prefix="keyframes.")
+
+
+def with_static_scene(config: "FitConfig") -> "FitConfig":
+    """`config` with residual motion of still Gaussians in the refinement turned off
+    (`refine.lambda_still_motion` 0) when `input.static_scene` is set; unchanged otherwise. Temporal windows
+    stay: on lego's 34 views one window instead of two spent the 40,000-Gaussian budget by view 16 and its
+    refined views fell from 16.82 to 16.41 dB.
+
+        >>> with_static_scene(FitConfig.from_dict({"input": {"static_scene": True}})).refine.lambda_still_motion
+        0.0
+    """
+    if not config.input.static_scene:
+        return config
+    return config.replace(**{"refine.lambda_still_motion": 0.0})
 
 
 SECTIONS: dict[str, type] = {

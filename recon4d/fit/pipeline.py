@@ -11,11 +11,11 @@ is never replaced without `overwrite`.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +31,7 @@ from recon4d.fit.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from recon4d.fit.config import FLAT_KEYS, SECTIONS, FitConfig
+from recon4d.fit.config import FLAT_KEYS, SECTIONS, FitConfig, with_static_scene
 from recon4d.fit.keyframes import consecutive_motion, select_keyframes, sequential_keyframes
 from recon4d.fit.outputs import FitResult, assemble_scene, finish, peak_rss_mb
 from recon4d.fit.sequential import FitInputs, FitState, SequentialFitter, subset_window_boundaries
@@ -96,7 +96,7 @@ def _to_inputs(frames: np.ndarray, priors, K: np.ndarray, device: torch.device) 
     )
 
 
-@dataclass
+@dataclasses.dataclass
 class Prepared:
     """Decoded clip, split, intrinsics and priors of the fitted frames: everything a fit or a refinement reads."""
 
@@ -156,8 +156,11 @@ def prepare(source: str | Path, config: FitConfig, device: torch.device, log=pri
         before_priors(clip, K)
     t0 = time.perf_counter()
     def priors_of(frames: list[int]):
-        return compute_priors(clip.frames[frames], K, config.priors,
-                              clip_hash=f"{clip.source_hash}:{','.join(map(str, frames))}", log=log)
+        priors = compute_priors(clip.frames[frames], K, config.priors,
+                                clip_hash=f"{clip.source_hash}:{','.join(map(str, frames))}", log=log)
+        if config.input.static_scene:
+            priors = dataclasses.replace(priors, moving_masks=np.zeros_like(priors.moving_masks))
+        return priors
 
     priors = priors_of(fitted)
     # The sequential pass's flow runs between its own consecutive frames.
@@ -182,7 +185,6 @@ def _with_sfm_prior(source: str | Path, clip: Clip, frames: list[int], inputs: F
                     config: FitConfig, device: torch.device, log) -> FitInputs:
     """`inputs` (the sequential pass's, of `frames`) with COLMAP's cameras (`recon4d.priors.sfm`) when it
     places at least `sfm.min_registered` of the frames; the clip is decoded again at `sfm.short_side`."""
-    import dataclasses
 
     from recon4d.geometry.camera import scale_intrinsics
     from recon4d.priors.sfm import sfm_cameras
@@ -253,6 +255,7 @@ def _read_checkpoint(checkpoint_dir: Path, key: str, num_fitted: int, device: to
 
 def _fit_locked(source, out_dir: Path, config: FitConfig, device: torch.device, log, overwrite: bool,
                 restart: bool) -> FitResult:
+    config = with_static_scene(config)
     def check_before_priors(clip: Clip, K: np.ndarray) -> None:
         check_replaceable(out_dir, _run_key(clip, config, K), overwrite)
 
