@@ -54,8 +54,8 @@ class SfmConfig:
     min_scale_points: COLMAP points seen by the anchor frame (inside its rendered object) that set the scale.
     refine_camera: still run the camera step from the COLMAP start (photometric refinement); off, the COLMAP
         pose is the camera of the frame.
-    seed: COLMAP's random seed (RANSAC). Its threads still make reruns differ: in one of six lego fits (stop 34) it
-        turned view 13 round (the step check dropped it), in the others no start was dropped.
+    seed: COLMAP's random seed (RANSAC). Its threads still make reruns differ: in one of six lego fits
+        (stop 34) it turned view 13 round (the step check dropped it); in the others no start was dropped.
     """
 
     enabled: bool = False
