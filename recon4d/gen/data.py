@@ -44,8 +44,7 @@ class FlowData:
     def to(self, device: torch.device) -> "FlowData":
         """The tensors on `device` (captions and names stay)."""
         return replace(self, x1=self.x1.to(device), weight=self.weight.to(device),
-                                   caption_index=self.caption_index.to(device),
-                                   x0=None if self.x0 is None else self.x0.to(device))
+                       caption_index=self.caption_index.to(device), x0=None if self.x0 is None else self.x0.to(device))
 
     @property
     def unconditional_index(self) -> int:
