@@ -66,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("video", type=Path, help="video file (mp4, mov, avi, webm, gif) or folder of images")
     fit.add_argument("--out", "-o", type=Path, default=None, help="output directory (default: out/<video name>)")
     fit.add_argument("--preset", default="default",
-                     help="fast | thumbnail | default | quality, or a YAML file with config fields (default: default)")
+                     help="fast | thumbnail | default | quality | walkaround (photo sets and walk-arounds of a still "
+                          "object), or a YAML file with config fields (default: default)")
     fit.add_argument("--max-frames", type=_number(int, 2), default=None, help="use at most this many frames")
     fit.add_argument("--stride", type=_number(int, 1), default=None, help="use every k-th frame")
     fit.add_argument("--short-side", type=_number(int, 16, 4096), default=None, help="working resolution: short image side in pixels")

@@ -35,7 +35,7 @@ from recon4d.errors import InputError
 from recon4d.priors.pipeline import PriorSettings
 from recon4d.priors.sfm import SfmConfig
 
-PRESET_NAMES = ("fast", "thumbnail", "default", "quality")
+PRESET_NAMES = ("fast", "thumbnail", "default", "quality", "walkaround")
 
 
 @dataclass
