@@ -106,11 +106,12 @@ def write_lego_path(folder: Path, background: float = 1.0) -> tuple[np.ndarray, 
 def camera_errors(world_from_camera_pred: np.ndarray, world_from_camera_gt: np.ndarray) -> dict:
     """ATE % of path length, rotation errors (degrees) after the Sim(3) alignment of the centres, RPE rotation."""
     from recon4d.eval.metrics import ate_rpe, umeyama_sim3
+    from recon4d.geometry.camera import rotation_angle_deg
 
     poses = ate_rpe(world_from_camera_pred, world_from_camera_gt)
     _, rotation, _ = umeyama_sim3(world_from_camera_pred[:, :3, 3], world_from_camera_gt[:, :3, 3])
     relative = np.einsum("tji,jk,tkl->til", world_from_camera_gt[:, :3, :3], rotation, world_from_camera_pred[:, :3, :3])
-    angles = np.degrees(np.arccos(np.clip((np.trace(relative, axis1=1, axis2=2) - 1) / 2, -1, 1)))
+    angles = rotation_angle_deg(relative)
     centres = world_from_camera_gt[:, :3, 3]
     one_point = np.sqrt(np.mean(np.sum((centres - centres.mean(0)) ** 2, axis=1)))  # every camera at one place
     return {"ate_percent": 100 * poses["ate_rmse"] / poses["path_length"],

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from recon4d.errors import InputError
+from recon4d.geometry.camera import rotation_angle_deg
 
 
 @dataclass(frozen=True)
@@ -177,12 +178,6 @@ def umeyama_sim3(src: np.ndarray, dst: np.ndarray, with_scale: bool = True) -> t
     return scale, rotation, translation
 
 
-def _rotation_angle_deg(rotation: np.ndarray) -> np.ndarray:
-    """[..., 3, 3] -> [...] rotation angle in degrees, robust near 0 and 180."""
-    cos = (np.trace(rotation, axis1=-2, axis2=-1) - 1.0) / 2.0
-    return np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
-
-
 def _project_to_rotation(matrix: np.ndarray) -> np.ndarray:
     u, _, vt = np.linalg.svd(matrix)
     sign = np.diag([1.0, 1.0, np.sign(np.linalg.det(u @ vt))])
@@ -240,7 +235,7 @@ def ate_rpe(
         rel_gt = np.linalg.inv(gt[:-1]) @ gt[1:]
         error = np.linalg.inv(rel_gt) @ rel_pred
         rpe_trans = float(np.sqrt(np.mean(np.sum(error[:, :3, 3] ** 2, axis=1))))
-        rpe_rot = float(np.sqrt(np.mean(_rotation_angle_deg(error[:, :3, :3]) ** 2)))
+        rpe_rot = float(np.sqrt(np.mean(rotation_angle_deg(error[:, :3, :3]) ** 2)))
     else:
         rpe_trans, rpe_rot = 0.0, 0.0
     path_length = float(np.sum(np.linalg.norm(np.diff(centres_gt, axis=0), axis=1)))

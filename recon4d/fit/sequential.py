@@ -43,9 +43,9 @@ from recon4d.fit.matching import WideBaselineStart
 from recon4d.fit.model import CameraParams, GaussianParams, prior_depth_unit
 from recon4d.fit.pnp import PNP_MAX_POINTS, PNP_MIN_INLIERS, pnp_camera_from_world
 from recon4d.fit.pyramid import Level, Pyramid, level_phases, pixels_at_level
-from recon4d.fit.sfm_start import rotation_between_degrees, sfm_scale, sfm_start
+from recon4d.fit.sfm_start import sfm_scale, sfm_start
 from recon4d.fit.strategy.spawn import SpawnStrategy, unproject_pixels
-from recon4d.geometry.camera import invert_pose, project_to_pixels, transform_points
+from recon4d.geometry.camera import invert_pose, project_to_pixels, rotation_angle_deg, transform_points
 from recon4d.io.scene import Gaussians
 from recon4d.render import RenderResult, rasterize
 
@@ -240,7 +240,7 @@ class SequentialFitter:
             boundaries = window_boundaries(inputs.num_frames, config.sequential.window_frames)
         self.window_boundaries = set(boundaries)
         self.sfm_anchor: tuple[int, float] | None = None  # (frame, fit units per COLMAP unit), found on first use
-        self.sfm_rejected: set[int] = set()  # frames that saw too few COLMAP points to be the anchor
+        self.sfm_not_anchor: set[int] = set()  # frames that saw too few COLMAP points to be the anchor
 
     # -- rendering -----------------------------------------------------------------------------------------
     def render(self, gaussians: Gaussians, camera_from_world: torch.Tensor,
@@ -427,7 +427,8 @@ class SequentialFitter:
         start = self.sfm_camera_start(state, t)
         if start is None:
             return self.sequential_start(state, t)
-        if rotation_between_degrees(start, state.camera_from_world[t - 1]) > self.config.sfm.max_step_degrees:
+        step = start[:3, :3].double() @ state.camera_from_world[t - 1][:3, :3].double().T
+        if float(rotation_angle_deg(step.cpu().numpy())) > self.config.sfm.max_step_degrees:
             chained, kind = self.sequential_start(state, t)
             return chained, f"{kind} (sfm rejected)"
         return start, "sfm"
@@ -469,7 +470,7 @@ class SequentialFitter:
             return None
         if self.sfm_anchor is None:
             for k in range(t):
-                if k in self.sfm_rejected or not bool(torch.isfinite(poses[k]).all()):
+                if k in self.sfm_not_anchor or not bool(torch.isfinite(poses[k]).all()):
                     continue
                 with torch.no_grad():
                     out = self.render(state.gaussians.activated(), state.camera_from_world[k])
@@ -477,7 +478,7 @@ class SequentialFitter:
                 scale = sfm_scale(self.inputs.sfm_points.to(poses), poses[k], out.depth.to(poses), trusted,
                                   self.K.to(poses), self.config.sfm.min_scale_points)
                 if scale is None:
-                    self.sfm_rejected.add(k)
+                    self.sfm_not_anchor.add(k)
                     continue
                 self.sfm_anchor = (k, scale)
                 break

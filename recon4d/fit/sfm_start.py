@@ -7,8 +7,6 @@ depth to COLMAP's point depth at frame k.
 """
 from __future__ import annotations
 
-import math
-
 import torch
 
 from recon4d.geometry.camera import invert_pose, project_to_pixels
@@ -52,15 +50,3 @@ def sfm_start(sfm_camera_from_world_t: torch.Tensor, sfm_camera_from_world_ancho
     relative[:3, 3] *= scale
     return (relative @ camera_from_world_anchor.double()).to(camera_from_world_anchor.dtype)
 
-
-def rotation_between_degrees(camera_a: torch.Tensor, camera_b: torch.Tensor) -> float:
-    """The angle (degrees) of the rotation between two cameras [4, 4] (camera-from-world or world-from-camera,
-    both the same).
-
-        >>> turned = torch.eye(4); turned[:3, :3] = torch.diag(torch.tensor([-1.0, -1.0, 1.0]))
-        >>> round(rotation_between_degrees(turned, torch.eye(4)), 3)
-        180.0
-    """
-    relative = camera_a[:3, :3].double() @ camera_b[:3, :3].double().T
-    cos = ((torch.trace(relative) - 1) / 2).clamp(-1.0, 1.0)
-    return math.degrees(float(torch.acos(cos)))

@@ -30,6 +30,17 @@ def scale_intrinsics(intrinsics: np.ndarray, scale_x: float, scale_y: float) -> 
     return out
 
 
+def rotation_angle_deg(rotation: np.ndarray) -> np.ndarray:
+    """[..., 3, 3] rotation matrices -> [...] their angles in degrees (from the trace, clipped so that round-off
+    near 0 and 180 degrees stays finite).
+
+        >>> float(rotation_angle_deg(np.diag([-1.0, -1.0, 1.0])))
+        180.0
+    """
+    cos = (np.trace(rotation, axis1=-2, axis2=-1) - 1.0) / 2.0
+    return np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
+
+
 def invert_pose(pose: torch.Tensor) -> torch.Tensor:
     """pose: [..., 4, 4] rigid transform -> its inverse [..., 4, 4] (uses R^T, no general inverse)."""
     rotation = pose[..., :3, :3].transpose(-1, -2)
