@@ -558,6 +558,7 @@ _RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "sfm.min_scale_points": (3, None, False),
     "sfm.match_max_ratio": (0, 1, True),
     "sfm.max_step_degrees": (0, 180, False),
+    "sfm.num_threads": (-1, None, False),
     "densify.max_gaussians": (1, 50_000_000, False),
     "densify.spawn_alpha": (0, 1, False),
     "densify.spawn_every": (1, None, False),
