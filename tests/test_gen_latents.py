@@ -1,6 +1,7 @@
 """Scene latents: corpus, exact renderer, encoder, canonical form, file formats, decoding, user fits."""
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import os
@@ -16,12 +17,15 @@ from recon4d.gen.corpus import CorpusConfig, HELDOUT_PAIRS, build_corpus, render
 from recon4d.gen.decode import decode_latent
 from recon4d.gen.encode import EncodeConfig, encode_views
 from recon4d.gen.encode_batch import encode_any
-from recon4d.gen.latents import (LatentStats, canonicalize, compute_stats, load_latent, load_stats,
+from recon4d.gen.encode_batch import summarize
+from recon4d.gen.latents import (LatentStats, canonicalize, compute_stats, latent_raster, load_latent, load_stats,
                                  morton_order, pack, save_latent, save_stats, sort_rows, to_gaussians)
 from recon4d.gen.objects import sample_object
 from recon4d.gen.shapes import Part, sdf_primitive
 from recon4d.gen.views import read_view_set
 from recon4d.io.scene import load_scene
+from recon4d.io.scene_render import scene_raster
+from recon4d.render import RasterConfig
 
 SMALL = CorpusConfig(count=3, views=12, width=32, height=32)
 RED = [0.85, 0.1, 0.1]
@@ -140,10 +144,13 @@ def test_files_are_versioned_and_bad_files_fail_cleanly(tmp_path, red_sphere):
     path = save_latent(latent, tmp_path / "ball.r4dlat")
     loaded = load_latent(path)
     assert torch.equal(loaded.gaussians, latent.gaussians) and loaded.caption == "a red ball"
-    stats = compute_stats([latent.gaussians])
+    stats = compute_stats([latent.gaussians], latent_raster(latent.info))
     data = json.loads(save_stats(stats, tmp_path).read_text())
     assert data["format"] == "recon4d.gen.latent_stats" and data["version"] == 1
     assert torch.allclose(load_stats(tmp_path).std, stats.std)
+    # the filter travels latent -> statistics (-> a generator's model files); files without one are classic
+    assert latent_raster(loaded.info) == RasterConfig(eps2d=0.1, antialiased=True) == load_stats(tmp_path).raster
+    assert LatentStats.from_json({k: v for k, v in data.items() if k != "raster_filter"}).raster == RasterConfig()
     (tmp_path / "garbage.r4dlat").write_bytes(b"\x00" * 100)
     (tmp_path / "truncated.r4dlat").write_bytes(path.read_bytes()[:200])
     from safetensors.torch import save_file
@@ -167,6 +174,16 @@ def test_decoded_scene_is_a_renderable_scene(tmp_path, red_sphere):
     assert len(scene.gaussians) == 256 and scene.num_frames >= 1
     assert torch.allclose(scene.gaussians.means.mean(0), latent.center + latent.radius * latent.gaussians[:, :3].mean(0),
                           atol=1e-5)
+    assert scene_raster(scene) == EncodeConfig().raster() == RasterConfig(eps2d=0.1, antialiased=True)
+
+
+def test_latents_of_different_filters_do_not_share_statistics(tmp_path, red_sphere):
+    _, latent = red_sphere
+    save_latent(latent, tmp_path / "new.r4dlat")
+    older = dataclasses.replace(latent, info={k: v for k, v in latent.info.items() if k != "raster_filter"})
+    save_latent(older, tmp_path / "old.r4dlat")  # as written before latents stored their filter
+    with pytest.raises(InputError, match="different rasterizer filters"):
+        summarize(tmp_path, None, {})
 
 
 def test_corpus_encodes_with_stats_and_resumes(corpus, tmp_path):

@@ -10,12 +10,12 @@ import numpy as np
 import torch
 
 from recon4d.errors import InputError
-from recon4d.gen.latents import Latent, to_gaussians
+from recon4d.gen.latents import Latent, latent_raster, to_gaussians
 from recon4d.gen.views import intrinsics, orbit_poses
 from recon4d.geometry import invert_pose
 from recon4d.io.atomic import write_bytes_atomic
 from recon4d.io.scene import Cameras, Gaussians, Scene4D, save_scene
-from recon4d.render import rasterize
+from recon4d.render import RasterConfig, rasterize
 
 
 @dataclass
@@ -48,8 +48,8 @@ def turntable(center: torch.Tensor, radius: float, config: PreviewConfig, count:
 
 
 def static_scene(gaussians: Gaussians, center: torch.Tensor, radius: float, config: PreviewConfig,
-                 info: dict | None = None) -> Scene4D:
-    """A static Scene4D of `gaussians` with a turntable of cameras about `center`."""
+                 info: dict | None = None, raster: RasterConfig = RasterConfig()) -> Scene4D:
+    """A static Scene4D of `gaussians` with a turntable of cameras about `center`, drawn with `raster`'s filter."""
     n = len(gaussians)
     frames = config.scene_cameras
     poses, K = turntable(center, radius, config, frames)
@@ -63,21 +63,21 @@ def static_scene(gaussians: Gaussians, center: torch.Tensor, radius: float, conf
         cameras=Cameras(poses, torch.tensor([[K[0, 0], K[1, 1], K[0, 2], K[1, 2]]]).repeat(frames, 1),
                         torch.arange(frames, dtype=torch.float64) / config.fps, config.width, config.height,
                         [f"turntable_{i:03d}" for i in range(frames)]),
-        config={"source": "recon4d.gen", **(info or {})},
+        config={"source": "recon4d.gen", **(info or {}), "raster_filter": raster.filter_dict()},
     )
     scene.validate()
     return scene
 
 
 def render_turntable(gaussians: Gaussians, center: torch.Tensor, radius: float, config: PreviewConfig,
-                     background: torch.Tensor | None = None) -> torch.Tensor:
+                     background: torch.Tensor | None = None, raster: RasterConfig = RasterConfig()) -> torch.Tensor:
     """RGB frames [T, H, W, 3] in [0, 1] of the turntable (white background by default)."""
     background = torch.ones(3) if background is None else background
     poses, K = turntable(center, radius, config)
     with torch.no_grad():
         return torch.stack([rasterize(gaussians.means, gaussians.quats, gaussians.scales, gaussians.opacities,
                                       gaussians.colors, invert_pose(pose), K, config.width, config.height,
-                                      background=background).color.clamp(0, 1) for pose in poses])
+                                      background=background, config=raster).color.clamp(0, 1) for pose in poses])
 
 
 def contact_sheet(rows: list[torch.Tensor]) -> np.ndarray:
@@ -96,14 +96,15 @@ def write_png(path: Path, rgb: np.ndarray) -> None:
 
 
 def write_scene_dir(out: Path, gaussians: Gaussians, center: torch.Tensor, radius: float, config: PreviewConfig,
-                    info: dict | None = None, preview: bool = True) -> Path:
-    """OUT/scene.r4d (+ preview.mp4 turntable and contact.png with 8 of its views when `preview`)."""
+                    info: dict | None = None, preview: bool = True, raster: RasterConfig = RasterConfig()) -> Path:
+    """OUT/scene.r4d (+ preview.mp4 turntable and contact.png with 8 of its views when `preview`); `raster`: the
+    filter the Gaussians were fitted under, stored in the scene and used for the previews."""
     from recon4d.io.video_writer import write_video
 
     out.mkdir(parents=True, exist_ok=True)
-    save_scene(static_scene(gaussians, center, radius, config, info), out / "scene.r4d")
+    save_scene(static_scene(gaussians, center, radius, config, info, raster), out / "scene.r4d")
     if preview:
-        frames = render_turntable(gaussians, center, radius, config)
+        frames = render_turntable(gaussians, center, radius, config, raster=raster)
         write_video(out / "preview.mp4", (frames.numpy() * 255 + 0.5).astype(np.uint8), config.fps)
         step = max(1, config.frames // 8)
         write_png(out / "contact.png", contact_sheet([frames[::step][:8]]))  # 8 views around the object
@@ -122,5 +123,5 @@ def decode_latent(latent: Latent, out: Path, config: PreviewConfig = PreviewConf
     radius = float(latent.radius)
     gaussians = to_gaussians(latent.gaussians, latent.center, radius)
     info = {"caption": latent.caption, "latent": {k: v for k, v in latent.info.items() if k != "metrics"}}
-    return write_scene_dir(out, gaussians, latent.center, radius, config, info, preview)
+    return write_scene_dir(out, gaussians, latent.center, radius, config, info, preview, latent_raster(latent.info))
 

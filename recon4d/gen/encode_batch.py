@@ -20,8 +20,8 @@ import torch
 from recon4d.errors import InputError
 from recon4d.gen.decode import PreviewConfig, contact_sheet, write_png
 from recon4d.gen.encode import EncodeConfig, composite, encode_views
-from recon4d.gen.latents import (LATENT_SUFFIX, compute_stats, latent_files, load_latent, save_latent, save_stats,
-                                 to_gaussians)
+from recon4d.gen.latents import (LATENT_SUFFIX, compute_stats, latent_files, latent_raster, load_latent, save_latent,
+                                 save_stats, to_gaussians)
 from recon4d.gen.sources import corpus_objects, is_fit_dir, object_info, select_gaussians, train_names, views_of_fit
 from recon4d.gen.views import read_view_set
 from recon4d.geometry import invert_pose
@@ -76,7 +76,11 @@ def summarize(out: Path, train: set[str] | None, failed: dict[str, str]) -> dict
         raise InputError(f"no object could be encoded into {out}", hint=f"first failure: {next(iter(failed.values()), '')}")
     chosen = [lat.gaussians for name, lat in latents.items() if train is None or name in train] or \
         [lat.gaussians for lat in latents.values()]
-    stats = compute_stats(chosen)
+    filters = {json.dumps(latent_raster(lat.info).filter_dict(), sort_keys=True) for lat in latents.values()}
+    if len(filters) > 1:  # e.g. a resumed run of a newer encoder over older latents
+        raise InputError(f"the latents in {out} were encoded under different rasterizer filters {sorted(filters)}",
+                         hint="encode into a fresh folder")
+    stats = compute_stats(chosen, latent_raster(next(iter(latents.values())).info))
     save_stats(stats, out)
     metrics = {name: lat.info.get("metrics", {}) for name, lat in latents.items()}
     psnrs = sorted(m["heldout_psnr"] for m in metrics.values() if "heldout_psnr" in m)
@@ -102,7 +106,8 @@ def write_contact_sheet(out: Path, folders: dict[str, Path], seed: int = 0) -> N
             with torch.no_grad():
                 rendered = rasterize(gaussians.means, gaussians.quats, gaussians.scales, gaussians.opacities,
                                      gaussians.colors, invert_pose(views.world_from_camera[index]), views.K[index],
-                                     views.width, views.height, background=torch.ones(3)).color.clamp(0, 1)
+                                     views.width, views.height, background=torch.ones(3),
+                                     config=latent_raster(latent.info)).color.clamp(0, 1)
             row += [composite(views.images[index], torch.ones(3)), rendered]
         rows.append(torch.stack(row))
     if rows:

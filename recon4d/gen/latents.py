@@ -6,7 +6,8 @@ Rows are sorted along a Morton (Z-order) curve of the positions, so nearby token
 the order is a deterministic function of the set (the generator learns rows in this order).
 
 A latent file is safetensors: tensor ``gaussians`` [G, 14] plus metadata ``format``, ``version`` and a JSON
-``info`` (canonical transform back to the source frame, caption, labels, source, encoding metrics).
+``info`` (canonical transform back to the source frame, caption, labels, source, encoding metrics, and the
+rasterizer filter the encoder fitted under, ``raster_filter``: a latent draws right only with it).
 Standardisation statistics (per-channel mean/std over a training set, TriFlow's feature standardisation)
 live in ``stats.json`` beside the latents, with their own format name and version.
 """
@@ -24,6 +25,7 @@ import torch
 from recon4d.errors import InputError
 from recon4d.io.atomic import atomic_path
 from recon4d.io.scene import Gaussians
+from recon4d.render.config import RasterConfig
 
 LATENT_FORMAT = "recon4d.gen.latent"
 LATENT_VERSION = 1
@@ -186,14 +188,21 @@ def latent_files(folder: Path) -> list[Path]:
     return sorted(folder.glob(f"*{LATENT_SUFFIX}"))
 
 
+def latent_raster(info: dict) -> RasterConfig:
+    """The rasterizer settings a latent was encoded under (classic 0.3 for latents that predate the field)."""
+    return RasterConfig.from_filter(info.get("raster_filter"))
+
+
 @dataclass
 class LatentStats:
-    """Per-channel mean and std [14] of canonical latents (over all Gaussians of a training set)."""
+    """Per-channel mean and std [14] of canonical latents (over all Gaussians of a training set), and the
+    rasterizer filter they were all encoded under (what a generator trained on them must draw with)."""
 
     mean: torch.Tensor
     std: torch.Tensor
     count: int
     near_transparent_fraction: float
+    raster: RasterConfig = RasterConfig()
 
     def standardize(self, latent: torch.Tensor) -> torch.Tensor:
         """[..., G, 14] canonical -> standardised (zero mean, unit std per channel)."""
@@ -205,7 +214,8 @@ class LatentStats:
     def to_json(self) -> dict:
         return {"format": STATS_FORMAT, "version": STATS_VERSION, "channels": list(CHANNELS),
                 "mean": self.mean.tolist(), "std": self.std.tolist(), "count": self.count,
-                "near_transparent_fraction": self.near_transparent_fraction}
+                "near_transparent_fraction": self.near_transparent_fraction,
+                "raster_filter": self.raster.filter_dict()}
 
     @staticmethod
     def from_json(data: dict, source: str = "statistics") -> "LatentStats":
@@ -215,7 +225,8 @@ class LatentStats:
             raise InputError(f"{source} has statistics format {data['version']}; this recon4d reads <= {STATS_VERSION}")
         try:
             mean, std = torch.tensor(data["mean"], dtype=torch.float32), torch.tensor(data["std"], dtype=torch.float32)
-            stats = LatentStats(mean, std, int(data["count"]), float(data["near_transparent_fraction"]))
+            stats = LatentStats(mean, std, int(data["count"]), float(data["near_transparent_fraction"]),
+                                RasterConfig.from_filter(data.get("raster_filter")))
         except (KeyError, TypeError, ValueError) as exc:
             raise InputError(f"{source} lacks a valid mean/std ({exc})") from exc
         if mean.shape != (NUM_CHANNELS,) or std.shape != (NUM_CHANNELS,) or not bool((std > 0).all()):
@@ -227,12 +238,12 @@ NEAR_TRANSPARENT = 0.01  # opacity below which a Gaussian counts as near-transpa
 MIN_STD = 1e-3
 
 
-def compute_stats(latents: list[torch.Tensor]) -> LatentStats:
-    """Statistics over a list of [G, 14] canonical latents."""
+def compute_stats(latents: list[torch.Tensor], raster: RasterConfig = RasterConfig()) -> LatentStats:
+    """Statistics over a list of [G, 14] canonical latents, all encoded under `raster`."""
     rows = torch.cat(latents)
     std = rows.std(0).clamp_min(MIN_STD)
     transparent = float((torch.sigmoid(rows[:, OPACITY_CHANNEL]) < NEAR_TRANSPARENT).float().mean())
-    return LatentStats(rows.mean(0), std, len(latents), transparent)
+    return LatentStats(rows.mean(0), std, len(latents), transparent, raster)
 
 
 def save_stats(stats: LatentStats, folder: Path) -> Path:

@@ -19,7 +19,7 @@ from recon4d.fit.losses import photometric_loss
 from recon4d.gen.latents import LatentStats, to_gaussians
 from recon4d.gen.views import intrinsics, orbit_poses
 from recon4d.geometry import invert_pose
-from recon4d.render import rasterize
+from recon4d.render import RasterConfig, rasterize
 
 CAMERA_DISTANCE = 3.4  # canonical objects fill the unit ball: at 40 degrees the ball spans ~70 % of the frame
 FOV_X_DEG = 40.0
@@ -36,11 +36,12 @@ def random_cameras(count: int, size: int, generator: torch.Generator) -> tuple[t
 
 
 def render_latent(latent: torch.Tensor, camera_from_world: torch.Tensor, K: torch.Tensor, size: int,
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Canonical latent [G, 14] -> premultiplied RGB [size, size, 3] and alpha [size, size] (differentiable)."""
+                  raster: RasterConfig = RasterConfig()) -> tuple[torch.Tensor, torch.Tensor]:
+    """Canonical latent [G, 14] -> premultiplied RGB [size, size, 3] and alpha [size, size] (differentiable),
+    drawn with the filter the latents were encoded under (`raster`)."""
     g = to_gaussians(latent)
     out = rasterize(g.means, g.quats, g.scales, g.opacities, g.colors, camera_from_world, K, size, size,
-                    background=latent.new_zeros(3))
+                    background=latent.new_zeros(3), config=raster)
     return out.color, out.alpha.reshape(size, size)
 
 
@@ -60,9 +61,9 @@ def rendering_loss(predicted_velocity: torch.Tensor, x_t: torch.Tensor, x1: torc
     camera_from_world, K, greys = camera_from_world.to(predicted), K.to(predicted), greys.to(predicted)
     total = predicted.new_zeros(())
     for i in range(predicted.shape[0]):
-        color, alpha = render_latent(predicted[i], camera_from_world[i], K, size)
+        color, alpha = render_latent(predicted[i], camera_from_world[i], K, size, stats.raster)
         with torch.no_grad():
-            true_color, true_alpha = render_latent(target[i], camera_from_world[i], K, size)
+            true_color, true_alpha = render_latent(target[i], camera_from_world[i], K, size, stats.raster)
         image = color + (1 - alpha[..., None]) * greys[i]
         true_image = true_color + (1 - true_alpha[..., None]) * greys[i]
         term = photometric_loss(image, true_image, weight, ssim_share) + (alpha - true_alpha).abs().mean()

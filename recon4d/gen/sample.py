@@ -29,6 +29,7 @@ from recon4d.gen.latents import channel_indices, to_gaussians
 from recon4d.gen.mmdit import MMDiT, ModelConfig
 from recon4d.gen.model_io import KINDS, load_model_file, resolve_model_dir
 from recon4d.gen.text import TextEncoder
+from recon4d.render.config import RasterConfig
 
 SOLVERS = ("auto", "euler", "heun", "boss", "turbo", "onestep")
 MAX_STEPS = 1000
@@ -175,15 +176,16 @@ def onestep_sample(velocity, x0: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
 
 
 def write_scene_dirs(latents: torch.Tensor, out: Path, prompt: str, config: PreviewConfig = PreviewConfig(),
-                     info: dict | None = None) -> list[Path]:
-    """One sample: OUT/scene.r4d (+ preview.mp4, contact.png); several: OUT/sample_000/ ... ."""
+                     info: dict | None = None, raster: RasterConfig = RasterConfig()) -> list[Path]:
+    """One sample: OUT/scene.r4d (+ preview.mp4, contact.png); several: OUT/sample_000/ ... . `raster`: the filter
+    of the latents the model learnt (`LatentStats.raster`)."""
     check_output_dir(out)
     paths = []
     for index, latent in enumerate(latents):
         target = out if latents.shape[0] == 1 else out / f"sample_{index:03d}"
         gaussians = to_gaussians(latent)
         paths.append(write_scene_dir(target, gaussians, torch.zeros(3), 1.0, config,
-                                     {"prompt": prompt, "sample": index, **(info or {})}))
+                                     {"prompt": prompt, "sample": index, **(info or {})}, raster=raster))
     return paths
 
 
@@ -195,5 +197,6 @@ def sample_to_dirs(request: SampleRequest, out: Path, model_dir: Path | None = N
     generator = Generator(model_dir, device)
     latents = generator.generate(request)
     return write_scene_dirs(latents, out, request.prompt, info={"solver": request.solver, "steps": request.steps,
-                                                               "seed": request.seed, "model": str(generator.model_dir)})
+                                                               "seed": request.seed, "model": str(generator.model_dir)},
+                            raster=generator.stats.raster)
 

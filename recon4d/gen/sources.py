@@ -13,6 +13,7 @@ from recon4d.gen.latents import canonical_frame
 from recon4d.gen.views import ViewSet, intrinsics, orbit_poses
 from recon4d.geometry import invert_pose
 from recon4d.io.scene import Gaussians, Scene4D
+from recon4d.io.scene_render import scene_raster
 from recon4d.render import rasterize
 
 OBJECT_CHOICES = ("moving", "still", "all")
@@ -90,7 +91,7 @@ def views_of_fit(scene: Scene4D, which: str, time: float, config: PreviewConfig)
     with torch.no_grad():
         for pose, K in zip(poses, Ks):
             out = rasterize(gaussians.means, gaussians.quats, gaussians.scales, gaussians.opacities, gaussians.colors,
-                            invert_pose(pose), K, width, height)
+                            invert_pose(pose), K, width, height, config=scene_raster(scene))
             alpha = out.alpha.clamp(0, 1)
             color = torch.where(alpha[..., None] > 1e-6, out.color / alpha.clamp_min(1e-6)[..., None], out.color)
             images.append(torch.cat([color.clamp(0, 1), alpha[..., None]], -1))

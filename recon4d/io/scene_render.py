@@ -17,10 +17,16 @@ import torch
 
 from recon4d.geometry.camera import invert_pose
 from recon4d.io.scene import Gaussians, Scene4D
-from recon4d.render import RenderResult, rasterize
+from recon4d.render import RasterConfig, RenderResult, rasterize
 
 #: Per-Gaussian features from the alive Gaussians and their indices into the scene's N -> [Na, C].
 FeatureFn = Callable[[Gaussians, torch.Tensor], torch.Tensor]
+
+
+def scene_raster(scene: Scene4D) -> RasterConfig:
+    """The rasterizer settings a scene is drawn with: the filter it was fitted under (`raster_filter` in its
+    config; fits use 3DGS's classic filter, decoded latents the one they were encoded under)."""
+    return RasterConfig.from_filter(scene.config.get("raster_filter"))
 
 
 def render_scene(scene: Scene4D, t: float, camera_from_world: torch.Tensor | None = None,
@@ -58,4 +64,4 @@ def render_scene(scene: Scene4D, t: float, camera_from_world: torch.Tensor | Non
 
     return rasterize(on(gaussians.means), on(gaussians.quats), on(gaussians.scales), on(gaussians.opacities),
                      on(features), on(camera_from_world), on(K), int(width), int(height),
-                     background=None if background is None else on(background))
+                     background=None if background is None else on(background), config=scene_raster(scene))

@@ -115,6 +115,19 @@ def rasterize(
     return RenderResult(color=features, depth=depth, alpha=alpha, means2d=means2d, radii=radii)
 
 
+def antialias_compensation(conics: torch.Tensor, eps2d: float) -> torch.Tensor:
+    """Opacity factor [N] of the antialiased mode, sqrt(det(cov2d) / det(cov2d + eps2d I)), from the conics
+    [N, 3] (a, b, c) of (cov2d + eps2d I)^-1: with A = cov2d + eps2d I, det(A - eps2d I) / det(A) =
+    1 - eps2d tr(A^-1) + eps2d^2 det(A^-1), so no inverse is needed (and culled Gaussians, conic 0, get 1).
+
+        >>> float(antialias_compensation(torch.tensor([[1 / 1.3, 0.0, 1 / 1.3]]), 0.3))  # cov2d = I
+        0.769230...
+    """
+    a, b, c = conics.unbind(-1)
+    ratio = 1 - eps2d * (a + c) + eps2d**2 * (a * c - b * b)
+    return ratio.clamp_min(1e-12).sqrt()  # finite gradient for needle-thin Gaussians
+
+
 def _rasterize_cpu(means, quats, scales, opacities, colors, camera_from_world, K, width, height, config):
     from recon4d.render.cpu import rasterize_tiles
     from recon4d.render.projection import project_gaussians
@@ -122,6 +135,8 @@ def _rasterize_cpu(means, quats, scales, opacities, colors, camera_from_world, K
     projected = project_gaussians(means, quats, scales, opacities, camera_from_world, K, width, height, config)
     # Depth is composited as one more feature channel, then normalised by alpha (gsplat's "ED").
     features = torch.cat([colors, projected.depths[:, None].to(colors.dtype)], -1)
+    if config.antialiased:
+        opacities = opacities * antialias_compensation(projected.conics, config.eps2d)
     composite, alpha = rasterize_tiles(
         projected.means2d, projected.conics, features, opacities, projected.radii, projected.depths,
         width, height, config.tile_size,

@@ -42,7 +42,7 @@ def rasterize_gsplat(
         means, quats, scales, opacities, features,
         viewmats=camera_from_world[None], Ks=(K + shift)[None], width=width, height=height,
         near_plane=config.near_plane, far_plane=config.far_plane, eps2d=config.eps2d,
-        render_mode="RGB+ED", packed=False, rasterize_mode="classic",
+        render_mode="RGB+ED", packed=False, rasterize_mode="antialiased" if config.antialiased else "classic",
     )
     means2d = meta["means2d"][0] - 0.5
     radii = meta["radii"][0]

@@ -52,15 +52,19 @@ def rasterize_dense(
     jac[:, 0, 2] = -fx * u_dir / z
     jac[:, 1, 1] = fy / z
     jac[:, 1, 2] = -fy * v_dir / z
-    sigma_2d = jac @ sigma_cam @ jac.transpose(1, 2) + config.eps2d * torch.eye(2, dtype=means.dtype)
+    sigma_raw = jac @ sigma_cam @ jac.transpose(1, 2)
+    sigma_2d = sigma_raw + config.eps2d * torch.eye(2, dtype=means.dtype)
     det = torch.linalg.det(sigma_2d)
+    opac = opacities[keep]
+    if config.antialiased:  # Mip-Splatting: the filter spreads a Gaussian's energy, it does not add to it
+        opac = opac * torch.sqrt((torch.linalg.det(sigma_raw) / det).clamp_min(1e-12))
     ok = det > 0
     inv_2d = torch.linalg.inv(torch.where(ok[:, None, None], sigma_2d, torch.eye(2, dtype=means.dtype)))
     center = torch.stack([fx * p_cam[:, 0] / z + cx, fy * p_cam[:, 1] / z + cy], -1)
 
     order = torch.argsort(z.detach(), stable=True)
     center, inv_2d, z, ok = center[order], inv_2d[order], z[order], ok[order]
-    opac = opacities[keep][order]
+    opac = opac[order]
     feats = torch.cat([features[keep][order], z[:, None]], -1)
 
     v, u = torch.meshgrid(torch.arange(height, dtype=means.dtype), torch.arange(width, dtype=means.dtype), indexing="ij")
