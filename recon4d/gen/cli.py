@@ -16,7 +16,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     corpus.add_argument("-o", "--out", type=Path, required=True, help="corpus folder")
     corpus.add_argument("--count", type=int, default=16, help="number of objects (default: 16)")
     corpus.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    corpus.add_argument("--views", type=int, default=24, help="views per object (default: 24)")
+    corpus.add_argument("--views", type=int, default=None, help="views per object (default: 32)")
     corpus.add_argument("--size", type=int, default=64, help="image width = height in pixels (default: 64)")
     _add_parallel_flags(corpus)
     corpus.set_defaults(handler=_cmd_corpus)
@@ -25,7 +25,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     encode.add_argument("source", type=Path, help="corpus folder, object folder, or `recon4d fit` output directory")
     encode.add_argument("-o", "--out", type=Path, required=True, help="latents folder")
     encode.add_argument("--gaussians", type=int, default=None, help="Gaussians per object G (default: 1024)")
-    encode.add_argument("--steps", type=int, default=None, help="optimisation steps per object (default: 150)")
+    encode.add_argument("--steps", type=int, default=None, help="optimisation steps per object (default: 300)")
     encode.add_argument("--object", dest="which", default="moving", choices=("moving", "still", "all"),
                         help="fit directories: the moving object, the still part, or all (default: moving)")
     encode.add_argument("--time", type=float, default=0.0, help="fit directories: frame time (default: 0)")
@@ -107,7 +107,8 @@ def _cmd_corpus(args: argparse.Namespace) -> int:
     _positive("--size", args.size, 4096)
     if args.out.exists() and not args.out.is_dir():
         raise InputError(f"output {args.out} exists and is not a directory")
-    config = CorpusConfig(count=args.count, seed=args.seed, views=args.views, width=args.size, height=args.size)
+    config = CorpusConfig(count=args.count, seed=args.seed, views=args.views or CorpusConfig.views, width=args.size,
+                          height=args.size)
     summary = build_corpus(args.out, config, address=args.address, workers=args.workers)
     print(json.dumps(summary, indent=1))
     return 1 if summary["failed"] and not summary["objects"] else 0
