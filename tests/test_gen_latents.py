@@ -206,7 +206,7 @@ def test_corpus_encodes_with_stats_and_resumes(corpus, tmp_path):
 
 
 def test_a_fits_moving_object_encodes_where_it_was(tmp_path):
-    from view_scenes import moving_patch_scene, patch_centre
+    from view_scenes import PATCH_HALF, moving_patch_scene, patch_centre
 
     from recon4d.io.scene import save_scene
 
@@ -215,7 +215,12 @@ def test_a_fits_moving_object_encodes_where_it_was(tmp_path):
                          which="moving", time=3.0)
     latent = load_latent(Path(summary["latent"]))
     gaussians = to_gaussians(latent.gaussians, latent.center, latent.radius)
-    centre = gaussians.means[gaussians.opacities > 0.3].median(0).values
-    assert torch.allclose(centre, torch.tensor(patch_centre(3.0), dtype=torch.float32), atol=0.04)
+    # Where and how large: the 5th-95th percentile box of the opaque Gaussians (their median follows how densely
+    # the fit covered each side, not where the patch is).
+    opaque = gaussians.means[gaussians.opacities > 0.3]
+    low, high = opaque.quantile(0.05, 0), opaque.quantile(0.95, 0)
+    assert torch.allclose((low + high) / 2, torch.tensor(patch_centre(3.0), dtype=torch.float32), atol=0.03)
+    width = (high - low)[:2]  # the patch is a 2 PATCH_HALF square in z = const
+    assert bool(((width > 0.8 * 2 * PATCH_HALF) & (width < 1.1 * 2 * PATCH_HALF)).all()) and (high - low)[2] < 0.05
     with pytest.raises(InputError):
         encode_any(tmp_path / "fit", tmp_path / "lat", EncodeConfig(), which="moving", time=99.0)

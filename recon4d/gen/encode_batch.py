@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from recon4d.errors import InputError
+from recon4d.gen.corpus import CorpusConfig
 from recon4d.gen.decode import PreviewConfig, contact_sheet, write_png
 from recon4d.gen.encode import EncodeConfig, composite, encode_views
 from recon4d.gen.latents import (LATENT_SUFFIX, compute_stats, latent_files, latent_raster, load_latent, save_latent,
@@ -118,7 +119,8 @@ def encode_fit(fit_dir: Path, out: Path, config: EncodeConfig, which: str, time:
     """The moving object / still part / everything of a fit at `time` -> OUT/<fit name>_<which>.r4dlat."""
     scene = load_scene(fit_dir)
     select_gaussians(scene, which, time)  # validate before the heavy work
-    views, info = views_of_fit(scene, which, time, PreviewConfig(frames=24, width=64, height=64))
+    size = CorpusConfig.width  # the corpus's views, so that a user's object joins the corpus's latents
+    views, info = views_of_fit(scene, which, time, PreviewConfig(frames=CorpusConfig.views, width=size, height=size))
     source = fit_dir if fit_dir.is_dir() else fit_dir.parent
     latent = encode_views(views, config, {"source": str(source), "name": source.name, **info})
     path = out / f"{source.name}_{which}{LATENT_SUFFIX}"
