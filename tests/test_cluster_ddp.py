@@ -174,7 +174,7 @@ def test_nerf_train_under_torchrun_matches_one_process(tmp_path):
 
 GEN_TINY = """stages: [rf1]
 model: {num_gaussians: 64, patch: 16, width: 32, depth: 2, heads: 2, mlp_ratio: 2.0}
-rf1: {steps: 4, batch: 4, lr: 0.001, warmup: 1, ema_decay: 0.5, checkpoint_every: 2, log_every: 1}
+rf1: {steps: 12, batch: 4, lr: 0.003, warmup: 1, ema_decay: 0.5, checkpoint_every: 6, log_every: 1}
 """
 
 
@@ -199,10 +199,11 @@ def test_gen_train_under_torchrun_matches_one_process(tmp_path):
                                                             "--standalone", "--nproc-per-node=2", "-m", "recon4d"))
     logs = {name: [json.loads(line) for line in (tmp_path / name / "train_rf1.jsonl").read_text().splitlines()]
             for name in ("single", "ddp")}
-    assert [r["step"] for r in logs["ddp"]] == [1, 2, 3, 4]
+    assert [r["step"] for r in logs["ddp"]] == list(range(1, 13))
     for one, two in zip(logs["single"], logs["ddp"]):
         assert two["loss"] == pytest.approx(one["loss"], rel=1e-5)
-    assert logs["single"][-1]["loss"] < logs["single"][0]["loss"]  # it trained
+    losses = [r["loss"] for r in logs["single"]]
+    assert sum(losses[-4:]) < sum(losses[:4])  # it trained (one batch of 4 is noisy: compare 4 steps each)
     files = {run: sorted(p.name for p in (tmp_path / run).iterdir()) for run in ("single", "ddp")}
     assert files["ddp"] == files["single"]  # rank 1 wrote nothing of its own
     for name in ("model.safetensors", "checkpoint_rf1.safetensors"):
