@@ -33,7 +33,7 @@ from recon4d.nerf.gnt.rays import (
     uniform_depths,
 )
 from recon4d.nerf.gnt.render import render_view
-from recon4d.nerf.gnt.train import sample_batch, split_scenes, train
+from recon4d.nerf.gnt.train import depth_loss, sample_batch, split_scenes, train
 
 TINY = GNTConfig(feature_dim=8, width=16, blocks=2, heads=2, ffn_ratio=2, dense_odd_ratio=6, experts=4, gate_dim=2,
                  coarse_samples=8, fine_samples=8, source_views=3)
@@ -130,6 +130,48 @@ def test_global_batch_shards_concatenate_to_the_single_process_batch():
         assert torch.equal(torch.cat([getattr(h, name) for h in halves]), getattr(full, name))
     pairs = full.origins.shape[0] // 2
     assert pairs == 8 and torch.equal(halves[0].images, full.images)
+
+
+def test_procedural_depths_are_true_multiview_depths():
+    """The ray caster's z-depths: finite exactly on the object, and view 0's surface points, moved into view 1,
+    land at view 1's depth (where view 1 sees the same surface: the median over all of them)."""
+    scene = render_scene(0, SceneSpec(views=10, size=32))  # even seed: objects on white, alpha known
+    assert torch.equal(torch.isfinite(scene.depths), scene.alphas > 0.5)
+    v, u = torch.nonzero(torch.isfinite(scene.depths[0]), as_tuple=True)
+    origins, directions = pixel_rays(scene.world_from_camera[0], scene.intrinsics[0], torch.stack([u, v], -1).float())
+    points = origins + scene.depths[0][v, u][:, None] * directions
+    pixels, visible = project_points(points, scene.world_from_camera[1:2], scene.intrinsics[1:2], 32, 32)
+    pixels, visible = pixels[0], visible[0]
+    z = (points - scene.world_from_camera[1, :3, 3]) @ scene.world_from_camera[1, :3, 2]
+    col, row = pixels[:, 0].round().long().clamp(0, 31), pixels[:, 1].round().long().clamp(0, 31)
+    seen = visible & torch.isfinite(scene.depths[1][row, col])
+    assert int(seen.sum()) > 50
+    assert float((scene.depths[1][row, col] - z)[seen].abs().median()) < 0.05  # scene units; objects ~1 across
+
+
+def test_depth_loss_is_l1_in_depth_range_units_on_surface_rays():
+    target = torch.tensor([3.0, 4.0, math.inf, 5.0])
+    assert float(depth_loss(target.clone().nan_to_num(posinf=2.5), target, 2.0, 6.0)) == 0.0
+    assert float(depth_loss(torch.tensor([3.4, 3.6, 0.0, 5.0]), target, 2.0, 6.0)) == pytest.approx(0.8 / 3 / 4)
+    assert float(depth_loss(torch.tensor([3.0]), torch.tensor([math.inf]), 2.0, 6.0)) == 0.0  # no surface: no term
+
+
+@pytest.mark.slow
+def test_depth_supervision_teaches_the_readout_depth(tmp_path):
+    """The same tiny model and steps, with and without the depth term: the readout depth of a training view
+    comes out closer to the ray caster's depth with it."""
+    scene = render_scene(3, TINY_SPEC)
+    errors = {}
+    for weight in (0.0, 1.0):
+        config = TrainConfig(steps=150, rays=64, lr=3e-3, holdout_every=-1, eval_every=150, seed=0,
+                             depth_weight=weight)
+        train([scene], tmp_path / str(weight), TINY, config)
+        model, _ = load_model(tmp_path / str(weight))
+        others = scene.subset([j for j in range(len(scene)) if j != 0])
+        _, depth = render_view(model, others, scene.world_from_camera[0], scene.intrinsics[0], 16, 16)
+        hit = torch.isfinite(scene.depths[0])
+        errors[weight] = float((depth - scene.depths[0])[hit].abs().mean())
+    assert errors[1.0] < 0.7 * errors[0.0], errors
 
 
 @pytest.fixture(scope="module")

@@ -37,6 +37,8 @@ class PosedImages:
         names: per image, its file name (or frame label), in the source's file order.
         near, far: depth range along the optical axis that contains the scene.
         source: where the set was read from (for messages).
+        depths: [N, H, W] float32 true z-depth per pixel (inf where no surface), or None: known only for
+            synthetic data (the procedural scenes), where training may supervise the model's depth with it.
     """
 
     images: torch.Tensor
@@ -48,13 +50,14 @@ class PosedImages:
     near: float
     far: float
     source: str = ""
+    depths: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         n, height, width, channels = self.images.shape
         if channels != 3 or self.world_from_camera.shape != (n, 4, 4) or self.intrinsics.shape != (n, 4):
             raise InputError(f"inconsistent posed image set {self.source}: images {tuple(self.images.shape)}, "
                              f"poses {tuple(self.world_from_camera.shape)}, intrinsics {tuple(self.intrinsics.shape)}")
-        for name, mask in (("alphas", self.alphas), ("valid", self.valid)):
+        for name, mask in (("alphas", self.alphas), ("valid", self.valid), ("depths", self.depths)):
             if mask is not None and mask.shape != (n, height, width):
                 raise InputError(f"{name} of {self.source} have shape {tuple(mask.shape)}, expected {(n, height, width)}")
         if not 0 < self.near < self.far:
@@ -77,13 +80,14 @@ class PosedImages:
         pick = lambda t: None if t is None else t[index]
         return replace(self, images=self.images[index], alphas=pick(self.alphas), valid=pick(self.valid),
                        world_from_camera=self.world_from_camera[index], intrinsics=self.intrinsics[index],
-                       names=[self.names[i] for i in index.tolist()])
+                       names=[self.names[i] for i in index.tolist()], depths=pick(self.depths))
 
     def to(self, device: torch.device | str) -> PosedImages:
         """The same set with its tensors on `device`."""
         move = lambda t: None if t is None else t.to(device)
         return replace(self, images=self.images.to(device), alphas=move(self.alphas), valid=move(self.valid),
-                       world_from_camera=self.world_from_camera.to(device), intrinsics=self.intrinsics.to(device))
+                       world_from_camera=self.world_from_camera.to(device), intrinsics=self.intrinsics.to(device),
+                       depths=move(self.depths))
 
     def K(self) -> torch.Tensor:
         """[N, 3, 3] intrinsic matrices."""

@@ -75,6 +75,8 @@ class TrainConfig:
         holdout_every: every k-th view of each scene is held out for the periodic PSNR (-1: none).
         eval_every: steps between held-out PSNR evaluations (at the training resolution) and checkpoints.
         seed: seeds the step generator and the initial weights.
+        depth_weight: weight of the L1 between the model's readout depth and the true depth where the data
+            knows it (`PosedImages.depths`: the procedural scenes), in units of the depth range (0: off).
     """
 
     steps: int = 3000
@@ -87,6 +89,7 @@ class TrainConfig:
     holdout_every: int = 8
     eval_every: int = 250
     seed: int = 0
+    depth_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.rays < 2 or self.rays % 2:

@@ -80,7 +80,8 @@ def _random_rotation(g: torch.Generator) -> torch.Tensor:
 
 
 def render_scene(seed: int, spec: SceneSpec = SceneSpec()) -> PosedImages:
-    """Scene number `seed`: its views as PosedImages (RGB over white + alpha, or RGB with a backdrop)."""
+    """Scene number `seed`: its views as PosedImages (RGB over white + alpha, or RGB with a backdrop) with the
+    objects' true z-depth (inf on the white background and on the backdrop)."""
     g = torch.Generator().manual_seed(seed)
     with_backdrop = seed % 2 == 1
     objects = []
@@ -101,7 +102,7 @@ def render_scene(seed: int, spec: SceneSpec = SceneSpec()) -> PosedImages:
     focal = 0.5 * spec.size / math.tan(0.5 * spec.fov)
     intrinsics = torch.tensor([focal, focal, (spec.size - 1) / 2, (spec.size - 1) / 2]).expand(spec.views, 4).clone()
     pixels = image_pixels(spec.size, spec.size)
-    images, alphas = [], []
+    images, alphas, depths = [], [], []
     for pose, K in zip(poses, intrinsics):
         origins, directions = pixel_rays(pose, K, pixels)
         best = torch.full((len(pixels),), math.inf)
@@ -133,5 +134,7 @@ def render_scene(seed: int, spec: SceneSpec = SceneSpec()) -> PosedImages:
             alpha = hit.float()
         images.append(colour.clamp(0, 1).reshape(spec.size, spec.size, 3))
         alphas.append(alpha.reshape(spec.size, spec.size))
+        depths.append(best.reshape(spec.size, spec.size))  # rays have unit z: t is the z-depth
     return PosedImages(torch.stack(images), None if with_backdrop else torch.stack(alphas), None, poses, intrinsics,
-                       [f"view_{i:03d}.png" for i in range(spec.views)], spec.near, spec.far, source=f"procedural:{seed}")
+                       [f"view_{i:03d}.png" for i in range(spec.views)], spec.near, spec.far, source=f"procedural:{seed}",
+                       depths=torch.stack(depths))

@@ -69,6 +69,7 @@ class Batch:
     jitter: torch.Tensor
     uniforms: torch.Tensor
     noise: torch.Tensor | None
+    target_depth: torch.Tensor | None = None
 
     def shard(self, rank: int, world_size: int) -> Batch:
         """The rank's contiguous share of the rays (whole pairs); source views are shared."""
@@ -77,7 +78,7 @@ class Batch:
         pick = lambda t: None if t is None else t[part]
         return Batch(self.images, self.valid, self.world_from_camera, self.intrinsics, self.near, self.far,
                      self.origins[part], self.directions[part], self.camera_directions[part], self.target_rgb[part],
-                     self.jitter[part], self.uniforms[part], pick(self.noise))
+                     self.jitter[part], self.uniforms[part], pick(self.noise), pick(self.target_depth))
 
 
 def split_scenes(scenes: list[PosedImages], holdout_every: int, min_views: int) -> list[Split]:
@@ -120,13 +121,22 @@ def sample_batch(splits: list[Split], model_config: GNTConfig, config: TrainConf
     pixels = _pair_pixels(valid, scene.width, scene.height, config.rays // 2, g)
     origins, directions, camera_directions = target_rays(scene.world_from_camera[target], scene.intrinsics[target], pixels)
     rgb = scene.images[target][pixels[:, 1].long(), pixels[:, 0].long()]
+    depth = None if scene.depths is None else scene.depths[target][pixels[:, 1].long(), pixels[:, 0].long()]
     samples = model_config.coarse_samples + model_config.fine_samples
     jitter = torch.rand(config.rays, model_config.coarse_samples, generator=g)
     uniforms = torch.rand(config.rays, model_config.fine_samples, generator=g)
     noise = torch.randn(config.rays, samples, moe_layers, model_config.experts, generator=g) if moe_layers else None
     return Batch(scene.images[sources], None if scene.valid is None else scene.valid[sources],
                  scene.world_from_camera[sources], scene.intrinsics[sources], scene.near, scene.far,
-                 origins, directions, camera_directions, rgb, jitter, uniforms, noise)
+                 origins, directions, camera_directions, rgb, jitter, uniforms, noise, depth)
+
+
+def depth_loss(depth: torch.Tensor, target: torch.Tensor, near: float, far: float) -> torch.Tensor:
+    """Mean L1 [] between the readout depth [R] and the true z-depth [R] on rays that hit a surface inside
+    [near, far] (inf elsewhere), in units of the depth range; 0 when no ray does."""
+    hit = torch.isfinite(target) & (target > near) & (target < far)
+    error = torch.where(hit, (depth - torch.where(hit, target, torch.zeros_like(target))).abs(), torch.zeros_like(depth))
+    return _global_sum(error.sum()) / _global_sum(hit.sum().to(depth)).clamp_min(1.0) / (far - near)
 
 
 def _global_sum(value: torch.Tensor) -> torch.Tensor:
@@ -203,6 +213,9 @@ def train(scenes: list[PosedImages], out_dir: str | os.PathLike, model_config: G
         mse = torch.mean((out.rgb - batch.target_rgb.to(ctx.device)) ** 2)
         balance, consistency = moe_losses(out, batch.near, batch.far)
         loss = mse + config.balance_weight * balance + config.consistency_weight * consistency
+        if config.depth_weight > 0 and batch.target_depth is not None:
+            loss = loss + config.depth_weight * depth_loss(out.depth, batch.target_depth.to(ctx.device), batch.near,
+                                                           batch.far)
         for group in optimizer.param_groups:
             group["lr"] = _learning_rate(config, step)
         optimizer.zero_grad(set_to_none=True)
