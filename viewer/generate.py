@@ -209,6 +209,7 @@ class GeneratePanel:
         while (target := self.save_root / f"{stem}_{index:03d}").exists():
             index += 1
         path = write_scene_dirs(self.generated.latent[None], target, self.generated.prompt,
-                                info={"model": str(self.model_dir), "from": "recon4d view"})[0]
+                                info={"model": str(self.model_dir), "from": "recon4d view"},
+                                raster=self._generator.stats.raster)[0]
         self.status.content = f"saved `{path}`"
         return path
