@@ -42,6 +42,9 @@ class RasterConfig:
         if not data:
             return RasterConfig()
         try:
-            return RasterConfig(eps2d=float(data["eps2d"]), antialiased=bool(data["antialiased"]))
+            eps2d, antialiased = float(data["eps2d"]), bool(data["antialiased"])
         except (KeyError, TypeError, ValueError) as exc:
             raise InputError(f"bad rasterizer filter {data!r}: expected eps2d and antialiased") from exc
+        if not 0 <= eps2d < float("inf"):
+            raise InputError(f"bad rasterizer filter {data!r}: eps2d must be a finite number >= 0")
+        return RasterConfig(eps2d=eps2d, antialiased=antialiased)
