@@ -28,6 +28,7 @@ from recon4d.gen.encode import EncodeConfig, composite, encode_views  # noqa: E4
 from recon4d.gen.encode_batch import encode_corpus  # noqa: E402
 from recon4d.gen.latents import (CHANNELS, LATENT_SUFFIX, latent_files, latent_raster, load_latent,  # noqa: E402
                                  load_stats, spatial_weight, to_gaussians)
+from recon4d.fit.pyramid import area_downsample, scale_intrinsics  # noqa: E402
 from recon4d.geometry import invert_pose  # noqa: E402
 from recon4d.image import psnr as image_psnr  # noqa: E402
 from recon4d.render import RasterConfig, rasterize  # noqa: E402
@@ -58,13 +59,11 @@ def fine_psnr(corpus: Path, latents: Path, names: list[str], factor: int = FINE_
         latent, views = load_latent(latents / f"{name}{LATENT_SUFFIX}"), read_view_set(corpus / name)
         g = to_gaussians(latent.gaussians, latent.center, latent.radius)
         for i in latent.info["metrics"]["holdout_views"]:
-            K = views.K[i].clone()
-            K[:2, :2] *= factor
-            K[:2, 2] = (K[:2, 2] + 0.5) * factor - 0.5
             with torch.no_grad():
                 out = rasterize(g.means, g.quats, g.scales, g.opacities, g.colors, invert_pose(views.world_from_camera[i]),
-                                K, views.width * factor, views.height * factor, background=white)
-            fine = torch.nn.functional.avg_pool2d(out.color.permute(2, 0, 1)[None], factor)[0].permute(1, 2, 0)
+                                scale_intrinsics(views.K[i], 1 / factor), views.width * factor, views.height * factor,
+                                background=white)
+            fine = area_downsample(out.color[None], factor)[0]
             values.append(image_psnr(fine.clamp(0, 1), composite(views.images[i], white)))
     return values
 

@@ -34,8 +34,9 @@ if TYPE_CHECKING:  # recon4d.fit.sequential builds its pyramid from here
 MIN_LEVEL_SHORT_SIDE_PX = 32
 
 
-def scale_intrinsics(K: torch.Tensor, factor: int) -> torch.Tensor:
-    """K [3, 3] of an image at the working resolution -> K of its `factor`x area-downsampled image."""
+def scale_intrinsics(K: torch.Tensor, factor: float) -> torch.Tensor:
+    """K [3, 3] of an image at the working resolution -> K of its `factor`x area-downsampled image (a factor
+    below 1 gives the K of an image 1 / factor x larger)."""
     scaled = K.clone()
     scaled[0, 0] = K[0, 0] / factor
     scaled[1, 1] = K[1, 1] / factor

@@ -49,4 +49,3 @@ def sfm_start(sfm_camera_from_world_t: torch.Tensor, sfm_camera_from_world_ancho
     relative = sfm_camera_from_world_t.double() @ invert_pose(sfm_camera_from_world_anchor.double())
     relative[:3, 3] *= scale
     return (relative @ camera_from_world_anchor.double()).to(camera_from_world_anchor.dtype)
-

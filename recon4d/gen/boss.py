@@ -180,7 +180,6 @@ def finetune_on_schedule(model: MMDiT, cond: tuple, uncond: tuple, cfg: float, x
     states = reference_states(frozen, x0, fine_steps, indices)  # [P, K + 1, G, C]
     weight = spatial_weight(stats.destandardize(states[:, -1]))
     device = module_device(model)  # the training pairs live with the model
-    device = states.device if device is None else device
     states, weight, schedule = states.to(device), weight.to(device), schedule.to(device)
     cond, uncond = tuple(c.to(device) for c in cond), tuple(u.to(device) for u in uncond)
     steps_k = len(indices) - 1
