@@ -28,8 +28,9 @@ from recon4d.gen.encode import EncodeConfig, composite, encode_views  # noqa: E4
 from recon4d.gen.encode_batch import encode_corpus  # noqa: E402
 from recon4d.gen.latents import (CHANNELS, LATENT_SUFFIX, latent_files, latent_raster, load_latent,  # noqa: E402
                                  load_stats, spatial_weight, to_gaussians)
-from recon4d.fit.pyramid import area_downsample, scale_intrinsics  # noqa: E402
+from recon4d.fit.pyramid import area_downsample  # noqa: E402
 from recon4d.geometry import invert_pose  # noqa: E402
+from recon4d.geometry.camera import scale_camera_matrix  # noqa: E402
 from recon4d.image import psnr as image_psnr  # noqa: E402
 from recon4d.render import RasterConfig, rasterize  # noqa: E402
 from recon4d.gen.objects import sample_object  # noqa: E402
@@ -61,8 +62,8 @@ def fine_psnr(corpus: Path, latents: Path, names: list[str], factor: int = FINE_
         for i in latent.info["metrics"]["holdout_views"]:
             with torch.no_grad():
                 out = rasterize(g.means, g.quats, g.scales, g.opacities, g.colors, invert_pose(views.world_from_camera[i]),
-                                scale_intrinsics(views.K[i], 1 / factor), views.width * factor, views.height * factor,
-                                background=white)
+                                scale_camera_matrix(views.K[i], factor, factor), views.width * factor,
+                                views.height * factor, background=white)
             fine = area_downsample(out.color[None], factor)[0]
             values.append(image_psnr(fine.clamp(0, 1), composite(views.images[i], white)))
     return values

@@ -20,13 +20,12 @@ from recon4d.fit.pyramid import (
     level_at,
     level_phases,
     pixels_at_level,
-    scale_intrinsics,
     usable_levels,
 )
 from recon4d.fit.refine import RefineInputs, Refiner
 from recon4d.fit.sequential import SequentialFitter
 from recon4d.geometry import invert_pose, look_at
-from recon4d.geometry.camera import project_to_pixels
+from recon4d.geometry.camera import project_to_pixels, scale_camera_matrix
 from recon4d.image import psnr
 from recon4d.render import rasterize
 
@@ -54,7 +53,7 @@ def test_downsampled_image_and_scaled_K_project_points_alike(factor):
     off by (s - 1) / (2 s) px: 0.25 px at s = 2, 0.375 px at s = 4."""
     points = torch.tensor([[0.31, -0.17, 2.0], [-0.4, 0.2, 3.1], [0.05, 0.02, 1.4]], dtype=torch.float64)
     K = K_96x64.double()
-    coarse_K = scale_intrinsics(K, factor)
+    coarse_K = scale_camera_matrix(K, 1 / factor, 1 / factor)
     fine_pixels = project_to_pixels(points, torch.eye(4, dtype=torch.float64), K)[0]
     coarse_pixels = project_to_pixels(points, torch.eye(4, dtype=torch.float64), coarse_K)[0]
     for fine, expected in zip(fine_pixels, coarse_pixels):
@@ -88,7 +87,7 @@ def test_a_level_renders_what_the_downsampled_frame_shows():
     fx = 0.5 * 128 / math.tan(math.radians(30))
     K = torch.tensor([[fx, 0, 63.5], [0, fx, 35.5], [0, 0, 1]])
     fine = rasterize(*world, pose, K, 128, 72)
-    coarse = rasterize(*world, pose, scale_intrinsics(K, 2), 64, 36)
+    coarse = rasterize(*world, pose, scale_camera_matrix(K, 0.5, 0.5), 64, 36)
     downsampled = area_downsample(fine.color.clamp(0, 1)[None], 2)[0]
     good = psnr(coarse.color.clamp(0, 1), downsampled)
     assert good > 34, good

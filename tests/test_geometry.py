@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from recon4d.geometry import invert_pose, look_at, quaternion_from_rotation, rotation_from_quaternion
+from recon4d.geometry.camera import scale_camera_matrix, scale_intrinsics
 from recon4d.geometry.lie import apply_pose_delta, interpolate_pose, so3_exp, so3_log
 
 
@@ -54,3 +56,26 @@ def test_look_at_points_the_optical_axis_at_the_target():
     target_cam = invert_pose(pose) @ torch.tensor([0.0, 0.0, 0.0, 1.0], dtype=torch.float64)
     assert abs(target_cam[0]) < 1e-12 and abs(target_cam[1]) < 1e-12
     assert math.isclose(float(target_cam[2]), float(eye.norm()), rel_tol=1e-12)
+
+
+def test_scale_camera_matrix_matches_numpy_scale_intrinsics_and_inverts():
+    generator = torch.Generator().manual_seed(0)
+    fx_fy = 50.0 + 100.0 * torch.rand(2, 3, 2, generator=generator, dtype=torch.float64)
+    cx_cy = 10.0 + 60.0 * torch.rand(2, 3, 2, generator=generator, dtype=torch.float64)
+    K = torch.zeros(2, 3, 3, 3, dtype=torch.float64)  # batched [2, 3] cameras
+    K[..., 0, 0], K[..., 1, 1], K[..., :2, 2], K[..., 2, 2] = fx_fy[..., 0], fx_fy[..., 1], cx_cy, 1.0
+    K.requires_grad_(True)
+    before = K.detach().clone()
+    scaled = scale_camera_matrix(K, 0.5, 1.75)
+    assert scaled.shape == K.shape and scaled.dtype == K.dtype and torch.equal(K.detach(), before)
+    intrinsics = torch.cat([fx_fy, cx_cy], -1).numpy()  # [..., 4] fx, fy, cx, cy
+    expected = scale_intrinsics(intrinsics, 0.5, 1.75)
+    got = scaled.detach()[..., [0, 1, 0, 1], [0, 1, 2, 2]].numpy()
+    assert np.allclose(got, expected, rtol=0, atol=1e-12)
+    assert torch.equal(scaled.detach()[..., 2, :], before[..., 2, :])
+    assert torch.equal(scaled.detach()[..., [1, 0], [0, 1]], before[..., [1, 0], [0, 1]])  # zeros stay zeros
+    for s in (0.25, 3.0, 1.0 / 3.0, 1.6):  # s then 1 / s is the identity
+        assert torch.allclose(scale_camera_matrix(scale_camera_matrix(K, s, s), 1 / s, 1 / s), K, rtol=0, atol=1e-12)
+    scaled.sum().backward()  # differentiable: d(sum)/dfx = 0.5, d(sum)/dcx = 0.5
+    assert math.isclose(float(K.grad[0, 0, 0, 0]), 0.5) and math.isclose(float(K.grad[0, 0, 0, 2]), 0.5)
+    assert scale_camera_matrix(K.detach().float(), 2.0, 2.0).dtype == torch.float32

@@ -10,13 +10,13 @@ import torch
 from view_scenes import WALL_Z, moving_patch_scene
 
 from recon4d.errors import InputError
-from recon4d.geometry.camera import invert_pose
+from recon4d.geometry.camera import invert_pose, scale_camera_matrix
 from recon4d.nerf.nelf.config import DistillConfig, NeRDFConfig, R2LConfig, TrainConfig
 from recon4d.nerf.nelf.encoding import RayFrame, flops_per_pixel
 from recon4d.nerf.nelf.nerdf import NeRDFStudent, composite, fit_basis_coefficients, trig_basis
 from recon4d.nerf.nelf.onnx_export import export_and_verify, onnx_max_difference
 from recon4d.nerf.nelf.r2l import R2LStudent
-from recon4d.nerf.nelf.rays import disparity_bins, disparity_depths, downscale_intrinsics, pixel_rays
+from recon4d.nerf.nelf.rays import disparity_bins, disparity_depths, pixel_rays
 from recon4d.nerf.nelf.teacher import render_gaussians, teacher_gaussians
 from recon4d.nerf.nelf.views import ViewSet, real_views
 
@@ -44,7 +44,7 @@ def test_pixel_rays_reproject_to_their_pixels():
     rows, cols = torch.meshgrid(torch.arange(24.0), torch.arange(32.0), indexing="ij")
     assert torch.allclose(u, cols, atol=1e-3) and torch.allclose(v, rows, atol=1e-3)
     # A coarser grid's pixel centres sit at the centres of the fine pixel blocks.
-    low = downscale_intrinsics(K, 4)
+    low = scale_camera_matrix(K, 0.25, 0.25)
     assert math.isclose(float(low[0, 2]) * 4 + 1.5, float(K[0, 2]), abs_tol=1e-5)
 
 
@@ -120,7 +120,7 @@ def test_onnx_matches_pytorch_at_several_resolutions(tmp_path, kind):
     model.eval()
     scene = moving_patch_scene(num_frames=2, width=32, height=24)
     pose, K = scene.cameras.world_from_camera[0], scene.cameras.K(0)
-    rays = [pixel_rays(pose, downscale_intrinsics(K * torch.tensor([[s], [s], [1.0]]), factor), 32 * s // factor,
+    rays = [pixel_rays(pose, scale_camera_matrix(K * torch.tensor([[s], [s], [1.0]]), 1 / factor, 1 / factor), 32 * s // factor,
                        24 * s // factor)[None] for s in (1, 2)]
     path = tmp_path / "student.onnx"
     worst = export_and_verify(model, path, rays)

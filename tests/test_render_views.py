@@ -12,7 +12,7 @@ from view_scenes import PATCH_STEP, moving_patch_scene, patch_centre, project
 
 from recon4d.cli import main
 from recon4d.errors import InputError
-from recon4d.geometry.camera import invert_pose
+from recon4d.geometry.camera import invert_pose, scale_camera_matrix
 from recon4d.io.scene import save_scene
 from recon4d.io.video import probe_video, read_clip
 from recon4d.render import rasterize
@@ -22,7 +22,6 @@ from recon4d.render_views import (
     output_size,
     read_camera_path,
     render_path,
-    scale_intrinsics,
     scene_centre,
     visualise,
     write_camera_path,
@@ -101,7 +100,7 @@ def test_output_size_scales_intrinsics(scene):
     with pytest.raises(InputError, match="either --scale"):
         output_size(W, H, width=10, scale=2)
     K = scene.cameras.K(0).double()
-    big = scale_intrinsics(K, W, H, 2 * W, 2 * H)
+    big = scale_camera_matrix(K, 2.0, 2.0)
     point = torch.tensor([0.3, -0.2, 3.0], dtype=torch.float64)
     uv = (K @ point)[:2] / point[2]
     assert torch.allclose((big @ point)[:2] / point[2], (uv + 0.5) * 2 - 0.5)  # pixel centres stay centres

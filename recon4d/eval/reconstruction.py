@@ -16,8 +16,8 @@ from recon4d.fit.camera import optimize_camera
 from recon4d.fit.config import FitConfig
 from recon4d.fit.losses import photometric_loss
 from recon4d.fit.model import CameraParams, median_distance
-from recon4d.fit.pyramid import area_downsample, scale_intrinsics
-from recon4d.geometry.camera import invert_pose
+from recon4d.fit.pyramid import area_downsample
+from recon4d.geometry.camera import invert_pose, scale_camera_matrix
 from recon4d.image import psnr, ssim
 from recon4d.io.scene import Gaussians, Scene4D
 from recon4d.io.scene_render import render_scene
@@ -70,7 +70,7 @@ def refine_camera(scene: Scene4D, t: int, target: torch.Tensor, config: FitConfi
         if steps <= 0:
             continue
         level_target = area_downsample(target[None], factor)[0]
-        level_K = scale_intrinsics(K, factor)
+        level_K = scale_camera_matrix(K, 1 / factor, 1 / factor)
         height, width = level_target.shape[:2]
         weight = torch.ones(height, width, device=device)
 

@@ -26,22 +26,14 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
+from recon4d.geometry.camera import scale_camera_matrix
+
 if TYPE_CHECKING:  # recon4d.fit.sequential builds its pyramid from here
     from recon4d.fit.sequential import FitInputs
 
 # A level whose short side would fall below this many pixels is not built: SSIM's 11-pixel window and the
 # Gaussians' footprints stop making sense on smaller images.
 MIN_LEVEL_SHORT_SIDE_PX = 32
-
-
-def scale_intrinsics(K: torch.Tensor, factor: float) -> torch.Tensor:
-    """K [3, 3] of an image at the working resolution -> K of its `factor`x area-downsampled image (a factor
-    below 1 gives the K of an image 1 / factor x larger)."""
-    scaled = K.clone()
-    scaled[0, 0] = K[0, 0] / factor
-    scaled[1, 1] = K[1, 1] / factor
-    scaled[:2, 2] = (K[:2, 2] + 0.5) / factor - 0.5
-    return scaled
 
 
 def area_downsample(maps: torch.Tensor, factor: int) -> torch.Tensor:
@@ -73,7 +65,7 @@ def downsample_inputs(inputs: FitInputs, factor: int) -> FitInputs:
         depth=area_downsample(inputs.depth[..., None], factor)[..., 0],
         depth_confidence=area_downsample(inputs.depth_confidence[..., None], factor)[..., 0],
         moving=area_downsample(inputs.moving[..., None], factor)[..., 0] > 0,
-        K=scale_intrinsics(inputs.K, factor),
+        K=scale_camera_matrix(inputs.K, 1 / factor, 1 / factor),
     )
 
 

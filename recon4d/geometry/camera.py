@@ -30,6 +30,26 @@ def scale_intrinsics(intrinsics: np.ndarray, scale_x: float, scale_y: float) -> 
     return out
 
 
+def scale_camera_matrix(K: torch.Tensor, scale_x: float, scale_y: float) -> torch.Tensor:
+    """K [..., 3, 3] (OpenCV pixel centres) -> a new K [..., 3, 3] of the same camera on an image resized by
+    (scale_x, scale_y): new width = scale_x * width (a downsampling by f is scale 1 / f).
+
+    The torch counterpart of `scale_intrinsics`: fx' = fx * scale_x, fy' = fy * scale_y and a centre u maps to
+    (u + 0.5) * scale_x - 0.5 (v likewise). Same dtype and device as K; K is not modified and gradients flow
+    through (no in-place ops).
+
+        >>> K = intrinsics_matrix(100.0, 100.0, 63.5, 35.5, dtype=torch.float64)
+        >>> scale_camera_matrix(K, 2.0, 2.0).tolist()
+        [[200.0, 0.0, 127.5], [0.0, 200.0, 71.5], [0.0, 0.0, 1.0]]
+        >>> scale_camera_matrix(K, 0.5, 0.25)[..., :2, 2].tolist()
+        [31.5, 8.5]
+    """
+    bottom = K[..., 2:3, :]  # [0, 0, 1]: the homogeneous row, unchanged
+    row_x = (K[..., 0:1, :] + 0.5 * bottom) * scale_x - 0.5 * bottom
+    row_y = (K[..., 1:2, :] + 0.5 * bottom) * scale_y - 0.5 * bottom
+    return torch.cat([row_x, row_y, bottom], dim=-2)
+
+
 def rotation_angle_deg(rotation: np.ndarray) -> np.ndarray:
     """[..., 3, 3] rotation matrices -> [...] their angles in degrees (from the trace, clipped so that round-off
     near 0 and 180 degrees stays finite).

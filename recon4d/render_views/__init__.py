@@ -14,7 +14,6 @@ from recon4d.render_views.paths import (
     make_path,
     output_size,
     read_camera_path,
-    scale_intrinsics,
     scene_centre,
     write_camera_path,
 )
@@ -45,7 +44,6 @@ __all__ = [
     "render_path",
     "render_path_to_files",
     "render_view",
-    "scale_intrinsics",
     "scene_centre",
     "scene_fps",
     "visualise",

@@ -1,9 +1,9 @@
 """Camera paths through a fitted scene: pure functions that return one `PathView` per output frame.
 
 A `PathView` is ``(world_from_camera [4, 4] float64, K [3, 3] float64, time float)``: an OpenCV camera
-(x right, y down, z forward), its intrinsics in pixels of the *scene's* stored resolution (`scale_intrinsics`
-converts them for another output size) and the scene time in frame units (fractional times interpolate the
-motion, see `Scene4D.gaussians_at`).
+(x right, y down, z forward), its intrinsics in pixels of the *scene's* stored resolution
+(`recon4d.geometry.camera.scale_camera_matrix` converts them for another output size) and the scene time in
+frame units (fractional times interpolate the motion, see `Scene4D.gaussians_at`).
 
 Paths:
     input        the recovered cameras, time running (``slowmo`` > 1 adds interpolated in-between frames)
@@ -372,18 +372,6 @@ def output_size(scene_width: int, scene_height: int, width: int | None = None, h
                          hint=f"at most {MAX_OUTPUT_SIDE} px a side and {MAX_OUTPUT_PIXELS // 10**6} MP a frame "
                               "(each frame's buffers grow with the pixels)")
     return int(width), int(height)
-
-
-def scale_intrinsics(K: torch.Tensor, scene_width: int, scene_height: int, width: int, height: int) -> torch.Tensor:
-    """K [3, 3] in pixels of the scene's size -> the same camera in pixels of (width, height).
-
-    Pixel centres stay centres: u' = (u + 0.5) * width / scene_width - 0.5 (OpenCV pixel convention).
-    """
-    sx, sy = width / scene_width, height / scene_height
-    scaled = K.clone()
-    scaled[0, 0], scaled[1, 1] = K[0, 0] * sx, K[1, 1] * sy
-    scaled[0, 2], scaled[1, 2] = (K[0, 2] + 0.5) * sx - 0.5, (K[1, 2] + 0.5) * sy - 0.5
-    return scaled
 
 
 # ----------------------------------------------------------------------------------------------------------

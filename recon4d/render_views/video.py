@@ -27,14 +27,14 @@ import numpy as np
 import torch
 
 from recon4d.errors import InputError
-from recon4d.geometry.camera import invert_pose
+from recon4d.geometry.camera import invert_pose, scale_camera_matrix
 from recon4d.io.frames import frame_file_name
 from recon4d.io.scene import Scene4D
 from recon4d.io.video_writer import write_video
 from recon4d.progress import track
 from recon4d.io.scene_render import render_scene
 from recon4d.render.highlight import MotionHighlight, motion_highlight
-from recon4d.render_views.paths import PathView, scale_intrinsics, write_camera_path
+from recon4d.render_views.paths import PathView, write_camera_path
 
 EXTRAS = ("depth", "alpha", "motion")
 CPU = torch.device("cpu")
@@ -96,7 +96,7 @@ def render_view(scene: Scene4D, view: PathView, width: int, height: int, motion:
             return colors
         return torch.cat([colors, motion_highlight(colors, scene.is_moving[alive], config.highlight)], -1)
 
-    K = scale_intrinsics(view.K, scene.cameras.width, scene.cameras.height, width, height).float()
+    K = scale_camera_matrix(view.K, width / scene.cameras.width, height / scene.cameras.height).float()
     camera_from_world = invert_pose(view.world_from_camera).float()
     with torch.no_grad():
         return render_scene(scene, view.time, camera_from_world=camera_from_world, K=K, size=(width, height),

@@ -14,10 +14,10 @@ import torch
 from torch import nn
 
 from recon4d.eval.metrics import ssim
+from recon4d.geometry.camera import scale_camera_matrix
 from recon4d.nerf.nelf.onnx_export import run_onnx
 from recon4d.nerf.nelf.student import student_color, student_rays
 from recon4d.nerf.nelf.teacher import Teacher, render_gaussians
-from recon4d.render_views.paths import scale_intrinsics
 
 
 def masked_psnr(pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor) -> float:
@@ -52,7 +52,7 @@ def frame_timings(model: nn.Module, session, teacher: Teacher, pose: torch.Tenso
     """ms per frame at width x height of one camera (pose [4, 4], K [3, 3] at the scene's size):
     ``onnxruntime`` and ``pytorch`` (student, rays included; onnxruntime skipped when session is None) and
     ``splats`` (the teacher in recon4d's rasterizer)."""
-    K_out = scale_intrinsics(K.double(), *scene_size, width, height).float()
+    K_out = scale_camera_matrix(K.double(), width / scene_size[0], height / scene_size[1]).float()
 
     def rays() -> torch.Tensor:
         return student_rays(model, pose[None], K_out[None], width, height)

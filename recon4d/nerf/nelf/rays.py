@@ -33,14 +33,6 @@ def batch_rays(poses: torch.Tensor, Ks: torch.Tensor, width: int, height: int) -
     return torch.stack([pixel_rays(p, k, width, height) for p, k in zip(poses, Ks)])
 
 
-def downscale_intrinsics(K: torch.Tensor, factor: int) -> torch.Tensor:
-    """Intrinsics [3, 3] of the same camera on a grid `factor` times coarser (pixel centres kept aligned)."""
-    low = K.clone()
-    low[0, 0], low[1, 1] = K[0, 0] / factor, K[1, 1] / factor
-    low[0, 2], low[1, 2] = (K[0, 2] + 0.5) / factor - 0.5, (K[1, 2] + 0.5) / factor - 0.5
-    return low
-
-
 def check_resolution(width: int, height: int, factor: int) -> None:
     """Raise InputError unless both sides are positive multiples of the super-resolution factor."""
     if width <= 0 or height <= 0 or width % factor or height % factor:

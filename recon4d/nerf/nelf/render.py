@@ -13,11 +13,12 @@ import numpy as np
 import torch
 
 from recon4d.errors import InputError
+from recon4d.geometry.camera import scale_camera_matrix
 from recon4d.io.scene import Scene4D
 from recon4d.nerf.nelf.onnx_export import onnx_session, run_onnx
 from recon4d.nerf.nelf.student import check_student_resolution, load_student, student_color, student_rays
 from recon4d.progress import track
-from recon4d.render_views.paths import PathView, scale_intrinsics
+from recon4d.render_views.paths import PathView
 
 RENDERERS = ("splats", "r2l", "nerdf")
 
@@ -40,7 +41,7 @@ def render_path_with_student(model_dir: str | os.PathLike, scene: Scene4D, views
     size = (scene.cameras.width, scene.cameras.height)
     frames = np.empty((len(views), height, width, 3), np.uint8)
     for k, view in enumerate(track(views, f"rendering with {config.model}", total=len(views))):
-        K = scale_intrinsics(view.K.double(), *size, width, height).float()
+        K = scale_camera_matrix(view.K.double(), width / size[0], height / size[1]).float()
         rays = student_rays(model, view.world_from_camera.double()[None], K[None], width, height)
         if session is not None:
             rgb = torch.from_numpy(run_onnx(session, rays))

@@ -15,12 +15,13 @@ import torch
 from torch import nn
 
 from recon4d.errors import InputError
+from recon4d.geometry.camera import scale_camera_matrix
 from recon4d.io.atomic import atomic_path, write_bytes_atomic
 from recon4d.nerf.nelf.config import MODEL_NAMES, DistillConfig
 from recon4d.nerf.nelf.encoding import RayFrame
 from recon4d.nerf.nelf.nerdf import NeRDFStudent
 from recon4d.nerf.nelf.r2l import R2LStudent
-from recon4d.nerf.nelf.rays import batch_rays, check_resolution, downscale_intrinsics
+from recon4d.nerf.nelf.rays import batch_rays, check_resolution
 
 MODEL_FORMAT = "recon4d.nelf"
 WEIGHTS_FILE, INFO_FILE = "model.safetensors", "model.json"
@@ -47,10 +48,8 @@ class StudentInfo:
 
 def probe_rays(model: nn.Module, info: StudentInfo, scale: int = 1) -> torch.Tensor:
     """Input rays [1, 6, h, w] of the probe camera at `scale` times the working resolution."""
-    from recon4d.render_views.paths import scale_intrinsics
-
     width, height = scale * info.width, scale * info.height
-    K = scale_intrinsics(torch.tensor(info.probe_K, dtype=torch.float64), info.width, info.height, width, height)
+    K = scale_camera_matrix(torch.tensor(info.probe_K, dtype=torch.float64), scale, scale)
     pose = torch.tensor(info.probe_world_from_camera, dtype=torch.float64)
     return student_rays(model, pose[None], K[None].float(), width, height)
 
@@ -78,7 +77,7 @@ def student_rays(model: nn.Module, poses: torch.Tensor, Ks: torch.Tensor, width:
     """Input rays [B, 6, H/f, W/f] of `model` for cameras poses [B, 4, 4] and Ks [B, 3, 3] at width x height."""
     factor = input_factor(model)
     check_resolution(width, height, factor)
-    low = torch.stack([downscale_intrinsics(k.double(), factor) for k in Ks])
+    low = scale_camera_matrix(Ks.double(), 1 / factor, 1 / factor)
     return batch_rays(poses, low, width // factor, height // factor)
 
 
