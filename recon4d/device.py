@@ -1,11 +1,17 @@
-"""Choosing the compute device once, at the top of a command."""
+"""Choosing the compute device once, at the top of a command; running independent work side by side on the CPU."""
 from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 import torch
 
 from recon4d.errors import InputError
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
+Item = TypeVar("Item")
+Result = TypeVar("Result")
 
 
 def gsplat_available() -> bool:
@@ -29,3 +35,28 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not gsplat_available():
         raise InputError("--device cuda needs gsplat", hint="pip install 'recon4d[cuda]'")
     return torch.device(name)
+
+
+def side_by_side(work: Callable[[Item], Result], items: Iterable[Item], device: torch.device) -> list[Result]:
+    """[work(item) for item in items]; on the CPU the items run side by side, one per torch thread, each on one
+    thread (torch.set_num_threads(1) for the duration).
+
+    For independent chains of small steps (a camera search, one temporal window's refinement), which keep
+    only part of a second core busy when each step gets all threads. recon4d's kernels release the GIL, and a
+    single-threaded kernel gives the same numbers as a multi-threaded one (`tests/test_render_threads.py`),
+    so the results do not depend on the thread count as long as `work` draws from its own generators.
+
+        >>> side_by_side(lambda x: x * x, range(4), torch.device("cpu"))
+        [0, 1, 4, 9]
+    """
+    items = list(items)
+    workers = min(torch.get_num_threads(), len(items))
+    if device.type != "cpu" or workers <= 1:
+        return [work(item) for item in items]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            return list(pool.map(work, items))
+    finally:
+        torch.set_num_threads(threads)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import pytest
 import torch
@@ -15,7 +16,7 @@ import torch
 from recon4d.eval.ground_truth import evaluate_scene
 from recon4d.eval.synthetic import make_synthetic, write_synthetic
 from recon4d.fit.config import load_config
-from recon4d.fit.pipeline import fit_video
+from recon4d.fit.pipeline import fit_video, refine_output
 from recon4d.fit.sequential import FitState, SequentialFitter, window_boundaries
 from recon4d.io.scene import NEVER, load_scene
 from fit_scenes import static_world_inputs
@@ -77,6 +78,30 @@ def test_windows_render_held_out_frames_like_one_window(fits):
     assert windows["held_out"]["frames"] == one["held_out"]["frames"] >= 2
     assert windows["held_out"]["psnr"] >= one["held_out"]["psnr"] - 1.5, (windows["held_out"], one["held_out"])
     assert windows["fitted"]["psnr"] >= 25.0, windows["fitted"]
+
+
+def test_windows_refined_side_by_side_match_one_after_another(tmp_path):
+    """On the CPU the windows are refined on parallel threads, one thread each: the scene must be the one that
+    refining them one after another on one thread gives, bit for bit."""
+    clip = make_synthetic("translate", num_frames=FRAMES, width=96, height=54, seed=0)
+    write_synthetic(clip, tmp_path / "gt")
+    fit_video(tmp_path / "gt" / "video.mp4", tmp_path / "sequential", _config(WINDOW).replace(refine=False),
+              torch.device("cpu"), log=lambda *_: None)
+    threads = torch.get_num_threads()
+    scenes = {}
+    try:
+        for count in (1, 2):
+            shutil.copytree(tmp_path / "sequential", tmp_path / f"threads{count}")
+            torch.set_num_threads(count)
+            scenes[count] = refine_output(tmp_path / f"threads{count}", torch.device("cpu"), log=lambda *_: None).scene
+    finally:
+        torch.set_num_threads(threads)
+    one, two = scenes[1], scenes[2]
+    assert torch.unique(two.trajectory_windows(), dim=0).shape[0] >= 3
+    assert torch.equal(one.cameras.world_from_camera, two.cameras.world_from_camera)
+    for name in ("means", "quats", "scales", "opacities", "colors"):
+        assert torch.equal(getattr(one.gaussians, name), getattr(two.gaussians, name)), name
+    assert torch.equal(one.motion.position, two.motion.position)
 
 
 def test_windowed_cameras_follow_the_true_path(fits):

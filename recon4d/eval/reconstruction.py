@@ -7,11 +7,11 @@ are rendered from the 4D model (share of each pixel's colour that comes from mov
 from __future__ import annotations
 
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
 
+from recon4d.device import side_by_side
 from recon4d.fit.camera import optimize_camera
 from recon4d.fit.config import FitConfig
 from recon4d.fit.losses import photometric_loss
@@ -90,24 +90,14 @@ def refine_cameras(scene: Scene4D, frames: np.ndarray, times: list[int], config:
                    device: torch.device) -> dict[int, torch.Tensor]:
     """`refine_camera` of each frame t in `times` against frames[t] ([T, H, W, 3] uint8): {t: [4, 4]}.
 
-    On the CPU the frames are searched side by side, one per torch thread, each search on one thread (the
-    kernels release the GIL): a single search is a chain of small steps that keeps only part of a second core
-    busy. Each search is independent and single-threaded kernels give the same numbers as multi-threaded
-    ones (`tests/test_render_threads.py`), so the poses do not depend on the thread count."""
+    On the CPU the frames are searched side by side (`recon4d.device.side_by_side`): a single search is a
+    chain of small steps that keeps only part of a second core busy. Each search is independent, so the poses
+    do not depend on the thread count."""
     def search(t: int) -> torch.Tensor:
         target = torch.as_tensor(frames[t], dtype=torch.float32, device=device) / 255.0
         return refine_camera(scene, t, target, config, device)
 
-    workers = min(torch.get_num_threads(), len(times))
-    if device.type != "cpu" or workers <= 1:
-        return {t: search(t) for t in times}
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            return dict(zip(times, pool.map(search, times)))
-    finally:
-        torch.set_num_threads(threads)
+    return dict(zip(times, side_by_side(search, times, device)))
 
 
 def evaluate(scene: Scene4D, frames: np.ndarray, held: list[int], config: FitConfig, device: torch.device,

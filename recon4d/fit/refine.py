@@ -36,6 +36,7 @@ from dataclasses import dataclass
 
 import torch
 
+from recon4d.device import side_by_side
 from recon4d.fit.config import FitConfig, RefineConfig
 from recon4d.fit.losses import COVERED_ALPHA, depth_loss, flow_loss, photometric_loss
 from recon4d.fit.model import SceneModel, scene_from_models
@@ -322,14 +323,18 @@ def scene_rows(scene: Scene4D, rows: torch.Tensor) -> Scene4D:
 
 def refine_scene(data: RefineInputs, config: FitConfig, device: torch.device,
                  on_progress: Callable[[int, int], None] | None = None) -> tuple[Scene4D, dict]:
-    """Refine a sequential scene, one temporal window at a time; returns the refined scene and statistics.
+    """Refine a sequential scene window by window; returns the refined scene and statistics.
 
     Windows share no Gaussians, and their only shared frames are the boundaries (a window's last fitted frame is
     the next one's first, drawn by the next window's Gaussians). So each window is refined on its own, with its
     boundary cameras held as the sequential pass left them (they anchor neighbouring windows to one frame): a
     step then touches one window's rows instead of all of them. Steps: `refine.iters` shared by the windows in
-    proportion to their drawn frames, and at least `refine.min_visits` per drawn frame.
+    proportion to their drawn frames, and at least `refine.min_visits` per drawn frame. On the CPU the windows
+    are refined side by side (`recon4d.device.side_by_side`), each on one thread: a window's steps are small
+    enough that a second thread adds little to one window (README, "Long clips with a moving camera"), and each
+    window draws from its own generator, so the result does not depend on the thread count.
     """
+    started = time.perf_counter()
     scene, fitted, cfg = data.scene, data.fitted, config.refine
     row_windows = scene.trajectory_windows()
     windows = windows_of(row_windows, fitted)
@@ -343,18 +348,26 @@ def refine_scene(data: RefineInputs, config: FitConfig, device: torch.device,
         parts.append((rows, frames, start, drawn, (0,) if final else (0, len(frames) - 1)))
     total_drawn = sum(part[3] for part in parts)
     steps = [max(round(cfg.iters * drawn / max(total_drawn, 1)), cfg.min_visits * drawn) for *_, drawn, _ in parts]
-    done, models, stats = 0, [], []
-    for (rows, frames, start, _, gauge), iters in zip(parts, steps):
-        progress = None if on_progress is None else (lambda step, _, done=done: on_progress(done + step, sum(steps)))
+    completed = [0] * len(parts)
+
+    def refine_part(index: int) -> tuple[SceneModel, dict]:
+        (rows, frames, start, _, gauge), iters = parts[index], steps[index]
+
+        def progress(step: int, _: int) -> None:
+            completed[index] = step
+            on_progress(sum(completed), sum(steps))
+
         window_scene = scene if len(parts) == 1 else scene_rows(scene, rows)
         window_data = RefineInputs(window_scene, frames, data.inputs.between(start, start + len(frames)))
-        refiner = Refiner(window_data, config.replace(refine_iters=iters), device, progress,
-                          window=row_windows[rows], fourier_terms=fourier_terms, gauge=gauge)
-        stats.append(refiner.optimise())
-        models.append(refiner.model)
-        done += iters
+        refiner = Refiner(window_data, config.replace(refine_iters=iters), device,
+                          None if on_progress is None else progress, window=row_windows[rows],
+                          fourier_terms=fourier_terms, gauge=gauge)
+        return refiner.model, refiner.optimise()
+
+    models, stats = map(list, zip(*side_by_side(refine_part, range(len(parts)), device)))
     merged = {key: sum(s[key] for s in stats) for key in stats[0] if not key.startswith("refine_l1")}
     for key in ("refine_l1_first_epoch", "refine_l1_last_epoch"):
         merged[key] = sum(s[key] * part[3] for s, part in zip(stats, parts)) / max(total_drawn, 1)
     merged["refine_windows"] = len(parts)
+    merged["refine_seconds"] = time.perf_counter() - started  # wall time; the windows' own seconds overlap
     return scene_from_models(models, scene), merged
