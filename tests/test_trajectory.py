@@ -1,6 +1,7 @@
 """Continuous-time motion model: basis, least-squares fit, scene storage and any-time evaluation."""
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -103,3 +104,26 @@ def test_motion_model_file_is_smaller_than_per_frame_states(tmp_path):
     dynamic_part_per_frame = per_frame - 14 * 4 * n  # minus the shared Gaussian attributes
     dynamic_part_continuous = continuous - 14 * 4 * n
     assert dynamic_part_continuous <= dynamic_part_per_frame / 4
+
+
+def test_windowed_states_match_each_trajectorys_own_basis_and_follow_a_new_window():
+    """With windows, `states` groups the trajectories by window (computed once per window tensor); the values
+    must be those of each trajectory's own basis, also after the window is replaced."""
+    terms, nd = basis_size(2, 2), 12
+    position = torch.randn(nd, terms, 3, dtype=torch.float64)
+    rotation = torch.randn(nd, terms, 4, dtype=torch.float64)
+    color = torch.randn(nd, terms, 3, dtype=torch.float64)
+    first = torch.tensor([0.0, 0.0, 5.0, 5.0, 9.0, 0.0, 9.0, 5.0, 0.0, 9.0, 5.0, 0.0], dtype=torch.float64)
+    windows = [torch.stack([first, first + 5.0], -1), torch.stack([first * 0, first * 0 + 14.0], -1)]
+    motion = MotionModel(position, rotation, color, 2, 2, 14.0, window=windows[0])
+    times = torch.tensor([0.0, 3.5, 7.0, 14.0], dtype=torch.float64)
+    for window in windows:
+        motion = dataclasses.replace(motion, window=window)
+        for _ in range(2):  # the second call reads the grouping back
+            means, quats, offsets = motion.states(times)
+            for i in range(nd):
+                tau = (times - window[i, 0]) / (window[i, 1] - window[i, 0])
+                basis = time_basis(tau, 2, 2)
+                assert torch.allclose(means[:, i], basis @ position[i])
+                assert torch.allclose(offsets[:, i], basis @ color[i])
+                assert torch.allclose(quats[:, i], torch.nn.functional.normalize(basis @ rotation[i], dim=-1))

@@ -21,7 +21,7 @@ from recon4d.geometry.camera import invert_pose, scale_camera_matrix
 from recon4d.image import psnr, ssim
 from recon4d.io.scene import Gaussians, Scene4D
 from recon4d.io.scene_render import render_scene
-from recon4d.progress import track
+from recon4d.progress import progress_bar
 from recon4d.render import rasterize
 
 MIN_COARSE_SIDE = 16  # pixels: a frame whose half is smaller is searched at its own resolution only
@@ -116,27 +116,38 @@ def evaluate(scene: Scene4D, frames: np.ndarray, held: list[int], config: FitCon
     def features(gaussians: Gaussians, alive: torch.Tensor) -> torch.Tensor:
         return torch.cat([gaussians.colors, share(gaussians, alive)], -1) if with_masks else gaussians.colors
 
-    per_frame = []
     held = set(held)
     searched = refine_cameras(scene, frames, sorted(held), config, device) if config.eval.holdout_refine_iters > 0 else {}
-    for t in track(range(scene.num_frames), "evaluating", total=scene.num_frames):
+
+    def score(t: int) -> tuple[np.ndarray, torch.Tensor | None, dict]:
         target = torch.as_tensor(frames[t], dtype=torch.float32, device=device) / 255.0
-        if t in held:
-            cfw = searched.get(t)
-            with torch.no_grad():
-                image = render_scene(scene, t, camera_from_world=cfw, device=device).color.clamp(0, 1)
+        mask = None
+        with torch.no_grad():
+            if t in held:
+                image = render_scene(scene, t, camera_from_world=searched.get(t), device=device).color.clamp(0, 1)
                 if with_masks:
                     out = render_scene(scene, t, colors=share, device=device)
-                    masks[t] = moving_mask_from(out.color[..., 0], out.alpha, config.eval.moving_mask_threshold).cpu()
-        else:
-            with torch.no_grad():
+                    mask = moving_mask_from(out.color[..., 0], out.alpha, config.eval.moving_mask_threshold).cpu()
+            else:
                 out = render_scene(scene, t, colors=features, device=device)
-            image = out.color[..., :3].clamp(0, 1)
-            if with_masks:
-                masks[t] = moving_mask_from(out.color[..., 3], out.alpha, config.eval.moving_mask_threshold).cpu()
-        renders[t] = (image.cpu().numpy() * 255 + 0.5).astype(np.uint8)
-        per_frame.append({"frame": t, "held_out": t in held, "skipped": t in skipped, "psnr": psnr(image, target),
-                          "ssim": float(ssim(image, target))})
+                image = out.color[..., :3].clamp(0, 1)
+                if with_masks:
+                    mask = moving_mask_from(out.color[..., 3], out.alpha, config.eval.moving_mask_threshold).cpu()
+        row = {"frame": t, "held_out": t in held, "skipped": t in skipped, "psnr": psnr(image, target),
+               "ssim": float(ssim(image, target))}
+        progress.advance(task)
+        return (image.cpu().numpy() * 255 + 0.5).astype(np.uint8), mask, row
+
+    # Frames are scored side by side (`recon4d.device.side_by_side`): each render is small.
+    with progress_bar("evaluating") as progress:
+        task = progress.add_task("evaluate", total=scene.num_frames)
+        scored = side_by_side(score, range(scene.num_frames), device)
+    per_frame = []
+    for t, (image, mask, row) in enumerate(scored):
+        renders[t] = image
+        if with_masks:
+            masks[t] = mask
+        per_frame.append(row)
 
     def mean(rows, key):
         values = [r[key] for r in rows]

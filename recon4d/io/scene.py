@@ -144,15 +144,27 @@ class MotionModel:
             return window_basis(times, self.window.to(times), self.poly_degree, self.fourier_terms)
         return time_basis(times / max(self.time_span, 1e-9), self.poly_degree, self.fourier_terms)
 
+    def window_groups(self) -> list[tuple[float, float, slice | torch.Tensor]]:
+        """(first, last, rows) of each trajectory window: the rows of the coefficients normalised over [first,
+        last]; one group of all rows without windows.
+
+        Computed once per `window` tensor: grouping the rows of a [Nd, 2] tensor (`torch.unique` over rows)
+        takes 0.3 s at 150,000 trajectories, which every rendered frame of a 450-frame scene paid again."""
+        if self.window is None:
+            return [(0.0, self.time_span, slice(None))]
+        cached = self.__dict__.get("_window_groups")
+        if cached is not None and cached[0] is self.window:
+            return cached[1]
+        windows, inverse = torch.unique(self.window, dim=0, return_inverse=True)
+        groups = [(float(first), float(last), slice(None) if len(windows) == 1 else (inverse == g).nonzero().squeeze(1))
+                  for g, (first, last) in enumerate(windows.tolist())]
+        self.__dict__["_window_groups"] = (self.window, groups)
+        return groups
+
     def states(self, t: float | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Positions [T, Nd, 3], unit quaternions [T, Nd, 4] and colour offsets [T, Nd, 3] at times t."""
         times = torch.as_tensor(t, dtype=self.position.dtype, device=self.position.device).reshape(-1)
-        if self.window is None:
-            groups = [(0.0, self.time_span, slice(None))]
-        else:  # one [T, B] basis and one matrix product per window, not a basis per trajectory
-            windows, inverse = torch.unique(self.window, dim=0, return_inverse=True)
-            groups = [(float(first), float(last), slice(None) if len(windows) == 1 else (inverse == g).nonzero().squeeze(1))
-                      for g, (first, last) in enumerate(windows.tolist())]
+        groups = self.window_groups()  # one [T, B] basis and one matrix product per window, not one per trajectory
         count = self.position.shape[0]
         means = self.position.new_zeros(times.numel(), count, 3)
         quats = self.position.new_zeros(times.numel(), count, 4)
