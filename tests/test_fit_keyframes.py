@@ -24,7 +24,8 @@ def keyframe_fit(tmp_path_factory):
     write_synthetic(clip, root / "gt")
     config = load_config("fast").replace(
         short_side=54, num_gaussians=1500, frame0_iters=80, camera_iters=30, gaussian_iters=30, refine=False,
-        holdout_every=0, **{"keyframes.enabled": True, "keyframes.max_gap_frames": 3})
+        holdout_every=0, **{"keyframes.enabled": True, "keyframes.max_gap_frames": 3,
+                            "keyframes.long_clip": {"sequential.camera_iters": 7}})
     result = fit_video(root / "gt" / "video.mp4", root / "out", config, torch.device("cpu"), log=lambda *_: None)
     return clip, result
 
@@ -39,6 +40,8 @@ def test_every_frame_has_a_camera_mask_render_and_score(keyframe_fit):
     assert len(json.loads((result.out_dir / "cameras.json").read_text())["frames"]) == FRAMES
     # Between keyframes the model is interpolated: skipped frames render close to the fitted ones.
     assert metrics["skipped"]["psnr"] >= metrics["fitted"]["psnr"] - 6.0, (metrics["skipped"], metrics["fitted"])
+    # Every keyframe is in the sequential pass (no refinement): not a long clip, `keyframes.long_clip` stays out.
+    assert result.scene.config["sequential"]["camera_iters"] == 30
 
 
 def test_skipped_frames_cameras_follow_the_true_path(keyframe_fit):
@@ -56,9 +59,12 @@ def test_refinement_completes_a_sparser_sequential_pass(tmp_path):
         short_side=54, num_gaussians=1500, frame0_iters=80, camera_iters=30, gaussian_iters=30, refine=True,
         refine_iters=120, holdout_every=0,
         **{"keyframes.enabled": True, "keyframes.max_gap_frames": 2, "keyframes.motion_budget_px": 1000.0,
-           "keyframes.sequential_budget_px": 2000.0})
+           "keyframes.sequential_budget_px": 2000.0, "keyframes.long_clip": {"sequential.camera_iters": 7}})
     result = fit_video(tmp_path / "gt" / "video.mp4", tmp_path / "out", config, torch.device("cpu"), log=lambda *_: None)
     metrics = json.loads((result.out_dir / "metrics.json").read_text())
+    # A sparser sequential pass makes a long clip: its settings apply, and the scene stores those in force.
+    assert max(s["camera_iters"] for s in metrics["frame_stats"][1:]) <= 7
+    assert result.scene.config["sequential"]["camera_iters"] == 7 and not result.scene.config["keyframes"]["long_clip"]
     sequential = metrics["sequential_frames"]
     fitted = [f["frame"] for f in metrics["per_frame"] if not f["skipped"] and not f["held_out"]]
     assert set(sequential) < set(fitted) and len(sequential) <= len(fitted) // 2 + 1, (sequential, fitted)

@@ -55,6 +55,9 @@ def world(tmp_path):
         "syntax.yaml": "num_gaussians: [1, 2\n",
         "negative.yaml": "lambda_depth: -1\n",
         "nan.yaml": "lr_means: .nan\n",
+        "long-input.yaml": "keyframes:\n  long_clip:\n    input.short_side: 90\n",
+        "long-bad-value.yaml": "keyframes:\n  long_clip:\n    sequential.camera_iters: -3\n",
+        "long-unknown.yaml": "keyframes:\n  long_clip:\n    sequential.no_such_field: 1\n",
         "intkey.yaml": "1: 2\n",
         "binary.yaml": None,
     }
@@ -146,6 +149,9 @@ CASES = [
     ("preset-syntax", ["fit", str(SAMPLE), "-o", "{w}/o", "--preset", "{w}/syntax.yaml"], "cannot parse"),
     ("preset-negative-weight", ["fit", str(SAMPLE), "-o", "{w}/o", "--preset", "{w}/negative.yaml"], "lambda_depth"),
     ("preset-nan", ["fit", str(SAMPLE), "-o", "{w}/o", "--preset", "{w}/nan.yaml"], "lr_means"),
+    ("preset-long-clip-input", ["fit", str(SAMPLE), "-o", "{w}/o", "--preset", "{w}/long-input.yaml"], "keyframes.long_clip"),
+    ("preset-long-clip-value", ["fit", str(SAMPLE), "-o", "{w}/o", "--preset", "{w}/long-bad-value.yaml"], "camera_iters"),
+    ("preset-long-clip-unknown", ["fit", str(SAMPLE), "-o", "{w}/o", "--preset", "{w}/long-unknown.yaml"], "no_such_field"),
     ("preset-int-key", ["fit", str(SAMPLE), "-o", "{w}/o", "--preset", "{w}/intkey.yaml"], "unknown config field"),
     ("preset-binary", ["fit", str(SAMPLE), "-o", "{w}/o", "--preset", "{w}/binary.yaml"], "cannot parse"),
     # fit: output location

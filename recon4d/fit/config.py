@@ -343,7 +343,12 @@ class KeyframeConfig:
         A keyframe costs the sequential pass about three times what it costs the refinement. 0 = off.
     sequential_min_keyframes: the subset is taken only when there are more keyframes than this: a short
         clip's few keyframes are what its sequential pass needs (bear's 30 frames, 4 of 6 keyframes in the
-        pass and a replay every 4th step: 1.46 dB less held-out)."""
+        pass and a replay every 4th step: 1.46 dB less held-out).
+    long_clip: settings of other sections, as dotted keys (`sequential.camera_iters: 25`), that apply when the
+        sequential pass takes its subset (a long clip: more than `sequential_min_keyframes` keyframes, the
+        refinement on; `with_long_clip`). A long clip's per-frame work is what its minutes are made of, while
+        a short clip's quality is what users look at; empty = the same settings for both. Not allowed: the
+        sections that decide what is long (input, priors, keyframes)."""
 
     enabled: bool = False
     flow_short_side_px: int = 64
@@ -354,10 +359,34 @@ class KeyframeConfig:
     max_share: float = 1.0
     sequential_budget_px: float = 0.0
     sequential_min_keyframes: int = 0
+    long_clip: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
         """InputError (one line) for a setting out of range."""
         validate_fields(self, prefix="keyframes.")
+
+
+LONG_CLIP_FIXED = ("input", "priors", "keyframes")
+
+
+def with_long_clip(config: "FitConfig") -> "FitConfig":
+    """`config` with `keyframes.long_clip` applied: the settings of a clip whose sequential pass fits a subset
+    of its keyframes (`recon4d.fit.pipeline.prepare` decides; the run key stays that of `config`), with an empty
+    `keyframes.long_clip` of its own.
+
+        >>> config = FitConfig.from_dict({"keyframes": {"long_clip": {"sequential.camera_iters": 25}}})
+        >>> config.sequential.camera_iters, with_long_clip(config).sequential.camera_iters
+        (60, 25)
+    """
+    overrides = config.keyframes.long_clip
+    fixed = [key for key in overrides if str(key).split(".", 1)[0] in LONG_CLIP_FIXED or "." not in str(key)]
+    if fixed:
+        raise InputError(f"config field keyframes.long_clip takes dotted keys of the fit's stages, not {fixed[0]!r}",
+                         hint=f"e.g. sequential.camera_iters; not {', '.join(LONG_CLIP_FIXED)}")
+    if not overrides:
+        return config
+    # The result holds the settings in force; its own long_clip is spent (and validating it ends here).
+    return config.replace(**overrides, **{"keyframes.long_clip": {}}).validate()
 
 
 def with_static_scene(config: "FitConfig") -> "FitConfig":
@@ -490,6 +519,8 @@ class FitConfig:
         for name in SECTIONS:
             if name != "priors":
                 validate_fields(getattr(self, name), prefix=f"{name}.")
+        if self.keyframes.long_clip:  # a bad key or value fails now, not when a long clip meets it
+            with_long_clip(self)
         if self.sequential.window_frames == 1:
             raise InputError("config field sequential.window_frames must be 0 (one window) or at least 2")
         if self.matching.detector not in ("sift", "orb"):

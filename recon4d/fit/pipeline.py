@@ -31,7 +31,7 @@ from recon4d.fit.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from recon4d.fit.config import FLAT_KEYS, SECTIONS, FitConfig, with_static_scene
+from recon4d.fit.config import FLAT_KEYS, SECTIONS, FitConfig, with_long_clip, with_static_scene
 from recon4d.fit.keyframes import consecutive_motion, select_keyframes, sequential_keyframes
 from recon4d.fit.outputs import FitResult, assemble_scene, finish, peak_rss_mb
 from recon4d.fit.sequential import FitInputs, FitState, SequentialFitter, subset_window_boundaries
@@ -264,7 +264,10 @@ def _fit_locked(source, out_dir: Path, config: FitConfig, device: torch.device, 
     # refinement completes).
     clip, fitted, K, seconds = prepared.clip, prepared.sequential, prepared.K, dict(prepared.seconds)
     inputs = prepared.sequential_inputs
-    key = _run_key(clip, config, K)
+    key = _run_key(clip, config, K)  # of the settings asked for: the long-clip ones follow from them and the clip
+    if fitted != prepared.fitted and config.keyframes.long_clip:
+        log("long clip: " + ", ".join(f"{k} {v}" for k, v in config.keyframes.long_clip.items()))
+        config = with_long_clip(config)
     checkpoint_dir = out_dir / ".checkpoint"
     state, saved_seconds = _read_checkpoint(checkpoint_dir, key, len(fitted), device, restart, log)
     seconds.update(saved_seconds)
