@@ -116,7 +116,7 @@ def evaluate(scene: Scene4D, frames: np.ndarray, held: list[int], config: FitCon
     def features(gaussians: Gaussians, alive: torch.Tensor) -> torch.Tensor:
         return torch.cat([gaussians.colors, share(gaussians, alive)], -1) if with_masks else gaussians.colors
 
-    held = set(held)
+    held, skipped = set(held), set(skipped)  # tested once per frame
     searched = refine_cameras(scene, frames, sorted(held), config, device) if config.eval.holdout_refine_iters > 0 else {}
 
     def score(t: int) -> tuple[np.ndarray, torch.Tensor | None, dict]:
