@@ -4,7 +4,10 @@ Usage: python bench/render.py [--device cpu|cuda] [--threads 1,2] [--repeat 5] [
        [--counts 5000,20000,100000] [--cases 64x64x1000,160x90x20000] [--omp-wait-policy passive]
        [--projection cpp|python]
 
-`--cases` replaces the sizes x counts grid by the listed WxHxN cases. On the CPU every row also times the
+`--cases` replaces the sizes x counts grid by the listed WxHxN cases; `--scene OUT` by the Gaussians of a fitted scene
+(a `recon4d fit` output folder) at frame `--frame` (default: its middle frame), seen from that frame's camera at
+the working resolution: the sizes, shapes and opacities of a real fit. `tile entries` counts the (Gaussian,
+tile) pairs the rasterizer sweeps. On the CPU every row also times the
 EWA projection alone (forward + backward of a random linear loss on its outputs): the C++ kernel of
 `recon4d.render.projection` and the PyTorch reference (`recon4d.render.reference`). `--projection python`
 renders the whole rasterize() with the PyTorch projection instead, for a before/after comparison.
@@ -48,6 +51,39 @@ def make_scene(n: int, width: int, height: int, device: str, seed: int = 0):
     return {k: v.to(device) for k, v in scene.items()}
 
 
+def load_fitted(path: str, frame: int | None, device: str) -> tuple[dict, int, int]:
+    """rasterize() inputs of a fitted scene's Gaussians at `frame` (default: the middle one) from its camera."""
+    import torch
+
+    from recon4d.geometry.camera import invert_pose
+    from recon4d.io.scene import load_scene
+
+    scene = load_scene(path)
+    t = scene.num_frames // 2 if frame is None else frame
+    g = scene.gaussians_at(t)
+    inputs = dict(means=g.means, quats=g.quats, scales=g.scales, opacities=g.opacities, colors=g.colors[:, :3],
+                  camera_from_world=invert_pose(scene.cameras.world_from_camera[t]), K=scene.cameras.K(t))
+    return ({k: v.to(device=device, dtype=torch.float32).contiguous() for k, v in inputs.items()},
+            scene.cameras.width, scene.cameras.height)
+
+
+def tile_entries(scene: dict, width: int, height: int) -> int:
+    """(Gaussian, tile) pairs of the CPU rasterizer's binning of `scene`."""
+    import torch
+
+    from recon4d.render.config import RasterConfig
+    from recon4d.render.cpu import extension
+    from recon4d.render.projection import project_gaussians
+
+    with torch.no_grad():
+        p = project_gaussians(*(scene[k].cpu() for k in ("means", "quats", "scales", "opacities", "camera_from_world", "K")),
+                              width, height, RasterConfig())
+        _, ids = extension().bin_gaussians(p.means2d.contiguous(), p.conics.contiguous(), scene["opacities"].cpu().contiguous(),
+                                           p.radii.to(torch.int32).contiguous(), torch.argsort(p.depths, stable=True),
+                                           width, height, RasterConfig().tile_size)
+    return ids.numel()
+
+
 def time_projection(project, scene: dict, width: int, height: int, repeat: int) -> tuple[float, float]:
     """Median wall and process-CPU ms of one projection forward + backward of a random linear loss."""
     import torch
@@ -74,7 +110,8 @@ def time_projection(project, scene: dict, width: int, height: int, repeat: int) 
     return 1000 * sorted(times[1:])[repeat // 2], 1000 * sorted(cpu_times[1:])[repeat // 2]
 
 
-def run_case(width: int, height: int, n: int, device: str, repeat: int, threads: int, projection: str) -> dict:
+def run_case(width: int, height: int, n: int, device: str, repeat: int, threads: int, projection: str,
+             fitted: str | None = None, frame: int | None = None) -> dict:
     import torch
 
     import recon4d.render.projection
@@ -85,7 +122,11 @@ def run_case(width: int, height: int, n: int, device: str, repeat: int, threads:
     if projection == "python":  # rasterize() looks the projection up in this module at every call
         recon4d.render.projection.project_gaussians = project_gaussians_reference
     torch.set_num_threads(threads)
-    scene = make_scene(n, width, height, device)
+    if fitted:
+        scene, width, height = load_fitted(fitted, frame, device)
+        n = scene["means"].shape[0]
+    else:
+        scene = make_scene(n, width, height, device)
     params = {k: v.clone().requires_grad_(k != "K") for k, v in scene.items()}
     args = [params[k] for k in ("means", "quats", "scales", "opacities", "colors", "camera_from_world", "K")]
     target = torch.rand(height, width, 3, device=device)
@@ -116,6 +157,7 @@ def run_case(width: int, height: int, n: int, device: str, repeat: int, threads:
         "fwd_bwd_ms": 1000 * both[len(both) // 2], "fwd_bwd_min_ms": 1000 * both[0],
         "cpu_ms": 1000 * cpu[len(cpu) // 2], "load": os.getloadavg()[0],
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "entries": tile_entries(scene, width, height) if device == "cpu" else None,
     }
     if device == "cuda":
         result["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
@@ -145,16 +187,21 @@ def main() -> None:
                         help="projection used inside rasterize(): the C++ kernel or the PyTorch reference")
     parser.add_argument("--omp-wait-policy", choices=["active", "passive"],
                         help="OMP_WAIT_POLICY for the cases (default: the environment's)")
+    parser.add_argument("--scene", help="a fitted scene (recon4d fit output folder) instead of random Gaussians")
+    parser.add_argument("--frame", type=int, help="frame of --scene to render (default: the middle one)")
     parser.add_argument("--case", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.case:
         width, height, n = map(int, args.case.split(","))
-        print(json.dumps(run_case(width, height, n, args.device, args.repeat, int(args.threads), args.projection)))
+        print(json.dumps(run_case(width, height, n, args.device, args.repeat, int(args.threads), args.projection,
+                                  args.scene, args.frame)))
         return
     env = dict(os.environ)
     if args.omp_wait_policy:
         env["OMP_WAIT_POLICY"] = args.omp_wait_policy
-    if args.cases:
+    if args.scene:
+        cases = [(0, 0, 0)]  # size and count come from the scene
+    elif args.cases:
         cases = [tuple(map(int, case.split("x"))) for case in args.cases.split(",")]
     else:
         cases = [(*map(int, size.split("x")), n) for size in args.sizes.split(",") for n in map(int, args.counts.split(","))]
@@ -163,6 +210,8 @@ def main() -> None:
         for threads in map(int, args.threads.split(",")):
             cmd = [sys.executable, __file__, "--device", args.device, "--threads", str(threads), "--repeat",
                    str(args.repeat), "--projection", args.projection, "--case", f"{width},{height},{n}"]
+            if args.scene:
+                cmd += ["--scene", args.scene] + ([] if args.frame is None else ["--frame", str(args.frame)])
             out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
             rows.append(json.loads(out))
     print(f"device={args.device} repeat={args.repeat} projection={args.projection} "
@@ -170,8 +219,8 @@ def main() -> None:
           "(median; min in brackets; load = 1-min load average after the case)")
     header = "| size | Gaussians | threads | forward ms | forward+backward ms | CPU ms/step | peak RSS MB |"
     extra = " peak GPU MB |" if args.device == "cuda" else " projection fwd+bwd ms (CPU ms) C++ | PyTorch |"
-    print(header + extra + " load | coverage | max diff vs dense |")
-    print("|---" * (header.count("|") - 1 + extra.count("|") + 3) + "|")
+    print(header + extra + " load | coverage | max diff vs dense | tile entries |")
+    print("|---" * (header.count("|") - 1 + extra.count("|") + 4) + "|")
     for r in rows:
         if args.device == "cuda":
             more = f" {r['peak_gpu_mb']:.0f} |"
@@ -181,7 +230,7 @@ def main() -> None:
         diff = f"{r['max_abs_diff_vs_dense']:.1e}" if "max_abs_diff_vs_dense" in r else "-"
         print(f"| {r['size']} | {r['gaussians']} | {r['threads']} | {r['fwd_ms']:.1f} "
               f"| {r['fwd_bwd_ms']:.1f} ({r['fwd_bwd_min_ms']:.1f}) | {r['cpu_ms']:.1f} | {r['peak_rss_mb']:.0f} |{more} "
-              f"{r['load']:.1f} | {r['coverage']:.2f} | {diff} |")
+              f"{r['load']:.1f} | {r['coverage']:.2f} | {diff} | {r['entries'] or '-'} |")
 
 
 if __name__ == "__main__":

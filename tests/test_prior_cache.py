@@ -127,3 +127,27 @@ def test_default_root_and_env_override(monkeypatch, tmp_path):
     monkeypatch.setenv(CACHE_ENV_VAR, str(tmp_path))
     assert default_cache_root() == tmp_path / "priors"
     assert PriorCache().root == tmp_path / "priors"
+
+
+def test_compute_priors_second_call_reads_every_prior_from_the_cache(tmp_path, monkeypatch):
+    """Flow, moving masks and depth are all cached: a second call of the same clip computes none of them and
+    returns the same arrays (the masks' camera models included)."""
+    import recon4d.priors.pipeline as prior_pipeline
+    from recon4d.eval.synthetic import make_synthetic
+
+    monkeypatch.setenv(CACHE_ENV_VAR, str(tmp_path))
+    clip = make_synthetic("fast", num_frames=6, width=64, height=48, seed=0)
+    settings = prior_pipeline.PriorSettings()
+    first = prior_pipeline.compute_priors(clip.frames, clip.intrinsics, settings, clip_hash="clip", log=lambda _: None)
+    assert {p.name for p in tmp_path.joinpath("priors").iterdir()} == {"flow", "motion", "depth"}
+
+    def no_split(*args, **kwargs):
+        raise AssertionError("the moving masks were computed again")
+
+    monkeypatch.setattr(prior_pipeline, "estimate_moving_masks", no_split)
+    second = prior_pipeline.compute_priors(clip.frames, clip.intrinsics, settings, clip_hash="clip", log=lambda _: None)
+    assert np.array_equal(second.moving_masks, first.moving_masks) and second.moving_masks.dtype == bool
+    assert second.camera_models == first.camera_models
+    assert np.array_equal(second.depth.depth, first.depth.depth)
+    assert np.array_equal(second.flow.flow_forward, first.flow.flow_forward)
+    assert first.moving_masks.any()  # the clip has a mover: the cached masks are not trivially empty

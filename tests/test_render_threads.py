@@ -39,7 +39,8 @@ def _kernel_outputs(scene: dict, width: int, height: int) -> list[torch.Tensor]:
     features = torch.cat([scene["colors"], p.depths[:, None]], -1).contiguous()
     radii = p.radii.contiguous()
     ext = extension()
-    offsets, ids = ext.bin_gaussians(p.means2d, radii, torch.argsort(p.depths, stable=True), width, height, TILE)
+    offsets, ids = ext.bin_gaussians(p.means2d, p.conics, scene["opacities"], radii, torch.argsort(p.depths, stable=True),
+                                     width, height, TILE)
     args = (p.means2d, p.conics, features, scene["opacities"], radii, offsets, ids)
     color, transmittance, end = ext.rasterize_forward(*args, width, height, TILE)
     g = torch.Generator().manual_seed(3)

@@ -16,6 +16,7 @@ import hashlib
 import json
 import math
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -162,9 +163,12 @@ def prepare(source: str | Path, config: FitConfig, device: torch.device, log=pri
             priors = dataclasses.replace(priors, moving_masks=np.zeros_like(priors.moving_masks))
         return priors
 
-    priors = priors_of(fitted)
-    # The sequential pass's flow runs between its own consecutive frames.
-    sequential_priors = priors_of(sequential) if sequential is not None and sequential != fitted else None
+    # The sequential pass's flow runs between its own consecutive frames. The two sets are computed side by
+    # side: each keeps about 1.3 of 2 cores busy (the depth prior's per-frame solves are serial).
+    frame_sets = [fitted] + ([sequential] if sequential is not None and sequential != fitted else [])
+    with ThreadPoolExecutor(max_workers=len(frame_sets)) as pool:
+        priors, *rest = list(pool.map(priors_of, frame_sets))
+    sequential_priors = rest[0] if rest else None
     seconds["priors"] = time.perf_counter() - t0
     peak_rss["priors"] = peak_rss_mb()
     prepared = Prepared(clip, fitted, held, skipped, K, priors, _to_inputs(clip.frames[fitted], priors, K, device), seconds,

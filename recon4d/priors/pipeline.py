@@ -15,6 +15,7 @@ import numpy as np
 from recon4d.priors.depth import make_depth_estimator
 from recon4d.priors.flow import make_flow_estimator
 from recon4d.priors.motion import MotionConfig, estimate_moving_masks
+from recon4d.priors.motion.config import CAMERA_MODELS, MOTION_ALGORITHM_VERSION
 from recon4d.priors.types import DepthResult, FlowResult
 
 
@@ -82,18 +83,29 @@ def compute_priors(frames: np.ndarray, intrinsics: np.ndarray, settings: PriorSe
         flow = FlowResult(**cached)
     seconds["flow"] = time.perf_counter() - start
 
-    motion_config = MotionConfig()
+    # The split reads the flow and the frames (the clip hash and shape stand for them), and its own settings.
+    motion_key = {"version": MOTION_ALGORITHM_VERSION, **asdict(MotionConfig()), "flow": flow_key, **size}
+    cached = cache.get("motion", clip_hash, motion_key) if cache else None
     start = time.perf_counter()
-    motion = estimate_moving_masks(flow, motion_config, frames=frames)
+    if cached is None:
+        motion = estimate_moving_masks(flow, MotionConfig(), frames=frames)
+        moving_masks, camera_models = motion.moving_masks, list(motion.camera_model)
+        if cache:
+            cache.put("motion", clip_hash, motion_key, {
+                "moving_masks": moving_masks,
+                "camera_model": np.array([CAMERA_MODELS.index(m) for m in camera_models], np.int8)})
+    else:
+        moving_masks = cached["moving_masks"].astype(bool)
+        camera_models = [CAMERA_MODELS[i] for i in cached["camera_model"].tolist()]
     seconds["motion"] = time.perf_counter() - start
 
     depth_key = {**_settings(depth_estimator, {"name": settings.depth, **settings.depth_options}), **size,
                  "intrinsics": [float(x) for x in intrinsics], "flow": flow_key,
-                 "motion": asdict(motion_config)}  # the depth solver reads the moving masks
+                 "motion": motion_key}  # the depth solver reads the moving masks
     cached = cache.get("depth", clip_hash, depth_key) if cache else None
     start = time.perf_counter()
     if cached is None:
-        depth = depth_estimator(frames, flow, intrinsics, motion.moving_masks)
+        depth = depth_estimator(frames, flow, intrinsics, moving_masks)
         if cache:
             cache.put("depth", clip_hash, depth_key, {"depth": depth.depth, "confidence": depth.confidence,
                                                       "metric": np.array(depth.metric)})
@@ -101,6 +113,5 @@ def compute_priors(frames: np.ndarray, intrinsics: np.ndarray, settings: PriorSe
         depth = DepthResult(depth=cached["depth"], confidence=cached["confidence"], metric=bool(cached["metric"]))
     seconds["depth"] = time.perf_counter() - start
     log(f"priors: flow {seconds['flow']:.1f} s, motion {seconds['motion']:.1f} s, depth {seconds['depth']:.1f} s "
-        f"({sum(m != 'fundamental' for m in motion.camera_model)} of {len(motion.camera_model)} pairs without parallax)")
-    return Priors(flow=flow, depth=depth, moving_masks=motion.moving_masks, camera_models=list(motion.camera_model),
-                  seconds=seconds)
+        f"({sum(m != 'fundamental' for m in camera_models)} of {len(camera_models)} pairs without parallax)")
+    return Priors(flow=flow, depth=depth, moving_masks=moving_masks, camera_models=camera_models, seconds=seconds)

@@ -84,7 +84,8 @@ def rasterize_tiles(
     order = torch.argsort(depths.detach(), stable=True)
     radii = radii.to(torch.int32).contiguous()
     offsets, ids = extension().bin_gaussians(
-        means2d.detach().float().contiguous(), radii, order, width, height, tile_size
+        means2d.detach().float().contiguous(), conics.detach().float().contiguous(),
+        opacities.detach().float().contiguous(), radii, order, width, height, tile_size,
     )
     return _RasterizeTiles.apply(
         means2d.float(), conics.float(), features.float(), opacities.float(), radii, offsets, ids,

@@ -8,6 +8,9 @@ from dataclasses import dataclass
 #: scene: no parallax), "static" (still pixels do not move), "unknown" (too few valid flow vectors to fit,
 #: e.g. a scene cut; nothing is marked moving in that pair).
 CAMERA_MODELS = ("fundamental", "homography", "static", "unknown")
+#: Bumped when the split's algorithm changes the masks for the same flow and config: it is part of the cache
+#: keys of the masks and of the depth prior that reads them (`recon4d.priors.pipeline`).
+MOTION_ALGORITHM_VERSION = 1
 
 
 @dataclass

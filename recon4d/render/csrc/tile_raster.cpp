@@ -63,6 +63,13 @@ struct TileBounds {
         x1(std::min(grid.width, x0 + grid.tile)), y1(std::min(grid.height, y0 + grid.tile)) {}
 };
 
+// Pixels of slack in the ellipse tests of binning and of the row skip, so that float rounding in them can
+// only keep work that the per-pixel test then rejects, never drop a pixel it would accept.
+constexpr float kEllipseMargin = 0.05f;
+
+// sigma at which o exp(-sigma) falls to the alpha cut-off, padded by a relative 1e-4 for rounding.
+inline float cutoff_level(float o) { return std::log(o / kAlphaThreshold) * 1.0001f + 1e-4f; }
+
 // Pixel range [lo, hi) along one axis of the pixels whose centre lies within `radius` of `mean`,
 // clipped to [tile_lo, tile_hi).
 inline void pixel_span(float mean, float radius, int64_t tile_lo, int64_t tile_hi, int64_t& lo, int64_t& hi) {
@@ -76,6 +83,9 @@ struct Splat {
   float mx_local, my, ca, cb, cc, o;
   int64_t lx0, lx1, y0, y1;
   const float* features;
+  // Row test (`row_reaches`): the Gaussian's alpha reaches the cut-off where sigma <= level.
+  float level, det;
+  bool ellipse;
   Splat(const float* record, const TileBounds& b) {
     const float mx = record[0];
     my = record[1]; ca = record[2]; cb = record[3]; cc = record[4]; o = record[5];
@@ -85,6 +95,22 @@ struct Splat {
     lx0 = x0 - b.x0; lx1 = x1 - b.x0;
     mx_local = mx - (float)b.x0 - 0.5f;
     features = record + kRecordHeader;
+    det = ca * cc - cb * cb;
+    ellipse = ca > 0.f && det > 0.f && o >= kAlphaThreshold;
+    level = ellipse ? cutoff_level(o) : 0.f;
+  }
+  // Whether any pixel of tile row y (absolute) in the box's columns can pass the alpha cut-off: the row of
+  // the ellipse sigma = level, widened by kEllipseMargin, overlaps them. Rows that fail it would composite
+  // nothing (every lane invalid), so skipping them changes no output bit.
+  bool row_reaches(int64_t y) const {
+    if (!ellipse) return true;
+    const float dy = my - (y + 0.5f);
+    // sigma over the row is least at dx = -cb dy / ca; the row is inside the ellipse within +- half of it.
+    const float room = level - 0.5f * dy * dy * det / ca;
+    if (room < 0.f) return false;
+    const float half = std::sqrt(2.f * room / ca) + kEllipseMargin, centre = mx_local + cb * dy / ca;
+    // Lanes x with dx = mx_local - x within centre - mx_local +- half, i.e. x within centre -+ half.
+    return centre + half >= (float)lx0 && centre - half <= (float)(lx1 - 1);
   }
 };
 
@@ -173,31 +199,74 @@ inline void channel_rows(int64_t d0, int64_t lanes, int64_t pixels, int64_t row,
 
 }  // namespace
 
-// means2d [N,2] f32, radii [N,2] i32 (0 = culled), depth_order [N] i64 (front to back).
-// Returns offsets [tiles+1] i32 and gaussian_ids [M] i32 (per tile, in depth order).
-// Serial: it costs under a millisecond for 20k Gaussians, a few percent of a forward pass.
-std::vector<torch::Tensor> bin_gaussians(torch::Tensor means2d, torch::Tensor radii, torch::Tensor depth_order,
-                                         int64_t width, int64_t height, int64_t tile) {
+// Tile columns [c0, c1) of tile row `row` that the ellipse sigma = level of one Gaussian reaches (pixel centres
+// within it, widened by kEllipseMargin), clipped to [x0, x1). Doubles: the bounds must not lose a pixel.
+// For offsets u = centre - mean, sigma = 0.5 a ux^2 + b ux uy + 0.5 c uy^2; over a band of uy the ellipse's
+// right edge is concave in uy and peaks at its rightmost point (uy = -b ux_max / c), its left edge likewise.
+inline void ellipse_columns(double mx, double my, double a, double b, double c, double level, int64_t row,
+                            int64_t tile, int x0, int x1, int& c0, int& c1) {
+  const double det = a * c - b * b, margin = kEllipseMargin;
+  const double ux_max = std::sqrt(2.0 * level * c / det), uy_max = std::sqrt(2.0 * level * a / det);
+  const double lo = std::max((double)(row * tile) + 0.5 - my, -uy_max - margin);
+  const double hi = std::min((double)((row + 1) * tile) - 0.5 - my, uy_max + margin);
+  c0 = c1 = x0;
+  if (lo > hi) return;
+  const auto edge = [&](double uy, double side) {
+    const double room = std::max(0.0, 2.0 * level / a - uy * uy * det / (a * a));
+    return -b * uy / a + side * std::sqrt(room);
+  };
+  const double right = mx + edge(std::clamp(-b * ux_max / c, lo, hi), 1.0) + margin;
+  const double left = mx + edge(std::clamp(b * ux_max / c, lo, hi), -1.0) - margin;
+  // Pixels X with centre X + 0.5 in [left, right], then their tiles.
+  const int64_t first = (int64_t)std::ceil(left - 0.5), last = (int64_t)std::floor(right - 0.5);
+  if (last < first) return;
+  c0 = (int)std::clamp<int64_t>(first >= 0 ? first / tile : -1, x0, x1);
+  c1 = (int)std::clamp<int64_t>(last >= 0 ? last / tile + 1 : 0, c0, x1);
+}
+
+// means2d [N,2] f32, conics [N,3] f32, opacities [N] f32 (as composited), radii [N,2] i32 (0 = culled),
+// depth_order [N] i64 (front to back). Returns offsets [tiles+1] i32 and gaussian_ids [M] i32 (per tile, in
+// depth order). A Gaussian is listed in the tiles of its pixel box that its ellipse of alpha >= 1/255 reaches:
+// about a fifth fewer entries than the whole box on fitted scenes, with identical renders (the entries left
+// out composite nothing). Serial: it costs under a millisecond for 20k Gaussians, a few percent of a forward pass.
+std::vector<torch::Tensor> bin_gaussians(torch::Tensor means2d, torch::Tensor conics, torch::Tensor opacities,
+                                         torch::Tensor radii, torch::Tensor depth_order, int64_t width,
+                                         int64_t height, int64_t tile) {
   TileGrid grid(width, height, tile);
   const int64_t n = means2d.size(0);
   const float* mean = means2d.data_ptr<float>();
+  const float* conic = conics.data_ptr<float>();
+  const float* opac = opacities.data_ptr<float>();
   const int* rad = radii.data_ptr<int>();
   const int64_t* order = depth_order.data_ptr<int64_t>();
   std::vector<int> counts(grid.count() + 1, 0);
-  std::vector<int> boxes(4 * (size_t)n, 0);
+  // Per listed Gaussian (in depth order): its box rows [y0, y1) and, per row, columns [c0, c1).
+  std::vector<int> rows(2 * (size_t)n, 0);
+  std::vector<int> row_start(n + 1, 0);
+  std::vector<int> columns;
+  columns.reserve(4 * (size_t)n);
   for (int64_t k = 0; k < n; k++) {
     const int64_t g = order[k];
     const int rx = rad[2 * g], ry = rad[2 * g + 1];
+    row_start[k + 1] = row_start[k];
     if (rx <= 0 && ry <= 0) continue;
     const float mx = mean[2 * g], my = mean[2 * g + 1];
     const int x0 = (int)std::clamp<int64_t>((int64_t)std::floor((mx - rx) / tile), 0, grid.tiles_x);
     const int x1 = (int)std::clamp<int64_t>((int64_t)std::ceil((mx + rx) / tile), 0, grid.tiles_x);
     const int y0 = (int)std::clamp<int64_t>((int64_t)std::floor((my - ry) / tile), 0, grid.tiles_y);
     const int y1 = (int)std::clamp<int64_t>((int64_t)std::ceil((my + ry) / tile), 0, grid.tiles_y);
-    int* box = &boxes[4 * k];
-    box[0] = x0; box[1] = x1; box[2] = y0; box[3] = y1;
-    for (int y = y0; y < y1; y++)
-      for (int x = x0; x < x1; x++) counts[y * grid.tiles_x + x + 1]++;
+    const double a = conic[3 * g], b = conic[3 * g + 1], c = conic[3 * g + 2], o = opac[g];
+    const bool ellipse = a > 0 && a * c - b * b > 0 && o >= kAlphaThreshold;
+    const double level = ellipse ? cutoff_level((float)o) : 0.0;
+    rows[2 * k] = y0; rows[2 * k + 1] = y1;
+    for (int y = y0; y < y1; y++) {
+      int c0 = x0, c1 = x1;
+      if (ellipse) ellipse_columns(mx, my, a, b, c, level, y, tile, x0, x1, c0, c1);
+      columns.push_back(c0);
+      columns.push_back(c1);
+      for (int x = c0; x < c1; x++) counts[y * grid.tiles_x + x + 1]++;
+    }
+    row_start[k + 1] = row_start[k] + (y1 - y0);
   }
   for (int64_t t = 0; t < grid.count(); t++) counts[t + 1] += counts[t];
   auto offsets = torch::empty({grid.count() + 1}, torch::kInt32);
@@ -206,9 +275,10 @@ std::vector<torch::Tensor> bin_gaussians(torch::Tensor means2d, torch::Tensor ra
   int* id = ids.data_ptr<int>();
   std::vector<int> fill(counts.begin(), counts.end() - 1);
   for (int64_t k = 0; k < n; k++) {
-    const int* box = &boxes[4 * k];
-    for (int y = box[2]; y < box[3]; y++)
-      for (int x = box[0]; x < box[1]; x++) id[fill[y * grid.tiles_x + x]++] = (int)order[k];
+    for (int y = rows[2 * k]; y < rows[2 * k + 1]; y++) {
+      const int* span = &columns[2 * (size_t)(row_start[k] + y - rows[2 * k])];
+      for (int x = span[0]; x < span[1]; x++) id[fill[y * grid.tiles_x + x]++] = (int)order[k];
+    }
   }
   return {offsets, ids};
 }
@@ -262,6 +332,7 @@ std::vector<torch::Tensor> rasterize_forward(torch::Tensor means2d, torch::Tenso
         const int64_t lx0 = s.lx0, lx1 = s.lx1;
         const int next_end = (int)(k + 1);
         for (int64_t y = s.y0; y < s.y1; y++) {
+          if (!s.row_reaches(y)) continue;
           const float dy = s.my - (y + 0.5f);
           const int64_t row = (y - b.y0) * lanes;
           float* tr = trans + row;
@@ -387,7 +458,7 @@ torch::Tensor rasterize_backward(torch::Tensor means2d, torch::Tensor conics, to
         const int k32 = (int)k;
         std::fill(lane_grads, lane_grads + grads * lanes, 0.f);
         for (int64_t y = s.y0; y < s.y1; y++) {
-          if (k >= row_end[y - b.y0]) continue;
+          if (k >= row_end[y - b.y0] || !s.row_reaches(y)) continue;
           const float dy = s.my - (y + 0.5f);
           const int64_t row = (y - b.y0) * lanes;
           float* tr = trans + row;
