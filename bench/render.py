@@ -79,7 +79,7 @@ def tile_entries(scene: dict, width: int, height: int) -> int:
         p = project_gaussians(*(scene[k].cpu() for k in ("means", "quats", "scales", "opacities", "camera_from_world", "K")),
                               width, height, RasterConfig())
         _, ids = extension().bin_gaussians(p.means2d.contiguous(), p.conics.contiguous(), scene["opacities"].cpu().contiguous(),
-                                           p.radii.to(torch.int32).contiguous(), torch.argsort(p.depths, stable=True),
+                                           p.radii.to(torch.int32).contiguous(), p.depths.contiguous(),
                                            width, height, RasterConfig().tile_size)
     return ids.numel()
 

@@ -44,7 +44,7 @@ def _needle_scene(n: int, width: int, height: int, seed: int) -> dict:
     return scene
 
 
-def _kernel(args: tuple, offsets: torch.Tensor, ids: torch.Tensor, width: int, height: int, n: int
+def _kernel(args: tuple, offsets: torch.Tensor, ids: torch.Tensor, width: int, height: int
             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(image, transmittance, per-Gaussian gradients) of the kernel over one tile binning."""
     means2d, conics, features, opacities, radii = args
@@ -53,9 +53,8 @@ def _kernel(args: tuple, offsets: torch.Tensor, ids: torch.Tensor, width: int, h
                                                       width, height, TILE)
     g = torch.Generator().manual_seed(3)
     v_features, v_alpha = torch.randn(color.shape, generator=g), torch.randn(transmittance.shape, generator=g)
-    entry_grads = ext.rasterize_backward(means2d, conics, features, opacities, radii, offsets, ids, transmittance,
-                                         end, v_features, v_alpha, width, height, TILE)
-    grads = torch.zeros(n, entry_grads.shape[1]).index_add_(0, ids.long(), entry_grads)
+    grads = ext.rasterize_backward(means2d, conics, features, opacities, radii, offsets, ids, transmittance, end,
+                                   v_features, v_alpha, width, height, TILE)
     return color, transmittance, grads
 
 
@@ -78,15 +77,15 @@ def test_ellipse_binning_drops_entries_and_changes_no_bit(antialiased):
     args = (p.means2d.contiguous(), p.conics.contiguous(), features, opacities.contiguous(), radii)
 
     offsets, ids = extension().bin_gaussians(p.means2d.contiguous(), p.conics.contiguous(), opacities.contiguous(),
-                                             radii, order, width, height, TILE)
+                                             radii, p.depths.contiguous(), width, height, TILE)
     box_offsets, box_ids = _box_binning(p.means2d, radii, order, width, height)
     assert ids.numel() <= 0.8 * box_ids.numel(), (ids.numel(), box_ids.numel())
     for t in range(offsets.numel() - 1):  # each tile keeps a subsequence of its box list, in depth order
         kept, box = ids[offsets[t]:offsets[t + 1]].tolist(), iter(box_ids[box_offsets[t]:box_offsets[t + 1]].tolist())
         assert all(g in box for g in kept), f"tile {t}"
 
-    image, transmittance, grads = _kernel(args, offsets, ids, width, height, n)
-    box_image, box_transmittance, box_grads = _kernel(args, box_offsets, box_ids, width, height, n)
+    image, transmittance, grads = _kernel(args, offsets, ids, width, height)
+    box_image, box_transmittance, box_grads = _kernel(args, box_offsets, box_ids, width, height)
     assert transmittance.lt(0.9).float().mean() > 0.3, "the scene should cover much of the view"
     assert torch.equal(image, box_image) and torch.equal(transmittance, box_transmittance)
     assert torch.equal(grads, box_grads)

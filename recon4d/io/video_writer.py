@@ -25,11 +25,13 @@ def frame_rate(fps: float) -> Fraction:
 
 
 def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float, crf: int = DEFAULT_CRF,
-                pix_fmt: str = "yuv420p") -> Path:
+                pix_fmt: str = "yuv420p", threads: int | None = None) -> Path:
     """frames: [T, H, W, 3] uint8 RGB -> mp4 at `path`, at `fps` exactly as a fraction (see `frame_rate`).
 
     yuv420p (the default, what every player decodes) needs even sizes: odd ones are padded by repeating the
-    last row/column. Pass pix_fmt="yuv444p" to keep odd sizes as they are.
+    last row/column. Pass pix_fmt="yuv444p" to keep odd sizes as they are. `threads`: x264's encoder threads
+    (default: its own choice). With several, the encoded frames can differ from run to run on a busy
+    machine; `threads=1` encodes the same bytes every time, for inputs that benchmarks compare.
     """
     frames = np.asarray(frames)
     if pix_fmt == "yuv420p":
@@ -43,7 +45,7 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float, crf: in
             stream = container.add_stream("libx264", rate=frame_rate(fps))
             stream.width, stream.height = frames.shape[2], frames.shape[1]
             stream.pix_fmt = pix_fmt
-            stream.options = {"crf": str(crf)}
+            stream.options = {"crf": str(crf), **({} if threads is None else {"threads": str(threads)})}
             for frame in frames:
                 for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
                     container.mux(packet)

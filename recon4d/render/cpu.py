@@ -49,12 +49,10 @@ class _RasterizeTiles(torch.autograd.Function):
         width, height, tile = ctx.dims
         v_features = torch.zeros((height, width, features.shape[1])) if v_features is None else v_features
         v_alpha = torch.zeros((height, width)) if v_alpha is None else v_alpha
-        entry_grads = extension().rasterize_backward(
+        grads = extension().rasterize_backward(
             means2d, conics, features, opacities, radii, offsets, ids, transmittance, pixel_end,
             v_features.float().contiguous(), v_alpha.float().contiguous(), width, height, tile,
         )
-        grads = torch.zeros((means2d.shape[0], entry_grads.shape[1]), dtype=entry_grads.dtype)
-        grads.index_add_(0, ids.long(), entry_grads)
         return grads[:, 0:2], grads[:, 2:5], grads[:, 6:], grads[:, 5], None, None, None, None, None, None
 
 
@@ -81,11 +79,10 @@ def rasterize_tiles(
     Returns:
         features [H, W, D] (no background) and alpha [H, W].
     """
-    order = torch.argsort(depths.detach(), stable=True)
     radii = radii.to(torch.int32).contiguous()
     offsets, ids = extension().bin_gaussians(
         means2d.detach().float().contiguous(), conics.detach().float().contiguous(),
-        opacities.detach().float().contiguous(), radii, order, width, height, tile_size,
+        opacities.detach().float().contiguous(), radii, depths.detach().float().contiguous(), width, height, tile_size,
     )
     return _RasterizeTiles.apply(
         means2d.float(), conics.float(), features.float(), opacities.float(), radii, offsets, ids,

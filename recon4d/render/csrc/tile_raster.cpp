@@ -22,6 +22,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 #include <memory>
 #include <vector>
 
@@ -199,6 +201,34 @@ inline void channel_rows(int64_t d0, int64_t lanes, int64_t pixels, int64_t row,
 
 }  // namespace
 
+// Indices of `depths` [n] in ascending order, ties in index order (what a stable sort gives): an LSD radix
+// sort over the floats' bit patterns mapped to unsigned keys of the same order, 8 bits per pass. About 10x
+// faster than torch.argsort(stable=True) on 24k depths. -0 sorts before +0 and NaNs after everything; only
+// culled Gaussians (never binned) have such depths.
+std::vector<int> depth_order(const float* depths, int64_t n) {
+  std::vector<uint32_t> keys(n), keys_next(n);
+  std::vector<int> order(n), order_next(n);
+  for (int64_t i = 0; i < n; i++) {
+    uint32_t bits;
+    std::memcpy(&bits, depths + i, sizeof(bits));
+    keys[i] = (bits & 0x80000000u) ? ~bits : (bits | 0x80000000u);
+    order[i] = (int)i;
+  }
+  for (int shift = 0; shift < 32; shift += 8) {
+    int64_t counts[257] = {0};
+    for (int64_t i = 0; i < n; i++) counts[((keys[i] >> shift) & 0xFFu) + 1]++;
+    for (int b = 0; b < 256; b++) counts[b + 1] += counts[b];
+    for (int64_t i = 0; i < n; i++) {
+      const int64_t to = counts[(keys[i] >> shift) & 0xFFu]++;
+      keys_next[to] = keys[i];
+      order_next[to] = order[i];
+    }
+    keys.swap(keys_next);
+    order.swap(order_next);
+  }
+  return order;
+}
+
 // Tile columns [c0, c1) of tile row `row` that the ellipse sigma = level of one Gaussian reaches (pixel centres
 // within it, widened by kEllipseMargin), clipped to [x0, x1). Doubles: the bounds must not lose a pixel.
 // For offsets u = centre - mean, sigma = 0.5 a ux^2 + b ux uy + 0.5 c uy^2; over a band of uy the ellipse's
@@ -225,12 +255,12 @@ inline void ellipse_columns(double mx, double my, double a, double b, double c, 
 }
 
 // means2d [N,2] f32, conics [N,3] f32, opacities [N] f32 (as composited), radii [N,2] i32 (0 = culled),
-// depth_order [N] i64 (front to back). Returns offsets [tiles+1] i32 and gaussian_ids [M] i32 (per tile, in
-// depth order). A Gaussian is listed in the tiles of its pixel box that its ellipse of alpha >= 1/255 reaches:
+// depths [N] f32 (camera z, for the order only). Returns offsets [tiles+1] i32 and gaussian_ids [M] i32 (per
+// tile, front to back; equal depths in index order). A Gaussian is listed in the tiles of its pixel box that its ellipse of alpha >= 1/255 reaches:
 // about a fifth fewer entries than the whole box on fitted scenes, with identical renders (the entries left
 // out composite nothing). Serial: it costs under a millisecond for 20k Gaussians, a few percent of a forward pass.
 std::vector<torch::Tensor> bin_gaussians(torch::Tensor means2d, torch::Tensor conics, torch::Tensor opacities,
-                                         torch::Tensor radii, torch::Tensor depth_order, int64_t width,
+                                         torch::Tensor radii, torch::Tensor depths, int64_t width,
                                          int64_t height, int64_t tile) {
   TileGrid grid(width, height, tile);
   const int64_t n = means2d.size(0);
@@ -238,7 +268,7 @@ std::vector<torch::Tensor> bin_gaussians(torch::Tensor means2d, torch::Tensor co
   const float* conic = conics.data_ptr<float>();
   const float* opac = opacities.data_ptr<float>();
   const int* rad = radii.data_ptr<int>();
-  const int64_t* order = depth_order.data_ptr<int64_t>();
+  const std::vector<int> order = depth_order(depths.data_ptr<float>(), n);
   std::vector<int> counts(grid.count() + 1, 0);
   // Per listed Gaussian (in depth order): its box rows [y0, y1) and, per row, columns [c0, c1).
   std::vector<int> rows(2 * (size_t)n, 0);
@@ -374,9 +404,34 @@ std::vector<torch::Tensor> rasterize_forward(torch::Tensor means2d, torch::Tenso
   return {out_features, out_transmittance, out_end};
 }
 
+// rows [M, G] summed per Gaussian id ids[k] -> [n, G], each sum in increasing k; Gaussians split over threads.
+torch::Tensor sum_entries(const torch::Tensor& rows, const torch::Tensor& ids, int64_t n) {
+  const int64_t m = ids.size(0), width = rows.size(1);
+  const int* id = ids.data_ptr<int>();
+  const float* row = rows.data_ptr<float>();
+  std::vector<int> start(n + 1, 0), entries(m);
+  for (int64_t k = 0; k < m; k++) start[id[k] + 1]++;
+  for (int64_t g = 0; g < n; g++) start[g + 1] += start[g];
+  std::vector<int> fill(start.begin(), start.end() - 1);
+  for (int64_t k = 0; k < m; k++) entries[fill[id[k]]++] = (int)k;
+  auto sums = torch::zeros({n, width}, torch::kFloat32);
+  float* out = sums.data_ptr<float>();
+  const int threads = sweep_threads(n, m);
+#pragma omp parallel for num_threads(threads) if (threads > 1) schedule(static)
+  for (int64_t g = 0; g < n; g++) {
+    float* to = out + g * width;
+    for (int e = start[g]; e < start[g + 1]; e++) {
+      const float* from = row + (size_t)entries[e] * width;
+      for (int64_t j = 0; j < width; j++) to[j] += from[j];
+    }
+  }
+  return sums;
+}
+
 // Gradients of a loss given v_features [H,W,D] and v_alpha [H,W] (alpha = 1 - transmittance).
-// Returns per-entry gradient rows [M, 6 + D]: d/d(mean x, mean y, conic a, b, c, opacity, features...),
-// summed per Gaussian by the caller.
+// Returns per-Gaussian gradients [N, 6 + D]: d/d(mean x, mean y, conic a, b, c, opacity, features...): the
+// tile sweep writes one row per entry, then each Gaussian sums its entries' rows in entry order (the order
+// a serial index_add gives, which on 2 threads took longer than the sum itself).
 torch::Tensor rasterize_backward(torch::Tensor means2d, torch::Tensor conics, torch::Tensor features,
                                  torch::Tensor opacities, torch::Tensor radii, torch::Tensor offsets,
                                  torch::Tensor ids, torch::Tensor transmittance, torch::Tensor pixel_end,
@@ -514,7 +569,7 @@ torch::Tensor rasterize_backward(torch::Tensor means2d, torch::Tensor conics, to
       }
     }
   }
-  return entry_grads;
+  return sum_entries(entry_grads, ids, means2d.size(0));
 }
 
 // Kernels release the GIL: they touch no Python objects, and Python threads may run them side by side
