@@ -1,6 +1,7 @@
 """Choosing the compute device once, at the top of a command; running independent work side by side on the CPU."""
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
@@ -60,3 +61,34 @@ def side_by_side(work: Callable[[Item], Result], items: Iterable[Item], device: 
             return list(pool.map(work, items))
     finally:
         torch.set_num_threads(threads)
+
+
+def in_background(work: Callable[[], Result]) -> Callable[[], Result]:
+    """Start work() on a daemon thread and return a function that waits for its result (re-raising its error).
+
+    For one long, independent piece of CPU work beside the caller's own. Unlike a ThreadPoolExecutor, whose
+    threads the interpreter joins before it exits, a daemon thread does not hold up Ctrl-C: an interrupted
+    command exits at once instead of waiting for the work to finish.
+
+        >>> wait = in_background(lambda: 6 * 7)
+        >>> wait()
+        42
+    """
+    outcome: dict = {}
+
+    def run() -> None:
+        try:
+            outcome["result"] = work()
+        except BaseException as exc:  # handed to the waiting caller
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True, name="recon4d-background")
+    thread.start()
+
+    def wait() -> Result:
+        thread.join()
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome["result"]
+
+    return wait

@@ -5,16 +5,16 @@
 // Gaussians with alpha < 1/255 are skipped, compositing is front to back and a pixel stops before the
 // Gaussian that would take its transmittance to 1e-4 or below.
 //
-// Layout: the image is cut into square tiles; each tile lists the Gaussians whose pixel bounding box
-// touches it, in global depth order. Tiles are independent: a thread owns a whole tile at a time and
-// writes only that tile's pixels (forward) or that tile's entry rows (backward: one gradient row per
-// (tile, Gaussian) entry, summed per Gaussian by PyTorch), so no atomics are needed and every result is
-// bit-identical for any thread count.
+// Layout: the image is cut into square tiles; each tile lists the Gaussians whose ellipse of alpha >= 1/255
+// reaches it (within their pixel box), in global depth order. Tiles are independent: a thread owns a whole
+// tile at a time and writes only that tile's pixels (forward) or that tile's entry rows (backward: one
+// gradient row per (tile, Gaussian) entry, then summed per Gaussian in entry order), so no atomics are
+// needed and every result is bit-identical for any thread count.
 //
 // Vectorisation: per Gaussian, a tile is swept row by row over a padded row of kLanes-multiple floats
-// with the Gaussian's pixel box as a mask. These fixed, aligned, branch-free row loops vectorise, expf
-// included (libmvec under -ffast-math); loops clipped to a Gaussian's few-pixel span are too short and
-// irregular to. Channels run in row loops of their own over per-row buffers (the backward pass four
+// with the Gaussian's pixel box as a mask (box rows its ellipse misses are skipped). These fixed, aligned,
+// branch-free row loops vectorise, expf included (libmvec under -ffast-math); loops clipped to a
+// Gaussian's few-pixel span are too short and irregular to. Channels run in row loops of their own over per-row buffers (the backward pass four
 // channels at a time), so the channel count stays a runtime value, and the backward pass keeps per-lane
 // gradient sums across rows so that each entry needs one horizontal reduction per gradient, not one per row.
 #include <torch/extension.h>
@@ -202,8 +202,8 @@ inline void channel_rows(int64_t d0, int64_t lanes, int64_t pixels, int64_t row,
 }  // namespace
 
 // Indices of `depths` [n] in ascending order, ties in index order (what a stable sort gives): an LSD radix
-// sort over the floats' bit patterns mapped to unsigned keys of the same order, 8 bits per pass. About 10x
-// faster than torch.argsort(stable=True) on 24k depths. -0 sorts before +0 and NaNs after everything; only
+// sort over the floats' bit patterns mapped to unsigned keys of the same order, 8 bits per pass (24k depths:
+// well under the 1.35 ms of torch.argsort(stable=True)). -0 sorts before +0 and NaNs at either end; only
 // culled Gaussians (never binned) have such depths.
 std::vector<int> depth_order(const float* depths, int64_t n) {
   std::vector<uint32_t> keys(n), keys_next(n);
@@ -256,9 +256,10 @@ inline void ellipse_columns(double mx, double my, double a, double b, double c, 
 
 // means2d [N,2] f32, conics [N,3] f32, opacities [N] f32 (as composited), radii [N,2] i32 (0 = culled),
 // depths [N] f32 (camera z, for the order only). Returns offsets [tiles+1] i32 and gaussian_ids [M] i32 (per
-// tile, front to back; equal depths in index order). A Gaussian is listed in the tiles of its pixel box that its ellipse of alpha >= 1/255 reaches:
-// about a fifth fewer entries than the whole box on fitted scenes, with identical renders (the entries left
-// out composite nothing). Serial: it costs under a millisecond for 20k Gaussians, a few percent of a forward pass.
+// tile, front to back; equal depths in index order). A Gaussian is listed in the tiles of its pixel box that
+// its ellipse of alpha >= 1/255 reaches: about a fifth fewer entries than the whole box on fitted scenes, with
+// identical renders (the entries left out composite nothing). Serial: 1.45 ms for 24k Gaussians with the sort,
+// about a sixth of a forward pass on one thread.
 std::vector<torch::Tensor> bin_gaussians(torch::Tensor means2d, torch::Tensor conics, torch::Tensor opacities,
                                          torch::Tensor radii, torch::Tensor depths, int64_t width,
                                          int64_t height, int64_t tile) {
