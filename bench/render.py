@@ -2,13 +2,13 @@
 
 Usage: python bench/render.py [--device cpu|cuda] [--threads 1,2] [--repeat 5] [--sizes 160x90,320x180,640x360]
        [--counts 5000,20000,100000] [--cases 64x64x1000,160x90x20000] [--omp-wait-policy passive]
-       [--projection cpp|python]
+       [--projection cpp|python] [--scene OUT [--frame T]]
 
-`--cases` replaces the sizes x counts grid by the listed WxHxN cases; `--scene OUT` by the Gaussians of a fitted scene
-(a `recon4d fit` output folder) at frame `--frame` (default: its middle frame), seen from that frame's camera at
-the working resolution: the sizes, shapes and opacities of a real fit. `tile entries` counts the (Gaussian,
-tile) pairs the rasterizer sweeps. On the CPU every row also times the
-EWA projection alone (forward + backward of a random linear loss on its outputs): the C++ kernel of
+`--cases` replaces the sizes x counts grid by the listed WxHxN cases; `--scene OUT` replaces it by the Gaussians
+of a fitted scene (a `recon4d fit` output folder) at frame `--frame` (default: its middle frame), seen from that
+frame's camera at the working resolution: the sizes, shapes and opacities of a real fit. `tile entries` counts
+the (Gaussian, tile) pairs the rasterizer sweeps. On the CPU every row also times the EWA projection alone
+(forward + backward of a random linear loss on its outputs): the C++ kernel of
 `recon4d.render.projection` and the PyTorch reference (`recon4d.render.reference`). `--projection python`
 renders the whole rasterize() with the PyTorch projection instead, for a before/after comparison.
 
