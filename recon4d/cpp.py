@@ -15,6 +15,7 @@ import os
 import platform
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -25,6 +26,7 @@ from recon4d.errors import BackendError
 _CFLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp"]
 _extensions: dict = {}
 STALE_LOCK_SECONDS = 900  # a kernel builds in 1-2 minutes on 2 cores
+BUILD_LOCK_NAME = "recon4d-build.lock"  # our flock beside torch's `lock` file (`_build_lock`)
 _lock = threading.Lock()
 
 
@@ -63,22 +65,50 @@ def load_extension(source: Path):
                 if built is not None:
                     _extensions[name] = built
                     return built
-                _remove_stale_lock(build_dir)
-                try:
-                    _extensions[name] = load(
-                        name=module,
-                        sources=[str(copy)],
-                        extra_cflags=_CFLAGS,
-                        extra_ldflags=["-fopenmp"],
-                        build_directory=str(build_dir),
-                        verbose=False,
-                    )
-                except Exception as exc:  # compiler missing, headers missing, ...
-                    raise BackendError(
-                        f"could not build the C++ kernel {source.name}: {str(exc).splitlines()[0] if str(exc) else exc!r}",
-                        hint="install a C++ compiler (g++) and the Python headers, then retry",
-                    ) from exc
+                with _build_lock(build_dir):
+                    built = _import_built(module, build_dir)  # built by the process we waited for
+                    if built is not None:
+                        _extensions[name] = built
+                        return built
+                    try:
+                        _extensions[name] = load(
+                            name=module,
+                            sources=[str(copy)],
+                            extra_cflags=_CFLAGS,
+                            extra_ldflags=["-fopenmp"],
+                            build_directory=str(build_dir),
+                            verbose=False,
+                        )
+                    except Exception as exc:  # compiler missing, headers missing, ...
+                        raise BackendError(
+                            f"could not build the C++ kernel {source.name}: {str(exc).splitlines()[0] if str(exc) else exc!r}",
+                            hint="install a C++ compiler (g++) and the Python headers, then retry",
+                        ) from exc
     return _extensions[name]
+
+
+@contextmanager
+def _build_lock(build_dir: Path):
+    """Hold an exclusive lock on `build_dir` for one build, then clear torch's own build lock there.
+
+    torch's lock is a plain file that the building process removes when it is done; a process killed while
+    building (a fit-batch worker, Ctrl-C) leaves it behind, and every later load waits on it forever. This
+    lock is an flock, which the system drops when its holder dies: once we hold it, no live recon4d process
+    is building here, so a torch lock file left in the folder is stale. Without fcntl (not POSIX) the torch
+    lock is removed only when older than STALE_LOCK_SECONDS."""
+    try:
+        import fcntl
+    except ImportError:
+        _remove_stale_lock(build_dir)
+        yield
+        return
+    with open(build_dir / BUILD_LOCK_NAME, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            (build_dir / "lock").unlink(missing_ok=True)
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _import_built(module: str, build_dir: Path):

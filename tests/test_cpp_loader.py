@@ -22,3 +22,29 @@ def test_a_left_over_build_lock_does_not_block_a_built_kernel():
     finally:
         lock.unlink(missing_ok=True)
     assert result.returncode == 0 and "loaded" in result.stdout, result.stderr[-2000:]
+
+
+def test_a_dead_builders_lock_does_not_block_a_build(tmp_path, monkeypatch):
+    """A process killed while building (a fit-batch worker, Ctrl-C) leaves torch's lock file; the next build of
+    that kernel must not wait on it forever (CI once hung there for minutes)."""
+    import torch.utils.cpp_extension
+
+    import recon4d.cpp as cpp
+
+    monkeypatch.setenv("RECON4D_CACHE_DIR", str(tmp_path))
+    source = tmp_path / "tiny_kernel.cpp"
+    source.write_text("// not compiled: torch's load is replaced below\n")
+    build_dir = cache_dir() / "ext" / _build_key(source)
+    build_dir.mkdir(parents=True)
+    (build_dir / "lock").touch()  # left by the killed builder
+    calls = []
+
+    def fake_load(name, sources, build_directory, **kwargs):
+        calls.append((Path(build_directory) / "lock").exists())
+        return "built"
+
+    monkeypatch.setattr(torch.utils.cpp_extension, "load", fake_load)
+    monkeypatch.setattr(cpp, "_extensions", {})
+    assert load_extension(source) == "built"
+    assert calls == [False]  # the stale lock was cleared before torch's build check
+    assert (build_dir / cpp.BUILD_LOCK_NAME).exists()
