@@ -73,3 +73,29 @@ def test_refinement_completes_a_sparser_sequential_pass(tmp_path):
     both = [psnr[t] for t in sequential]
     assert min(only_refined) >= sum(both) / len(both) - 3.0, (only_refined, both)
     assert evaluate_scene(result.scene, clip)["ate_percent"] <= 5.0
+
+
+def test_short_clip_is_refined_on_every_frame(tmp_path):
+    """`keyframes.dense_refine_frames`: the sequential pass fits the keyframes, the refinement every frame that is
+    not held out; nothing is skipped, the long-clip settings stay off, and held-out frames render better than when
+    the refinement fits the keyframes alone and the frames between them are interpolated."""
+    clip = make_synthetic("translate", num_frames=FRAMES, width=96, height=54, seed=0)
+    write_synthetic(clip, tmp_path / "gt")
+    held_out = {}
+    for dense in (16, 0):
+        config = load_config("fast").replace(
+            short_side=54, num_gaussians=1500, frame0_iters=80, camera_iters=30, gaussian_iters=30, refine=True,
+            refine_iters=150, holdout_every=4,
+            **{"keyframes.enabled": True, "keyframes.max_gap_frames": 3, "keyframes.motion_budget_px": 1000.0,
+               "keyframes.dense_refine_frames": dense, "keyframes.long_clip": {"sequential.camera_iters": 7}})
+        result = fit_video(tmp_path / "gt" / "video.mp4", tmp_path / f"out{dense}", config, torch.device("cpu"),
+                           log=lambda *_: None)
+        metrics = json.loads((result.out_dir / "metrics.json").read_text())
+        held_out[dense] = metrics["held_out"]["psnr"]
+        if dense:
+            refined = [f["frame"] for f in metrics["per_frame"] if not f["held_out"]]
+            assert metrics["skipped"]["frames"] == 0 and len(refined) == FRAMES - metrics["held_out"]["frames"]
+            assert set(metrics["sequential_frames"]) < set(refined) and len(metrics["sequential_frames"]) <= 7
+            assert result.scene.config["sequential"]["camera_iters"] == 30  # not a long clip
+            assert evaluate_scene(result.scene, clip)["ate_percent"] <= 5.0
+    assert held_out[16] >= held_out[0] + 1.0, held_out

@@ -113,6 +113,7 @@ class Prepared:
     sequential: list[int] | None = None
     sequential_priors: object = None
     sequential_inputs: FitInputs | None = None
+    long_clip: bool = False  # the sequential pass fits a sparser subset of many keyframes (`keyframes.long_clip`)
 
     def __post_init__(self) -> None:
         if self.sequential is None:  # the sequential pass fits every fitted frame
@@ -139,15 +140,20 @@ def prepare(source: str | Path, config: FitConfig, device: torch.device, log=pri
     log(f"decoded {clip.num_frames} frames at {clip.width}x{clip.height} from {source}")
     fitted, held = holdout_split(clip.num_frames, config.input.holdout_every)
     skipped: list[int] = []
-    sequential = None
+    sequential, long_clip = None, False
     if config.keyframes.enabled:
         t0 = time.perf_counter()
         motion = consecutive_motion(clip.frames, min(clip.width, clip.height), config.keyframes)
         keys = set(select_keyframes(motion, config.keyframes))
-        skipped = [t for t in fitted if t not in keys]
-        fitted = [t for t in fitted if t in keys]
-        if config.refine.enabled and config.keyframes.sequential_budget_px > 0:
-            sequential = sequential_keyframes(fitted, motion, config.keyframes)
+        keyframes = [t for t in fitted if t in keys]
+        if config.refine.enabled and len(fitted) <= config.keyframes.dense_refine_frames:
+            sequential = keyframes  # and the refinement fits every frame that is not held out
+        else:
+            skipped = [t for t in fitted if t not in keys]
+            fitted = keyframes
+            if config.refine.enabled and config.keyframes.sequential_budget_px > 0:
+                sequential = sequential_keyframes(fitted, motion, config.keyframes)
+                long_clip = sequential != fitted
         seconds["keyframes"] = time.perf_counter() - t0
         log(f"keyframes: fitting {len(fitted)} of {clip.num_frames} frames"
             + (f", {len(sequential)} of them in the sequential pass" if sequential is not None else ""))
@@ -172,7 +178,7 @@ def prepare(source: str | Path, config: FitConfig, device: torch.device, log=pri
     seconds["priors"] = time.perf_counter() - t0
     peak_rss["priors"] = peak_rss_mb()
     prepared = Prepared(clip, fitted, held, skipped, K, priors, _to_inputs(clip.frames[fitted], priors, K, device), seconds,
-                        peak_rss)
+                        peak_rss, long_clip=long_clip)
     if sequential_priors is not None:
         prepared.sequential, prepared.sequential_priors = sequential, sequential_priors
         prepared.sequential_inputs = _to_inputs(clip.frames[sequential], sequential_priors, K, device)
@@ -264,12 +270,12 @@ def _fit_locked(source, out_dir: Path, config: FitConfig, device: torch.device, 
         check_replaceable(out_dir, _run_key(clip, config, K), overwrite)
 
     prepared = prepare(source, config, device, log, before_priors=check_before_priors)
-    # The sequential pass fits `prepared.sequential` (all fitted frames, or a sparser subset of them that the
-    # refinement completes).
+    # The sequential pass fits `prepared.sequential`: all fitted frames, or a subset of them that the refinement
+    # completes (a long clip's sparser keyframes, or a short clip's keyframes when every frame is refined).
     clip, fitted, K, seconds = prepared.clip, prepared.sequential, prepared.K, dict(prepared.seconds)
     inputs = prepared.sequential_inputs
     key = _run_key(clip, config, K)  # of the settings asked for: the long-clip ones follow from them and the clip
-    if fitted != prepared.fitted and config.keyframes.long_clip:
+    if prepared.long_clip and config.keyframes.long_clip:
         log("long clip: " + ", ".join(f"{k} {v}" for k, v in config.keyframes.long_clip.items()))
         config = with_long_clip(config)
     checkpoint_dir = out_dir / ".checkpoint"
@@ -294,7 +300,7 @@ def _fit_locked(source, out_dir: Path, config: FitConfig, device: torch.device, 
         task = progress.add_task("fit", total=len(fitted), completed=0 if state is None else state.next_frame)
         # With a sparser sequential pass a window still spans `window_frames` keyframes of the refinement.
         boundaries = (subset_window_boundaries(prepared.fitted, fitted, config.sequential.window_frames)
-                      if fitted != prepared.fitted else None)
+                      if prepared.long_clip else None)
         fitter = SequentialFitter(inputs, config, on_frame=on_frame, boundaries=boundaries)
         state = fitter.run(state)
         slow_movers = fitter.label_slow_movers(state) + sum(s.get("slow_movers", 0) for s in state.frame_stats)
