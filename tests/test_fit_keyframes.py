@@ -99,3 +99,28 @@ def test_short_clip_is_refined_on_every_frame(tmp_path):
             assert result.scene.config["sequential"]["camera_iters"] == 30  # not a long clip
             assert evaluate_scene(result.scene, clip)["ate_percent"] <= 5.0
     assert held_out[16] >= held_out[0] + 1.0, held_out
+
+
+def test_a_clip_refined_on_every_frame_can_still_take_a_sparser_sequential_pass(tmp_path):
+    """Every frame outside the held-out set is refined; the keyframes among them are thinned for the sequential
+    pass as a long clip's are, and its temporal windows are counted in keyframes, not in refined frames."""
+    from recon4d.fit.pipeline import prepare
+
+    clip = make_synthetic("translate", num_frames=FRAMES, width=96, height=54, seed=0)
+    write_synthetic(clip, tmp_path / "gt")
+    config = load_config("fast").replace(
+        short_side=54, refine=True, holdout_every=4,
+        **{"keyframes.enabled": True, "keyframes.max_gap_frames": 2, "keyframes.motion_budget_px": 1000.0,
+           "keyframes.sequential_budget_px": 2000.0, "keyframes.sequential_min_keyframes": 2,
+           "keyframes.dense_refine_frames": 16})
+    prepared = prepare(tmp_path / "gt" / "video.mp4", config, torch.device("cpu"), log=lambda *_: None)
+    assert prepared.held == [3, 7, 11] and prepared.skipped == []
+    assert prepared.fitted == [t for t in range(FRAMES) if t not in prepared.held]
+    assert set(prepared.keyframes) < set(prepared.fitted) and set(prepared.sequential) < set(prepared.keyframes)
+    assert prepared.long_clip and len(prepared.inputs.frames) == len(prepared.fitted)
+    assert len(prepared.sequential_inputs.frames) == len(prepared.sequential)
+    # Off (0): the frames between keyframes are skipped, and the refinement fits the keyframes.
+    off = prepare(tmp_path / "gt" / "video.mp4", config.replace(**{"keyframes.dense_refine_frames": 0}),
+                  torch.device("cpu"), log=lambda *_: None)
+    assert off.fitted == off.keyframes == prepared.keyframes and off.sequential == prepared.sequential
+    assert sorted(off.fitted + off.skipped) == prepared.fitted

@@ -114,10 +114,13 @@ class Prepared:
     sequential_priors: object = None
     sequential_inputs: FitInputs | None = None
     long_clip: bool = False  # the sequential pass fits a sparser subset of many keyframes (`keyframes.long_clip`)
+    keyframes: list[int] | None = None  # the fitted frames, or the keyframes among them when every frame is refined
 
     def __post_init__(self) -> None:
         if self.sequential is None:  # the sequential pass fits every fitted frame
             self.sequential, self.sequential_priors, self.sequential_inputs = self.fitted, self.priors, self.inputs
+        if self.keyframes is None:
+            self.keyframes = self.fitted
 
 
 def prepare(source: str | Path, config: FitConfig, device: torch.device, log=print, before_priors=None) -> Prepared:
@@ -140,20 +143,19 @@ def prepare(source: str | Path, config: FitConfig, device: torch.device, log=pri
     log(f"decoded {clip.num_frames} frames at {clip.width}x{clip.height} from {source}")
     fitted, held = holdout_split(clip.num_frames, config.input.holdout_every)
     skipped: list[int] = []
-    sequential, long_clip = None, False
+    sequential, long_clip, keyframes = None, False, None
     if config.keyframes.enabled:
         t0 = time.perf_counter()
         motion = consecutive_motion(clip.frames, min(clip.width, clip.height), config.keyframes)
         keys = set(select_keyframes(motion, config.keyframes))
         keyframes = [t for t in fitted if t in keys]
-        if config.refine.enabled and len(fitted) <= config.keyframes.dense_refine_frames:
-            sequential = keyframes  # and the refinement fits every frame that is not held out
-        else:
-            skipped = [t for t in fitted if t not in keys]
-            fitted = keyframes
-            if config.refine.enabled and config.keyframes.sequential_budget_px > 0:
-                sequential = sequential_keyframes(fitted, motion, config.keyframes)
-                long_clip = sequential != fitted
+        if not (config.refine.enabled and len(fitted) <= config.keyframes.dense_refine_frames):
+            skipped, fitted = [t for t in fitted if t not in keys], keyframes
+        # Else the refinement fits every frame that is not held out, and the sequential pass the keyframes.
+        sequential = None if fitted == keyframes else keyframes
+        if config.refine.enabled and config.keyframes.sequential_budget_px > 0:
+            sequential = sequential_keyframes(keyframes, motion, config.keyframes)
+            long_clip = sequential != keyframes
         seconds["keyframes"] = time.perf_counter() - t0
         log(f"keyframes: fitting {len(fitted)} of {clip.num_frames} frames"
             + (f", {len(sequential)} of them in the sequential pass" if sequential is not None else ""))
@@ -178,7 +180,7 @@ def prepare(source: str | Path, config: FitConfig, device: torch.device, log=pri
     seconds["priors"] = time.perf_counter() - t0
     peak_rss["priors"] = peak_rss_mb()
     prepared = Prepared(clip, fitted, held, skipped, K, priors, _to_inputs(clip.frames[fitted], priors, K, device), seconds,
-                        peak_rss, long_clip=long_clip)
+                        peak_rss, long_clip=long_clip, keyframes=keyframes)
     if sequential_priors is not None:
         prepared.sequential, prepared.sequential_priors = sequential, sequential_priors
         prepared.sequential_inputs = _to_inputs(clip.frames[sequential], sequential_priors, K, device)
@@ -299,7 +301,7 @@ def _fit_locked(source, out_dir: Path, config: FitConfig, device: torch.device, 
     with progress_bar("fitting frames") as progress:
         task = progress.add_task("fit", total=len(fitted), completed=0 if state is None else state.next_frame)
         # With a sparser sequential pass a window still spans `window_frames` keyframes of the refinement.
-        boundaries = (subset_window_boundaries(prepared.fitted, fitted, config.sequential.window_frames)
+        boundaries = (subset_window_boundaries(prepared.keyframes, fitted, config.sequential.window_frames)
                       if prepared.long_clip else None)
         fitter = SequentialFitter(inputs, config, on_frame=on_frame, boundaries=boundaries)
         state = fitter.run(state)
