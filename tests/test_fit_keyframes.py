@@ -11,6 +11,7 @@ from recon4d.eval.ground_truth import evaluate_scene
 from recon4d.eval.synthetic import make_synthetic, write_synthetic
 from recon4d.fit.config import load_config
 from recon4d.fit.pipeline import fit_video
+from recon4d.fit.sequential import subset_window_boundaries
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
@@ -119,6 +120,10 @@ def test_a_clip_refined_on_every_frame_can_still_take_a_sparser_sequential_pass(
     assert set(prepared.keyframes) < set(prepared.fitted) and set(prepared.sequential) < set(prepared.keyframes)
     assert prepared.long_clip and len(prepared.inputs.frames) == len(prepared.fitted)
     assert len(prepared.sequential_inputs.frames) == len(prepared.sequential)
+    # Windows of 4 keyframes: the 9 keyframes make 3 windows; counted in the 13 refined frames they would make 4.
+    boundaries = prepared.window_boundaries(4)
+    assert boundaries == subset_window_boundaries(prepared.keyframes, prepared.sequential, 4) and len(boundaries) == 2
+    assert len(subset_window_boundaries(prepared.fitted, prepared.sequential, 4)) == 3
     # Off (0): the frames between keyframes are skipped, and the refinement fits the keyframes.
     off = prepare(tmp_path / "gt" / "video.mp4", config.replace(**{"keyframes.dense_refine_frames": 0}),
                   torch.device("cpu"), log=lambda *_: None)

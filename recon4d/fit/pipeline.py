@@ -122,6 +122,13 @@ class Prepared:
         if self.keyframes is None:
             self.keyframes = self.fitted
 
+    def window_boundaries(self, window_frames: int) -> list[int] | None:
+        """Where the sequential pass starts new temporal windows (indices into `sequential`), or None for its
+        own rule (`window_boundaries` of its frames). A long clip's sparser pass still puts `window_frames`
+        keyframes in a window (`subset_window_boundaries`): keyframes, not refined frames, since a window's
+        Gaussian budget is sized for the keyframes it fits."""
+        return subset_window_boundaries(self.keyframes, self.sequential, window_frames) if self.long_clip else None
+
 
 def prepare(source: str | Path, config: FitConfig, device: torch.device, log=print, before_priors=None) -> Prepared:
     """Decode the clip, split off held-out frames and compute (or load cached) priors of the fitted frames.
@@ -300,9 +307,7 @@ def _fit_locked(source, out_dir: Path, config: FitConfig, device: torch.device, 
 
     with progress_bar("fitting frames") as progress:
         task = progress.add_task("fit", total=len(fitted), completed=0 if state is None else state.next_frame)
-        # With a sparser sequential pass a window still spans `window_frames` keyframes of the refinement.
-        boundaries = (subset_window_boundaries(prepared.keyframes, fitted, config.sequential.window_frames)
-                      if prepared.long_clip else None)
+        boundaries = prepared.window_boundaries(config.sequential.window_frames)
         fitter = SequentialFitter(inputs, config, on_frame=on_frame, boundaries=boundaries)
         state = fitter.run(state)
         slow_movers = fitter.label_slow_movers(state) + sum(s.get("slow_movers", 0) for s in state.frame_stats)
