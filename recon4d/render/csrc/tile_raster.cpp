@@ -14,9 +14,10 @@
 // Vectorisation: per Gaussian, a tile is swept row by row over a padded row of kLanes-multiple floats
 // with the Gaussian's pixel box as a mask (box rows its ellipse misses are skipped). These fixed, aligned,
 // branch-free row loops vectorise, expf included (libmvec under -ffast-math); loops clipped to a
-// Gaussian's few-pixel span are too short and irregular to. Channels run in row loops of their own over per-row buffers (the backward pass four
-// channels at a time), so the channel count stays a runtime value, and the backward pass keeps per-lane
-// gradient sums across rows so that each entry needs one horizontal reduction per gradient, not one per row.
+// Gaussian's few-pixel span are too short and irregular to. Channels run in row loops of their own over
+// per-row buffers (the backward pass four channels at a time), so the channel count stays a runtime value,
+// and the backward pass keeps per-lane gradient sums across rows so that each entry needs one horizontal
+// reduction per gradient, not one per row.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
