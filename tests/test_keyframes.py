@@ -1,6 +1,7 @@
 """Keyframe selection by accumulated flow magnitude, on synthetic clips ray-cast with exact geometry."""
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import numpy as np
@@ -152,3 +153,22 @@ def test_sequential_keyframes_follow_the_motion_and_spare_short_clips():
     assert sequential_keyframes(fitted, motion, KeyframeConfig(sequential_budget_px=12.0, sequential_min_keyframes=20)) == fitted
     assert sequential_keyframes(fitted, motion, KeyframeConfig()) == fitted
 
+
+
+def test_sequential_keyframes_within_a_cap_keep_following_the_motion():
+    """`sequential_max_keyframes`: a pick over the cap is taken again at a larger budget and gap, so it fits the
+    cap with both ends and still puts more keyframes where the motion is faster; a cap over the free pick
+    changes nothing."""
+    fitted = list(range(0, 400, 2))
+    motion = np.r_[np.full(200, 2.0), np.full(199, 6.0)]
+    config = KeyframeConfig(motion_budget_px=4.0, sequential_budget_px=12.0, max_gap_frames=100)
+    free = sequential_keyframes(fitted, motion, config)
+    assert len(free) > 60
+    for cap in (40, 20, 2):
+        keys = sequential_keyframes(fitted, motion, dataclasses.replace(config, sequential_max_keyframes=cap))
+        assert 0.75 * cap <= len(keys) <= cap and keys[0] == 0 and keys[-1] == 398, (cap, keys)
+        assert set(keys) <= set(fitted)
+        if cap > 2:
+            slow, fast = [k for k in keys if k < 200], [k for k in keys if k >= 200]
+            assert len(fast) >= 2 * len(slow), keys
+    assert sequential_keyframes(fitted, motion, dataclasses.replace(config, sequential_max_keyframes=len(free))) == free

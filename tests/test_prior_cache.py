@@ -151,3 +151,28 @@ def test_compute_priors_second_call_reads_every_prior_from_the_cache(tmp_path, m
     assert np.array_equal(second.depth.depth, first.depth.depth)
     assert np.array_equal(second.flow.flow_forward, first.flow.flow_forward)
     assert first.moving_masks.any()  # the clip has a mover: the cached masks are not trivially empty
+
+
+def test_static_scene_priors_skip_the_split_and_give_depth_empty_masks(tmp_path, monkeypatch):
+    """`static_scene`: no still/moving split is computed, the masks are empty, and the depth is the depth prior
+    of empty masks (cached apart from the split's depth, whose key names other masks)."""
+    import recon4d.priors.pipeline as prior_pipeline
+    from recon4d.eval.synthetic import make_synthetic
+    from recon4d.priors.depth import make_depth_estimator
+
+    monkeypatch.setenv(CACHE_ENV_VAR, str(tmp_path))
+    clip = make_synthetic("fast", num_frames=6, width=64, height=48, seed=0)
+    settings = prior_pipeline.PriorSettings()
+    split = prior_pipeline.compute_priors(clip.frames, clip.intrinsics, settings, clip_hash="clip", log=lambda _: None)
+
+    def no_split(*args, **kwargs):
+        raise AssertionError("a static scene computed the still/moving split")
+
+    monkeypatch.setattr(prior_pipeline, "estimate_moving_masks", no_split)
+    static = prior_pipeline.compute_priors(clip.frames, clip.intrinsics, settings, clip_hash="clip",
+                                           log=lambda _: None, static_scene=True)
+    assert static.moving_masks.shape == split.moving_masks.shape and not static.moving_masks.any()
+    assert static.camera_models == []
+    expected = make_depth_estimator(settings.depth)(clip.frames, split.flow, clip.intrinsics, static.moving_masks)
+    assert np.array_equal(static.depth.depth, expected.depth)
+    assert not np.array_equal(static.depth.depth, split.depth.depth)  # the mover's masks changed the split's depth

@@ -46,8 +46,8 @@ class InputConfig:
     intrinsics: fx, fy, cx, cy in pixels at the working resolution, or None (from fov_x_deg).
     holdout_every: withhold every K-th frame from the fit and report it as a held-out view (0 = off).
     static_scene: nothing in the scene moves (a walk-around or photo set of a still object): the moving masks
-        are empty, so every Gaussian is still, and `with_static_scene` turns off what only moving content
-        needs. The flow-based masks cannot tell a wide camera step from motion: on lego's 34 views they made
+        are empty (the still/moving split is not computed, and the depth prior reads empty masks), so every
+        Gaussian is still, and `with_static_scene` turns off what only moving content needs. The flow-based masks cannot tell a wide camera step from motion: on lego's 34 views they made
         47,000 of 68,000 Gaussians dynamic."""
 
     short_side: int = 90
@@ -344,6 +344,10 @@ class KeyframeConfig:
     sequential_min_keyframes: the subset is taken only when there are more keyframes than this: a short
         clip's few keyframes are what its sequential pass needs (bear's 30 frames, 4 of 6 keyframes in the
         pass and a replay every 4th step: 1.46 dB less held-out).
+    sequential_max_keyframes: most keyframes the sequential pass fits (0 = no cap): a subset over it is picked
+        again with the budget and the gap scaled up until it fits (`sequential_keyframes`). With every frame
+        refined (`dense_refine_frames`) this bounds the pass, the stage that costs most per frame, while the
+        refinement's cost grows with the clip.
     dense_refine_frames: with the refinement on, a clip with at most this many frames outside the held-out set
         is refined on every one of them: the sequential pass fits the keyframes, the refinement every frame
         (priors of each, a learnable camera for each) and nothing is skipped. Between keyframes a trajectory
@@ -367,6 +371,7 @@ class KeyframeConfig:
     max_share: float = 1.0
     sequential_budget_px: float = 0.0
     sequential_min_keyframes: int = 0
+    sequential_max_keyframes: int = 0
     dense_refine_frames: int = 0
     long_clip: dict[str, Any] = field(default_factory=dict)
 
@@ -623,6 +628,7 @@ _RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "keyframes.max_share": (0, 1, True),
     "keyframes.sequential_budget_px": (0, None, False),
     "keyframes.sequential_min_keyframes": (0, None, False),
+    "keyframes.sequential_max_keyframes": (0, None, False),
     "keyframes.dense_refine_frames": (0, None, False),
 }
 _POSITIVE_PREFIXES = ("lr_",)  # learning rates must move something

@@ -24,6 +24,7 @@ Example:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import cv2
 import numpy as np
@@ -86,15 +87,23 @@ def select_keyframes(motion: np.ndarray, config: KeyframeConfig | None = None) -
     config = config or KeyframeConfig()
     config.validate()
     motion = np.nan_to_num(np.asarray(motion, dtype=np.float64).reshape(-1), nan=np.inf)
-    keys = _greedy_keyframes(motion, config.motion_budget_px, config.max_gap_frames)
     cap = max(2, math.ceil(config.max_share * (len(motion) + 1)))
+    # At a scale of T the gap alone allows the two ends only.
+    return _within_cap(lambda scale: _greedy_keyframes(motion, config.motion_budget_px * scale,
+                                                       config.max_gap_frames * scale), cap, float(len(motion) + 1))
+
+
+def _within_cap(pick: Callable[[float], list[int]], cap: int, largest_scale: float) -> list[int]:
+    """`pick(1)`, or when that has more than `cap` entries, `pick(scale)` for the smallest scale (bisection to
+    1 %, up to `largest_scale`, where the pick must fit) that keeps the count within the cap."""
+    keys = pick(1.0)
     if len(keys) <= cap:
         return keys
-    low, high = 1.0, float(len(motion) + 1)  # at `high` the gap alone allows the two ends only
-    best = _greedy_keyframes(motion, config.motion_budget_px * high, config.max_gap_frames * high)
+    low, high = 1.0, largest_scale
+    best = pick(high)
     while high / low > 1.01:
         middle = math.sqrt(low * high)
-        candidate = _greedy_keyframes(motion, config.motion_budget_px * middle, config.max_gap_frames * middle)
+        candidate = pick(middle)
         if len(candidate) <= cap:
             high, best = middle, candidate
         else:
@@ -112,23 +121,38 @@ def sequential_keyframes(fitted: list[int], motion: np.ndarray, config: Keyframe
     `config.sequential_budget_px` > 0: greedy as `select_keyframes`, over the motion summed between consecutive
     fitted frames (`motion` [T-1], see `consecutive_motion`), with that budget and a gap of max_gap_frames
     scaled by the ratio of the two budgets (clip frames). The first and last fitted frames are always in; with
-    no more than `config.sequential_min_keyframes` fitted frames, all of them are.
+    no more than `config.sequential_min_keyframes` fitted frames, all of them are. With
+    `config.sequential_max_keyframes` > 0 at most that many (and at least 2) are picked: the budget and the gap
+    are scaled up together until the pick fits, as `select_keyframes` does for `max_share`.
 
     Example:
         >>> config = KeyframeConfig(motion_budget_px=10, sequential_budget_px=20, max_gap_frames=100)
         >>> sequential_keyframes([0, 2, 4, 6, 8], np.full(8, 5.0), config)
         [0, 4, 8]
+        >>> config.sequential_max_keyframes = 2
+        >>> sequential_keyframes([0, 2, 4, 6, 8], np.full(8, 5.0), config)
+        [0, 8]
     """
     if config.sequential_budget_px <= 0 or len(fitted) <= max(2, config.sequential_min_keyframes):
         return list(fitted)
     cumulative = np.concatenate([[0.0], np.cumsum(np.nan_to_num(np.asarray(motion, dtype=np.float64), nan=np.inf))])
     between = [cumulative[b] - cumulative[a] for a, b in zip(fitted[:-1], fitted[1:])]
     max_gap = config.max_gap_frames * config.sequential_budget_px / max(config.motion_budget_px, 1e-9)
-    keys, accumulated = [0], 0.0
-    for k in range(1, len(fitted)):
-        accumulated += between[k - 1]
-        if (k == len(fitted) - 1 or fitted[k + 1] - fitted[keys[-1]] > max_gap
-                or accumulated + between[k] > config.sequential_budget_px):
-            keys.append(k)
-            accumulated = 0.0
-    return [fitted[k] for k in keys]
+
+    def pick(scale: float) -> list[int]:
+        budget, gap = config.sequential_budget_px * scale, max_gap * scale
+        keys, accumulated = [0], 0.0
+        for k in range(1, len(fitted)):
+            accumulated += between[k - 1]
+            if k == len(fitted) - 1 or fitted[k + 1] - fitted[keys[-1]] > gap or accumulated + between[k] > budget:
+                keys.append(k)
+                accumulated = 0.0
+        return keys
+
+    cap = max(2, config.sequential_max_keyframes) if config.sequential_max_keyframes > 0 else len(fitted)
+    # At a scale where the gap spans the clip and the budget its whole (finite) motion only the two ends are
+    # picked, bar pairs of unmeasured (infinite) motion, which always split.
+    finite_motion = sum(b for b in between if math.isfinite(b))
+    largest = max(1.0, (fitted[-1] - fitted[0] + 1) / max(max_gap, 1e-9),
+                  2.0 * finite_motion / config.sequential_budget_px)
+    return [fitted[k] for k in _within_cap(pick, cap, largest)]

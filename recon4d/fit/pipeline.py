@@ -172,11 +172,8 @@ def prepare(source: str | Path, config: FitConfig, device: torch.device, log=pri
         before_priors(clip, K)
     t0 = time.perf_counter()
     def priors_of(frames: list[int]):
-        priors = compute_priors(clip.frames[frames], K, config.priors,
-                                clip_hash=f"{clip.source_hash}:{','.join(map(str, frames))}", log=log)
-        if config.input.static_scene:
-            priors = dataclasses.replace(priors, moving_masks=np.zeros_like(priors.moving_masks))
-        return priors
+        return compute_priors(clip.frames[frames], K, config.priors, log=log, static_scene=config.input.static_scene,
+                              clip_hash=f"{clip.source_hash}:{','.join(map(str, frames))}")
 
     # The sequential pass's flow runs between its own consecutive frames. Its set is computed beside the other
     # one: each keeps about 1.35 of 2 cores busy (the depth prior's per-frame solves are serial).

@@ -42,7 +42,8 @@ class PriorSettings:
 
 @dataclass
 class Priors:
-    """flow: FlowResult; depth: DepthResult; moving_masks: [T, H, W] bool; camera_models: per pair;
+    """flow: FlowResult; depth: DepthResult; moving_masks: [T, H, W] bool; camera_models: per pair (none for a
+    static scene);
     seconds: compute time per prior (0 when read from the cache)."""
 
     flow: FlowResult
@@ -57,8 +58,12 @@ def _settings(estimator: Any, fallback: dict) -> dict:
 
 
 def compute_priors(frames: np.ndarray, intrinsics: np.ndarray, settings: PriorSettings, clip_hash: str,
-                   log=print) -> Priors:
-    """frames: [T, H, W, 3] uint8; intrinsics: [4] fx, fy, cx, cy."""
+                   log=print, static_scene: bool = False) -> Priors:
+    """frames: [T, H, W, 3] uint8; intrinsics: [4] fx, fy, cx, cy.
+
+    `static_scene`: nothing moves, so there is no still/moving split to compute: the moving masks are empty
+    (and so is `camera_models`), and the depth prior reads those empty masks.
+    """
     if settings.use_cache:
         from recon4d.priors.cache import PriorCache
 
@@ -84,10 +89,13 @@ def compute_priors(frames: np.ndarray, intrinsics: np.ndarray, settings: PriorSe
     seconds["flow"] = time.perf_counter() - start
 
     # The split reads the flow and the frames (the clip hash and shape stand for them), and its own settings.
-    motion_key = {"version": MOTION_ALGORITHM_VERSION, **asdict(MotionConfig()), "flow": flow_key, **size}
-    cached = cache.get("motion", clip_hash, motion_key) if cache else None
+    motion_key = ({"static_scene": True} if static_scene else
+                  {"version": MOTION_ALGORITHM_VERSION, **asdict(MotionConfig()), "flow": flow_key, **size})
+    cached = cache.get("motion", clip_hash, motion_key) if cache and not static_scene else None
     start = time.perf_counter()
-    if cached is None:
+    if static_scene:
+        moving_masks, camera_models = np.zeros(frames.shape[:3], bool), []
+    elif cached is None:
         motion = estimate_moving_masks(flow, MotionConfig(), frames=frames)
         moving_masks, camera_models = motion.moving_masks, list(motion.camera_model)
         if cache:
@@ -112,6 +120,7 @@ def compute_priors(frames: np.ndarray, intrinsics: np.ndarray, settings: PriorSe
     else:
         depth = DepthResult(depth=cached["depth"], confidence=cached["confidence"], metric=bool(cached["metric"]))
     seconds["depth"] = time.perf_counter() - start
-    log(f"priors: flow {seconds['flow']:.1f} s, motion {seconds['motion']:.1f} s, depth {seconds['depth']:.1f} s "
-        f"({sum(m != 'fundamental' for m in camera_models)} of {len(camera_models)} pairs without parallax)")
+    split = ("static scene: no still/moving split" if static_scene else
+             f"{sum(m != 'fundamental' for m in camera_models)} of {len(camera_models)} pairs without parallax")
+    log(f"priors: flow {seconds['flow']:.1f} s, motion {seconds['motion']:.1f} s, depth {seconds['depth']:.1f} s ({split})")
     return Priors(flow=flow, depth=depth, moving_masks=moving_masks, camera_models=camera_models, seconds=seconds)
