@@ -47,8 +47,9 @@ class InputConfig:
     holdout_every: withhold every K-th frame from the fit and report it as a held-out view (0 = off).
     static_scene: nothing in the scene moves (a walk-around or photo set of a still object): the moving masks
         are empty (the still/moving split is not computed, and the depth prior reads empty masks), so every
-        Gaussian is still, and `with_static_scene` turns off what only moving content needs. The flow-based masks cannot tell a wide camera step from motion: on lego's 34 views they made
-        47,000 of 68,000 Gaussians dynamic."""
+        Gaussian is still, and `with_static_scene` turns off what only moving content needs. The flow-based
+        masks cannot tell a wide camera step from motion: on lego's 34 views they made 47,000 of 68,000
+        Gaussians dynamic."""
 
     short_side: int = 90
     max_frames: int | None = None
