@@ -61,6 +61,16 @@ def test_translate_still_pixels(translate_run):
     assert errors["delta_1_25"] >= 0.95
 
 
+def test_frames_filled_side_by_side_equal_one_at_a_time(translate_run, monkeypatch):
+    """The per-frame fill and plane sweep run on every core; the depth is the same bit for bit on one."""
+    import recon4d.priors.depth.video as video_module
+
+    clip, flow, result = translate_run
+    monkeypatch.setattr(video_module.os, "cpu_count", lambda: 1)
+    serial = VideoDepth()(clip.frames, flow, clip.intrinsics, clip.moving_mask)
+    assert np.array_equal(serial.depth, result.depth) and np.array_equal(serial.confidence, result.confidence)
+
+
 def test_translate_all_pixels(translate_run):
     clip, _, result = translate_run
     errors = depth_errors(result.depth, clip.depth, align="median")

@@ -6,6 +6,8 @@ surroundings, fill the rest edge-aware (`fill`), optionally sharpen edges by a p
 """
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -96,7 +98,9 @@ class VideoDepth:
         partners_of = _partners_by_frame(sparse.pair_poses, num_frames)
         depth = np.empty((num_frames, height, width), dtype=np.float32)
         confidence = np.empty((num_frames, height, width), dtype=np.float32)
-        for t in range(num_frames):
+
+        def dense_frame(t: int) -> None:
+            """Depth and confidence of frame t (its fill and plane sweep read no other frame's result)."""
             has_data = sparse.confidence[t] > 0
             log_data, weight = _moving_region_prior(sparse.log_depth[t], sparse.confidence[t], moving_small[t], cfg)
             log_dense = self._fill(log_data, weight, guides[t], moving_small[t])
@@ -127,6 +131,11 @@ class VideoDepth:
             conf = np.where(moving[t], np.minimum(conf, cfg.moving_confidence), conf)
             depth[t] = np.exp(log_dense)
             confidence[t] = np.clip(conf, 0.0, 1.0)
+
+        # Frames are independent, and the fill's sparse products, OpenCV and most of NumPy release the GIL, so
+        # the frames run on every core the process may use (the result does not depend on how many).
+        with ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1)) as pool:
+            list(pool.map(dense_frame, range(num_frames)))
 
         # One clip-wide gauge: median depth 1.
         depth /= np.median(depth)
