@@ -154,7 +154,6 @@ def test_sequential_keyframes_follow_the_motion_and_spare_short_clips():
     assert sequential_keyframes(fitted, motion, KeyframeConfig()) == fitted
 
 
-
 def test_sequential_keyframes_within_a_cap_keep_following_the_motion():
     """`sequential_max_keyframes`: a pick over the cap is taken again at a larger budget and gap, so it fits the
     cap with both ends and still puts more keyframes where the motion is faster; a cap over the free pick

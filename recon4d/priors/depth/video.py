@@ -133,9 +133,13 @@ class VideoDepth:
             confidence[t] = np.clip(conf, 0.0, 1.0)
 
         # Frames are independent, and the fill's sparse products, OpenCV and most of NumPy release the GIL, so
-        # the frames run on every core the process may use (the result does not depend on how many).
-        with ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1)) as pool:
+        # the frames run on every core (the result does not depend on how many). On Ctrl-C the frames not yet
+        # started are dropped instead of waited for.
+        pool = ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1))
+        try:
             list(pool.map(dense_frame, range(num_frames)))
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
 
         # One clip-wide gauge: median depth 1.
         depth /= np.median(depth)
