@@ -2,7 +2,7 @@
 
 Usage: python bench/fit.py [--preset default] [--clips bear,apple,backpack,cup] [--frames 30] [--holdout-every 4]
        [--short-side 90] [--synthetic translate,rotate,static,fast] [--no-refine] [--keyframes] [--lego]
-       [--out /tmp/recon4d-bench]
+       [--out /tmp/recon4d-bench] [--long 450] [--inputs /tmp/recon4d-bench-inputs]
 
 With --keyframes only keyframes are fitted; psnr_skipped is the PSNR of the frames between them (refined
 interpolated cameras), fitted_frames how many were fitted (by the refinement), sequential_frames how many of them
@@ -19,7 +19,8 @@ Synthetic clips (recon4d.eval.synthetic) also report ATE after Sim(3) alignment 
 moving-mask IoU and median 2D track error (via `recon4d eval`).
 
 --long N fits, instead of the first --frames frames of each clip, an N-frame clip made by playing the whole clip
-forward and back (ping-pong, at its own resolution and frame rate; written as <out>/<clip>_long<N>.mp4): the
+forward and back (ping-pong, at its own resolution and frame rate; written once as <inputs>/<clip>_long<N>.mp4
+and reused, since an encode does not repeat exactly): the
 length people film (issue #20's goal is 450 frames at the default preset in 15 minutes on 2 cores) from the
 footage we have. Its rows are named <clip>-long<N>.
 
@@ -142,12 +143,15 @@ def pingpong_indices(num_frames: int, length: int) -> list[int]:
 
 
 def write_long_clip(source: Path, length: int, path: Path) -> Path:
-    """The ping-pong clip of `source` with `length` frames, written as an mp4 at `path` (see the module docstring).
-    One encoder thread: the same frames on every run, however busy the machine (x264's threads made runs of
-    stop 37 fit different inputs: 250 of 450 frames differed by up to 55 levels)."""
+    """The ping-pong clip of `source` with `length` frames as an mp4 at `path` (see the module docstring), written
+    only when `path` does not exist yet, so that runs to compare read one file. An encode does not repeat:
+    stop 39 found three encodes in a row of backpack's 450 frames decoding to three different frame sets (up
+    to 25 grey levels apart), with one x264 thread and with every thread option at 1."""
     from recon4d.io.video import read_clip
     from recon4d.io.video_writer import write_video
 
+    if path.is_file():
+        return path
     clip = read_clip(source)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_video(path, clip.frames[pingpong_indices(clip.num_frames, length)], clip.fps or 30, threads=1)
@@ -214,6 +218,8 @@ def main() -> None:
     parser.add_argument("--long", type=int, default=0, help="fit an N-frame ping-pong clip of each clip (see above)")
     parser.add_argument("--lego", action="store_true", help="camera-path row on ../shared/data/nerf-synthetic-lego")
     parser.add_argument("--out", type=Path, default=Path("/tmp/recon4d-bench"))
+    parser.add_argument("--inputs", type=Path, default=Path("/tmp/recon4d-bench-inputs"),
+                        help="where --long clips are written once and reused (runs to compare read one file)")
     args = parser.parse_args()
     rows = []
     if args.synthetic:
@@ -226,7 +232,7 @@ def main() -> None:
             print(json.dumps(rows[-1]), flush=True)
     for name in filter(None, args.clips.split(",")):
         if args.long:
-            source = write_long_clip(REAL_CLIPS[name], args.long, args.out / f"{name}_long{args.long}.mp4")
+            source = write_long_clip(REAL_CLIPS[name], args.long, args.inputs / f"{name}_long{args.long}.mp4")
             long_args = argparse.Namespace(**{**vars(args), "frames": args.long})
             rows.append(fit_one(f"{name}-long{args.long}", source, args.out / f"{name}-long{args.long}", long_args))
         else:

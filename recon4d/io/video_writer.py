@@ -30,8 +30,9 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float, crf: in
 
     yuv420p (the default, what every player decodes) needs even sizes: odd ones are padded by repeating the
     last row/column. Pass pix_fmt="yuv444p" to keep odd sizes as they are. `threads`: x264's encoder threads
-    (default: its own choice). With several, the encoded frames can differ from run to run on a busy
-    machine; `threads=1` encodes the same bytes every time, for inputs that benchmarks compare.
+    (default: its own choice). With several, the encoded frames differ more from run to run on a busy
+    machine. Even `threads=1` does not repeat exactly (stop 39: three encodes of the same 450 frames decoded
+    to three different frame sets), so inputs that benchmarks compare are encoded once and reused.
     """
     frames = np.asarray(frames)
     if pix_fmt == "yuv420p":
