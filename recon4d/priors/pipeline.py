@@ -42,9 +42,8 @@ class PriorSettings:
 
 @dataclass
 class Priors:
-    """flow: FlowResult; depth: DepthResult; moving_masks: [T, H, W] bool; camera_models: per pair (none for a
-    static scene);
-    seconds: compute time per prior (0 when read from the cache)."""
+    """flow: FlowResult; depth: DepthResult; moving_masks: [T, H, W] bool; camera_models: per pair (empty for
+    a static scene); seconds: compute time per prior (0 when read from the cache)."""
 
     flow: FlowResult
     depth: DepthResult
