@@ -47,15 +47,16 @@ from table import print_markdown_table  # noqa: E402
 from recon4d.gen.corpus import HELDOUT_PAIRS  # noqa: E402
 from recon4d.gen.objects import COLORS, SHAPES, sample_object  # noqa: E402
 from recon4d.gen.sample import Generator, SampleRequest  # noqa: E402
+from recon4d.render.config import RasterConfig  # noqa: E402
 
 SAMPLE_VIEWS = 4  # render_latents' view index runs over this many azimuths of the sample camera
 
 
-def render_latents(latents: torch.Tensor, view: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def render_latents(latents: torch.Tensor, raster: RasterConfig, view: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Canonical latents [N, G, 14] -> RGB on white [N, 64, 64, 3] and alpha [N, 64, 64] at a corpus-like view
-    (the sample camera of the judge: `gen_judge.sample_poses`)."""
+    (the sample camera of the judge: `gen_judge.sample_poses`), drawn with the filter of the model's latents."""
     pose = sample_poses(SAMPLE_VIEWS)[view:view + 1]
-    rendered = [render_canonical(latent, pose) for latent in latents]
+    rendered = [render_canonical(latent, pose, raster) for latent in latents]
     premultiplied, alphas = torch.cat([r[0] for r in rendered]), torch.cat([r[1] for r in rendered])
     return on_white(premultiplied, alphas), alphas
 
@@ -116,9 +117,9 @@ def split_prompts(corpus: Path, names: list[str], count: int) -> list[dict]:
     return out
 
 
-def score(judge: Judge, latents: torch.Tensor, items: list[dict]) -> dict:
+def score(judge: Judge, latents: torch.Tensor, items: list[dict], raster: RasterConfig) -> dict:
     """Judge colour/shape from the SAMPLE_VIEWS views of render_latents together, hue from view 0."""
-    rendered = [render_latents(latents, view) for view in range(SAMPLE_VIEWS)]
+    rendered = [render_latents(latents, raster, view) for view in range(SAMPLE_VIEWS)]
     views = torch.stack([image for image, _ in rendered], 1)  # [N, V, 64, 64, 3]
     images, alphas = rendered[0]
     color, shape = predict(judge, views)
@@ -162,7 +163,7 @@ def ablation(args: argparse.Namespace, judge: Judge, reference: torch.Tensor, it
         generator = Generator(args.ablation_work / sampler)
         for nfe in (4, 16):
             latents, _ = sample_all(generator, items, SampleRequest("-", steps=nfe), 32)
-            row, features = score(judge, latents, items)
+            row, features = score(judge, latents, items, generator.stats.raster)
             rows.append({"sampler": sampler, "nfe": nfe, **row, "fd": frechet(features, reference),
                          "final_loss": summary["rf1"]["final_loss"]})
             print(rows[-1], flush=True)
@@ -239,7 +240,7 @@ def main() -> int:
             except Exception as exc:  # a stage the model lacks: report it, go on
                 rows.append({"method": method, "error": str(exc).splitlines()[0]})
                 break
-            row, features = score(judge, latents, items)
+            row, features = score(judge, latents, items, generator.stats.raster)
             rows.append({"method": method, "nfe": nfe, **row, "fd": frechet(features, reference), "s_per_sample": seconds})
             print(rows[-1], flush=True)
     print(f"\n## Text alignment and Fréchet distance ({len(items)} {args.prompt_split} prompts, {sum(i['compositional'] for i in items)} "

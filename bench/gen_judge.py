@@ -20,12 +20,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from recon4d.gen.latents import load_latent
+from recon4d.gen.latents import latent_raster, load_latent
 from recon4d.gen.objects import COLORS, SHAPES
 from recon4d.gen.render_loss import CAMERA_DISTANCE, FOV_X_DEG, render_latent
 from recon4d.gen.views import intrinsics, orbit_poses, read_view_set
 from recon4d.geometry import invert_pose
 from recon4d.progress import track
+from recon4d.render.config import RasterConfig
 
 COLOR_NAMES, SIZE = list(COLORS), 64
 # the sample camera is the rendering loss's canonical orbit camera (CAMERA_DISTANCE 3.4, FOV_X_DEG 40):
@@ -87,13 +88,15 @@ def sample_poses(count: int, azimuth_offset_deg: float = 0.0) -> torch.Tensor:
     return orbit_poses(count, CAMERA_DISTANCE, SAMPLE_ELEVATIONS, azimuth_offset_deg=azimuth_offset_deg)
 
 
-def render_canonical(latent: torch.Tensor, poses: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Canonical latent [G, 14] -> premultiplied RGB [V, 64, 64, 3] and alpha [V, 64, 64] for poses [V, 4, 4]."""
+def render_canonical(latent: torch.Tensor, poses: torch.Tensor,
+                     raster: RasterConfig = RasterConfig()) -> tuple[torch.Tensor, torch.Tensor]:
+    """Canonical latent [G, 14] -> premultiplied RGB [V, 64, 64, 3] and alpha [V, 64, 64] for poses [V, 4, 4],
+    drawn with the filter the latent was encoded under (`raster`)."""
     K = intrinsics(FOV_X_DEG, SIZE, SIZE)
     colors, alphas = [], []
     with torch.no_grad():
         for pose in poses:
-            color, alpha = render_latent(latent, invert_pose(pose), K, SIZE)
+            color, alpha = render_latent(latent, invert_pose(pose), K, SIZE, raster)
             colors.append(color.clamp(0, 1))
             alphas.append(alpha.clamp(0, 1))
     return torch.stack(colors), torch.stack(alphas)
@@ -134,7 +137,8 @@ def latent_views(corpus: Path, latents: Path, names: list[str], views: int, seed
     present = [n for n in names if (latents / f"{n}.r4dlat").is_file()]
     for name in track(present, description="splat renders"):
         offset = 0.0 if seed is None else float(torch.rand(1, generator=generator)) * 360.0
-        premultiplied, a = render_canonical(load_latent(latents / f"{name}.r4dlat").gaussians, sample_poses(views, offset))
+        latent = load_latent(latents / f"{name}.r4dlat")
+        premultiplied, a = render_canonical(latent.gaussians, sample_poses(views, offset), latent_raster(latent.info))
         rgb.append(premultiplied)
         alpha.append(a)
         color, shape = _labels(corpus, name)
