@@ -8,6 +8,8 @@ from recon4d.image import ssim_map
 # Pixels rendered with more alpha than this count as covered: only there is the rendered depth compared with
 # the prior, read to scale new content, or used for PnP matches.
 COVERED_ALPHA = 0.9
+# Fewer covered pixels than this give no depth term: a median of a handful is noise.
+MIN_DEPTH_PIXELS = 16
 
 
 def photometric_loss(rendered: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, ssim_share: float) -> torch.Tensor:
@@ -20,13 +22,20 @@ def photometric_loss(rendered: torch.Tensor, target: torch.Tensor, weight: torch
 
 def depth_loss(rendered_depth: torch.Tensor, prior_depth: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """L1 between rendered depth and the prior scaled to it by the (detached) median ratio, relative to the
-    rendered median. Scale-invariant, so priors known up to scale per frame are usable. Maps [H, W]."""
+    rendered median. Scale-invariant, so priors known up to scale per frame are usable. Maps [H, W]; 0 where
+    fewer than `MIN_DEPTH_PIXELS` pixels have weight.
+
+    The medians are taken over the weighted pixels with the others set to NaN, not over a boolean selection:
+    no host sync (the pixel count is not read back), which a GPU step would wait on, and one pass less.
+    """
     valid = weight > 0
-    if valid.sum() < 16:
-        return rendered_depth.sum() * 0
-    scale = (rendered_depth.detach()[valid].median() / prior_depth[valid].median().clamp_min(1e-6))
-    residual = (rendered_depth - scale * prior_depth).abs() / rendered_depth.detach()[valid].median().clamp_min(1e-6)
-    return (residual * weight).sum() / weight.sum()
+    rendered = rendered_depth.detach()
+    medians = torch.stack([rendered, prior_depth]).where(valid, torch.nan).flatten(1).nanmedian(dim=1).values
+    rendered_median = medians[0].nan_to_num(1.0).clamp_min(1e-6)
+    scale = rendered_median / medians[1].nan_to_num(1.0).clamp_min(1e-6)
+    residual = (rendered_depth - scale * prior_depth).abs() / rendered_median
+    loss = (residual * weight).sum() / weight.sum().clamp_min(1e-12)
+    return torch.where(valid.sum() >= MIN_DEPTH_PIXELS, loss, 0.0)
 
 
 def flow_loss(rendered_flow: torch.Tensor, prior_flow: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

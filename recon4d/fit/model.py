@@ -228,7 +228,7 @@ class SceneModel:
         death = scene.death_frame if self.windowed else torch.full_like(scene.birth_frame, NEVER)
         self.death = death.to(device)
         self.window = (scene.trajectory_windows() if window is None else window).to(device)
-        self._single_window = (-1, False)
+        self._cached_layout: tuple | None = None  # see `_layout`
         self.is_moving = scene.is_moving.to(device)
         g = scene.gaussians
         tensor = lambda x: x.detach().to(device=device, dtype=torch.float32).clone().requires_grad_(True)  # noqa: E731
@@ -259,19 +259,38 @@ class SceneModel:
         """Temporal windows of the clip (1 unless the sequential pass retired some)."""
         return int(torch.unique(self.window[:, 0]).numel()) if self.num_gaussians else 1
 
+    def _layout(self) -> dict:
+        """Row bookkeeping that changes only when rows are added or relabelled (densification, the still
+        Gaussians that keep their residual motion), recomputed then:
+
+        - "window": (first, last) clip frame of all temporal windows, "single": one window for all rows;
+        - "slot" [N]: a row's place in cat(still rows, dynamic rows) (`means_at`);
+        - "state" [N]: a row's place in cat(its own N rows, the Nd trajectory rows): a still row reads its
+          own value, a dynamic one its trajectory's (`gaussians_at`);
+        - "alive": clip time -> rows alive then (`rows_alive_at`)."""
+        key = (self.window.shape[0], self.dynamic.numel(), self.window.data_ptr(), self.dynamic.data_ptr())
+        if self._cached_layout is None or self._cached_layout[0] != key:
+            count, ns, nd = self.num_gaussians, self.still.numel(), self.dynamic.numel()
+            slot = torch.empty(count, dtype=torch.long, device=self.device)
+            slot[self.still] = torch.arange(ns, device=self.device)
+            slot[self.dynamic] = torch.arange(ns, ns + nd, device=self.device)
+            state = torch.arange(count, device=self.device)
+            state[self.dynamic] = torch.arange(count, count + nd, device=self.device)
+            window = ((float(self.window[:, 0].min()), float(self.window[:, 1].max())) if count
+                      else (0.0, float(self.motion_meta["time_span"])))
+            single = bool((self.window == self.window[:1]).all()) if count else True
+            self._cached_layout = (key, {"window": window, "single": single, "slot": slot, "state": state, "alive": {}})
+        return self._cached_layout[1]
+
     @property
     def time_range(self) -> tuple[float, float]:
         """First and last clip frame of the model's temporal windows."""
-        if not self.num_gaussians:
-            return 0.0, float(self.motion_meta["time_span"])
-        return float(self.window[:, 0].min()), float(self.window[:, 1].max())
+        return self._layout()["window"]
 
     @property
     def single_window(self) -> bool:
         """All rows share one temporal window (a clip fitted in one window, or one window of a long clip)."""
-        if self._single_window[0] != self.window.shape[0]:  # rows are only ever appended with their window
-            self._single_window = (self.window.shape[0], bool((self.window == self.window[:1]).all()))
-        return self._single_window[1]
+        return self._layout()["single"]
 
     def basis(self, times: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """Trajectory basis of Gaussians `rows` [R] at clip times [T] (frames), each over its window: [T, R, B],
@@ -297,28 +316,35 @@ class SceneModel:
         basis = time_basis(tau, self.motion_meta["poly_degree"], self.motion_meta["fourier_terms"])
         return torch.einsum("nbd,nb->nd", coeffs.detach(), basis)
 
-    def means_at(self, t: float, with_still_motion: bool) -> torch.Tensor:
-        """Positions [N, 3] of all Gaussians at clip time t (differentiable); still ones move by their residual
-        trajectory only `with_still_motion` (off, it stays zero and is not evaluated)."""
-        times = torch.tensor([t])
-        still = self.still_means
-        if with_still_motion:
-            still = still + evaluate_trajectories(self.still_motion, self.basis(times, self.still)[..., 1:])[0]
-        dynamic = evaluate_trajectories(self.position, self.basis(times, self.dynamic))[0]
-        means = torch.zeros(self.num_gaussians, 3, device=self.device)
-        return means.index_put((self.still,), still).index_put((self.dynamic,), dynamic)
+    def rows_alive_at(self, t: float) -> torch.Tensor:
+        """[A] indices (ascending) of the Gaussians that exist at clip time t; kept until rows change."""
+        alive = self._layout()["alive"]
+        if t not in alive:
+            alive[t] = self.alive_at(t).nonzero().squeeze(1)
+        return alive[t]
 
-    def gaussians_at(self, t: float, with_still_motion: bool) -> tuple[Gaussians, torch.Tensor]:
-        """All Gaussians at clip time t (differentiable) and the mask [N] of those alive at t."""
+    def means_at(self, times: list[float], rows: torch.Tensor, with_still_motion: bool) -> torch.Tensor:
+        """Positions [T, A, 3] of the Gaussians `rows` [A] at clip times [T] (differentiable): one evaluation
+        of the trajectories for all times, then one gather of the rows. Still ones move by their residual
+        trajectory only `with_still_motion` (off, it stays zero and is not evaluated)."""
+        times_tensor = torch.tensor(times)
+        still = self.still_means.expand(len(times), -1, -1)
+        if with_still_motion:
+            still = still + evaluate_trajectories(self.still_motion, self.basis(times_tensor, self.still)[..., 1:])
+        dynamic = evaluate_trajectories(self.position, self.basis(times_tensor, self.dynamic))
+        return torch.cat([still, dynamic], 1)[:, self._layout()["slot"][rows]]
+
+    def gaussians_at(self, t: float, rows: torch.Tensor, means: torch.Tensor) -> Gaussians:
+        """The Gaussians `rows` [A] at clip time t (differentiable), at positions `means` [A, 3] (`means_at`):
+        dynamic ones with their trajectory's rotation and colour offset."""
         basis = self.basis(torch.tensor([t]), self.dynamic)
-        means = self.means_at(t, with_still_motion)
-        quats = self.quats.index_put((self.dynamic,), evaluate_trajectories(self.rotation, basis)[0])
+        state = self._layout()["state"][rows]
+        quats = torch.cat([self.quats, evaluate_trajectories(self.rotation, basis)[0]])[state]
         colors = torch.sigmoid(self.color_logits)
         offsets = evaluate_trajectories(self.color_offsets, basis)[0]
-        colors = colors.index_put((self.dynamic,), (colors[self.dynamic] + offsets).clamp(0, 1))
-        gaussians = Gaussians(means, normalize_quaternion(quats), torch.exp(self.log_scales),
-                              torch.sigmoid(self.opacity_logits), colors)
-        return gaussians, self.alive_at(t)
+        colors = torch.cat([colors, (colors[self.dynamic] + offsets).clamp(0, 1)])[state]
+        return Gaussians(means, normalize_quaternion(quats), torch.exp(self.log_scales[rows]),
+                         torch.sigmoid(self.opacity_logits[rows]), colors)
 
     def reference_rotations(self) -> torch.Tensor:
         """[N, 4] rotation of each Gaussian: its static one, or a dynamic one's at its birth frame."""

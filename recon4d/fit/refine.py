@@ -147,6 +147,7 @@ class Refiner:
         self.data, self.config, self.device, self.on_progress = data, config, device, on_progress
         scene = data.scene
         self.K = data.inputs.K.to(device)
+        self.focal = float(self.K[0, 0])  # working-resolution pixels: the densification statistics' unit
         self.pyramid = Pyramid(data.inputs, config.refine.pyramid_levels)
         motion = initial_motion(scene, data.fitted, config.refine, window, fourier_terms)
         self.model = SceneModel(scene, motion, data.fitted, device, window, gauge)
@@ -163,41 +164,41 @@ class Refiner:
         return knn_neighbours(model.at_birth(model.position), model.window[model.dynamic], self.config.refine.rigid_neighbours)
 
     # -- losses --------------------------------------------------------------------------------------------
-    def frame_loss(self, k: int, track_means: bool = False, level: int = 0) -> tuple[torch.Tensor, float, torch.Tensor]:
+    def frame_loss(self, k: int, track_means: bool = False, level: int = 0) -> tuple[torch.Tensor, torch.Tensor, dict]:
         """Loss of fitted frame k (photometric, depth and flow to fitted frame k+1) at pyramid `level`.
 
-        Returns (loss, L1, means [N, 3] of all Gaussians at frame k; with `track_means` their gradient is kept
-        after backward for the densification statistics).
+        Returns (loss, L1 as a 0-dim tensor, and with `track_means` the densification statistics' inputs:
+        "rows" [A] the Gaussians drawn and "means" [T, A, 3] their positions at frame k (and k+1), whose
+        gradient is kept after backward).
         """
         cfg, model, pyramid_level = self.config, self.model, self.pyramid.level(level)
         inputs, K, width, height = pyramid_level.inputs, pyramid_level.inputs.K, pyramid_level.width, pyramid_level.height
         still_motion = cfg.refine.lambda_still_motion > 0
         t = float(self.data.fitted[k])
-        gaussians, alive = model.gaussians_at(t, still_motion)
-        means = gaussians.means
+        has_next = k + 1 < len(self.data.fitted) and cfg.refine.lambda_flow > 0
+        rows = model.rows_alive_at(t)
+        times = [t, float(self.data.fitted[k + 1])] if has_next else [t]
+        means = model.means_at(times, rows, still_motion)  # [T, A, 3]
         if track_means and means.requires_grad:
             means.retain_grad()
-        view = gaussians.select(alive)
+        view = model.gaussians_at(t, rows, means[0])
         cfw = model.cameras.camera_from_world(k)
-        extra = None
-        has_next = k + 1 < len(self.data.fitted) and cfg.refine.lambda_flow > 0
-        if has_next:
-            next_means = model.means_at(float(self.data.fitted[k + 1]), still_motion)[alive]
-            next_cfw = model.cameras.camera_from_world(k + 1)
-            extra = (project_to_pixels(next_means, next_cfw, K, min_depth=MIN_DEPTH)[0]
-                     - project_to_pixels(view.means, cfw, K, min_depth=MIN_DEPTH)[0])
-        features = view.colors if extra is None else torch.cat([view.colors, extra], -1)
+        features = view.colors
+        if has_next:  # one projection of both frames' positions through both cameras
+            cameras = torch.stack([cfw, model.cameras.camera_from_world(k + 1)])
+            pixels = project_to_pixels(means, cameras, K, min_depth=MIN_DEPTH)[0]
+            features = torch.cat([view.colors, pixels[1] - pixels[0]], -1)
         out = rasterize(view.means, view.quats, view.scales, view.opacities, features, cfw, K, width, height)
         color = out.color[..., :3]
         ones = torch.ones(height, width, device=self.device)
         loss = cfg.losses.photo * photometric_loss(color, inputs.frames[k], ones, cfg.losses.ssim)
         depth_weight = inputs.depth_confidence[k] * (out.alpha.detach() > COVERED_ALPHA)
         loss = loss + cfg.losses.depth * depth_loss(out.depth, inputs.depth[k], depth_weight)
-        if extra is not None:
+        if has_next:
             # x factor: the end-point error in working-resolution pixels at every level
             loss = loss + cfg.refine.lambda_flow * pyramid_level.factor * flow_loss(out.color[..., 3:5], inputs.flow_forward[k], inputs.valid_forward[k].float())
-        l1 = float((color.detach() - inputs.frames[k]).abs().mean())
-        return loss, l1, means
+        l1 = (color.detach() - inputs.frames[k]).abs().mean()
+        return loss, l1, {"rows": rows, "means": means} if track_means else {}
 
     def motion_regularisers(self, times: list[float]) -> torch.Tensor:
         """Temporal smoothness (acceleration over one frame) and KNN rigidity at each of `times` (clip frames), in
@@ -260,7 +261,7 @@ class Refiner:
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, [decay(group.get("start", 0)) for group in optimizer.param_groups])
         started = time.perf_counter()
         order: list[int] = []
-        l1_history = []
+        l1_history = []  # 0-dim tensors, read once at the end: a float() per step would wait for the device
         for step in range(cfg.iters):
             if not order:  # epochs over the fitted frames in random order
                 order = [self.drawn[i] for i in torch.randperm(len(self.drawn), generator=generator).tolist()]
@@ -268,7 +269,7 @@ class Refiner:
             info: dict = {}
             strategy.step_pre_backward(model, step, info)
             level = level_at(step, cfg.iters, self.pyramid.levels, cfg.coarse_share)
-            loss, l1, means = self.frame_loss(k, track_means=info["track_means"], level=level)
+            loss, l1, tracked = self.frame_loss(k, track_means=info["track_means"], level=level)
             # The trajectories are smoothed at the fitted frame and at a random time of the clip: between fitted
             # frames (keyframes of a long clip) no image constrains them.
             first, last = model.time_range
@@ -276,9 +277,10 @@ class Refiner:
             loss = loss + self.motion_regularisers([float(self.data.fitted[k]), between])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            if info["track_means"]:
+            if info["track_means"] and tracked["means"].grad is not None:
                 with torch.no_grad():  # the working resolution's K: statistics in its pixels at every level
-                    info.update(means=means, camera_from_world=model.cameras.camera_from_world(k), K=self.K)
+                    info.update(rows=tracked["rows"], means=tracked["means"][0].detach(), means_grad=tracked["means"].grad[0],
+                                camera_from_world=model.cameras.camera_from_world(k), focal=self.focal)
             strategy.step_post_backward(model, step, info)
             optimizer.step()
             scheduler.step()
@@ -290,6 +292,7 @@ class Refiner:
                 self.on_progress(step + 1, cfg.iters)
         residual = model.settle_still_motion(self.data.scene.num_frames, cfg.keep_motion_px, float(self.K[0, 0]))
         window = max(1, len(self.drawn))
+        l1_history = torch.stack(l1_history).tolist() if l1_history else []
         return {
             "refine_iters": cfg.iters,
             "refine_seconds": time.perf_counter() - started,

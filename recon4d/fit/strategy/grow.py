@@ -63,18 +63,18 @@ class GrowStrategy:
     @torch.no_grad()
     def step_post_backward(self, model: SceneModel, step: int, info: dict[str, Any]) -> None:
         """Add one step's screen-space position gradient and footprint radius (pixels) of every Gaussian that
-        got a gradient. info: "means" [N, 3] (with .grad), "camera_from_world" [4, 4], "K" [3, 3]."""
-        means = info.get("means")
-        if not info.get("track_means") or means is None or means.grad is None:
+        got a gradient. info: "rows" [A] the Gaussians drawn, "means" [A, 3] their positions and "means_grad"
+        [A, 3] the gradient there, "camera_from_world" [4, 4], "focal" (pixels)."""
+        if not info.get("track_means") or info.get("means_grad") is None:
             return
-        cfw, K = info["camera_from_world"], info["K"]
+        rows, means, grad, cfw, focal = info["rows"], info["means"], info["means_grad"], info["camera_from_world"], info["focal"]
         depth = means @ cfw[2, :3] + cfw[2, 3]
-        focal = float(K[0, 0])
-        seen = (means.grad.abs().sum(-1) > 0) & (depth > 1e-6)
+        seen = (grad.abs().sum(-1) > 0) & (depth > 1e-6)
         depth = depth.clamp_min(1e-6)
-        self.state["grad_px_sum"] += torch.where(seen, means.grad.norm(dim=-1) * depth / focal, 0.0)
-        self.state["footprint_px_sum"] += torch.where(seen, torch.exp(model.log_scales).amax(-1) * focal / depth, 0.0)
-        self.state["seen_count"] += seen.float()
+        self.state["grad_px_sum"].index_add_(0, rows, torch.where(seen, grad.norm(dim=-1) * depth / focal, 0.0))
+        footprint = torch.exp(model.log_scales[rows]).amax(-1) * focal / depth
+        self.state["footprint_px_sum"].index_add_(0, rows, torch.where(seen, footprint, 0.0))
+        self.state["seen_count"].index_add_(0, rows, seen.float())
 
     @torch.no_grad()
     def step_post_optimizer(self, model: SceneModel, optimizer: torch.optim.Optimizer, step: int,
