@@ -1,11 +1,12 @@
-"""SSIM's separable Gaussian blur: the C++ kernel (float32, CPU) equals the padded convolution path (float64)
-forward and backward, for both border modes, and SSIM keeps its reference values."""
+"""SSIM's separable Gaussian blur and the fused SSIM kernels (moments, blur and formula in C++; float32, CPU)
+equal the padded convolution and tensor-op path (float64) forward and backward, for both border modes, and
+SSIM keeps its reference values."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from recon4d.image import _blur, ssim, ssim_map
+from recon4d.image import _blur, _ssim_values, ssim, ssim_map
 
 
 @pytest.mark.parametrize("padding", ["replicate", "symmetric"])
@@ -21,6 +22,26 @@ def test_cpp_blur_matches_convolution(padding, shape):
     (grad,) = torch.autograd.grad(blurred, maps32, upstream.float())
     torch.testing.assert_close(blurred.double(), reference.detach(), rtol=0, atol=1e-6)
     torch.testing.assert_close(grad.double(), reference_grad, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("padding", ["replicate", "symmetric"])
+@pytest.mark.parametrize("shape", [(1, 3, 45, 80), (2, 3, 7, 9), (1, 1, 5, 6)])
+def test_fused_ssim_matches_tensor_ops(padding, shape):
+    generator = torch.Generator().manual_seed(2)
+    x = torch.rand(shape, generator=generator, dtype=torch.float64, requires_grad=True)
+    y = (x.detach() + 0.2 * torch.randn(shape, generator=generator, dtype=torch.float64)).clamp(0, 1).requires_grad_(True)
+    upstream = torch.randn(shape, generator=generator, dtype=torch.float64)
+    reference = _ssim_values(x, y, 1.0, padding)  # float64 takes the tensor-op path
+    reference_grads = torch.autograd.grad(reference, (x, y), upstream)
+    x32, y32 = (t.detach().float().requires_grad_(True) for t in (x, y))
+    fused = _ssim_values(x32, y32, 1.0, padding)
+    grads = torch.autograd.grad(fused, (x32, y32), upstream.float())
+    torch.testing.assert_close(fused.double(), reference.detach(), rtol=0, atol=1e-5)
+    for grad, reference_grad in zip(grads, reference_grads):
+        torch.testing.assert_close(grad.double(), reference_grad, rtol=1e-4, atol=1e-4)
+    # only the input that asks for a gradient gets one
+    (grad_x,) = torch.autograd.grad(_ssim_values(x32, y32.detach(), 1.0, padding).sum(), x32)
+    torch.testing.assert_close(grad_x, torch.autograd.grad(_ssim_values(x32, y32, 1.0, padding).sum(), x32)[0])
 
 
 def test_ssim_values_and_gradient():

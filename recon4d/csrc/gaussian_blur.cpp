@@ -8,6 +8,11 @@
 // pixel the padding copied.
 //
 // Threads: maps are independent; each is written by one thread, so results do not depend on the thread count.
+//
+// SSIM around the blur (Wang et al. 2004), element-wise and fused so that a loss step does not run some twenty
+// small tensor ops forward and backward: the five local moments of x and y (x, y, x*x, y*y, x*y), the SSIM map
+// from their blurred values, and the backward passes of both. Each element is independent: any thread count
+// gives the same numbers.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
@@ -38,19 +43,23 @@ struct Blur {
   const float* taps;
 };
 
-// Allocates a zeroed output like `input` and runs body(blur, input map, output map) over its maps.
+// Allocates an output like `input` and runs body(blur, input map, output map) over its maps, each output map
+// zeroed by the thread that writes it (one pass over the whole output up front cost as much as the blur).
 template <typename Body>
 torch::Tensor over_maps(const torch::Tensor& input, torch::Tensor taps, int64_t mode, Body body) {
   check(input, taps);
   taps = taps.contiguous();
   const Blur blur{input.size(1), input.size(2), taps.numel(), taps.numel() / 2, mode, taps.data_ptr<float>()};
-  auto out = torch::zeros_like(input);
+  auto out = torch::empty_like(input);
   const float* in = input.data_ptr<float>();
   float* result = out.data_ptr<float>();
   const int64_t size = blur.height * blur.width;
   const int64_t grain = std::max<int64_t>(1, kMinElementsPerThread / std::max<int64_t>(size, 1));
   at::parallel_for(0, input.size(0), grain, [&](int64_t begin, int64_t end) {
-    for (int64_t m = begin; m < end; ++m) body(blur, in + m * size, result + m * size);
+    for (int64_t m = begin; m < end; ++m) {
+      std::fill_n(result + m * size, size, 0.0f);
+      body(blur, in + m * size, result + m * size);
+    }
   });
   return out;
 }
@@ -106,6 +115,118 @@ torch::Tensor blur_backward(torch::Tensor grad, torch::Tensor taps, int64_t mode
   });
 }
 
+// Elements below which one thread does the whole element-wise pass.
+constexpr int64_t kMinElementwisePerThread = 1 << 16;
+
+void check_maps(const torch::Tensor& t, const char* name) {
+  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == torch::kFloat32 && t.is_contiguous(), name,
+              " must be a contiguous float32 CPU tensor");
+}
+
+template <typename Body>
+void elementwise(int64_t count, Body body) {
+  at::parallel_for(0, count, kMinElementwisePerThread, [&](int64_t begin, int64_t end) {
+    for (int64_t e = begin; e < end; ++e) body(e);
+  });
+}
+
+// x, y [M...] -> the moments [5, M...]: x, y, x*x, y*y, x*y.
+torch::Tensor ssim_moments(torch::Tensor x, torch::Tensor y) {
+  check_maps(x, "x");
+  check_maps(y, "y");
+  TORCH_CHECK(x.sizes() == y.sizes(), "x and y must have one shape");
+  std::vector<int64_t> shape{5};
+  for (auto size : x.sizes()) shape.push_back(size);
+  auto out = torch::empty(shape, x.options());
+  const int64_t m = x.numel();
+  const float* px = x.data_ptr<float>();
+  const float* py = y.data_ptr<float>();
+  float* o = out.data_ptr<float>();
+  elementwise(m, [&](int64_t e) {
+    const float a = px[e], b = py[e];
+    o[e] = a;
+    o[m + e] = b;
+    o[2 * m + e] = a * a;
+    o[3 * m + e] = b * b;
+    o[4 * m + e] = a * b;
+  });
+  return out;
+}
+
+// The SSIM terms of one element from its blurred moments.
+struct SsimTerms {
+  float mx, my, a1, a2, b1, b2;
+};
+
+inline SsimTerms ssim_terms(const float* blurred, int64_t m, int64_t e, float c1, float c2) {
+  const float mx = blurred[e], my = blurred[m + e];
+  const float mxy = mx * my, mxx = mx * mx, myy = my * my;
+  return {mx, my, 2.0f * mxy + c1, 2.0f * (blurred[4 * m + e] - mxy) + c2, mxx + myy + c1,
+          (blurred[2 * m + e] - mxx) + (blurred[3 * m + e] - myy) + c2};
+}
+
+// blurred moments [5, M...] -> SSIM [M...] = (2 mx my + c1)(2 cov + c2) / ((mx^2 + my^2 + c1)(var_x + var_y + c2)).
+torch::Tensor ssim_map_forward(torch::Tensor blurred, double c1, double c2) {
+  check_maps(blurred, "blurred");
+  TORCH_CHECK(blurred.dim() >= 2 && blurred.size(0) == 5, "blurred must hold 5 moments [5, ...]");
+  auto out = torch::empty(blurred.sizes().slice(1), blurred.options());
+  const int64_t m = out.numel();
+  const float* b = blurred.data_ptr<float>();
+  float* o = out.data_ptr<float>();
+  elementwise(m, [&](int64_t e) {
+    const SsimTerms t = ssim_terms(b, m, e, float(c1), float(c2));
+    o[e] = (t.a1 * t.a2) / (t.b1 * t.b2);
+  });
+  return out;
+}
+
+// d loss / d SSIM [M...] -> d loss / d blurred moments [5, M...].
+torch::Tensor ssim_map_backward(torch::Tensor grad, torch::Tensor blurred, double c1, double c2) {
+  check_maps(grad, "grad");
+  check_maps(blurred, "blurred");
+  auto out = torch::empty_like(blurred);
+  const int64_t m = grad.numel();
+  TORCH_CHECK(blurred.numel() == 5 * m, "blurred must hold 5 moments of grad's shape");
+  const float* g = grad.data_ptr<float>();
+  const float* b = blurred.data_ptr<float>();
+  float* o = out.data_ptr<float>();
+  elementwise(m, [&](int64_t e) {
+    const SsimTerms t = ssim_terms(b, m, e, float(c1), float(c2));
+    const float denominator = t.b1 * t.b2;
+    const float s = (t.a1 * t.a2) / denominator;
+    const float d_a1 = g[e] * t.a2 / denominator, d_a2 = g[e] * t.a1 / denominator;
+    const float d_b1 = -g[e] * s / t.b1, d_b2 = -g[e] * s / t.b2;
+    o[e] = 2.0f * (t.my * (d_a1 - d_a2) + t.mx * (d_b1 - d_b2));
+    o[m + e] = 2.0f * (t.mx * (d_a1 - d_a2) + t.my * (d_b1 - d_b2));
+    o[2 * m + e] = d_b2;
+    o[3 * m + e] = d_b2;
+    o[4 * m + e] = 2.0f * d_a2;
+  });
+  return out;
+}
+
+// d loss / d moments [5, M...] -> d loss / d x and / d y [M...] (an undefined tensor for one not asked for).
+std::vector<torch::Tensor> ssim_moments_backward(torch::Tensor grad, torch::Tensor x, torch::Tensor y, bool need_x,
+                                                 bool need_y) {
+  check_maps(grad, "grad");
+  check_maps(x, "x");
+  check_maps(y, "y");
+  const int64_t m = x.numel();
+  TORCH_CHECK(grad.numel() == 5 * m && y.numel() == m, "grad must hold 5 moments of x's shape");
+  torch::Tensor dx = need_x ? torch::empty_like(x) : torch::Tensor();
+  torch::Tensor dy = need_y ? torch::empty_like(y) : torch::Tensor();
+  const float* g = grad.data_ptr<float>();
+  const float* px = x.data_ptr<float>();
+  const float* py = y.data_ptr<float>();
+  float* ox = need_x ? dx.data_ptr<float>() : nullptr;
+  float* oy = need_y ? dy.data_ptr<float>() : nullptr;
+  elementwise(m, [&](int64_t e) {
+    if (ox) ox[e] = g[e] + 2.0f * px[e] * g[2 * m + e] + py[e] * g[4 * m + e];
+    if (oy) oy[e] = g[m + e] + 2.0f * py[e] * g[3 * m + e] + px[e] * g[4 * m + e];
+  });
+  return {dx, dy};
+}
+
 }  // namespace
 
 // Kernels release the GIL: they touch no Python objects, and Python threads may run them side by side
@@ -113,4 +234,8 @@ torch::Tensor blur_backward(torch::Tensor grad, torch::Tensor taps, int64_t mode
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("blur_forward", &blur_forward, py::call_guard<py::gil_scoped_release>(), "separable blur of [N, H, W] maps (mode 0 replicate, 1 symmetric)");
   m.def("blur_backward", &blur_backward, py::call_guard<py::gil_scoped_release>(), "transpose of blur_forward (its backward pass)");
+  m.def("ssim_moments", &ssim_moments, py::call_guard<py::gil_scoped_release>(), "x, y -> [5, ...] local moments");
+  m.def("ssim_map_forward", &ssim_map_forward, py::call_guard<py::gil_scoped_release>(), "blurred moments -> SSIM map");
+  m.def("ssim_map_backward", &ssim_map_backward, py::call_guard<py::gil_scoped_release>(), "SSIM map gradient -> moments' gradient");
+  m.def("ssim_moments_backward", &ssim_moments_backward, py::call_guard<py::gil_scoped_release>(), "moments' gradient -> x, y gradients");
 }
