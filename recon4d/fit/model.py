@@ -327,24 +327,26 @@ class SceneModel:
         """Positions [T, A, 3] of the Gaussians `rows` [A] at clip times [T] (differentiable): one evaluation
         of the trajectories for all times, then one gather of the rows. Still ones move by their residual
         trajectory only `with_still_motion` (off, it stays zero and is not evaluated)."""
+        # Gathered row-major ([rows, T, 3]): index_select's backward (index_add) is 3x cheaper there than an
+        # indexed gather's (accumulating index_put), and along a later dimension.
         times_tensor = torch.tensor(times)
-        still = self.still_means.expand(len(times), -1, -1)
+        still = self.still_means[:, None].expand(-1, len(times), -1)
         if with_still_motion:
-            still = still + evaluate_trajectories(self.still_motion, self.basis(times_tensor, self.still)[..., 1:])
-        dynamic = evaluate_trajectories(self.position, self.basis(times_tensor, self.dynamic))
-        return torch.cat([still, dynamic], 1)[:, self._layout()["slot"][rows]]
+            still = still + evaluate_trajectories(self.still_motion, self.basis(times_tensor, self.still)[..., 1:]).transpose(0, 1)
+        dynamic = evaluate_trajectories(self.position, self.basis(times_tensor, self.dynamic)).transpose(0, 1)
+        return torch.cat([still, dynamic]).index_select(0, self._layout()["slot"][rows]).transpose(0, 1)
 
     def gaussians_at(self, t: float, rows: torch.Tensor, means: torch.Tensor) -> Gaussians:
         """The Gaussians `rows` [A] at clip time t (differentiable), at positions `means` [A, 3] (`means_at`):
         dynamic ones with their trajectory's rotation and colour offset."""
         basis = self.basis(torch.tensor([t]), self.dynamic)
         state = self._layout()["state"][rows]
-        quats = torch.cat([self.quats, evaluate_trajectories(self.rotation, basis)[0]])[state]
+        quats = torch.cat([self.quats, evaluate_trajectories(self.rotation, basis)[0]]).index_select(0, state)
         colors = torch.sigmoid(self.color_logits)
         offsets = evaluate_trajectories(self.color_offsets, basis)[0]
-        colors = torch.cat([colors, (colors[self.dynamic] + offsets).clamp(0, 1)])[state]
-        return Gaussians(means, normalize_quaternion(quats), torch.exp(self.log_scales[rows]),
-                         torch.sigmoid(self.opacity_logits[rows]), colors)
+        colors = torch.cat([colors, (colors.index_select(0, self.dynamic) + offsets).clamp(0, 1)]).index_select(0, state)
+        return Gaussians(means, normalize_quaternion(quats), torch.exp(self.log_scales.index_select(0, rows)),
+                         torch.sigmoid(self.opacity_logits.index_select(0, rows)), colors)
 
     def reference_rotations(self) -> torch.Tensor:
         """[N, 4] rotation of each Gaussian: its static one, or a dynamic one's at its birth frame."""
