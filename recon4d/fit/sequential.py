@@ -342,6 +342,7 @@ class SequentialFitter:
             ones = torch.ones(level.height, level.width, device=self.device)
             depth_w = inputs.depth_confidence[t]
             flow_w = (inputs.moving[t] & inputs.valid_backward[t - 1]).float() if t > 0 else None
+            flow_w = flow_w if flow_w is not None and bool(flow_w.sum() > 0) else None  # read once, not every step
             plateau = Plateau(cfg.sequential.plateau_patience, cfg.sequential.plateau_tolerance)
             # Steps are numbered by their place in the schedule, so that a phase stopped early by its plateau
             # does not shift when the next one spawns.
@@ -356,7 +357,7 @@ class SequentialFitter:
                 color = out.color[..., :3]
                 loss = cfg.losses.photo * photometric_loss(color, target, ones, cfg.losses.ssim)
                 loss = loss + cfg.losses.depth * depth_loss(out.depth, inputs.depth[t], depth_w * (out.alpha.detach() > COVERED_ALPHA))
-                if extra is not None and flow_w is not None and flow_w.sum() > 0:
+                if extra is not None and flow_w is not None:
                     loss = loss + cfg.losses.flow * factor * flow_loss(out.color[..., 3:5], inputs.flow_backward[t - 1], flow_w)
                 loss = loss + cfg.losses.iso * isotropy_loss(g.log_scales)
                 if t > state.window_start and cfg.sequential.replay_every > 0 and step % cfg.sequential.replay_every == 0:
@@ -364,8 +365,8 @@ class SequentialFitter:
                     loss = loss + cfg.losses.replay * self.replay_loss(state, past, level)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                if not move_still and g.means.grad is not None:
-                    g.means.grad[~g.is_dynamic] = 0
+                if not move_still and g.means.grad is not None:  # a product, not a masked write: no row search
+                    g.means.grad.mul_(g.is_dynamic[:, None])
                 optimizer.step()
                 losses.append(loss.item())
                 ran += 1
