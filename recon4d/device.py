@@ -1,9 +1,11 @@
 """Choosing the compute device once, at the top of a command; running independent work side by side on the CPU."""
 from __future__ import annotations
 
+import os
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import TypeVar
 
 import torch
@@ -36,6 +38,31 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not gsplat_available():
         raise InputError("--device cuda needs gsplat", hint="pip install 'recon4d[cuda]'")
     return torch.device(name)
+
+
+def cpu_workers(requested: int = 0) -> int:
+    """Threads of a CPU pool: `requested`, or one per core when it is 0 (at least one).
+
+        >>> cpu_workers(3), cpu_workers(0) == max(1, os.cpu_count() or 1)
+        (3, True)
+    """
+    return requested if requested > 0 else max(1, os.cpu_count() or 1)
+
+
+@contextmanager
+def thread_pool(workers: int) -> Iterator[ThreadPoolExecutor]:
+    """A ThreadPoolExecutor of `workers` threads whose work not yet started is dropped, not run to the end, when
+    the block is left by an exception (Ctrl-C in the caller's thread, or a task's error re-raised there).
+
+        >>> with thread_pool(2) as pool:
+        ...     list(pool.map(abs, [-1, 2]))
+        [1, 2]
+    """
+    pool = ThreadPoolExecutor(max_workers=workers)
+    try:
+        yield pool
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def side_by_side(work: Callable[[Item], Result], items: Iterable[Item], device: torch.device) -> list[Result]:

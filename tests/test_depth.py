@@ -66,7 +66,7 @@ def test_frames_filled_side_by_side_equal_one_at_a_time(translate_run, monkeypat
     import recon4d.priors.depth.video as video_module
 
     clip, flow, result = translate_run
-    monkeypatch.setattr(video_module.os, "cpu_count", lambda: 1)
+    monkeypatch.setattr(video_module, "cpu_workers", lambda requested=0: 1)
     serial = VideoDepth()(clip.frames, flow, clip.intrinsics, clip.moving_mask)
     assert np.array_equal(serial.depth, result.depth) and np.array_equal(serial.confidence, result.confidence)
 

@@ -1,11 +1,13 @@
-"""`recon4d.device.in_background`: work on a daemon thread whose result or error reaches the caller."""
+"""`recon4d.device`: `in_background` (work on a daemon thread whose result or error reaches the caller) and
+`thread_pool` (a pool that drops its queued work when the caller stops)."""
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
-from recon4d.device import in_background
+from recon4d.device import cpu_workers, in_background, thread_pool
 from recon4d.errors import PriorError
 
 
@@ -33,3 +35,22 @@ def test_error_is_raised_in_the_caller():
     wait = in_background(work)
     with pytest.raises(PriorError, match="no flow"):
         wait()
+
+
+def test_thread_pool_drops_queued_work_when_the_caller_stops():
+    """A task's error (or Ctrl-C) reaches the caller, and the tasks not yet started never run: a plain
+    ThreadPoolExecutor would run all 20 (a second of work) before the error got out of its block."""
+    ran = []
+
+    def task(index: int) -> int:
+        if index == 0:
+            raise PriorError("first task failed", "")
+        ran.append(index)
+        time.sleep(0.05)
+        return index
+
+    started = time.perf_counter()
+    with pytest.raises(PriorError, match="first task failed"), thread_pool(1) as pool:
+        list(pool.map(task, range(20)))
+    assert len(ran) <= 3 and time.perf_counter() - started < 0.5
+    assert cpu_workers(0) >= 1 and cpu_workers(3) == 3

@@ -10,14 +10,13 @@ Pixel convention: the centre of pixel (row i, column j) is at (u=j, v=i); pixel 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
+from recon4d.device import cpu_workers, thread_pool
 from recon4d.errors import PriorError
 from recon4d.priors.types import FlowResult
 
@@ -99,10 +98,6 @@ def _one_way_valid(flow: np.ndarray, other: np.ndarray, config: ConsistencyConfi
     return valid
 
 
-def _resolve_threads(num_threads: int) -> int:
-    return num_threads if num_threads > 0 else max(1, os.cpu_count() or 1)
-
-
 def pairwise_flow(
     frames: np.ndarray,
     make_solver: Callable[[], Callable[[np.ndarray, np.ndarray], np.ndarray]],
@@ -123,7 +118,7 @@ def pairwise_flow(
     flow_backward = np.empty_like(flow_forward)
     valid_forward = np.empty((count - 1, height, width), bool)
     valid_backward = np.empty_like(valid_forward)
-    workers = min(_resolve_threads(num_threads), count - 1)
+    workers = min(cpu_workers(num_threads), count - 1)
     pairs = list(range(count - 1))
     chunks = [pairs[k::workers] for k in range(workers)]
 
@@ -137,6 +132,6 @@ def pairwise_flow(
     if workers == 1:
         run_chunk(pairs)
     else:
-        with ThreadPoolExecutor(max_workers=workers) as pool:
+        with thread_pool(workers) as pool:
             list(pool.map(run_chunk, chunks))  # list() re-raises a worker's exception here
     return FlowResult(flow_forward, flow_backward, valid_forward, valid_backward)

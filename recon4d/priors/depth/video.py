@@ -6,8 +6,6 @@ surroundings, fill the rest edge-aware (`fill`), optionally sharpen edges by a p
 """
 from __future__ import annotations
 
-import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -15,6 +13,7 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
+from recon4d.device import cpu_workers, thread_pool
 from recon4d.errors import PriorError
 from recon4d.priors.depth.config import DEPTH_ALGORITHM_VERSION, VideoDepthConfig
 from recon4d.priors.depth.edges import depth_edges
@@ -135,11 +134,8 @@ class VideoDepth:
         # Frames are independent, and the fill's sparse products, OpenCV and most of NumPy release the GIL, so
         # the frames run on every core (the result does not depend on how many). On Ctrl-C the frames not yet
         # started are dropped instead of waited for.
-        pool = ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1))
-        try:
+        with thread_pool(cpu_workers()) as pool:
             list(pool.map(dense_frame, range(num_frames)))
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
 
         # One clip-wide gauge: median depth 1.
         depth /= np.median(depth)

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 
+from recon4d.device import cpu_workers, thread_pool
 from recon4d.errors import PriorError
 from recon4d.priors.motion.config import MotionConfig
 from recon4d.priors.motion.geometry import PairGeometry, fit_pair_geometry, pair_residuals, sample_correspondences
@@ -114,8 +113,7 @@ def estimate_moving_masks(
     window_ks, window_k, reference = window_baselines(frames_count, config)
     windows = WindowResiduals.empty(window_k, reference, height, width)
     fitted = sorted(set(baselines) | set(window_ks))
-    workers = config.num_threads if config.num_threads > 0 else max(1, os.cpu_count() or 1)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
+    with thread_pool(cpu_workers(config.num_threads)) as pool:
         for k in range(1, fitted[-1] + 1):
             if k > 1:
                 chained = [
