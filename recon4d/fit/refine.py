@@ -290,7 +290,7 @@ class Refiner:
             l1_history.append(l1)
             if self.on_progress is not None:
                 self.on_progress(step + 1, cfg.iters)
-        residual = model.settle_still_motion(self.data.scene.num_frames, cfg.keep_motion_px, float(self.K[0, 0]))
+        residual = model.settle_still_motion(self.data.scene.num_frames, cfg.keep_motion_px, self.focal)
         window = max(1, len(self.drawn))
         l1_history = torch.stack(l1_history).tolist() if l1_history else []
         return {
