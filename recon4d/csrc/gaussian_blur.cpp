@@ -44,7 +44,8 @@ struct Blur {
 };
 
 // Allocates an output like `input` and runs body(blur, input map, output map) over its maps, each output map
-// zeroed by the thread that writes it (one pass over the whole output up front cost as much as the blur).
+// zeroed by the thread that writes it (one serial pass over the whole output up front cost a quarter of a
+// 320x180 blur's forward and backward).
 template <typename Body>
 torch::Tensor over_maps(const torch::Tensor& input, torch::Tensor taps, int64_t mode, Body body) {
   check(input, taps);
