@@ -66,30 +66,10 @@ _BLUR_KERNEL = Path(__file__).with_name("csrc") / "gaussian_blur.cpp"
 _BLUR_MODES = {"replicate": 0, "symmetric": 1}
 
 
-class _SeparableBlur(torch.autograd.Function):
-    """C++ separable blur of maps [N, H, W] (float32, CPU) with padded borders; backward = its transpose."""
-
-    @staticmethod
-    def forward(ctx, maps: torch.Tensor, taps: torch.Tensor, mode: int) -> torch.Tensor:
-        ctx.save_for_backward(taps)
-        ctx.mode = mode
-        return load_extension(_BLUR_KERNEL).blur_forward(maps.contiguous(), taps, mode)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        (taps,) = ctx.saved_tensors
-        return load_extension(_BLUR_KERNEL).blur_backward(grad.contiguous(), taps, ctx.mode), None, None
-
-
 def _blur(maps: torch.Tensor, padding: str) -> torch.Tensor:
-    """Gaussian window average of maps [B, C, H, W] with borders padded by `padding` (same shape out).
-
-    On the CPU in float32 a C++ kernel (csrc/gaussian_blur.cpp: 320x180, 15 maps, forward + backward about
-    4x cheaper than the convolutions); elsewhere a padded, grouped convolution pair."""
+    """Gaussian window average of maps [B, C, H, W] with borders padded by `padding` (same shape out): a padded,
+    grouped convolution pair. The SSIM of float32 CPU maps blurs in C++ instead (`_SsimCpu`)."""
     taps = _gaussian_taps(maps)
-    if maps.device.type == "cpu" and maps.dtype == torch.float32:
-        flat = maps.reshape(-1, *maps.shape[-2:])
-        return _SeparableBlur.apply(flat, taps, _BLUR_MODES[padding]).reshape(maps.shape)
     groups = maps.shape[1]
     horizontal = taps.view(1, 1, 1, -1).expand(groups, 1, 1, taps.numel())
     vertical = taps.view(1, 1, -1, 1).expand(groups, 1, taps.numel(), 1)
