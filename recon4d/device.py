@@ -84,7 +84,7 @@ def side_by_side(work: Callable[[Item], Result], items: Iterable[Item], device: 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        with ThreadPoolExecutor(max_workers=workers) as pool:
+        with thread_pool(workers) as pool:  # on Ctrl-C the items not yet started are dropped
             return list(pool.map(work, items))
     finally:
         torch.set_num_threads(threads)
