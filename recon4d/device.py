@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -63,6 +64,24 @@ def thread_pool(workers: int) -> Iterator[ThreadPoolExecutor]:
         yield pool
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def ordered_map(pool: ThreadPoolExecutor, work: Callable[[Item], Result], items: Iterable[Item],
+                ahead: int) -> Iterator[Result]:
+    """pool.map(work, items), in order, with at most `ahead` (>= 1) items submitted and not yet taken: for
+    results too large to hold all at once (pool.map submits every item up front).
+
+        >>> with thread_pool(2) as pool:
+        ...     list(ordered_map(pool, abs, [-1, 2, -3], ahead=2))
+        [1, 2, 3]
+    """
+    pending: deque = deque()
+    for item in items:
+        if len(pending) >= max(1, ahead):
+            yield pending.popleft().result()
+        pending.append(pool.submit(work, item))
+    while pending:
+        yield pending.popleft().result()
 
 
 def side_by_side(work: Callable[[Item], Result], items: Iterable[Item], device: torch.device) -> list[Result]:

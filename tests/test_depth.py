@@ -61,12 +61,16 @@ def test_translate_still_pixels(translate_run):
     assert errors["delta_1_25"] >= 0.95
 
 
-def test_frames_filled_side_by_side_equal_one_at_a_time(translate_run, monkeypatch):
-    """The per-frame fill and plane sweep run on every core; the depth is the same bit for bit on one."""
+def test_depth_on_every_core_equals_one_thread(translate_run, monkeypatch):
+    """The pairs' triangulation, their merge and the per-frame fill and plane sweep run on every core; the
+    depth is the same bit for bit on one."""
+    import recon4d.priors.depth.pairs as pairs_module
+    import recon4d.priors.depth.scale_chaining as chaining_module
     import recon4d.priors.depth.video as video_module
 
     clip, flow, result = translate_run
-    monkeypatch.setattr(video_module, "cpu_workers", lambda requested=0: 1)
+    for module in (video_module, pairs_module, chaining_module):
+        monkeypatch.setattr(module, "cpu_workers", lambda requested=0: 1)
     serial = VideoDepth()(clip.frames, flow, clip.intrinsics, clip.moving_mask)
     assert np.array_equal(serial.depth, result.depth) and np.array_equal(serial.confidence, result.confidence)
 

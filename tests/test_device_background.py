@@ -1,5 +1,6 @@
 """`recon4d.device`: `in_background` (work on a daemon thread whose result or error reaches the caller) and
-`thread_pool` (a pool that drops its queued work when the caller stops)."""
+`thread_pool` (a pool that drops its queued work when the caller stops), `ordered_map` (in order, a few
+items ahead)."""
 from __future__ import annotations
 
 import threading
@@ -7,7 +8,7 @@ import time
 
 import pytest
 
-from recon4d.device import cpu_workers, in_background, thread_pool
+from recon4d.device import cpu_workers, in_background, ordered_map, thread_pool
 from recon4d.errors import PriorError
 
 
@@ -54,3 +55,25 @@ def test_thread_pool_drops_queued_work_when_the_caller_stops():
         list(pool.map(task, range(20)))
     assert len(ran) <= 3 and time.perf_counter() - started < 0.5
     assert cpu_workers(0) >= 1 and cpu_workers(3) == 3
+
+
+def test_ordered_map_keeps_order_and_holds_few_items():
+    """Results come in item order although later items finish first, and no more than `ahead` items are
+    submitted and not yet taken (pool.map would submit all 12 at once)."""
+    lock, outstanding, most = threading.Lock(), [0], [0]
+
+    def task(index: int) -> int:
+        with lock:
+            outstanding[0] += 1
+            most[0] = max(most[0], outstanding[0])
+        time.sleep(0.02 * (index % 3 == 0))
+        return index * index
+
+    results = []
+    with thread_pool(4) as pool:
+        for value in ordered_map(pool, task, range(12), ahead=3):
+            results.append(value)
+            with lock:
+                outstanding[0] -= 1
+    assert results == [i * i for i in range(12)]
+    assert most[0] <= 3

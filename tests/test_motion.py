@@ -67,6 +67,19 @@ def test_camera_model_selection(results, variant, model):
     assert motion.inlier_ratio.min() > 0.6
 
 
+def test_split_on_many_threads_equals_one(results):
+    """Chained flows, fits and residual maps run one pair per task; the sums are added in pair order, so the
+    split is the same bit for bit on one thread and on three."""
+    clip, flow, pooled = results["translate"]
+    serial = estimate_moving_masks(flow, MotionConfig(num_threads=1), frames=clip.frames)
+    three = estimate_moving_masks(flow, MotionConfig(num_threads=3), frames=clip.frames)
+    for other in (serial, three):
+        assert np.array_equal(other.moving_masks, pooled.moving_masks)
+        assert np.array_equal(other.pair_score, pooled.pair_score)
+        assert np.array_equal(other.window_score, pooled.window_score)
+        assert other.camera_model == pooled.camera_model
+
+
 def test_result_layout(results):
     clip, _, motion = results["translate"]
     assert isinstance(motion, MotionResult)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from recon4d.device import cpu_workers, thread_pool
 from recon4d.priors.depth.config import VideoDepthConfig
 from recon4d.priors.depth.flow_chain import chain_flow, remap
 from recon4d.priors.depth.two_view import camera_matrix, rotation_compensated_parallax, triangulate_two_view
@@ -40,17 +41,20 @@ def triangulate_pairs(flow: FlowResult, moving: np.ndarray, intrinsics: np.ndarr
     num_frames = moving.shape[0]
     jj, ii = np.meshgrid(np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32))
     grid = np.stack([jj, ii], axis=-1)
-    pairs: list[PairMaps] = []
-    for ref in range(num_frames):
-        for direction in (1, -1):
-            choice = _choose_partner(flow, moving, intrinsics, ref, direction, grid, cfg)
-            if choice is None:
-                continue
-            target, positions, usable = choice
-            pair = _triangulate_pair(ref, target, positions, usable, intrinsics, height, width, cfg)
-            if pair is not None:
-                pairs.append(pair)
-    return pairs
+
+    def pair_of(ref_direction: tuple[int, int]) -> PairMaps | None:
+        ref, direction = ref_direction
+        choice = _choose_partner(flow, moving, intrinsics, ref, direction, grid, cfg)
+        if choice is None:
+            return None
+        target, positions, usable = choice
+        return _triangulate_pair(ref, target, positions, usable, intrinsics, height, width, cfg)
+
+    # Each (frame, side) draws from its own seeded generator, so the pairs run on every core and come out
+    # the same, in the same order, for any number of workers. OpenCV's fits and remaps release the GIL.
+    jobs = [(ref, direction) for ref in range(num_frames) for direction in (1, -1)]
+    with thread_pool(cpu_workers()) as pool:
+        return [pair for pair in pool.map(pair_of, jobs) if pair is not None]
 
 
 def _usable(moving: np.ndarray, ref: int, target: int, positions: np.ndarray, valid: np.ndarray) -> np.ndarray:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
+from recon4d.device import cpu_workers, thread_pool
 from recon4d.priors.depth.config import VideoDepthConfig
 from recon4d.priors.depth.edges import repair_depth_edges
 from recon4d.priors.depth.flow_chain import chain_flow, remap
@@ -91,9 +92,13 @@ def merge_pairs(pairs: list[PairMaps], pair_scale: np.ndarray, groups: np.ndarra
     ref_frames = [{p.ref for p, g in zip(pairs, groups) if g == group} for group in range(len(group_scale))]
     scaled = pair_scale.copy()
     log_depth = np.full((num_frames, n_pixels), np.nan, dtype=np.float32)
+    by_frame = _maps_by_frame(pairs)
     for attempt in range(2):
         confidence = np.zeros((num_frames, n_pixels), dtype=np.float32)
-        for frame, maps in _maps_by_frame(pairs).items():
+
+        def merge_frame(frame: int, scaled: np.ndarray = scaled) -> None:
+            """Rows `frame` of log_depth and confidence: each frame reads only its own maps."""
+            maps = by_frame[frame]
             stack = np.full((len(maps), n_pixels), np.nan, dtype=np.float32)
             para = np.zeros((len(maps), n_pixels), dtype=np.float32)
             for m, (pid, index, depth, parallax_px) in enumerate(maps):
@@ -103,6 +108,10 @@ def merge_pairs(pairs: list[PairMaps], pair_scale: np.ndarray, groups: np.ndarra
             repaired, repaired_conf = repair_depth_edges(merged.reshape(height, width),
                                                           conf.reshape(height, width), guides[frame], cfg)
             log_depth[frame], confidence[frame] = repaired.ravel(), repaired_conf.ravel()
+
+        # Frames are independent (NumPy's sorts and medians release the GIL): they run on every core.
+        with thread_pool(cpu_workers()) as pool:
+            list(pool.map(merge_frame, by_frame))
         if attempt == 1 or len(group_scale) == 1:
             break
         main_frames = sorted(ref_frames[main])

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from recon4d.device import cpu_workers, thread_pool
+from recon4d.device import cpu_workers, ordered_map, thread_pool
 from recon4d.errors import PriorError
 from recon4d.priors.motion.config import MotionConfig
 from recon4d.priors.motion.geometry import PairGeometry, fit_pair_geometry, pair_residuals, sample_correspondences
@@ -113,21 +113,25 @@ def estimate_moving_masks(
     window_ks, window_k, reference = window_baselines(frames_count, config)
     windows = WindowResiduals.empty(window_k, reference, height, width)
     fitted = sorted(set(baselines) | set(window_ks))
-    with thread_pool(cpu_workers(config.num_threads)) as pool:
+    # Every per-pair map (chained flow, residuals, scores) is computed on the pool, one pair per task: OpenCV
+    # and NumPy release the GIL. The sums are then added in pair order, so the result does not depend on the
+    # number of workers. Chains are kept as lists of per-pair maps, never stacked.
+    forward, forward_valid = list(forward), list(forward_valid)
+    backward, backward_valid = list(backward), list(backward_valid)
+    workers = cpu_workers(config.num_threads)
+    with thread_pool(workers) as pool:
         for k in range(1, fitted[-1] + 1):
+            count = frames_count - k
             if k > 1:
-                chained = [
-                    compose_flow(
-                        forward[s], forward_valid[s], flow.flow_forward[s + k - 1], flow.valid_forward[s + k - 1]
-                    )
-                    for s in range(frames_count - k)
-                ]
-                forward, forward_valid = np.stack([c[0] for c in chained]), np.stack([c[1] for c in chained])
-                chained = [
-                    compose_flow(backward[s + 1], backward_valid[s + 1], flow.flow_backward[s], flow.valid_backward[s])
-                    for s in range(frames_count - k)
-                ]
-                backward, backward_valid = np.stack([c[0] for c in chained]), np.stack([c[1] for c in chained])
+                def chain(s: int, k: int = k) -> tuple:
+                    return (compose_flow(forward[s], forward_valid[s], flow.flow_forward[s + k - 1],
+                                         flow.valid_forward[s + k - 1]),
+                            compose_flow(backward[s + 1], backward_valid[s + 1], flow.flow_backward[s],
+                                         flow.valid_backward[s]))
+                chained = list(pool.map(chain, range(count)))
+                forward, forward_valid = [c[0][0] for c in chained], [c[0][1] for c in chained]
+                backward, backward_valid = [c[1][0] for c in chained], [c[1][1] for c in chained]
+                del chained
             # End frames keep their chain to the reference frame k frames away (forward[s]: s -> s+k on s,
             # backward[r]: r+k -> r on r+k).
             for t in np.flatnonzero(reference - np.arange(frames_count) == k):
@@ -146,13 +150,17 @@ def estimate_moving_masks(
                     config,
                     rng,
                 )
-                for s in range(frames_count - k)
+                for s in range(count)
             ]
             geometries = list(pool.map(lambda sample: fit_pair_geometry(*sample, config, baseline=k), samples))
             if k == 1:
                 consecutive = geometries
                 static_pairs = np.array([g.camera_model == "static" for g in geometries])
-            for s, geometry in enumerate(geometries):
+
+            def pair_maps(s: int, k: int = k, geometries: list = geometries) -> tuple:
+                """Per-pair score terms of frames s and s+k, and the pair's window residuals (None if unused)."""
+                geometry = geometries[s]
+                terms = []
                 if k in baselines:
                     residual_forward, residual_backward = pair_residuals(geometry, forward[s], backward[s])
                     for frame, residual, valid in (
@@ -161,13 +169,19 @@ def estimate_moving_masks(
                     ):
                         score = residual / geometry.threshold_px
                         valid = valid & textured[frame]
-                        valid_sum[frame] += np.where(valid, score, 0.0)
-                        valid_count[frame] += valid
-                        any_sum[frame] += np.where(textured[frame], score, 0.0)
-                        any_count[frame] += textured[frame]
-                if window_k[FORWARD, s] != k and window_k[BACKWARD, s + k] != k:
-                    continue
-                residuals = window_residuals(geometry, forward[s], backward[s], bool(static_pairs[s : s + k].all()))
+                        terms.append((frame, np.where(valid, score, 0.0), valid, np.where(textured[frame], score, 0.0)))
+                residuals = None
+                if window_k[FORWARD, s] == k or window_k[BACKWARD, s + k] == k:
+                    residuals = window_residuals(geometry, forward[s], backward[s], bool(static_pairs[s : s + k].all()))
+                return terms, residuals
+
+            # A pair's maps are a few full-size float64 images: only a few pairs' are held at a time.
+            for s, (terms, residuals) in enumerate(ordered_map(pool, pair_maps, range(count), ahead=2 * workers)):
+                for frame, valid_score, valid, any_score in terms:
+                    valid_sum[frame] += valid_score
+                    valid_count[frame] += valid
+                    any_sum[frame] += any_score
+                    any_count[frame] += textured[frame]
                 if residuals is None:
                     continue
                 if window_k[FORWARD, s] == k:

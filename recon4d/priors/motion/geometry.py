@@ -49,8 +49,31 @@ class PairGeometry:
         return 0.0
 
 
-def _homogeneous(points: np.ndarray) -> np.ndarray:
-    return np.concatenate([points, np.ones(points.shape[:-1] + (1,), points.dtype)], axis=-1)
+def _sampson(fundamental: np.ndarray, u: np.ndarray, v: np.ndarray, u_target: np.ndarray,
+             v_target: np.ndarray) -> np.ndarray:
+    """Sampson distance of x = (u, v) in frame s to x' = (u_target, v_target) in frame e; arrays broadcast
+    (a pixel grid passes its columns [1, W] and rows [H, 1]). Written out per component, not as [..., 3]
+    products: 5-7x faster on full-image maps, and broadcasting needs no grid."""
+    f = fundamental
+    line_u = f[0, 0] * u + f[0, 1] * v + f[0, 2]  # F x, the epipolar line of x in frame e
+    line_v = f[1, 0] * u + f[1, 1] * v + f[1, 2]
+    line_w = f[2, 0] * u + f[2, 1] * v + f[2, 2]
+    back_u = f[0, 0] * u_target + f[1, 0] * v_target + f[2, 0]  # F^T x'
+    back_v = f[0, 1] * u_target + f[1, 1] * v_target + f[2, 1]
+    algebraic = u_target * line_u + v_target * line_v + line_w
+    norm = line_u**2 + line_v**2 + back_u**2 + back_v**2
+    return np.abs(algebraic) / np.sqrt(np.maximum(norm, 1e-30))
+
+
+def _transfer(homography: np.ndarray, u: np.ndarray, v: np.ndarray, u_target: np.ndarray,
+              v_target: np.ndarray) -> np.ndarray:
+    """|H x - x'| / sqrt(2) of x = (u, v) and x' = (u_target, v_target); arrays broadcast as in `_sampson`."""
+    h = homography
+    w = h[2, 0] * u + h[2, 1] * v + h[2, 2]
+    w = np.where(np.abs(w) < 1e-12, 1e-12, w)
+    du = (h[0, 0] * u + h[0, 1] * v + h[0, 2]) / w - u_target
+    dv = (h[1, 0] * u + h[1, 1] * v + h[1, 2]) / w - v_target
+    return np.sqrt(du * du + dv * dv) / np.sqrt(2.0)
 
 
 def sampson_distance(fundamental: np.ndarray, points: np.ndarray, targets: np.ndarray) -> np.ndarray:
@@ -58,26 +81,15 @@ def sampson_distance(fundamental: np.ndarray, points: np.ndarray, targets: np.nd
 
     points, targets: [..., 2] pixels (u, v) in frames t and t+1. Returns [...] pixels (>= 0).
     """
-    x = _homogeneous(points.astype(np.float64))
-    x_prime = _homogeneous(targets.astype(np.float64))
-    line_in_target = x @ fundamental.T  # F x, the epipolar line of x in frame t+1
-    line_in_source = x_prime @ fundamental  # F^T x'
-    algebraic = np.sum(x_prime * line_in_target, axis=-1)
-    norm = (
-        line_in_target[..., 0] ** 2
-        + line_in_target[..., 1] ** 2
-        + line_in_source[..., 0] ** 2
-        + line_in_source[..., 1] ** 2
-    )
-    return np.abs(algebraic) / np.sqrt(np.maximum(norm, 1e-30))
+    points, targets = points.astype(np.float64), targets.astype(np.float64)
+    return _sampson(fundamental, points[..., 0], points[..., 1], targets[..., 0], targets[..., 1])
 
 
 def homography_distance(homography: np.ndarray, points: np.ndarray, targets: np.ndarray) -> np.ndarray:
     """Transfer distance |H x - x'| / sqrt(2) in pixels: the both-image first-order distance for a
     near-isometric H, in the same units as :func:`sampson_distance`. points, targets: [..., 2] -> [...]."""
-    mapped = _homogeneous(points.astype(np.float64)) @ homography.T
-    mapped = mapped[..., :2] / np.where(np.abs(mapped[..., 2:]) < 1e-12, 1e-12, mapped[..., 2:])
-    return np.linalg.norm(mapped - targets, axis=-1) / np.sqrt(2.0)
+    points, targets = points.astype(np.float64), targets.astype(np.float64)
+    return _transfer(homography, points[..., 0], points[..., 1], targets[..., 0], targets[..., 1])
 
 
 def _gric(residuals: np.ndarray, sigma: float, model_dim: int, num_params: int, lambda3: float) -> float:
@@ -201,17 +213,14 @@ def pair_residuals(
     if geometry.camera_model == "unknown":
         zeros = np.zeros((height, width))
         return zeros, zeros
-    cols, rows = np.meshgrid(np.arange(width, dtype=np.float64), np.arange(height, dtype=np.float64))
-    grid = np.stack([cols, rows], axis=-1)
-    forward_targets = grid + flow_forward
-    backward_sources = grid + flow_backward  # pixels of frame e seen from frame s
+    cols = np.arange(width, dtype=np.float64)[None, :]
+    rows = np.arange(height, dtype=np.float64)[:, None]
+    # Forward: x on the grid of frame s, x' = x + f(x). Backward: x = y + b(y), seen from frame s, x' = y.
+    forward_u, forward_v = cols + flow_forward[..., 0], rows + flow_forward[..., 1]
+    backward_u, backward_v = cols + flow_backward[..., 0], rows + flow_backward[..., 1]
     if geometry.camera_model == "fundamental":
-        return (
-            sampson_distance(geometry.fundamental, grid, forward_targets),
-            sampson_distance(geometry.fundamental, backward_sources, grid),
-        )
-    return (
-        homography_distance(geometry.homography, grid, forward_targets),
-        homography_distance(geometry.homography, backward_sources, grid),
-    )
+        distance, matrix = _sampson, geometry.fundamental
+    else:
+        distance, matrix = _transfer, geometry.homography
+    return distance(matrix, cols, rows, forward_u, forward_v), distance(matrix, backward_u, backward_v, cols, rows)
 
