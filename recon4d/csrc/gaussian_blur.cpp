@@ -182,12 +182,16 @@ torch::Tensor ssim_map_forward(torch::Tensor blurred, double c1, double c2) {
 }
 
 // d loss / d SSIM [M...] -> d loss / d blurred moments [5, M...].
-torch::Tensor ssim_map_backward(torch::Tensor grad, torch::Tensor blurred, double c1, double c2) {
+// d loss / d SSIM [M...] -> d loss / d blurred moments: [5, M...] in the order of ssim_moments, or with x_only
+// [3, M...] of the moments x itself enters (x, x*x, x*y), when y needs no gradient: 3 maps to blur back, not 5.
+torch::Tensor ssim_map_backward(torch::Tensor grad, torch::Tensor blurred, double c1, double c2, bool x_only) {
   check_maps(grad, "grad");
   check_maps(blurred, "blurred");
-  auto out = torch::empty_like(blurred);
   const int64_t m = grad.numel();
   TORCH_CHECK(blurred.numel() == 5 * m, "blurred must hold 5 moments of grad's shape");
+  std::vector<int64_t> shape = blurred.sizes().vec();
+  shape[0] = x_only ? 3 : 5;
+  auto out = torch::empty(shape, blurred.options());
   const float* g = grad.data_ptr<float>();
   const float* b = blurred.data_ptr<float>();
   float* o = out.data_ptr<float>();
@@ -198,6 +202,11 @@ torch::Tensor ssim_map_backward(torch::Tensor grad, torch::Tensor blurred, doubl
     const float d_a1 = g[e] * t.a2 / denominator, d_a2 = g[e] * t.a1 / denominator;
     const float d_b1 = -g[e] * s / t.b1, d_b2 = -g[e] * s / t.b2;
     o[e] = 2.0f * (t.my * (d_a1 - d_a2) + t.mx * (d_b1 - d_b2));
+    if (x_only) {
+      o[m + e] = d_b2;
+      o[2 * m + e] = 2.0f * d_a2;
+      return;
+    }
     o[m + e] = 2.0f * (t.mx * (d_a1 - d_a2) + t.my * (d_b1 - d_b2));
     o[2 * m + e] = d_b2;
     o[3 * m + e] = d_b2;
@@ -228,6 +237,22 @@ std::vector<torch::Tensor> ssim_moments_backward(torch::Tensor grad, torch::Tens
   return {dx, dy};
 }
 
+// The x-only layout of ssim_map_backward ([3, M...]: x, x*x, x*y) -> d loss / d x [M...].
+torch::Tensor ssim_moments_backward_x(torch::Tensor grad, torch::Tensor x, torch::Tensor y) {
+  check_maps(grad, "grad");
+  check_maps(x, "x");
+  check_maps(y, "y");
+  const int64_t m = x.numel();
+  TORCH_CHECK(grad.numel() == 3 * m && y.numel() == m, "grad must hold 3 moments of x's shape");
+  auto dx = torch::empty_like(x);
+  const float* g = grad.data_ptr<float>();
+  const float* px = x.data_ptr<float>();
+  const float* py = y.data_ptr<float>();
+  float* ox = dx.data_ptr<float>();
+  elementwise(m, [&](int64_t e) { ox[e] = g[e] + 2.0f * px[e] * g[m + e] + py[e] * g[2 * m + e]; });
+  return dx;
+}
+
 }  // namespace
 
 // Kernels release the GIL: they touch no Python objects, and Python threads may run them side by side
@@ -239,4 +264,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("ssim_map_forward", &ssim_map_forward, py::call_guard<py::gil_scoped_release>(), "blurred moments -> SSIM map");
   m.def("ssim_map_backward", &ssim_map_backward, py::call_guard<py::gil_scoped_release>(), "SSIM map gradient -> moments' gradient");
   m.def("ssim_moments_backward", &ssim_moments_backward, py::call_guard<py::gil_scoped_release>(), "moments' gradient -> x, y gradients");
+  m.def("ssim_moments_backward_x", &ssim_moments_backward_x, py::call_guard<py::gil_scoped_release>(), "x-only moments' gradient -> x gradient");
 }
