@@ -136,7 +136,9 @@ def main() -> int:
     else:
         counter.__enter__()
 
-    timers.current = counter.current = "sequential"
+    timers.current = "sequential"
+    if counter is not None:
+        counter.current = "sequential"
     started = time.perf_counter()
     fitter = sequential_module.SequentialFitter(prepared.sequential_inputs, config,
                                                 boundaries=prepared.window_boundaries(config.sequential.window_frames))
@@ -144,7 +146,9 @@ def main() -> int:
     wall = {"sequential": time.perf_counter() - started}
     steps = {"sequential": sum(s.get("gaussian_iters", 0) + s.get("camera_iters", 0) for s in state.frame_stats)}
 
-    timers.current = counter.current = "refine"
+    timers.current = "refine"
+    if counter is not None:
+        counter.current = "refine"
     scene = assemble_scene(state, prepared.sequential, prepared.clip, prepared.K, config,
                            prepared.sequential_priors.moving_masks)
     if prepared.sequential != prepared.fitted:  # the prior's masks of the frames only the refinement fits
