@@ -6,6 +6,7 @@ import torch
 
 from recon4d.eval.metrics import ate_rpe
 from recon4d.fit.config import load_config
+from recon4d.fit.model import GaussianParams
 from recon4d.fit.sequential import FitState, SequentialFitter
 from recon4d.geometry import invert_pose
 from fit_scenes import static_world_inputs
@@ -56,3 +57,36 @@ def test_interrupted_fit_resumes_to_the_same_result(world):
         assert torch.equal(a, b)
     for name in ("means", "color_logits", "opacity_logits"):
         assert torch.equal(getattr(resumed.gaussians, name), getattr(full.gaussians, name))
+
+
+def test_replay_rows_follow_spawns_retirement_and_replaced_states(world):
+    """The replay's row searches are kept per frame; spawned rows, retired rows and a frame's replaced dynamic
+    states (a window boundary adds copies) are all seen, as the boolean selections they replace would."""
+    inputs, _ = world
+    fitter = SequentialFitter(inputs, tiny_config())
+    generator = torch.Generator().manual_seed(0)
+
+    def make(dynamic: list[bool], birth: int) -> GaussianParams:
+        n = len(dynamic)
+        return GaussianParams.create(torch.rand(n, 3, generator=generator), torch.full((n,), 0.1),
+                                     torch.rand(n, 3, generator=generator), 0.5, torch.tensor(dynamic), birth)
+
+    def states(ids: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return torch.tensor(ids), torch.rand(len(ids), 3, generator=generator), torch.rand(len(ids), 4, generator=generator)
+
+    state = FitState(gaussians=make([False, True, False, True], 0))
+    state.dynamic_states = [states([1, 3]) for _ in range(3)]
+    alive, ids, means, quats = fitter.replay_rows(state, 1)
+    assert alive.tolist() == [0, 1, 2, 3] and ids.tolist() == [1, 3]
+    assert torch.equal(means, state.dynamic_states[1][1]) and torch.equal(quats, state.dynamic_states[1][2])
+    state.gaussians.append(make([True, False], 2))  # spawned at frame 2: not alive at frame 1
+    assert fitter.replay_rows(state, 1)[0].tolist() == [0, 1, 2, 3]
+    assert fitter.replay_rows(state, 2)[0].tolist() == [0, 1, 2, 3, 4, 5]
+    state.dynamic_states[1] = states([1, 3, 4])
+    _, ids, means, _ = fitter.replay_rows(state, 1)
+    assert ids.tolist() == [1, 3, 4] and torch.equal(means, state.dynamic_states[1][1])
+    # Two rows retired: row numbers count them first, and their states are not the active Gaussians'.
+    state.retired, state.gaussians = make([False, True], 0), make([True, False, True], 0)
+    state.dynamic_states[2] = states([1, 2, 4])
+    _, ids, means, _ = fitter.replay_rows(state, 2)
+    assert ids.tolist() == [0, 2] and torch.equal(means, state.dynamic_states[2][1][1:])

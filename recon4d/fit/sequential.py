@@ -241,6 +241,8 @@ class SequentialFitter:
         self.window_boundaries = set(boundaries)
         self.sfm_anchor: tuple[int, float] | None = None  # (frame, fit units per COLMAP unit), found on first use
         self.sfm_not_anchor: set[int] = set()  # frames that saw too few COLMAP points to be the anchor
+        self._replay_key: tuple[torch.Tensor, int] | None = None  # (birth_frame tensor, row offset) of `_replay_rows`
+        self._replay_rows: dict[int, tuple] = {}  # frame -> (its states' ids tensor, alive rows, ids, keep)
 
     # -- rendering -----------------------------------------------------------------------------------------
     def render(self, gaussians: Gaussians, camera_from_world: torch.Tensor,
@@ -395,17 +397,36 @@ class SequentialFitter:
         frame only, which is what lets the scene render frames other than the last one.
         """
         g = state.gaussians
-        ids, means_k, quats_k = state.active_dynamic_state(k)
+        alive, ids, means_k, quats_k = self.replay_rows(state, k)
         means = g.means.clone()
         quats = g.quats.clone()
         means[ids] = means_k
         quats[ids] = quats_k
-        alive = g.birth_frame <= k
         active = g.activated()
-        view = Gaussians(means[alive], quats[alive], active.scales[alive], active.opacities[alive], active.colors[alive])
+        view = Gaussians(*(x.index_select(0, alive) for x in (means, quats, active.scales, active.opacities, active.colors)))
         out = self.render(view, state.camera_from_world[k], level=level)
         weight = torch.ones(level.height, level.width, device=self.device)
         return photometric_loss(out.color, level.inputs.frames[k], weight, self.config.losses.ssim)
+
+    def replay_rows(self, state: FitState, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(rows [A] of the active Gaussians alive at frame k, and `FitState.active_dynamic_state(k)`).
+
+        The row searches are kept per frame until the rows change (spawned or retired Gaussians) or frame
+        k's states are replaced, so that a replay step, every second step of the pass, reads nothing back from
+        the device: the same frames are replayed many times."""
+        g, ids_k = state.gaussians, state.dynamic_states[k][0]
+        rows_key = (g.birth_frame, state.row_offset)
+        if self._replay_key is None or self._replay_key[0] is not rows_key[0] or self._replay_key[1] != rows_key[1]:
+            self._replay_key, self._replay_rows = rows_key, {}
+        cached = self._replay_rows.get(k)
+        if cached is None or cached[0] is not ids_k:
+            local = ids_k - state.row_offset
+            keep = (local >= 0).nonzero().squeeze(1)
+            cached = (ids_k, (g.birth_frame <= k).nonzero().squeeze(1), local.index_select(0, keep), keep)
+            self._replay_rows[k] = cached
+        _, alive, ids, keep = cached
+        _, means_k, quats_k = state.dynamic_states[k]
+        return alive, ids, means_k.index_select(0, keep), quats_k.index_select(0, keep)
 
     def _extend_previous(self, previous_pixels: torch.Tensor | None, new: GaussianParams, t: int,
                          camera_from_world: torch.Tensor) -> torch.Tensor | None:
