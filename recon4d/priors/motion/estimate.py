@@ -101,10 +101,11 @@ def estimate_moving_masks(
     rng = np.random.default_rng(config.seed)
 
     # Per frame: sums of normalised residuals over the pairs that touch it, of valid vectors and of all.
+    # Counts are small integers (at most two per baseline): int16, exact, a quarter of float64's memory.
     valid_sum = np.zeros((frames_count, height, width))
-    valid_count = np.zeros((frames_count, height, width))
+    valid_count = np.zeros((frames_count, height, width), np.int16)
     any_sum = np.zeros((frames_count, height, width))
-    any_count = np.zeros((frames_count, height, width))
+    any_count = np.zeros((frames_count, height, width), np.int16)
     consecutive: list[PairGeometry] = []
     # Chains of length k: forward[s] maps frame s -> s+k (on frame s), backward[s] frame s+k -> s (on s+k).
     forward, forward_valid = flow.flow_forward, flow.valid_forward
@@ -128,10 +129,14 @@ def estimate_moving_masks(
                                          flow.valid_forward[s + k - 1]),
                             compose_flow(backward[s + 1], backward_valid[s + 1], flow.flow_backward[s],
                                          flow.valid_backward[s]))
-                chained = list(pool.map(chain, range(count)))
-                forward, forward_valid = [c[0][0] for c in chained], [c[0][1] for c in chained]
-                backward, backward_valid = [c[1][0] for c in chained], [c[1][1] for c in chained]
-                del chained
+                # Chain s replaces chain s in place once every task that reads the old one is done (task s reads
+                # forward[s], task s-1 backward[s]): one set of chains in memory, not two.
+                for s, (chained_forward, chained_backward) in enumerate(
+                        ordered_map(pool, chain, range(count), ahead=2 * workers)):
+                    forward[s], forward_valid[s] = chained_forward
+                    backward[s], backward_valid[s] = chained_backward
+                for chains in (forward, forward_valid, backward, backward_valid):
+                    del chains[count:]
             # End frames keep their chain to the reference frame k frames away (forward[s]: s -> s+k on s,
             # backward[r]: r+k -> r on r+k).
             for t in np.flatnonzero(reference - np.arange(frames_count) == k):
@@ -190,13 +195,16 @@ def estimate_moving_masks(
                 if window_k[BACKWARD, s + k] == k:
                     windows.residual[BACKWARD, s + k] = residuals[1]
                     windows.valid[BACKWARD, s + k] = backward_valid[s] & textured[s + k]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        pair_score = valid_sum / valid_count  # NaN where a pixel has no valid evidence
-    if config.use_invalid_evidence:
-        fallback = any_sum / np.maximum(any_count, 1)
-    else:
-        fallback = np.zeros_like(pair_score)
-    pair_score = np.where(valid_count > 0, pair_score, fallback).astype(np.float32)
+    for chains in (forward, forward_valid, backward, backward_valid):
+        chains.clear()
+    # Frame by frame: whole-clip float64 temporaries would be the split's largest allocation on a long clip.
+    pair_score = np.empty((frames_count, height, width), np.float32)
+    for t in range(frames_count):
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean_valid = valid_sum[t] / valid_count[t]  # NaN where a pixel has no valid evidence
+        fallback = any_sum[t] / np.maximum(any_count[t], 1) if config.use_invalid_evidence else 0.0
+        pair_score[t] = np.where(valid_count[t] > 0, mean_valid, fallback)
+    del valid_sum, valid_count, any_sum, any_count
     windowed = window_score(windows, pair_score, config)
     motion_score = np.maximum(pair_score, windowed)
     moving_masks = np.stack([clean_mask(score > 1.0, config) for score in motion_score])

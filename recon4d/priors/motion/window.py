@@ -170,11 +170,16 @@ def window_score(windows: WindowResiduals, pair_score: np.ndarray, config: Motio
     per_frame = lookup[windows.baseline]  # [2, T], inf where there is no window
     # A direction much shorter than the other (near the clip ends) is noisier and slower to see motion.
     longer = windows.baseline.max(axis=0, keepdims=True)
-    usable = windows.valid & (2 * windows.baseline >= longer)[..., None, None]
+    usable = 2 * windows.baseline >= longer  # [2, T]
+    # Frame by frame: the whole clip's [2, T, H, W] float64 ratios are the split's largest temporaries.
+    score = np.empty(windows.residual.shape[1:], np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
-        scores = np.where(usable, windows.residual / per_frame[..., None, None], np.nan)
-        score = np.fmin(scores[FORWARD], scores[BACKWARD])
-    score = np.nan_to_num(score, nan=0.0, posinf=0.0)
+        for t in range(score.shape[0]):
+            directions = [np.where(windows.valid[d, t] & usable[d, t],
+                                   windows.residual[d, t].astype(np.float64) / per_frame[d, t], np.nan)
+                          for d in (FORWARD, BACKWARD)]
+            score[t] = np.fmin(*directions)
+    score = np.nan_to_num(score, nan=0.0, posinf=0.0, copy=False)
     # Near the clip ends only one direction is usable: also ask the reference frame, where the pixel has gone.
     for t, (chained, valid) in windows.to_reference.items():
         there = sample_at(score[windows.reference[t]], chained)
