@@ -3,11 +3,17 @@ moving-mask IoU and ms per frame, on the synthetic variants at 320x180, plus tim
 ../shared/data and depth on the Middlebury "motorcycle" stereo pair (metric ground truth).
 
 Usage: python bench/priors.py [--frames 12] [--width 320] [--height 180]
+
+`--video PATH [--max-frames N] [--short-side S]` instead times the three priors on one video (e.g. a long
+clip, or a clip at 480 px) and prints seconds per prior and the process's peak RSS after each, cache off:
+
+    python bench/priors.py --video /tmp/recon4d-bench-inputs/backpack_long450.mp4 --max-frames 450 --short-side 180
 """
 from __future__ import annotations
 
 import argparse
 import math
+import resource
 import time
 from pathlib import Path
 
@@ -39,12 +45,49 @@ def run_priors(frames: np.ndarray, intrinsics: np.ndarray):
     return flow, motion, depth, times
 
 
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def video_row(path: Path, max_frames: int | None, short_side: int | None) -> None:
+    """Seconds of each prior on one decoded video and the peak RSS after each (the default fit's intrinsics)."""
+    import torch  # noqa: F401 - imported before the first peak is read, as a fit has it
+
+    from recon4d.fit.config import load_config
+    from recon4d.fit.pipeline import default_intrinsics
+    from recon4d.io.video import read_clip
+
+    clip = read_clip(path, max_frames=max_frames, short_side=short_side)
+    intrinsics = default_intrinsics(clip.width, clip.height, load_config("default").input.fov_x_deg)
+    peaks = {"decode": peak_rss_mb()}
+    times = {}
+    t0 = time.perf_counter()
+    flow = make_flow_estimator("dis")(clip.frames)
+    times["flow"], peaks["flow"] = time.perf_counter() - t0, peak_rss_mb()
+    t0 = time.perf_counter()
+    motion = estimate_moving_masks(flow, frames=clip.frames)
+    times["motion"], peaks["motion"] = time.perf_counter() - t0, peak_rss_mb()
+    t0 = time.perf_counter()
+    make_depth_estimator("video")(clip.frames, flow, intrinsics, motion.moving_masks)
+    times["depth"], peaks["depth"] = time.perf_counter() - t0, peak_rss_mb()
+    print("| video | frames | size | flow s | motion s | depth s | total s | peak RSS MB after decode / flow / motion / depth |")
+    print("|---|---|---|---|---|---|---|---|")
+    print(f"| {path.name} | {clip.num_frames} | {clip.width}x{clip.height} | {times['flow']:.1f} | {times['motion']:.1f} | "
+          f"{times['depth']:.1f} | {sum(times.values()):.1f} | " + " / ".join(f"{peaks[k]:.0f}" for k in peaks) + " |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=12)
     parser.add_argument("--width", type=int, default=320)
     parser.add_argument("--height", type=int, default=180)
+    parser.add_argument("--video", type=Path, default=None, help="time the priors on this video only")
+    parser.add_argument("--max-frames", type=int, default=None, help="with --video")
+    parser.add_argument("--short-side", type=int, default=None, help="with --video: the working resolution's short side")
     args = parser.parse_args()
+    if args.video is not None:
+        video_row(args.video, args.max_frames, args.short_side)
+        return
     print("| clip | flow EPE px | depth AbsRel | depth δ<1.25 | mask IoU | flow ms/f | motion ms/f | depth ms/f |")
     print("|---|---|---|---|---|---|---|---|")
     slow = [("slow-static", "static", SLOW), ("slow-translate", "translate", SLOW)]
