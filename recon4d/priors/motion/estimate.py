@@ -107,18 +107,17 @@ def estimate_moving_masks(
     any_sum = np.zeros((frames_count, height, width))
     any_count = np.zeros((frames_count, height, width), np.int16)
     consecutive: list[PairGeometry] = []
-    # Chains of length k: forward[s] maps frame s -> s+k (on frame s), backward[s] frame s+k -> s (on s+k).
-    forward, forward_valid = flow.flow_forward, flow.valid_forward
-    backward, backward_valid = flow.flow_backward, flow.valid_backward
+    # Chains of length k, per pair: forward[s] maps frame s -> s+k (on frame s), backward[s] frame s+k -> s
+    # (on s+k). Lists of per-pair maps, never stacked.
+    forward, forward_valid = list(flow.flow_forward), list(flow.valid_forward)
+    backward, backward_valid = list(flow.flow_backward), list(flow.valid_backward)
     baselines = sorted({1, *(int(k) for k in config.baselines if 1 <= int(k) <= pairs)})
     window_ks, window_k, reference = window_baselines(frames_count, config)
     windows = WindowResiduals.empty(window_k, reference, height, width)
     fitted = sorted(set(baselines) | set(window_ks))
     # Every per-pair map (chained flow, residuals, scores) is computed on the pool, one pair per task: OpenCV
     # and NumPy release the GIL. The sums are then added in pair order, so the result does not depend on the
-    # number of workers. Chains are kept as lists of per-pair maps, never stacked.
-    forward, forward_valid = list(forward), list(forward_valid)
-    backward, backward_valid = list(backward), list(backward_valid)
+    # number of workers.
     workers = cpu_workers(config.num_threads)
     with thread_pool(workers) as pool:
         for k in range(1, fitted[-1] + 1):
