@@ -38,4 +38,9 @@ def test_zero_coefficients_are_not_stored(tmp_path):
     loaded = load_scene(tmp_path / "sparse.r4d")
     for name in MotionModel.TENSORS:
         assert torch.equal(getattr(loaded.motion, name), getattr(mostly_drifting.motion, name)), name
-    assert torch.equal(loaded.dynamic_means, mostly_drifting.motion.states(torch.arange(6.0))[0])
+    means, quats, offsets = mostly_drifting.motion.states(torch.arange(6.0))
+    assert torch.equal(loaded.dynamic_means, means) and torch.equal(loaded.dynamic_quats, quats)
+    # The scene's dense states are read without colour offsets (a long clip's would be 0.6 GB), same values.
+    without = mostly_drifting.motion.states(torch.arange(6.0), with_colors=False)
+    assert torch.equal(without[0], means) and torch.equal(without[1], quats) and without[2] is None
+    assert offsets.shape == means.shape

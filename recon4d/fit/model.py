@@ -422,7 +422,7 @@ def scene_from_models(models: list[SceneModel], template: Scene4D) -> Scene4D:
     is_dynamic[dynamic] = True
     means = torch.zeros(count, 3)
     means[still] = cat("still_means")
-    dyn_means, dyn_quats, _ = motion.states(torch.arange(template.num_frames, dtype=torch.float32))
+    dyn_means, dyn_quats, _ = motion.states(torch.arange(template.num_frames, dtype=torch.float32), with_colors=False)
     if dyn_means.shape[0]:  # dynamic Gaussians' static slot: their state at frame 0, as the sequential pass has it
         means[dynamic] = dyn_means[0]
     gaussians = Gaussians(means, normalize_quaternion(cat("quats")), torch.exp(cat("log_scales")),
