@@ -13,8 +13,9 @@ pass, the PyTorch operators that launch a kernel (views excluded; forward, backw
 those that would make the host wait for a GPU (`.item()`, `nonzero`, boolean indexing, `unique`, ...). On a
 GPU each launch costs a few microseconds of host time and each wait stalls the queue, so these counts are a
 CPU-side measure of what keeps a small step from flying there. recon4d's own C++ kernels (and gsplat's on a
-GPU) are called outside the dispatcher and are not counted. The mode slows the run severalfold: use a short
-clip (`--frames 10`).
+GPU) are called outside the dispatcher and are not counted. On a CPU run every tensor is on the CPU, so a read
+of a CPU generator's draw (a random frame or time) counts too although it is no GPU wait: the callers' lines
+tell them apart. The mode slows the run severalfold: use a short clip (`--frames 10`).
 
     .venv/bin/python bench/steps.py --clip bear --frames 30
     .venv/bin/python bench/steps.py --clip bear --frames 10 --count-ops
@@ -134,7 +135,7 @@ def main() -> int:
     if counter is None:
         instrument(timers)
     else:
-        counter.__enter__()
+        counter.__enter__()  # left after the refinement, where the counts are printed
 
     timers.current = "sequential"
     if counter is not None:
@@ -192,8 +193,9 @@ def print_op_counts(counter: OpCounter, steps: dict, clip_name: str, frames: int
     print_markdown_table(rows, ["pass", "steps", "launches_per_step", "host_reads_per_step"])
     for stage in ("sequential", "refine"):
         top = sorted(((name, n) for (s, name), n in counter.by_name.items() if s == stage), key=lambda item: -item[1])
+        launched = [(name, n) for name, n in top if "host read" not in name]
         print(f"\n{stage}, most frequent per step: " + ", ".join(
-            f"{name} {n / max(steps[stage], 1):.1f}" for name, n in top[:25] if "host read" not in name))
+            f"{name} {n / max(steps[stage], 1):.1f}" for name, n in launched[:25]))
         print(f"{stage}, host reads per step: " + ", ".join(
             f"{name} {n / max(steps[stage], 1):.2f}" for name, n in top if "host read" in name))
         sites = sorted(((site, n) for (s, site), n in counter.read_sites.items() if s == stage), key=lambda item: -item[1])
