@@ -54,7 +54,9 @@ def resize(image: np.ndarray, width: int, height: int, interpolation: int) -> np
 
 def working_frames(frames: np.ndarray, small_w: int, small_h: int) -> np.ndarray:
     """[T, H, W, 3] uint8 -> [T, h, w, 3] float32 in [0, 1] at the working resolution."""
-    return np.stack([resize(f, small_w, small_h, cv2.INTER_AREA) for f in frames]).astype(np.float32) / 255.0
+    guides = np.stack([resize(f, small_w, small_h, cv2.INTER_AREA) for f in frames]).astype(np.float32)
+    guides /= 255.0  # in place: one float copy of the clip, not two
+    return guides
 
 
 def downscale_inputs(flow: FlowResult, moving: np.ndarray, intrinsics: np.ndarray, width: int, height: int,

@@ -39,6 +39,8 @@ class SparseDepth:
         pair_poses: (ref, target, rotation [3, 3], translation [3]) per triangulated pair, x_target = R x_ref + t
             in the units of `log_depth`.
         moving: [T, h, w] bool moving masks at the working resolution.
+        guides: [T, h, w, 3] float32 frames in [0, 1] at the working resolution (the colour guide of the merge's
+            edge repair and of the fill), kept so that the fill does not build them again.
     """
 
     log_depth: np.ndarray
@@ -48,6 +50,7 @@ class SparseDepth:
     intrinsics: np.ndarray
     pair_poses: list[tuple[int, int, np.ndarray, np.ndarray]]
     moving: np.ndarray
+    guides: np.ndarray | None = None
 
 
 class VideoDepth:
@@ -93,7 +96,7 @@ class VideoDepth:
 
         small_h, small_w = sparse.log_depth.shape[1:]
         moving_small = sparse.moving
-        guides = working_frames(frames, small_w, small_h)
+        guides = sparse.guides
         partners_of = _partners_by_frame(sparse.pair_poses, num_frames)
         depth = np.empty((num_frames, height, width), dtype=np.float32)
         confidence = np.empty((num_frames, height, width), dtype=np.float32)
@@ -178,7 +181,7 @@ class VideoDepth:
         poses = [(p.ref, p.target, p.rotation, p.translation * pair_scale[i] * group_scale[groups[i]])
                  for i, p in enumerate(pairs)]
         return SparseDepth(log_depth=log_depth, confidence=confidence, scale=scale, num_pairs=len(pairs),
-                           intrinsics=k, pair_poses=poses, moving=moving)
+                           intrinsics=k, pair_poses=poses, moving=moving, guides=guides)
 
     def _fill(self, log_data: np.ndarray, weight: np.ndarray, guide: np.ndarray, moving: np.ndarray) -> np.ndarray:
         cfg = self.config
