@@ -122,10 +122,14 @@ def main() -> int:
     parser.add_argument("--frames", type=int, default=30)
     parser.add_argument("--holdout-every", type=int, default=4)
     parser.add_argument("--preset", default="default")
+    parser.add_argument("--short-side", type=int, default=None, help="working resolution's short side (the preset's by default)")
     parser.add_argument("--count-ops", action="store_true", help="count kernel launches and host reads per step instead of timing")
     args = parser.parse_args()
     source = REAL_CLIPS.get(args.clip, Path(args.clip))
-    config = with_static_scene(load_config(args.preset, {"max_frames": args.frames, "holdout_every": args.holdout_every}))
+    overrides = {"max_frames": args.frames, "holdout_every": args.holdout_every}
+    if args.short_side is not None:
+        overrides["short_side"] = args.short_side
+    config = with_static_scene(load_config(args.preset, overrides))
     device = torch.device("cpu")
     prepared = prepare(source, config, device, log=lambda *_: None)
     if prepared.long_clip and config.keyframes.long_clip:  # as `recon4d fit` runs a long clip's pass

@@ -1,6 +1,7 @@
 """Loss terms of the fit; each takes rendered and prior maps of one frame and returns a scalar."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from recon4d.image import ssim_map
@@ -25,17 +26,35 @@ def depth_loss(rendered_depth: torch.Tensor, prior_depth: torch.Tensor, weight: 
     rendered median. Scale-invariant, so priors known up to scale per frame are usable. Maps [H, W]; 0 where
     fewer than `MIN_DEPTH_PIXELS` pixels have weight.
 
-    The medians are taken over the weighted pixels with the others set to NaN, not over a boolean selection:
-    no host sync (the pixel count is not read back), which a GPU step would wait on, and one pass less.
+    The medians (`_lower_medians`) read no pixel count back from a GPU.
     """
     valid = weight > 0
-    rendered = rendered_depth.detach()
-    medians = torch.stack([rendered, prior_depth]).where(valid, torch.nan).flatten(1).nanmedian(dim=1).values
+    medians = _lower_medians(torch.stack([rendered_depth.detach(), prior_depth]), valid)
     rendered_median = medians[0].nan_to_num(1.0).clamp_min(1e-6)
     scale = rendered_median / medians[1].nan_to_num(1.0).clamp_min(1e-6)
     residual = (rendered_depth - scale * prior_depth).abs() / rendered_median
     loss = (residual * weight).sum() / weight.sum().clamp_min(1e-12)
     return torch.where(valid.sum() >= MIN_DEPTH_PIXELS, loss, 0.0)
+
+
+def _lower_medians(maps: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Lower median (`torch.median`'s: the smaller middle value of an even count) of each map [M, H, W] over the
+    pixels `valid` [H, W] -> [M]; NaN where no pixel is valid.
+
+    On the CPU the valid values are selected and NumPy's introselect picks the median: at 854x480, 2.5 ms for
+    two maps where `nanmedian` takes 6 ms (torch's CPU median is an order of magnitude slower than
+    `np.partition`). Elsewhere `nanmedian` over the maps with the other pixels set to NaN: no host read of the
+    pixel count, which a GPU would wait on.
+    """
+    if maps.device.type != "cpu":
+        return maps.where(valid, torch.nan).flatten(1).nanmedian(dim=1).values
+    medians = torch.full((maps.shape[0],), torch.nan, dtype=maps.dtype)
+    for row, values in enumerate(maps[:, valid].numpy()):
+        values = values[~np.isnan(values)] if np.isnan(values).any() else values  # as nanmedian skips them
+        if values.size:
+            middle = (values.size - 1) // 2
+            medians[row] = float(np.partition(values, middle)[middle])
+    return medians
 
 
 def flow_loss(rendered_flow: torch.Tensor, prior_flow: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
