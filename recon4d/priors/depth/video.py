@@ -40,7 +40,8 @@ class SparseDepth:
             in the units of `log_depth`.
         moving: [T, h, w] bool moving masks at the working resolution.
         guides: [T, h, w, 3] float32 frames in [0, 1] at the working resolution (the colour guide of the merge's
-            edge repair and of the fill), kept so that the fill does not build them again.
+            edge repair and of the fill), kept so that the fill does not build them again; None in a SparseDepth
+            built by hand.
     """
 
     log_depth: np.ndarray
