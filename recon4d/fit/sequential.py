@@ -130,12 +130,18 @@ class FitState:
         """Retired and active Gaussians, in row order."""
         return self.gaussians if self.retired is None else GaussianParams.concat([self.retired, self.gaussians])
 
+    def active_dynamic_rows(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Frame k's dynamic states of the active Gaussians: (their indices into `gaussians` [D], and where
+        they are in `dynamic_states[k]` [D])."""
+        local = self.dynamic_states[k][0] - self.row_offset
+        keep = (local >= 0).nonzero().squeeze(1)
+        return local.index_select(0, keep), keep
+
     def active_dynamic_state(self, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Frame k's dynamic states of the active Gaussians: (indices into `gaussians`, means, quats)."""
-        ids, means, quats = self.dynamic_states[k]
-        local = ids - self.row_offset
-        keep = local >= 0
-        return local[keep], means[keep], quats[keep]
+        ids, keep = self.active_dynamic_rows(k)
+        _, means, quats = self.dynamic_states[k]
+        return ids, means.index_select(0, keep), quats.index_select(0, keep)
 
     def state_dict(self) -> dict:
         return {
@@ -411,7 +417,7 @@ class SequentialFitter:
     def replay_rows(self, state: FitState, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(rows [A] of the active Gaussians alive at frame k, and `FitState.active_dynamic_state(k)`).
 
-        The row searches are kept per frame until the rows change (spawned or retired Gaussians) or frame
+        The row searches (the alive rows, `FitState.active_dynamic_rows`) are kept per frame until the rows change (spawned or retired Gaussians) or frame
         k's states are replaced, so that a replay step, every second step of the pass, reads nothing back from
         the device: the same frames are replayed many times."""
         g, ids_k = state.gaussians, state.dynamic_states[k][0]
@@ -420,9 +426,7 @@ class SequentialFitter:
             self._replay_key, self._replay_rows = rows_key, {}
         cached = self._replay_rows.get(k)
         if cached is None or cached[0] is not ids_k:
-            local = ids_k - state.row_offset
-            keep = (local >= 0).nonzero().squeeze(1)
-            cached = (ids_k, (g.birth_frame <= k).nonzero().squeeze(1), local.index_select(0, keep), keep)
+            cached = (ids_k, (g.birth_frame <= k).nonzero().squeeze(1), *state.active_dynamic_rows(k))
             self._replay_rows[k] = cached
         _, alive, ids, keep = cached
         _, means_k, quats_k = state.dynamic_states[k]
