@@ -181,7 +181,6 @@ torch::Tensor ssim_map_forward(torch::Tensor blurred, double c1, double c2) {
   return out;
 }
 
-// d loss / d SSIM [M...] -> d loss / d blurred moments [5, M...].
 // d loss / d SSIM [M...] -> d loss / d blurred moments: [5, M...] in the order of ssim_moments, or with x_only
 // [3, M...] of the moments x itself enters (x, x*x, x*y), when y needs no gradient: 3 maps to blur back, not 5.
 torch::Tensor ssim_map_backward(torch::Tensor grad, torch::Tensor blurred, double c1, double c2, bool x_only) {
