@@ -16,7 +16,8 @@ import torch
 from recon4d.eval.ground_truth import evaluate_scene
 from recon4d.eval.synthetic import make_synthetic, write_synthetic
 from recon4d.fit.config import load_config
-from recon4d.fit.pipeline import fit_video, refine_output
+from recon4d.fit.pipeline import fit_video, prepare, refine_output
+from recon4d.fit.refine import RefineInputs, refine_scene
 from recon4d.fit.sequential import FitState, SequentialFitter, window_boundaries
 from recon4d.io.scene import NEVER, load_scene
 from fit_scenes import static_world_inputs
@@ -80,18 +81,24 @@ def test_windows_render_held_out_frames_like_one_window(fits):
     assert windows["fitted"]["psnr"] >= 25.0, windows["fitted"]
 
 
-def test_windows_refined_side_by_side_match_one_after_another(tmp_path):
+@pytest.fixture(scope="module")
+def sequential_fit(tmp_path_factory):
+    """A windowed fit without refinement: the folder holding gt/video.mp4 and sequential/."""
+    root = tmp_path_factory.mktemp("sequential")
+    write_synthetic(make_synthetic("translate", num_frames=FRAMES, width=96, height=54, seed=0), root / "gt")
+    fit_video(root / "gt" / "video.mp4", root / "sequential", _config(WINDOW).replace(refine=False),
+              torch.device("cpu"), log=lambda *_: None)
+    return root
+
+
+def test_windows_refined_side_by_side_match_one_after_another(sequential_fit, tmp_path):
     """On the CPU the windows are refined on parallel threads, one thread each: the scene must be the one that
     refining them one after another on one thread gives, bit for bit."""
-    clip = make_synthetic("translate", num_frames=FRAMES, width=96, height=54, seed=0)
-    write_synthetic(clip, tmp_path / "gt")
-    fit_video(tmp_path / "gt" / "video.mp4", tmp_path / "sequential", _config(WINDOW).replace(refine=False),
-              torch.device("cpu"), log=lambda *_: None)
     threads = torch.get_num_threads()
     scenes = {}
     try:
         for count in (1, 2):
-            shutil.copytree(tmp_path / "sequential", tmp_path / f"threads{count}")
+            shutil.copytree(sequential_fit / "sequential", tmp_path / f"threads{count}")
             torch.set_num_threads(count)
             scenes[count] = refine_output(tmp_path / f"threads{count}", torch.device("cpu"), log=lambda *_: None).scene
     finally:
@@ -102,6 +109,28 @@ def test_windows_refined_side_by_side_match_one_after_another(tmp_path):
     for name in ("means", "quats", "scales", "opacities", "colors"):
         assert torch.equal(getattr(one.gaussians, name), getattr(two.gaussians, name)), name
     assert torch.equal(one.motion.position, two.motion.position)
+
+
+def test_refinement_may_drop_the_sequential_states(sequential_fit):
+    """The refinement reads the sequential scene's per-frame states once, to start the trajectories; dropping
+    them then (`release_states`, as `recon4d fit` does: on a long clip they weigh as much as the refined scene's)
+    leaves the scene without them and changes no bit of the result."""
+    config = _config(WINDOW)
+    prepared = prepare(sequential_fit / "gt" / "video.mp4", config, torch.device("cpu"), log=lambda *_: None)
+    refined = {}
+    for release in (False, True):
+        scene = load_scene(sequential_fit / "sequential")
+        assert scene.dynamic_means.shape[1] > 0
+        refined[release], _ = refine_scene(RefineInputs(scene, prepared.fitted, prepared.inputs), config,
+                                           torch.device("cpu"), release_states=release)
+        assert (scene.dynamic_means is None) == (scene.dynamic_quats is None) == release
+    kept, dropped = refined[False], refined[True]
+    assert torch.unique(kept.trajectory_windows(), dim=0).shape[0] >= 3
+    assert torch.equal(kept.cameras.world_from_camera, dropped.cameras.world_from_camera)
+    for name in ("means", "quats", "scales", "opacities", "colors"):
+        assert torch.equal(getattr(kept.gaussians, name), getattr(dropped.gaussians, name)), name
+    assert torch.equal(kept.motion.position, dropped.motion.position)
+    assert torch.equal(kept.dynamic_means, dropped.dynamic_means)
 
 
 def test_windowed_cameras_follow_the_true_path(fits):

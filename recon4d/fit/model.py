@@ -215,22 +215,25 @@ class SceneModel:
     GAUSSIAN_ROWS = ("quats", "log_scales", "opacity_logits", "color_logits")
 
     def __init__(self, scene: Scene4D, motion: MotionModel, fitted: list[int], device: torch.device,
-                 window: torch.Tensor | None = None, gauge: tuple[int, ...] = (0,)) -> None:
+                 rows: torch.Tensor | None = None, gauge: tuple[int, ...] = (0,)) -> None:
         """From a sequential `scene` and the initial `motion` of its dynamic Gaussians (clip frames `fitted`);
-        `window` [N, 2] overrides `scene.trajectory_windows()` (a scene of one window's rows cannot tell where its
-        window starts), `gauge` lists the fitted frames whose cameras stay fixed."""
+        `rows` [R] (sorted indices, e.g. one temporal window's) takes only those Gaussians of the scene, and then
+        `motion` holds the trajectories of the dynamic ones among them; `gauge` lists the fitted frames whose
+        cameras stay fixed. The scene's per-frame states are not read: `motion` replaces them."""
         self.device = device
         self.fitted = list(fitted)
-        self.dynamic = scene.is_dynamic.nonzero().squeeze(1).to(device)
-        self.still = (~scene.is_dynamic).nonzero().squeeze(1).to(device)
-        self.birth = scene.birth_frame.to(device)
+        pick = (lambda x: x) if rows is None else (lambda x: x[rows])  # noqa: E731
+        is_dynamic = pick(scene.is_dynamic)
+        self.dynamic = is_dynamic.nonzero().squeeze(1).to(device)
+        self.still = (~is_dynamic).nonzero().squeeze(1).to(device)
+        self.birth = pick(scene.birth_frame).to(device)
         self.windowed = scene.death_frame is not None
-        death = scene.death_frame if self.windowed else torch.full_like(scene.birth_frame, NEVER)
+        death = pick(scene.death_frame) if self.windowed else torch.full_like(self.birth, NEVER)
         self.death = death.to(device)
-        self.window = (scene.trajectory_windows() if window is None else window).to(device)
+        self.window = pick(scene.trajectory_windows()).to(device)
         self._cached_layout: tuple | None = None  # see `_layout`
-        self.is_moving = scene.is_moving.to(device)
-        g = scene.gaussians
+        self.is_moving = pick(scene.is_moving).to(device)
+        g = scene.gaussians if rows is None else scene.gaussians.select(rows)
         tensor = lambda x: x.detach().to(device=device, dtype=torch.float32).clone().requires_grad_(True)  # noqa: E731
         self.still_means = tensor(g.means[self.still.cpu()])
         self.quats = tensor(g.quats)

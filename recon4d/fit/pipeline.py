@@ -221,13 +221,15 @@ def _with_sfm_prior(source: str | Path, clip: Clip, frames: list[int], inputs: F
 
 
 def run_refinement(scene: Scene4D, prepared: Prepared, config: FitConfig, device: torch.device) -> tuple[Scene4D, dict]:
-    """Continuous-time refinement of a sequential scene (progress bar on stderr)."""
+    """Continuous-time refinement of a sequential scene (progress bar on stderr). Takes the scene: its per-frame
+    states are dropped once read (`refine_scene`'s `release_states`), so the caller must not use it again."""
     from recon4d.fit.refine import RefineInputs, refine_scene
 
     with progress_bar("refining") as progress:
         task = progress.add_task("refine", total=None)
         return refine_scene(RefineInputs(scene, prepared.fitted, prepared.inputs), config, device,
-                            on_progress=lambda done, total: progress.update(task, completed=done, total=total))
+                            on_progress=lambda done, total: progress.update(task, completed=done, total=total),
+                            release_states=True)
 
 
 def _summary(metrics: dict) -> dict:

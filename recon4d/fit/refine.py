@@ -140,17 +140,18 @@ class Refiner:
     `GrowStrategy`; `run()` returns the refined Scene4D."""
 
     def __init__(self, data: RefineInputs, config: FitConfig, device: torch.device,
-                 on_progress: Callable[[int, int], None] | None = None, window: torch.Tensor | None = None,
-                 fourier_terms: int | None = None, gauge: tuple[int, ...] = (0,)):
-        """`window`, `fourier_terms`: see `initial_motion`; `gauge`: the fitted frames (indices into
-        `data.fitted`) whose cameras stay fixed."""
+                 on_progress: Callable[[int, int], None] | None = None, rows: torch.Tensor | None = None,
+                 motion: MotionModel | None = None, gauge: tuple[int, ...] = (0,)):
+        """`rows`: the scene's Gaussians to refine (`SceneModel`; all by default); `motion`: their dynamic
+        Gaussians' initial trajectories (by default `initial_motion` of the scene's per-frame states); `gauge`:
+        the fitted frames (indices into `data.fitted`) whose cameras stay fixed."""
         self.data, self.config, self.device, self.on_progress = data, config, device, on_progress
-        scene = data.scene
         self.K = data.inputs.K.to(device)
         self.focal = float(self.K[0, 0])  # working-resolution pixels: the densification statistics' unit
         self.pyramid = Pyramid(data.inputs, config.refine.pyramid_levels)
-        motion = initial_motion(scene, data.fitted, config.refine, window, fourier_terms)
-        self.model = SceneModel(scene, motion, data.fitted, device, window, gauge)
+        if motion is None:
+            motion = initial_motion(data.scene, data.fitted, config.refine)
+        self.model = SceneModel(data.scene, motion, data.fitted, device, rows, gauge)
         # A window's last frame belongs to the next window's Gaussians: it only serves the flow to it.
         self.drawn = [k for k, t in enumerate(data.fitted) if bool(self.model.alive_at(float(t)).any())]
         self.neighbours = self.rigid_neighbours()
@@ -311,21 +312,9 @@ def _masked_means(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return ((values * mask).sum(-1) / mask.sum(-1).clamp_min(1.0)).sum()
 
 
-def scene_rows(scene: Scene4D, rows: torch.Tensor) -> Scene4D:
-    """The Gaussians `rows` [R] (sorted indices) of a sequential scene (no motion model) as a scene of their own,
-    over the same cameras and frames."""
-    if scene.motion is not None:
-        raise ValueError("scene_rows takes a sequential scene (per-frame states, no motion model)")
-    columns = torch.searchsorted(scene.is_dynamic.nonzero().squeeze(1), rows[scene.is_dynamic[rows]])
-    return Scene4D(gaussians=scene.gaussians.select(rows), is_dynamic=scene.is_dynamic[rows],
-                   birth_frame=scene.birth_frame[rows], dynamic_means=scene.dynamic_means[:, columns],
-                   dynamic_quats=scene.dynamic_quats[:, columns], cameras=scene.cameras, arrays=scene.arrays,
-                   config=scene.config, metrics=scene.metrics, is_moving=scene.is_moving[rows],
-                   death_frame=None if scene.death_frame is None else scene.death_frame[rows])
-
-
 def refine_scene(data: RefineInputs, config: FitConfig, device: torch.device,
-                 on_progress: Callable[[int, int], None] | None = None) -> tuple[Scene4D, dict]:
+                 on_progress: Callable[[int, int], None] | None = None,
+                 release_states: bool = False) -> tuple[Scene4D, dict]:
     """Refine a sequential scene window by window; returns the refined scene and statistics.
 
     Windows share no Gaussians, and their only shared frames are the boundaries (a window's last fitted frame is
@@ -336,12 +325,21 @@ def refine_scene(data: RefineInputs, config: FitConfig, device: torch.device,
     are refined side by side (`recon4d.device.side_by_side`), each on one thread: a window's steps are small
     enough that a second thread adds little to one window (README, "Long clips with a moving camera"), and each
     window draws from its own generator, so the result does not depend on the thread count.
+
+    The sequential scene's per-frame states of dynamic Gaussians (`dynamic_means`, `dynamic_quats`) are read
+    once, to start every window's trajectories. With `release_states` they are then dropped from `data.scene`
+    (set to None; the caller must not use that scene again): on a long clip they are as large as the refined
+    scene's, which are evaluated at the end (450 frames: 1.26 GB).
     """
     started = time.perf_counter()
     scene, fitted, cfg = data.scene, data.fitted, config.refine
     row_windows = scene.trajectory_windows()
     windows = windows_of(row_windows, fitted)
     fourier_terms = shared_fourier_terms(windows, cfg)
+    motion = initial_motion(scene, fitted, cfg, row_windows, fourier_terms)
+    if release_states:
+        scene.dynamic_means = scene.dynamic_quats = None
+    dynamic = scene.is_dynamic.nonzero().squeeze(1)
     parts = []
     for i, (first, last, frames) in enumerate(windows):
         final = i == len(windows) - 1
@@ -360,11 +358,12 @@ def refine_scene(data: RefineInputs, config: FitConfig, device: torch.device,
             completed[index] = step
             on_progress(sum(completed), sum(steps))
 
-        window_scene = scene if len(parts) == 1 else scene_rows(scene, rows)
-        window_data = RefineInputs(window_scene, frames, data.inputs.between(start, start + len(frames)))
+        window_data = RefineInputs(scene, frames, data.inputs.between(start, start + len(frames)))
+        window_rows, window_motion = None, motion
+        if len(parts) > 1:  # the window's dynamic Gaussians among all (both in index order): their trajectories
+            window_rows, window_motion = rows, motion.select(torch.searchsorted(dynamic, rows[scene.is_dynamic[rows]]))
         refiner = Refiner(window_data, config.replace(refine_iters=iters), device,
-                          None if on_progress is None else progress, window=row_windows[rows],
-                          fourier_terms=fourier_terms, gauge=gauge)
+                          None if on_progress is None else progress, rows=window_rows, motion=window_motion, gauge=gauge)
         return refiner.model, refiner.optimise()
 
     models, stats = map(list, zip(*side_by_side(refine_part, range(len(parts)), device)))

@@ -183,6 +183,11 @@ class MotionModel:
     def metadata(self) -> dict[str, Any]:
         return {"poly_degree": self.poly_degree, "fourier_terms": self.fourier_terms, "time_span": self.time_span}
 
+    def select(self, rows: torch.Tensor) -> "MotionModel":
+        """The trajectories `rows` [R] (indices) of this model, with their windows."""
+        return MotionModel(self.position[rows], self.rotation[rows], self.color[rows], **self.metadata(),
+                           window=None if self.window is None else self.window[rows])
+
 
 @dataclass
 class Scene4D:
