@@ -13,8 +13,11 @@ from __future__ import annotations
 import hashlib
 import os
 import platform
+import subprocess
+import sys
 import threading
 import time
+from collections.abc import Iterable
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -44,6 +47,53 @@ def _build_key(source: Path) -> str:
     return digest.hexdigest()[:16]
 
 
+def kernel_sources() -> list[Path]:
+    """The package's C++ kernels: every ``csrc/*.cpp`` under recon4d/."""
+    return sorted(Path(__file__).parent.glob("**/csrc/*.cpp"))
+
+
+def _build_place(source: Path) -> tuple[str, Path]:
+    """(module name, build directory) of the kernel compiled from `source` for this torch and these flags."""
+    key = _build_key(source)
+    return f"recon4d_{source.stem}_{key}", cache_dir() / "ext" / key
+
+
+def _built_library(module: str, build_dir: Path) -> Path | None:
+    """The shared library of `module` in `build_dir`, if built."""
+    import importlib.machinery
+
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES + [".so"]:
+        library = build_dir / f"{module}{suffix}"
+        if library.is_file():
+            return library
+    return None
+
+
+def is_built(source: Path) -> bool:
+    """Whether the kernel compiled from `source` is built on this machine."""
+    return _built_library(*_build_place(source)) is not None
+
+
+def build_in_background(sources: Iterable[Path] | None = None) -> list[str]:
+    """Start building the kernels among `sources` (by default all, `kernel_sources`) that are not built on this
+    machine yet, each in a process of its own and all at once; returns their names (empty when all are built).
+
+    A kernel takes about 20 s of one core to build, mostly in parsing torch's headers, and a first fit used to
+    build its five one after another as it reached them (100 s on 2 cores). Started when a fit starts, the
+    builds run beside the decoding and the priors on every core. A `load_extension` of a kernel still being
+    built waits for it on the build lock and then loads it; a build that fails here is tried again there,
+    which reports the error. The processes are not waited for: a fit that ends first leaves them to finish.
+    """
+    started = []
+    for source in kernel_sources() if sources is None else sources:
+        if source.stem in _extensions or is_built(source):
+            continue
+        subprocess.Popen([sys.executable, "-m", "recon4d.cpp", str(source)], stdin=subprocess.DEVNULL,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        started.append(source.stem)
+    return started
+
+
 def load_extension(source: Path):
     """Load (building on first use on this machine) the extension compiled from the one C++ file `source`."""
     name = source.stem
@@ -52,15 +102,13 @@ def load_extension(source: Path):
             if name not in _extensions:
                 from torch.utils.cpp_extension import load
 
-                key = _build_key(source)
-                build_dir = cache_dir() / "ext" / key
+                module, build_dir = _build_place(source)
                 build_dir.mkdir(parents=True, exist_ok=True)
                 copy = build_dir / source.name
                 if not copy.is_file() or copy.read_bytes() != source.read_bytes():
                     staged = build_dir / f".{source.name}.{os.getpid()}"
                     staged.write_bytes(source.read_bytes())
                     staged.replace(copy)  # atomic: a concurrent build never reads half a file
-                module = f"recon4d_{name}_{key}"
                 built = _import_built(module, build_dir)
                 if built is not None:
                     _extensions[name] = built
@@ -115,20 +163,18 @@ def _import_built(module: str, build_dir: Path):
     """The extension `module` if its library is already built in `build_dir` (the key names one source and one set
     of flags), else None. Loading it directly skips torch's build check, which takes a lock file that a process
     killed at that moment leaves behind, and which every later load would wait on forever."""
-    import importlib.machinery
     import importlib.util
 
-    for suffix in importlib.machinery.EXTENSION_SUFFIXES + [".so"]:
-        library = build_dir / f"{module}{suffix}"
-        if library.is_file():
-            try:
-                spec = importlib.util.spec_from_file_location(module, library)
-                extension = importlib.util.module_from_spec(spec)
-                spec.loader.exec_module(extension)
-                return extension
-            except ImportError:  # a library cut short by a killed build: build it again
-                return None
-    return None
+    library = _built_library(module, build_dir)
+    if library is None:
+        return None
+    try:
+        spec = importlib.util.spec_from_file_location(module, library)
+        extension = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(extension)
+        return extension
+    except ImportError:  # a library cut short by a killed build: build it again
+        return None
 
 
 def _remove_stale_lock(build_dir: Path) -> None:
@@ -139,3 +185,7 @@ def _remove_stale_lock(build_dir: Path) -> None:
             lock.unlink()
     except FileNotFoundError:
         pass
+
+
+if __name__ == "__main__":  # `build_in_background`'s worker: build (or wait for) one kernel
+    load_extension(Path(sys.argv[1]))

@@ -48,3 +48,28 @@ def test_a_dead_builders_lock_does_not_block_a_build(tmp_path, monkeypatch):
     assert load_extension(source) == "built"
     assert calls == [False]  # the stale lock was cleared before torch's build check
     assert (build_dir / cpp.BUILD_LOCK_NAME).exists()
+
+
+def test_kernels_build_in_a_background_process_that_a_load_then_uses(tmp_path, monkeypatch):
+    """`build_in_background` builds a missing kernel in a process of its own (a fit starts them beside its
+    decoding and priors); the library appears without this process building it, and a kernel already built or
+    loaded is not started again."""
+    import time
+
+    import recon4d.cpp as cpp
+    from recon4d.cpp import build_in_background, is_built, kernel_sources
+
+    assert optim._KERNEL in kernel_sources() and len(kernel_sources()) >= 5
+    monkeypatch.setenv("RECON4D_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(cpp, "_extensions", {})
+    source = tmp_path / "tiny_add.cpp"  # pybind11 only: builds in seconds, where torch's headers take 20 s
+    source.write_text("#include <pybind11/pybind11.h>\nint add(int a, int b) { return a + b; }\n"
+                      "PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) { m.def(\"add\", &add); }\n")
+    assert not is_built(source)
+    assert build_in_background([source]) == ["tiny_add"]
+    deadline = time.monotonic() + 180
+    while not is_built(source) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert is_built(source)
+    assert build_in_background([source]) == []
+    assert load_extension(source).add(2, 3) == 5

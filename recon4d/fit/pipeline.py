@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from recon4d import __version__
+from recon4d.cpp import build_in_background
 from recon4d.device import in_background
 from recon4d.errors import InputError, Recon4DError
 from recon4d.eval.reconstruction import evaluate
@@ -142,6 +143,10 @@ def prepare(source: str | Path, config: FitConfig, device: torch.device, log=pri
         from recon4d.priors.sfm import require_pycolmap
 
         require_pycolmap()
+    if device.type == "cpu":  # the fit's C++ kernels build beside the decoding and the priors on a first run
+        building = build_in_background()
+        if building:
+            log(f"building C++ kernels {', '.join(building)} in the background (first use on this machine)")
     seconds: dict[str, float] = {}
     started = time.perf_counter()
     clip = read_clip(source, stride=config.input.stride, max_frames=config.input.max_frames, short_side=config.input.short_side)
