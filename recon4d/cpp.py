@@ -28,7 +28,7 @@ from recon4d.errors import BackendError
 # -ffast-math lets gcc vectorise expf over the rasterizer's pixel loop (libmvec); the kernels avoid inf/NaN inputs.
 _CFLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp"]
 _extensions: dict = {}
-STALE_LOCK_SECONDS = 900  # a kernel builds in 1-2 minutes on 2 cores
+STALE_LOCK_SECONDS = 900  # a kernel builds in under 10 s on 2 cores, 25 s with torch/extension.h
 BUILD_LOCK_NAME = "recon4d-build.lock"  # our flock beside torch's `lock` file (`_build_lock`)
 _lock = threading.Lock()
 
@@ -78,9 +78,10 @@ def build_in_background(sources: Iterable[Path] | None = None) -> list[str]:
     """Start building the kernels among `sources` (by default all, `kernel_sources`) that are not built on this
     machine yet, each in a process of its own and all at once; returns their names (empty when all are built).
 
-    A kernel takes about 20 s of one core to build, mostly in parsing torch's headers, and a first fit used to
-    build its five one after another as it reached them (100 s on 2 cores). Started when a fit starts, the
-    builds run beside the decoding and the priors on every core. A `load_extension` of a kernel still being
+    A kernel takes 6-8 s of one core to build, mostly in parsing torch's headers (the kernels include ATen's
+    tensor and the operators they call, not <torch/extension.h>, which took 17-25 s), and a first fit used to
+    build its five one after another as it reached them. Started when a fit starts, the builds run beside the
+    decoding and the priors on every core. A `load_extension` of a kernel still being
     built waits for it on the build lock and then loads it; a build that fails here is tried again there,
     which reports the error. The processes are not waited for: a fit that ends first leaves them to finish.
     """
