@@ -89,8 +89,11 @@ def build_in_background(sources: Iterable[Path] | None = None) -> list[str]:
     for source in kernel_sources() if sources is None else sources:
         if source.stem in _extensions or is_built(source):
             continue
-        subprocess.Popen([sys.executable, "-m", "recon4d.cpp", str(source)], stdin=subprocess.DEVNULL,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            subprocess.Popen([sys.executable, "-m", "recon4d.cpp", str(source)], stdin=subprocess.DEVNULL,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        except OSError:  # no interpreter to start: the kernel builds on first use, as without this call
+            continue
         started.append(source.stem)
     return started
 
