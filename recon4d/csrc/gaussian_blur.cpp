@@ -13,8 +13,7 @@
 // small tensor ops forward and backward: the five local moments of x and y (x, y, x*x, y*y, x*y), the SSIM map
 // from their blurred values, and the backward passes of both. Each element is independent: any thread count
 // gives the same numbers.
-// ATen's tensor, the operators used and torch's pybind11 casters, not <torch/extension.h>: a third of the
-// build time (6 s instead of 17 s of parsing headers on 2 cores).
+// Not <torch/extension.h>: these headers build in a third of its time (`recon4d.cpp.build_in_background`).
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>

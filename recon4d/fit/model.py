@@ -222,18 +222,18 @@ class SceneModel:
         cameras stay fixed. The scene's per-frame states are not read: `motion` replaces them."""
         self.device = device
         self.fitted = list(fitted)
-        pick = (lambda x: x) if rows is None else (lambda x: x[rows])  # noqa: E731
-        is_dynamic = pick(scene.is_dynamic)
+        taken = slice(None) if rows is None else rows
+        is_dynamic = scene.is_dynamic[taken]
         self.dynamic = is_dynamic.nonzero().squeeze(1).to(device)
         self.still = (~is_dynamic).nonzero().squeeze(1).to(device)
-        self.birth = pick(scene.birth_frame).to(device)
+        self.birth = scene.birth_frame[taken].to(device)
         self.windowed = scene.death_frame is not None
-        death = pick(scene.death_frame) if self.windowed else torch.full_like(self.birth, NEVER)
+        death = scene.death_frame[taken] if self.windowed else torch.full_like(self.birth, NEVER)
         self.death = death.to(device)
-        self.window = pick(scene.trajectory_windows()).to(device)
+        self.window = scene.trajectory_windows()[taken].to(device)
         self._cached_layout: tuple | None = None  # see `_layout`
-        self.is_moving = pick(scene.is_moving).to(device)
-        g = scene.gaussians if rows is None else scene.gaussians.select(rows)
+        self.is_moving = scene.is_moving[taken].to(device)
+        g = scene.gaussians.select(taken)
         tensor = lambda x: x.detach().to(device=device, dtype=torch.float32).clone().requires_grad_(True)  # noqa: E731
         self.still_means = tensor(g.means[self.still.cpu()])
         self.quats = tensor(g.quats)

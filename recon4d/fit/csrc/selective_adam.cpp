@@ -8,8 +8,7 @@
 //
 // Threads: rows are split into fixed blocks; each row is read and written by exactly one thread, so the
 // result does not depend on the thread count.
-// ATen's tensor, the operators used and torch's pybind11 casters, not <torch/extension.h>: a third of the
-// build time (6 s instead of 17 s of parsing headers on 2 cores).
+// Not <torch/extension.h>: these headers build in a third of its time (`recon4d.cpp.build_in_background`).
 #include <ATen/core/Tensor.h>
 #include <torch/csrc/utils/pybind.h>
 #include <ATen/Parallel.h>

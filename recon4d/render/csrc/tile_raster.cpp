@@ -18,8 +18,7 @@
 // per-row buffers (the backward pass four channels at a time), so the channel count stays a runtime value,
 // and the backward pass keeps per-lane gradient sums across rows so that each entry needs one horizontal
 // reduction per gradient, not one per row.
-// ATen's tensor, the operators used and torch's pybind11 casters, not <torch/extension.h>: a third of the
-// build time (6 s instead of 17 s of parsing headers on 2 cores).
+// Not <torch/extension.h>: these headers build in a third of its time (`recon4d.cpp.build_in_background`).
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
