@@ -2,7 +2,7 @@
 
 Usage: python bench/fit.py [--preset default] [--clips bear,apple,backpack,cup] [--frames 30] [--holdout-every 4]
        [--short-side 90] [--synthetic translate,rotate,static,fast] [--no-refine] [--keyframes] [--lego]
-       [--out /tmp/recon4d-bench] [--long 450] [--inputs /tmp/recon4d-bench-inputs]
+       [--out /tmp/recon4d-bench] [--long 450] [--inputs /tmp/recon4d-bench-inputs] [--cold-priors]
 
 With --keyframes only keyframes are fitted; psnr_skipped is the PSNR of the frames between them (refined
 interpolated cameras), fitted_frames how many were fitted (by the refinement), sequential_frames how many of them
@@ -24,6 +24,11 @@ and reused, since an encode does not repeat exactly): the
 length people film (issue #20's goal is 450 frames at the default preset in 15 minutes on 2 cores) from the
 footage we have. Its rows are named <clip>-long<N>.
 
+--cold-priors runs each fit with an empty prior cache (a fresh RECON4D_CACHE_DIR), so its priors are computed
+as on a first fit of the clip, but with the kernels already built on this machine (the fresh folder links to
+their build folder): an empty RECON4D_CACHE_DIR alone also rebuilds the C++ kernels inside the fit, which put
+about 97 s into stop 41's 450-frame row.
+
 --lego adds a camera-path row on ../shared/data/nerf-synthetic-lego (34 posed 800x800 RGBA views of one static
 object, not a video): the views are ordered into a path (greedy nearest neighbour over camera centres, from
 the start that gives the shortest path), composited on white, written as an image folder and fitted as a
@@ -40,8 +45,10 @@ import json
 import math
 import os
 import resource
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -170,7 +177,17 @@ def fit_one(name: str, source: Path, out: Path, args: argparse.Namespace, extra:
     load_before = os.getloadavg()[0]
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
-    result = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "RECON4D_NO_PROGRESS": "1"})
+    env = {**os.environ, "RECON4D_NO_PROGRESS": "1"}
+    if args.cold_priors:
+        from recon4d.cpp import cache_dir
+
+        fresh = Path(tempfile.mkdtemp(prefix="recon4d-cold-priors-"))
+        (cache_dir() / "ext").mkdir(parents=True, exist_ok=True)
+        (fresh / "ext").symlink_to(cache_dir() / "ext", target_is_directory=True)
+        env["RECON4D_CACHE_DIR"] = str(fresh)
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if args.cold_priors:
+        shutil.rmtree(fresh)
     wall_s = time.perf_counter() - started  # process start to exit: imports and writing the outputs included
     load = f"{load_before:.1f}-{os.getloadavg()[0]:.1f}"  # 1-minute load average when the fit started and ended
     after = resource.getrusage(resource.RUSAGE_CHILDREN)  # CPU seconds of the fit: less noisy than wall time under load
@@ -216,6 +233,7 @@ def main() -> None:
     parser.add_argument("--no-refine", action="store_true", help="sequential pass only (compare with the refined fit)")
     parser.add_argument("--keyframes", action="store_true", help="fit keyframes only (`recon4d fit --keyframes`)")
     parser.add_argument("--long", type=int, default=0, help="fit an N-frame ping-pong clip of each clip (see above)")
+    parser.add_argument("--cold-priors", action="store_true", help="compute every fit's priors, with built kernels (see above)")
     parser.add_argument("--lego", action="store_true", help="camera-path row on ../shared/data/nerf-synthetic-lego")
     parser.add_argument("--out", type=Path, default=Path("/tmp/recon4d-bench"))
     parser.add_argument("--inputs", type=Path, default=Path("/tmp/recon4d-bench-inputs"),
