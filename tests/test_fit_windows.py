@@ -111,19 +111,20 @@ def test_windows_refined_side_by_side_match_one_after_another(sequential_fit, tm
     assert torch.equal(one.motion.position, two.motion.position)
 
 
-def test_refinement_may_drop_the_sequential_states(sequential_fit):
-    """The refinement reads the sequential scene's per-frame states once, to start the trajectories; dropping
-    them then (`release_states`, as `recon4d fit` does: on a long clip they weigh as much as the refined scene's)
-    leaves the scene without them and changes no bit of the result."""
+def test_refinement_may_drop_what_it_has_read(sequential_fit):
+    """The refinement reads the sequential scene's per-frame states once, to start the trajectories, and the
+    priors until the last window is refined; dropping each then (`consume`, as `recon4d fit` does: on a long
+    clip they weigh as much as the refined scene's states) leaves `data` without them and changes no bit of the
+    result."""
     config = _config(WINDOW)
     prepared = prepare(sequential_fit / "gt" / "video.mp4", config, torch.device("cpu"), log=lambda *_: None)
     refined = {}
-    for release in (False, True):
+    for consume in (False, True):
         scene = load_scene(sequential_fit / "sequential")
         assert scene.dynamic_means.shape[1] > 0
-        refined[release], _ = refine_scene(RefineInputs(scene, prepared.fitted, prepared.inputs), config,
-                                           torch.device("cpu"), release_states=release)
-        assert (scene.dynamic_means is None) == (scene.dynamic_quats is None) == release
+        data = RefineInputs(scene, prepared.fitted, prepared.inputs)
+        refined[consume], _ = refine_scene(data, config, torch.device("cpu"), consume=consume)
+        assert (scene.dynamic_means is None) == (scene.dynamic_quats is None) == (data.inputs is None) == consume
     kept, dropped = refined[False], refined[True]
     assert torch.unique(kept.trajectory_windows(), dim=0).shape[0] >= 3
     assert torch.equal(kept.cameras.world_from_camera, dropped.cameras.world_from_camera)

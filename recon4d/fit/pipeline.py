@@ -123,6 +123,11 @@ class Prepared:
         if self.keyframes is None:
             self.keyframes = self.fitted
 
+    def drop_priors(self) -> None:
+        """Let go of the priors and the inputs made from them (`priors`, `inputs` and the sequential pass's); the
+        clip, the split and the timings stay. For a refinement that takes them over (`run_refinement`)."""
+        self.priors = self.inputs = self.sequential_priors = self.sequential_inputs = None
+
     def window_boundaries(self, window_frames: int) -> list[int] | None:
         """Where the sequential pass starts new temporal windows (indices into `sequential`), or None for its
         own rule (`window_boundaries` of its frames). A long clip's sparser pass still puts `window_frames`
@@ -226,15 +231,17 @@ def _with_sfm_prior(source: str | Path, clip: Clip, frames: list[int], inputs: F
 
 
 def run_refinement(scene: Scene4D, prepared: Prepared, config: FitConfig, device: torch.device) -> tuple[Scene4D, dict]:
-    """Continuous-time refinement of a sequential scene (progress bar on stderr). Takes the scene: its per-frame
-    states are dropped once read (`refine_scene`'s `release_states`), so the caller must not use it again."""
+    """Continuous-time refinement of a sequential scene (progress bar on stderr). Takes the scene and the priors:
+    each is dropped once read (`refine_scene`'s `consume`; `Prepared.drop_priors`), so the caller must use
+    neither again."""
     from recon4d.fit.refine import RefineInputs, refine_scene
 
+    data = RefineInputs(scene, prepared.fitted, prepared.inputs)
+    prepared.drop_priors()
     with progress_bar("refining") as progress:
         task = progress.add_task("refine", total=None)
-        return refine_scene(RefineInputs(scene, prepared.fitted, prepared.inputs), config, device,
-                            on_progress=lambda done, total: progress.update(task, completed=done, total=total),
-                            release_states=True)
+        return refine_scene(data, config, device, consume=True,
+                            on_progress=lambda done, total: progress.update(task, completed=done, total=total))
 
 
 def _summary(metrics: dict) -> dict:
@@ -324,6 +331,7 @@ def _fit_locked(source, out_dir: Path, config: FitConfig, device: torch.device, 
     scene.config["run_key"] = key
     extra = {"peak_rss_mb_by_stage": prepared.peak_rss, "camera_inits": [s.get("camera_init") for s in state.frame_stats],
              "frame_stats": state.frame_stats, "slow_movers": slow_movers, "sequential_frames": list(fitted)}
+    del fitter, state, inputs  # the sequential pass's priors are read by nothing more: the refinement frees them
     if config.refine.enabled:
         if config.eval.before_refine:
             t0 = time.perf_counter()
