@@ -185,9 +185,11 @@ def fit_one(name: str, source: Path, out: Path, args: argparse.Namespace, extra:
         (cache_dir() / "ext").mkdir(parents=True, exist_ok=True)
         (fresh / "ext").symlink_to(cache_dir() / "ext", target_is_directory=True)
         env["RECON4D_CACHE_DIR"] = str(fresh)
-    result = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if args.cold_priors:
-        shutil.rmtree(fresh)
+    try:
+        result = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    finally:
+        if args.cold_priors:
+            shutil.rmtree(fresh, ignore_errors=True)
     wall_s = time.perf_counter() - started  # process start to exit: imports and writing the outputs included
     load = f"{load_before:.1f}-{os.getloadavg()[0]:.1f}"  # 1-minute load average when the fit started and ended
     after = resource.getrusage(resource.RUSAGE_CHILDREN)  # CPU seconds of the fit: less noisy than wall time under load
