@@ -322,9 +322,9 @@ def refine_scene(data: RefineInputs, config: FitConfig, device: torch.device,
     boundary cameras held as the sequential pass left them (they anchor neighbouring windows to one frame): a
     step then touches one window's rows instead of all of them. Steps: `refine.iters` shared by the windows in
     proportion to their drawn frames, and at least `refine.min_visits` per drawn frame. On the CPU the windows
-    are refined side by side (`recon4d.device.side_by_side`), each on one thread: two windows make 1.34x the
-    steps of one window on two threads (a window of backpack's 450 frames: 47.4 ms per step on one thread,
-    31.8 ms on two; README, "Long clips with a moving camera"), and each window draws from its own generator,
+    are refined side by side (`recon4d.device.side_by_side`), each on one thread: two windows so make up to 1.34x the
+    steps of one window on both threads (a window of backpack's 450 frames, alone: 47.4 ms per step on one
+    thread, 31.8 ms on two; README, "Long clips with a moving camera"), and each window draws from its own generator,
     so the result does not depend on the thread count (a window on two threads would differ in the last bits).
 
     The sequential scene's per-frame states of dynamic Gaussians (`dynamic_means`, `dynamic_quats`) are read
