@@ -143,8 +143,11 @@ class Refiner:
                  on_progress: Callable[[int, int], None] | None = None, rows: torch.Tensor | None = None,
                  motion: MotionModel | None = None, gauge: tuple[int, ...] = (0,)):
         """`rows`: the scene's Gaussians to refine (`SceneModel`; all by default); `motion`: their dynamic
-        Gaussians' initial trajectories (by default `initial_motion` of the scene's per-frame states); `gauge`:
-        the fitted frames (indices into `data.fitted`) whose cameras stay fixed."""
+        Gaussians' initial trajectories (by default `initial_motion` of the scene's per-frame states, which
+        covers all of them: with `rows` it is required); `gauge`: the fitted frames (indices into `data.fitted`)
+        whose cameras stay fixed."""
+        if rows is not None and motion is None:
+            raise ValueError("a Refiner of some of the scene's rows needs their initial motion")
         self.data, self.config, self.device, self.on_progress = data, config, device, on_progress
         self.K = data.inputs.K.to(device)
         self.focal = float(self.K[0, 0])  # working-resolution pixels: the densification statistics' unit
