@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import resource
 import time
 from pathlib import Path
 
@@ -45,15 +44,12 @@ def run_priors(frames: np.ndarray, intrinsics: np.ndarray):
     return flow, motion, depth, times
 
 
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def video_row(path: Path, max_frames: int | None, short_side: int | None) -> None:
     """Seconds of each prior on one decoded video and the peak RSS after each (the default fit's intrinsics)."""
     import torch  # noqa: F401 - imported before the first peak is read, as a fit has it
 
     from recon4d.fit.config import load_config
+    from recon4d.fit.outputs import peak_rss_mb
     from recon4d.fit.pipeline import default_intrinsics
     from recon4d.io.video import read_clip
 
