@@ -42,7 +42,7 @@ def _render_depth(scene: Scene4D, t: int) -> torch.Tensor:
 def _all_means(scene: Scene4D, t: int) -> torch.Tensor:
     """Positions of all N Gaussians at frame t (unborn ones included), [N, 3]."""
     means = scene.gaussians.means.clone()
-    means[scene.is_dynamic] = scene.dynamic_means[t]
+    means[scene.is_dynamic] = scene.dynamic_state_at(t)[0]
     return means
 
 

@@ -1,8 +1,10 @@
 """Scene file storage: trajectory coefficients that are mostly zero are stored sparse, round trip exact."""
 from __future__ import annotations
 
+import pytest
 import torch
 
+from recon4d.errors import SceneError
 from recon4d.io.scene import MotionModel, load_scene, save_scene
 from test_scene import make_scene
 
@@ -21,6 +23,7 @@ def _with_motion(drifting_share: float):
     rotation[drifting, 1:] = 0
     color[drifting] = 0
     scene.motion = MotionModel(position, rotation, color, poly_degree=3, fourier_terms=3, time_span=5.0)
+    scene.dynamic_means = scene.dynamic_quats = None  # the model defines the per-frame states
     moving = scene.is_dynamic.clone()
     moving[scene.is_dynamic.nonzero().squeeze(1)[drifting]] = False
     scene.is_moving = moving
@@ -39,8 +42,15 @@ def test_zero_coefficients_are_not_stored(tmp_path):
     for name in MotionModel.TENSORS:
         assert torch.equal(getattr(loaded.motion, name), getattr(mostly_drifting.motion, name)), name
     means, quats, offsets = mostly_drifting.motion.states(torch.arange(6.0))
-    assert torch.equal(loaded.dynamic_means, means) and torch.equal(loaded.dynamic_quats, quats)
-    # The scene's dense states are read without colour offsets (a long clip's would be 0.6 GB), same values.
+    # A scene with a motion model keeps no per-frame states; evaluated, they are the model's values.
+    assert loaded.dynamic_means is None and loaded.dynamic_quats is None
+    states = loaded.dynamic_states()
+    assert torch.equal(states[0], means) and torch.equal(states[1], quats)
+    # A copy beside the model could disagree with it: refused.
+    loaded.dynamic_means, loaded.dynamic_quats = states
+    with pytest.raises(SceneError, match="keeps no per-frame states"):
+        loaded.validate()
+    # Dense states are evaluated without colour offsets (a long clip's would be 0.6 GB), same values.
     without = mostly_drifting.motion.states(torch.arange(6.0), with_colors=False)
     assert torch.equal(without[0], means) and torch.equal(without[1], quats) and without[2] is None
     assert offsets.shape == means.shape

@@ -61,11 +61,10 @@ def _scene_with_motion(num_frames: int = 9) -> Scene4D:
     color = torch.zeros(nd, count, 3)
     color[:, 2, 1] = 0.2  # a sine term on green
     motion = MotionModel(position, rotation, color, poly_degree=1, fourier_terms=1, time_span=float(num_frames - 1))
-    means, quats, _ = motion.states(torch.arange(num_frames, dtype=torch.float32))
     cameras = Cameras(torch.eye(4, dtype=torch.float64)[None].repeat(num_frames, 1, 1),
                       torch.tensor([[50.0, 50.0, 32.0, 18.0]]).repeat(num_frames, 1),
                       torch.arange(num_frames, dtype=torch.float64) / 10, 64, 36, [str(i) for i in range(num_frames)])
-    return Scene4D(gaussians, is_dynamic, torch.zeros(n, dtype=torch.int32), means, quats, cameras, motion=motion)
+    return Scene4D(gaussians, is_dynamic, torch.zeros(n, dtype=torch.int32), None, None, cameras, motion=motion)
 
 
 def test_scene_with_motion_round_trip_and_fractional_time(tmp_path):
@@ -73,7 +72,7 @@ def test_scene_with_motion_round_trip_and_fractional_time(tmp_path):
     path = save_scene(scene, tmp_path / "scene.r4d")
     loaded = load_scene(path)
     assert loaded.motion is not None
-    torch.testing.assert_close(loaded.dynamic_means, scene.dynamic_means)
+    torch.testing.assert_close(loaded.dynamic_states()[0], scene.dynamic_states()[0])
     # Any real time: the model's value, including the colour offsets.
     g = loaded.gaussians_at(2.5)
     assert torch.allclose(g.means[1], torch.tensor([2.5 / 8 * 1.0, 0.0, 2.0]), atol=1e-6)
@@ -97,10 +96,10 @@ def test_motion_model_file_is_smaller_than_per_frame_states(tmp_path):
     gaussians = Gaussians(torch.randn(n, 3), torch.nn.functional.normalize(torch.randn(n, 4), dim=-1),
                           torch.rand(n, 3), torch.rand(n), torch.rand(n, 3))
     common = dict(gaussians=gaussians, is_dynamic=torch.ones(n, dtype=torch.bool),
-                  birth_frame=torch.zeros(n, dtype=torch.int32), dynamic_means=means, dynamic_quats=quats,
-                  cameras=base.cameras)
-    per_frame = save_scene(Scene4D(**common), tmp_path / "per_frame.r4d").stat().st_size
-    continuous = save_scene(Scene4D(**common, motion=motion), tmp_path / "continuous.r4d").stat().st_size
+                  birth_frame=torch.zeros(n, dtype=torch.int32), cameras=base.cameras)
+    per_frame = save_scene(Scene4D(**common, dynamic_means=means, dynamic_quats=quats), tmp_path / "per_frame.r4d").stat().st_size
+    continuous = save_scene(Scene4D(**common, dynamic_means=None, dynamic_quats=None, motion=motion),
+                            tmp_path / "continuous.r4d").stat().st_size
     dynamic_part_per_frame = per_frame - 14 * 4 * n  # minus the shared Gaussian attributes
     dynamic_part_continuous = continuous - 14 * 4 * n
     assert dynamic_part_continuous <= dynamic_part_per_frame / 4
@@ -127,3 +126,37 @@ def test_windowed_states_match_each_trajectorys_own_basis_and_follow_a_new_windo
                 assert torch.allclose(means[:, i], basis @ position[i])
                 assert torch.allclose(offsets[:, i], basis @ color[i])
                 assert torch.allclose(quats[:, i], torch.nn.functional.normalize(basis @ rotation[i], dim=-1))
+
+
+def test_states_of_some_rows_skip_other_windows_and_keep_every_bit():
+    """`rows` picks trajectories; windows with none of them are not evaluated, and each picked value is
+    the one all rows give, bit for bit (what a frame of a long clip renders: its living Gaussians only)."""
+    terms, nd = basis_size(3, 2), 3000
+    g = torch.Generator().manual_seed(0)
+    position, rotation, color = (torch.randn(nd, terms, c, generator=g) for c in (3, 4, 3))
+    first = torch.tensor([0.0, 20.0, 40.0])[torch.arange(nd) % 3]
+    motion = MotionModel(position, rotation, color, 3, 2, 60.0, window=torch.stack([first, first + 20.0], -1))
+    every = motion.states(25.0)
+    rows = torch.cat([torch.arange(1, nd, 3)[::2], torch.tensor([nd - 1])])  # window 2 only, and one of window 3
+    picked = motion.states(25.0, rows=rows)
+    for full, some in zip(every, picked):
+        assert some.shape == (1, rows.numel(), full.shape[-1]) and torch.equal(some, full[:, rows])
+    # The first window's coefficients are never read: poisoned, the picked values stay the same.
+    poisoned = dataclasses.replace(motion, position=position.clone())
+    poisoned.position[::3] = float("nan")
+    assert torch.equal(poisoned.states(25.0, rows=rows)[0], picked[0])
+
+
+def test_a_scenes_gaussians_at_a_time_are_its_living_ones_in_their_state_then():
+    scene = _scene_with_motion(num_frames=9)
+    scene.birth_frame = torch.tensor([0, 3, 0, 0, 5, 0], dtype=torch.int32)
+    for t in (0.0, 2.5, 4.0, 7.0):
+        alive = scene.alive_at(t)
+        means, quats, offsets = scene.dynamic_state_at(t)
+        expected = scene.gaussians.means.clone()
+        expected[scene.is_dynamic] = means
+        got = scene.gaussians_at(t)
+        assert len(got) == int(alive.sum()) and torch.equal(got.means, expected[alive])
+        colors = scene.gaussians.colors.clone()
+        colors[scene.is_dynamic] = (colors[scene.is_dynamic] + offsets).clamp(0, 1)
+        assert torch.equal(got.colors, colors[alive]) and torch.equal(got.scales, scene.gaussians.scales[alive])

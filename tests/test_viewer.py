@@ -148,6 +148,10 @@ def test_moving_state_matches_scene(viewer):
         alive = viewer.moving.birth <= t
         np.testing.assert_allclose(means[alive], expected.means[position_in_alive[shown]].numpy(), atol=1e-6)
         np.testing.assert_allclose(quats[alive], expected.quats[position_in_alive[shown]].numpy(), atol=1e-6)
+        # What the time slider streams: the living ones alone, the same numbers.
+        some = viewer._moving_state(t, alive)
+        for whole, part in zip((means, quats), some[:2]):
+            np.testing.assert_array_equal(part, whole[alive])
 
 
 # ---------------------------------------------------------------------------------------------------------

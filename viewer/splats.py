@@ -177,26 +177,28 @@ class SplatNodes:
         if self._moving_count == 0:
             self.moving_node.visible = False
             return
-        means, quats, colors = self._moving_state(self.time)
-        colors = colors[alive]
+        means, quats, colors = self._moving_state(self.time, alive)
         if self.layers.highlight:
             colors = highlight_colors(colors, is_moving[alive], self.config)
         self.moving_node.set_gaussians(
-            centers=means[alive] * self.unit,
-            covariances=splat_covariances(quats[alive], self.moving.scales[alive]) * self.unit**2,
+            centers=means * self.unit,
+            covariances=splat_covariances(quats, self.moving.scales[alive]) * self.unit**2,
             rgbs=colors, opacities=self.moving.opacities[alive, None])
         self.moving_node.visible = True
 
-    def _moving_state(self, t: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Means [M, 3], unit quats [M, 4] and colours [M, 3] of the displayed moving Gaussians at time t.
+    def _moving_state(self, t: float, shown: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Means [M, 3], unit quats [M, 4] and colours [M, 3] at time t of the displayed moving Gaussians, or
+        of those among them that `shown` [M] bool marks.
 
         The scene's own `dynamic_state_at` (interpolated per-frame states, or the continuous motion model
-        with its colour offsets), restricted to the displayed subset.
+        with its colour offsets), evaluated for those Gaussians only: a long clip's other temporal windows
+        are not evaluated at every step of the time slider.
         """
+        keep = self._moving_keep if shown is None else self._moving_keep[shown]
+        colors = self.moving.colors if shown is None else self.moving.colors[shown]
         with torch.no_grad():
-            means, quats, offsets = self.scene.dynamic_state_at(float(t))
-        keep = self._moving_keep
-        means, quats = means[keep].float().numpy(), quats[keep].float().numpy()
+            means, quats, offsets = self.scene.dynamic_state_at(float(t), torch.from_numpy(keep))
+        means, quats = means.float().numpy(), quats.float().numpy()
         if offsets is None:
-            return means, quats, self.moving.colors
-        return means, quats, np.clip(self.moving.colors + offsets[keep].float().numpy(), 0.0, 1.0)
+            return means, quats, colors
+        return means, quats, np.clip(colors + offsets.float().numpy(), 0.0, 1.0)

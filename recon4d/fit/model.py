@@ -425,9 +425,8 @@ def scene_from_models(models: list[SceneModel], template: Scene4D) -> Scene4D:
     is_dynamic[dynamic] = True
     means = torch.zeros(count, 3)
     means[still] = cat("still_means")
-    dyn_means, dyn_quats, _ = motion.states(torch.arange(template.num_frames, dtype=torch.float32), with_colors=False)
-    if dyn_means.shape[0]:  # dynamic Gaussians' static slot: their state at frame 0, as the sequential pass has it
-        means[dynamic] = dyn_means[0]
+    # Dynamic Gaussians' static slot: their state at frame 0, as the sequential pass has it.
+    means[dynamic] = motion.states(0.0, with_colors=False)[0][0]
     gaussians = Gaussians(means, normalize_quaternion(cat("quats")), torch.exp(cat("log_scales")),
                           torch.sigmoid(cat("opacity_logits")), torch.sigmoid(cat("color_logits")))
     world_from_camera = template.cameras.world_from_camera.clone()
@@ -442,7 +441,7 @@ def scene_from_models(models: list[SceneModel], template: Scene4D) -> Scene4D:
     birth_frame = cat("birth").to(template.birth_frame.dtype)
     death_frame = cat("death").to(template.birth_frame.dtype) if windowed else None
     refined = Scene4D(gaussians=gaussians, is_dynamic=is_dynamic, birth_frame=birth_frame, death_frame=death_frame,
-                      dynamic_means=dyn_means, dynamic_quats=dyn_quats, cameras=cameras, arrays=dict(template.arrays),
+                      dynamic_means=None, dynamic_quats=None, cameras=cameras, arrays=dict(template.arrays),
                       config=dict(template.config), metrics=dict(template.metrics), motion=motion,
                       is_moving=cat("is_moving").clone())
     refined.validate()

@@ -333,9 +333,9 @@ def refine_scene(data: RefineInputs, config: FitConfig, device: torch.device,
     The sequential scene's per-frame states of dynamic Gaussians (`dynamic_means`, `dynamic_quats`) are read
     once, to start every window's trajectories, and the priors (`data.inputs`) until the last window is refined.
     With `consume` each is dropped from `data` then (the states set to None in `data.scene`, `data.inputs` to
-    None; the caller must use neither again): on a long clip either is about as large as the refined scene's
-    states, which are evaluated at the end (450 frames at 180 px: 1.26 GB of sequential states, about 1 GB of
-    priors, 1.37 GB of refined states).
+    None; the caller must use neither again): on a long clip each is the largest thing the fit holds (450 frames
+    at 180 px: 1.26 GB of sequential states, about 1 GB of priors). The refined scene keeps no per-frame states:
+    its motion model defines them.
     """
     started = time.perf_counter()
     scene, fitted, cfg = data.scene, data.fitted, config.refine

@@ -7,7 +7,8 @@ config, metrics). safetensors stores raw little-endian bytes, so a save/load rou
 it never unpickles code. Writes are atomic.
 
 A dynamic scene keeps one canonical set of N Gaussians. Still Gaussians never move. The Nd dynamic ones
-(``is_dynamic``) have one position and rotation per frame in ``dynamic_means`` / ``dynamic_quats``;
+(``is_dynamic``) have one position and rotation per frame: stored in ``dynamic_means`` / ``dynamic_quats``
+by the sequential pass, or given by a continuous-time motion model after the refinement;
 a Gaussian exists from its ``birth_frame`` on, and until its ``death_frame`` (exclusive) when the scene has
 one: a long clip is fitted in temporal windows (`recon4d.fit.sequential`), each with its own Gaussians. ``is_moving`` (a subset of ``is_dynamic``) marks the Gaussians
 of independently moving things, which moving masks and highlights show; a dynamic Gaussian that is not moving
@@ -161,23 +162,42 @@ class MotionModel:
         self.__dict__["_window_groups"] = (self.window, groups)
         return groups
 
-    def states(self, t: float | torch.Tensor, with_colors: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """Positions [T, Nd, 3], unit quaternions [T, Nd, 4] and colour offsets [T, Nd, 3] at times t; the
-        offsets are None with `with_colors` off (the dense states of every frame of a long clip, which a
-        scene keeps, need no colours: at 450 frames and 110,000 trajectories they would add 0.6 GB)."""
+    def states(self, t: float | torch.Tensor, with_colors: bool = True,
+               rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Positions [T, R, 3], unit quaternions [T, R, 4] and colour offsets [T, R, 3] at times t of the
+        trajectories `rows` ([R] indices; default all, R = Nd); the offsets are None with `with_colors` off (the
+        dense states of every frame of a long clip need no colours: at 450 frames and 110,000 trajectories they
+        would add 0.6 GB).
+
+        A window none of whose trajectories is asked for is not evaluated: one frame of a long clip asks only
+        for the Gaussians alive then, which live in one or two of its windows. The others are evaluated window
+        by window as without `rows`, so the values are the same bit for bit."""
         times = torch.as_tensor(t, dtype=self.position.dtype, device=self.position.device).reshape(-1)
-        groups = self.window_groups()  # one [T, B] basis and one matrix product per window, not one per trajectory
         count = self.position.shape[0]
-        means = self.position.new_zeros(times.numel(), count, 3)
-        quats = self.position.new_zeros(times.numel(), count, 4)
-        offsets = self.position.new_zeros(times.numel(), count, 3) if with_colors else None
-        for first, last, rows in groups:
+        slot = None  # [Nd] each trajectory's place in the output, -1 where not asked for
+        if rows is not None:
+            slot = torch.full((count,), -1, dtype=torch.long, device=self.position.device)
+            slot[rows] = torch.arange(rows.numel(), device=self.position.device)
+        size = count if rows is None else rows.numel()
+        means = self.position.new_zeros(times.numel(), size, 3)
+        quats = self.position.new_zeros(times.numel(), size, 4)
+        offsets = self.position.new_zeros(times.numel(), size, 3) if with_colors else None
+        # One [T, B] basis and one matrix product per window, not one per trajectory.
+        for first, last, group in self.window_groups():
+            target, keep = group, slice(None)
+            if slot is not None:
+                places = slot[group]
+                keep = (places >= 0).nonzero().squeeze(1)
+                if keep.numel() == 0:
+                    continue
+                target = places[keep]
             span = max(last - first, 1.0) if self.window is not None else max(self.time_span, 1e-9)
             basis = time_basis((times - first) / span, self.poly_degree, self.fourier_terms)
-            means[:, rows] = evaluate_trajectories(self.position[rows], basis)
-            quats[:, rows] = torch.nn.functional.normalize(evaluate_trajectories(self.rotation[rows], basis), dim=-1)
+            means[:, target] = evaluate_trajectories(self.position[group], basis)[:, keep]
+            rotation = evaluate_trajectories(self.rotation[group], basis)[:, keep]
+            quats[:, target] = torch.nn.functional.normalize(rotation, dim=-1)
             if offsets is not None:
-                offsets[:, rows] = evaluate_trajectories(self.color[rows], basis)
+                offsets[:, target] = evaluate_trajectories(self.color[group], basis)[:, keep]
         return means, quats, offsets
 
     def metadata(self) -> dict[str, Any]:
@@ -197,15 +217,18 @@ class Scene4D:
         gaussians: canonical Gaussians (positions of dynamic ones at their birth frame).
         is_dynamic: [N] bool, has a per-frame state (a trajectory).
         birth_frame: [N] int32, first frame a Gaussian exists in.
-        dynamic_means: [T, Nd, 3] per-frame positions of the dynamic Gaussians (in index order).
-        dynamic_quats: [T, Nd, 4] per-frame rotations of the dynamic Gaussians.
+        dynamic_means: [T, Nd, 3] per-frame positions of the dynamic Gaussians (in index order); None when
+            `motion` is set.
+        dynamic_quats: [T, Nd, 4] per-frame rotations of the dynamic Gaussians; None when `motion` is set.
         cameras: per-frame cameras.
         arrays: other named tensors (moving masks [T, H, W], tracks, ...).
         config: the resolved configuration (JSON-serialisable).
         metrics: quality and timing numbers (JSON-serialisable).
         motion: continuous-time model of the dynamic Gaussians (after `recon4d refine`), or None. When set,
-            it defines the dynamic states: dynamic_means/dynamic_quats are its values at the frames, and
-            the file stores only the coefficients.
+            it defines the dynamic states (`dynamic_state_at`, `dynamic_states`) and the scene keeps no
+            per-frame copy of them: at 450 frames and 110,000 trajectories that copy takes 1.4 GB, which
+            every command that loads the scene would pay to read one frame. The file stores only the
+            coefficients.
         is_moving: [N] bool, the Gaussians of moving things (moving masks, highlights, static exports leave
             them out); a subset of is_dynamic. None means all dynamic Gaussians.
         death_frame: [N] int32, first frame a Gaussian no longer exists in (`NEVER`: it lives to the end), or
@@ -215,8 +238,8 @@ class Scene4D:
     gaussians: Gaussians
     is_dynamic: torch.Tensor
     birth_frame: torch.Tensor
-    dynamic_means: torch.Tensor
-    dynamic_quats: torch.Tensor
+    dynamic_means: torch.Tensor | None
+    dynamic_quats: torch.Tensor | None
     cameras: Cameras
     arrays: dict[str, torch.Tensor] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
@@ -253,9 +276,10 @@ class Scene4D:
         window = torch.searchsorted(ends, self.birth_frame.to(torch.float64), right=True)
         return torch.stack([edges[window], edges[window + 1]], -1).float()
 
-    def dynamic_state_at(self, t: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """Positions [Nd, 3], unit quaternions [Nd, 4] and colour offsets [Nd, 3] (None without a motion
-        model) of all dynamic Gaussians, in is_dynamic index order, at time t in frame units.
+    def dynamic_state_at(self, t: float, rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Positions [R, 3], unit quaternions [R, 4] and colour offsets [R, 3] (None without a motion model)
+        at time t in frame units of the dynamic Gaussians `rows` ([R] indices into the dynamic ones, in
+        is_dynamic index order; default all, R = Nd).
 
         With a motion model, its value at t. Otherwise an integer t gives the stored state of frame t and a
         fractional t blends the two neighbouring frames (positions linearly, rotations by normalised lerp on
@@ -263,28 +287,37 @@ class Scene4D:
         """
         before, after, weight = _neighbours(t, self.num_frames)
         if self.motion is not None:
-            means, quats, offsets = (x[0] for x in self.motion.states(float(t)))
+            means, quats, offsets = (x[0] for x in self.motion.states(float(t), rows=rows))
             return means, quats, offsets
+        pick = slice(None) if rows is None else rows
         if weight == 0.0:
-            return self.dynamic_means[before], self.dynamic_quats[before], None
-        q0, q1 = self.dynamic_quats[before], self.dynamic_quats[after]
+            return self.dynamic_means[before][pick], self.dynamic_quats[before][pick], None
+        q0, q1 = self.dynamic_quats[before][pick], self.dynamic_quats[after][pick]
         q1 = torch.where((q0 * q1).sum(-1, keepdim=True) < 0, -q1, q1)
         quats = torch.nn.functional.normalize(torch.lerp(q0, q1, weight), dim=-1)
-        return torch.lerp(self.dynamic_means[before], self.dynamic_means[after], weight), quats, None
+        return torch.lerp(self.dynamic_means[before][pick], self.dynamic_means[after][pick], weight), quats, None
+
+    def dynamic_states(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Positions [T, Nd, 3] and unit quaternions [T, Nd, 4] of the dynamic Gaussians at every frame: the
+        stored states, or the motion model's values at the frames, evaluated on each call (one frame's
+        `dynamic_state_at` costs 1 / T of it)."""
+        if self.motion is None:
+            return self.dynamic_means, self.dynamic_quats
+        frames = torch.arange(self.num_frames, dtype=self.motion.position.dtype)
+        means, quats, _ = self.motion.states(frames, with_colors=False)
+        return means, quats
 
     def gaussians_at(self, t: float) -> Gaussians:
         """The Gaussians that exist at time t (in frame units), dynamic ones at their time-t state
-        (`dynamic_state_at`)."""
-        dyn_means, dyn_quats, dyn_offsets = self.dynamic_state_at(t)
-        dynamic = self.is_dynamic.nonzero().squeeze(1)
-        means, quats = self.gaussians.means.clone(), self.gaussians.quats.clone()
-        means[dynamic], quats[dynamic] = dyn_means, dyn_quats
-        colors = self.gaussians.colors
-        if dyn_offsets is not None:
-            colors = colors.clone()
-            colors[dynamic] = (colors[dynamic] + dyn_offsets).clamp(0, 1)
-        current = Gaussians(means, quats, self.gaussians.scales, self.gaussians.opacities, colors)
-        return current.select(self.alive_at(t))
+        (`dynamic_state_at`). Only the living dynamic Gaussians' states are evaluated."""
+        alive = self.alive_at(t)
+        current = self.gaussians.select(alive)  # copies, written below
+        dynamic = self.is_dynamic[alive]
+        means, quats, offsets = self.dynamic_state_at(t, alive[self.is_dynamic].nonzero().squeeze(1))
+        current.means[dynamic], current.quats[dynamic] = means, quats
+        if offsets is not None:
+            current.colors[dynamic] = (current.colors[dynamic] + offsets).clamp(0, 1)
+        return current
 
     def validate(self) -> None:
         """Raise SceneError if the parts do not fit together."""
@@ -300,13 +333,20 @@ class Scene4D:
              "is_moving must be a subset of is_dynamic"),
             (tuple(self.birth_frame.shape) == (n,), "birth_frame must be [N]"),
             (self.death_frame is None or tuple(self.death_frame.shape) == (n,), "death_frame must be [N]"),
-            (tuple(self.dynamic_means.shape) == (t, nd, 3), f"dynamic_means must be [{t}, {nd}, 3]"),
-            (tuple(self.dynamic_quats.shape) == (t, nd, 4), f"dynamic_quats must be [{t}, {nd}, 4]"),
             (tuple(self.cameras.intrinsics.shape) == (t, 4), f"intrinsics must be [{t}, 4]"),
             (tuple(self.cameras.timestamps.shape) == (t,), f"timestamps must be [{t}]"),
             (len(self.cameras.frame_names) == t, f"frame_names must have {t} entries"),
         ]
-        if self.motion is not None:
+        if self.motion is None:
+            checks += [
+                (self.dynamic_means is not None and tuple(self.dynamic_means.shape) == (t, nd, 3),
+                 f"dynamic_means must be [{t}, {nd}, 3]"),
+                (self.dynamic_quats is not None and tuple(self.dynamic_quats.shape) == (t, nd, 4),
+                 f"dynamic_quats must be [{t}, {nd}, 4]"),
+            ]
+        else:
+            checks.append((self.dynamic_means is None and self.dynamic_quats is None,
+                           "a scene with a motion model keeps no per-frame states (dynamic_means, dynamic_quats)"))
             checks += [(getattr(self.motion, name).shape[0] == nd, f"motion {name} must have {nd} rows")
                        for name in MotionModel.TENSORS]
             checks.append((self.motion.window is None or tuple(self.motion.window.shape) == (nd, 2),
@@ -466,15 +506,12 @@ def load_scene(path: str | os.PathLike) -> Scene4D:
         if manifest.get("motion") is not None:
             motion = MotionModel(*(_unpack_coefficients(f"motion/{name}", tensors) for name in MotionModel.TENSORS),
                                  **manifest["motion"], window=tensors.get("motion/window"))
-            num_frames = tensors["cameras/world_from_camera"].shape[0]
-            dyn_means, dyn_quats, _ = motion.states(torch.arange(num_frames, dtype=motion.position.dtype), with_colors=False)
-            tensors["dynamic_means"], tensors["dynamic_quats"] = dyn_means, dyn_quats
         scene = Scene4D(
             gaussians=Gaussians(*(tensors[f"gaussians/{name}"] for name in _GAUSSIAN_FIELDS)),
             is_dynamic=tensors["is_dynamic"],
             birth_frame=tensors["birth_frame"],
-            dynamic_means=tensors["dynamic_means"],
-            dynamic_quats=tensors["dynamic_quats"],
+            dynamic_means=None if motion is not None else tensors["dynamic_means"],
+            dynamic_quats=None if motion is not None else tensors["dynamic_quats"],
             cameras=Cameras(
                 world_from_camera=tensors["cameras/world_from_camera"],
                 intrinsics=tensors["cameras/intrinsics"],
