@@ -46,6 +46,16 @@ def _all_means(scene: Scene4D, t: int) -> torch.Tensor:
     return means
 
 
+def _means_of(scene: Scene4D, t: int, index: torch.Tensor) -> torch.Tensor:
+    """Positions [I, 3] at frame t of the Gaussians `index` [I] (distinct), the same numbers as `_all_means`:
+    only their own trajectories are evaluated."""
+    means = scene.gaussians.means[index].clone()
+    dynamic = scene.is_dynamic[index]
+    place = torch.cumsum(scene.is_dynamic.long(), 0) - 1  # each Gaussian's row among the dynamic ones
+    means[dynamic] = scene.dynamic_state_at(t, place[index[dynamic]])[0]
+    return means
+
+
 def _project(points: torch.Tensor, scene: Scene4D, t: int) -> tuple[torch.Tensor, torch.Tensor]:
     """World points [N, 3] -> pixels [N, 2] and z [N] in the input camera of frame t."""
     return project_to_pixels(points, invert_pose(scene.cameras.world_from_camera[t]).float(), scene.cameras.K(t))
@@ -79,8 +89,9 @@ def track_points(scene: Scene4D, queries: torch.Tensor, config: TrackConfig = Tr
         weights = 1.0 / near_dist.clamp_min(1e-6)
         weights = torch.where(torch.isfinite(near_dist), weights, torch.zeros_like(weights))
         weights = weights / weights.sum(-1, keepdim=True).clamp_min(1e-12)
+        neighbours, inverse = torch.unique(near_idx, return_inverse=True)
         for t in range(num_frames):
-            displacement = _all_means(scene, t)[near_idx] - means_start[near_idx]  # [P, k, 3]
+            displacement = (_means_of(scene, t, neighbours) - means_start[neighbours])[inverse]  # [P, k, 3]
             tracks_3d[t, rows] = points + (weights[..., None] * displacement).sum(1)
     tracks_2d = torch.empty(num_frames, queries.shape[0], 2)
     visible = torch.empty(num_frames, queries.shape[0], dtype=torch.bool)

@@ -175,3 +175,21 @@ def test_cli_track_and_export(scene, tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("recon4d: error:") and "outside" in err[0]
     assert not (tmp_path / "bad").exists()
+
+
+def test_tracks_of_a_scene_with_a_motion_model_are_those_of_its_per_frame_states(scene):
+    """A refined scene keeps a motion model, not per-frame states: tracking evaluates the query's
+    neighbouring Gaussians' trajectories, window by window, and finds the same tracks."""
+    from view_scenes import with_linear_motion
+
+    from recon4d.track import track_points
+
+    continuous = with_linear_motion(scene)
+    assert torch.unique(continuous.motion.window, dim=0).shape[0] == 2
+    queries = torch.cat([grid_queries(W, H, 6), torch.tensor([[3, 40.0, 22.0], [3, 44.0, 27.0]])])
+    dense, model = track_points(scene, queries), track_points(continuous, queries)
+    torch.testing.assert_close(model.tracks_3d, dense.tracks_3d, atol=1e-5, rtol=0)
+    torch.testing.assert_close(model.tracks_2d, dense.tracks_2d, atol=1e-3, rtol=0)
+    assert torch.equal(model.visible, dense.visible)
+    moved = (dense.tracks_2d[-1] - dense.tracks_2d[0]).norm(dim=-1)
+    assert float(moved.max()) > 3.0  # the patch's queries do travel

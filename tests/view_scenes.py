@@ -121,3 +121,25 @@ def true_tracks(scene: Scene4D, queries: np.ndarray, margin: float = 0.0):
         covered = np.all(np.abs(cross[:, :2] - patch_centre(t)[:2]) < PATCH_HALF, axis=1) & ~on_patch
         visible[t] = inside & (z > 0) & ~covered
     return uv, visible, on_patch
+
+
+def with_linear_motion(scene: Scene4D) -> Scene4D:
+    """`moving_patch_scene` with its patch's motion as a continuous-time model instead of per-frame states:
+    the same straight lines, written over two trajectory windows (half the patch normalised over the clip,
+    half over twice its length), so that evaluating a frame goes window by window."""
+    import dataclasses
+
+    from recon4d.io.scene import MotionModel
+
+    start, quats = scene.dynamic_means[0], scene.dynamic_quats[0]
+    nd, last = start.shape[0], float(scene.num_frames - 1)
+    span = torch.full((nd,), last)
+    span[nd // 2:] = 2 * last
+    position = torch.stack([start, torch.from_numpy(PATCH_STEP).float()[None] * span[:, None]], 1)  # [Nd, 2, 3]
+    rotation = torch.stack([quats, torch.zeros_like(quats)], 1)
+    window = torch.stack([torch.zeros(nd), span], 1)
+    motion = MotionModel(position, rotation, torch.zeros(nd, 2, 3), poly_degree=1, fourier_terms=0,
+                         time_span=last, window=window)
+    continuous = dataclasses.replace(scene, dynamic_means=None, dynamic_quats=None, motion=motion)
+    continuous.validate()
+    return continuous

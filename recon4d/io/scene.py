@@ -165,7 +165,7 @@ class MotionModel:
     def states(self, t: float | torch.Tensor, with_colors: bool = True,
                rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Positions [T, R, 3], unit quaternions [T, R, 4] and colour offsets [T, R, 3] at times t of the
-        trajectories `rows` ([R] indices; default all, R = Nd); the offsets are None with `with_colors` off (the
+        trajectories `rows` ([R] distinct indices; default all, R = Nd); the offsets are None with `with_colors` off (the
         dense states of every frame of a long clip need no colours: at 450 frames and 110,000 trajectories they
         would add 0.6 GB).
 
@@ -278,7 +278,7 @@ class Scene4D:
 
     def dynamic_state_at(self, t: float, rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Positions [R, 3], unit quaternions [R, 4] and colour offsets [R, 3] (None without a motion model)
-        at time t in frame units of the dynamic Gaussians `rows` ([R] indices into the dynamic ones, in
+        at time t in frame units of the dynamic Gaussians `rows` ([R] distinct indices into the dynamic ones, in
         is_dynamic index order; default all, R = Nd).
 
         With a motion model, its value at t. Otherwise an integer t gives the stored state of frame t and a
