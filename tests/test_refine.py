@@ -355,7 +355,8 @@ def test_densify_clones_small_and_splits_large_gaussians():
     state = optimizer.state.get(refiner.model.log_scales, {})
     assert not state or torch.all(state["exp_avg"][count:] == 0)
     refined = refiner.model.to_scene(refiner.data.scene)
-    assert len(refined.gaussians) == count + budget and refined.dynamic_states()[0].shape[1] == int(refined.is_dynamic.sum())
+    assert len(refined.gaussians) == count + budget
+    assert refined.dynamic_states()[0].shape[1] == int(refined.is_dynamic.sum())
 
 
 @pytest.mark.slow

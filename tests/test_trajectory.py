@@ -97,7 +97,8 @@ def test_motion_model_file_is_smaller_than_per_frame_states(tmp_path):
                           torch.rand(n, 3), torch.rand(n), torch.rand(n, 3))
     common = dict(gaussians=gaussians, is_dynamic=torch.ones(n, dtype=torch.bool),
                   birth_frame=torch.zeros(n, dtype=torch.int32), cameras=base.cameras)
-    per_frame = save_scene(Scene4D(**common, dynamic_means=means, dynamic_quats=quats), tmp_path / "per_frame.r4d").stat().st_size
+    per_frame = save_scene(Scene4D(**common, dynamic_means=means, dynamic_quats=quats),
+                           tmp_path / "per_frame.r4d").stat().st_size
     continuous = save_scene(Scene4D(**common, dynamic_means=None, dynamic_quats=None, motion=motion),
                             tmp_path / "continuous.r4d").stat().st_size
     dynamic_part_per_frame = per_frame - 14 * 4 * n  # minus the shared Gaussian attributes

@@ -165,9 +165,9 @@ class MotionModel:
     def states(self, t: float | torch.Tensor, with_colors: bool = True,
                rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Positions [T, R, 3], unit quaternions [T, R, 4] and colour offsets [T, R, 3] at times t of the
-        trajectories `rows` ([R] distinct indices; default all, R = Nd); the offsets are None with `with_colors` off (the
-        dense states of every frame of a long clip need no colours: at 450 frames and 110,000 trajectories they
-        would add 0.6 GB).
+        trajectories `rows` ([R] distinct indices; default all, R = Nd); the offsets are None with `with_colors`
+        off (the dense states of every frame of a long clip need no colours: at 450 frames and 110,000
+        trajectories they would add 0.6 GB).
 
         A window none of whose trajectories is asked for is not evaluated: one frame of a long clip asks only
         for the Gaussians alive then, which live in one or two of its windows. The others are evaluated window
@@ -276,10 +276,11 @@ class Scene4D:
         window = torch.searchsorted(ends, self.birth_frame.to(torch.float64), right=True)
         return torch.stack([edges[window], edges[window + 1]], -1).float()
 
-    def dynamic_state_at(self, t: float, rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    def dynamic_state_at(self, t: float,
+                         rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Positions [R, 3], unit quaternions [R, 4] and colour offsets [R, 3] (None without a motion model)
-        at time t in frame units of the dynamic Gaussians `rows` ([R] distinct indices into the dynamic ones, in
-        is_dynamic index order; default all, R = Nd).
+        at time t in frame units of the dynamic Gaussians `rows` ([R] distinct indices into the dynamic ones,
+        in is_dynamic index order; default all, R = Nd).
 
         With a motion model, its value at t. Otherwise an integer t gives the stored state of frame t and a
         fractional t blends the two neighbouring frames (positions linearly, rotations by normalised lerp on
