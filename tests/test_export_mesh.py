@@ -13,7 +13,7 @@ from scipy.spatial import cKDTree
 from recon4d.errors import InputError, SceneError
 from recon4d.export.mesh import MeshConfig, export_mesh, export_meshes
 from recon4d.geometry import look_at, quaternion_from_rotation
-from recon4d.io.scene import Cameras, Gaussians, Scene4D
+from recon4d.io.scene import NEVER, Cameras, Gaussians, Scene4D
 
 WALL_Z, FLOOR_Y = 4.0, 1.0
 WALL_X, WALL_Y = (-2.5, 2.5), (-1.5, FLOOR_Y)
@@ -358,3 +358,54 @@ def test_cropped_view_is_the_whole_view_cut():
         # float32: a shifted principal point rounds the pixel positions differently (a few tens of ulp)
         np.testing.assert_allclose(crop.depth, whole.depth[y0:y1, x0:x1], rtol=1e-4, atol=1e-5)
         np.testing.assert_allclose(crop.color, whole.color[y0:y1, x0:x1], rtol=1e-4, atol=1e-5)
+
+
+def windowed_surface_scene() -> tuple[Scene4D, int]:
+    """`surface_scene` fitted as a long clip is, in two temporal windows (frames 0-1 and 2-3) that each
+    have their own still Gaussians: the first window's die at frame 2, where the second's are born, and the
+    second window's wall stands WINDOW_SHIFT further back. The ball lives through both. Returns the scene
+    and the number of still Gaussians per window."""
+    scene, n_still = surface_scene(num_frames=4, width=96, height=54, spacing=0.1)
+    second = scene.gaussians.select(torch.arange(n_still))
+    on_wall = second.means[:, 2] == WALL_Z
+    second.means[on_wall, 2] += WINDOW_SHIFT
+    n = len(scene.gaussians)
+    gaussians = Gaussians(*(torch.cat([getattr(scene.gaussians, f), getattr(second, f)])
+                            for f in ("means", "quats", "scales", "opacities", "colors")))
+    birth = torch.cat([scene.birth_frame, torch.full((n_still,), 2, dtype=torch.int32)])
+    death = torch.full((n + n_still,), NEVER, dtype=torch.int32)
+    death[:n_still] = 2
+    windowed = Scene4D(gaussians, torch.cat([scene.is_dynamic, torch.zeros(n_still, dtype=torch.bool)]), birth,
+                       scene.dynamic_means, scene.dynamic_quats, scene.cameras, death_frame=death)
+    windowed.validate()
+    return windowed, n_still
+
+
+WINDOW_SHIFT = 0.5
+
+
+def test_a_long_clips_frames_are_meshed_with_their_own_windows_background(tmp_path, monkeypatch):
+    """Each frame's mesh holds the still Gaussians of its own temporal window, fused from that window's
+    cameras: frame 1's wall is the first window's, frame 2's the second's, for a clip and a single frame."""
+    from recon4d.export import mesh
+
+    scene, n_still = windowed_surface_scene()
+    assert scene.window_at(0) == scene.window_at(1) == (0, 1) and scene.window_at(3) == (2, 3)
+    planned = []
+    real_plan = mesh.plan_views
+    monkeypatch.setattr(mesh, "plan_views", lambda *args: planned.append(args[3]) or real_plan(*args))
+    config = MeshConfig(orbit_anchors=1)
+    stats = export_meshes(scene, tmp_path / "clip", voxel_size=0.03, config=config)
+    assert planned == [(0, 1), (2, 3)]  # once per window, from its own frames
+    single = export_mesh(scene, tmp_path / "frame1.ply", frame=1, voxel_size=0.03, config=config)
+    background = export_mesh(scene, tmp_path / "static2.ply", frame=2, static_only=True, voxel_size=0.03, config=config)
+    assert planned[2:] == [(0, 1), (2, 3)]
+    n_ball = len(scene.gaussians) - 2 * n_still
+    assert [s.num_gaussians for s in stats] == [n_still + n_ball] * 4 and background.num_gaussians == n_still
+    for result, window in [*zip(stats, (0, 0, 1, 1)), (single, 0), (background, 1)]:
+        vertices = np.asarray(trimesh.load(result.path, force="mesh").vertices)
+        behind_ball = (np.abs(vertices[:, 0]) < 1.5) & (vertices[:, 1] < 0.0)  # the upper wall, off the floor
+        first_wall = int((np.abs(vertices[behind_ball, 2] - WALL_Z) < 0.03).sum())
+        second_wall = int((np.abs(vertices[behind_ball, 2] - WALL_Z - WINDOW_SHIFT) < 0.03).sum())
+        own, other = (first_wall, second_wall) if window == 0 else (second_wall, first_wall)
+        assert own > 1000 and other == 0, (result.frame, first_wall, second_wall)

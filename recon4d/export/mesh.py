@@ -19,7 +19,8 @@ Conventions: open3d centres pixel (0, 0) at (0.5, 0.5), recon4d at (0, 0); the s
 intrinsics are handed to open3d. Scale: the voxel size defaults to the median rendered depth of the input
 views / 200; units are the scene's.
 
-The views, voxel size and render scale are planned once per export, on the Gaussians of its first frame.
+The views and render scale are planned once per temporal window of the scene (once per export for a clip
+fitted in one window), on the Gaussians of the export's first frame in it; the voxel size once per export.
 
 Example:
     >>> stats = export_mesh(load_scene("out"), "out/mesh.glb", frame=0)   # doctest: +SKIP
@@ -73,8 +74,8 @@ class MeshStats:
         render_size: (width, height) of the fused views in pixels.
         num_vertices, num_triangles: of the written mesh.
         removed_triangles: triangles in dropped small components.
-        seconds: wall time of this mesh; in a clip export the first frame also carries the planning and the
-            still part, which later frames share.
+        seconds: wall time of this mesh; in a clip export the first frame of each temporal window also carries
+            the planning and the still part, which the window's later frames share.
     """
 
     path: Path
@@ -118,11 +119,10 @@ def import_open3d():
             ) from retry_exc
 
 
-def still_gaussians(scene: Scene4D, t: int | None = None) -> Gaussians:
-    """The Gaussians alive at frame t that are not moving things, in their frame-t state; t None: all of
-    them (those alive at the last frame), the static world that every frame's
-    mesh shares (background Gaussians with a residual drift, dynamic but not moving, in their last state)."""
-    t = scene.num_frames - 1 if t is None else t
+def still_gaussians(scene: Scene4D, t: int) -> Gaussians:
+    """The Gaussians alive at frame t that are not moving things, in their frame-t state. At the last frame
+    of a temporal window (`Scene4D.window_at`), the static world that the meshes of the window's frames
+    share (background Gaussians with a residual drift, dynamic but not moving, in their state then)."""
     return scene.gaussians_at(t).select(~scene.is_moving[scene.alive_at(t)])
 
 
@@ -243,11 +243,13 @@ class MeshSetup:
 
 
 def mesh_setup(
-    scene: Scene4D, gaussians: Gaussians, what: str, voxel_size: float | None, config: MeshConfig
+    scene: Scene4D, gaussians: Gaussians, what: str, voxel_size: float | None, config: MeshConfig,
+    frames: tuple[int, int],
 ) -> MeshSetup:
-    """Plan the views on `gaussians` and pick the voxel size (given, or median depth / voxels_per_median_depth)
-    and render scale; SceneError when no opaque surface is in view. `what` names them in that error."""
-    plan = plan_views(scene, gaussians, config)
+    """Plan the views of the frames `frames` (first, last) on `gaussians` and pick the voxel size (given, or
+    median depth / voxels_per_median_depth) and render scale; SceneError when no opaque surface is in view.
+    `what` names them in that error."""
+    plan = plan_views(scene, gaussians, config, frames)
     if plan.median_depth <= 0:
         raise SceneError(f"no opaque surface is visible in {what}", hint=f"lower min_alpha (now {config.min_alpha})")
     voxel_size = voxel_size or plan.median_depth / config.voxels_per_median_depth
@@ -308,8 +310,10 @@ def _check_request(paths: Iterable[Path], voxel_size: float | None) -> None:
 def export_frame_meshes(
     scene: Scene4D, paths: dict[int, Path], voxel_size: float | None = None, config: MeshConfig | None = None
 ) -> list[MeshStats]:
-    """Mesh the Gaussians of each frame in `paths` (frame index -> output file): the still part is fused
-    once and joined to each frame's moving part. Views and voxel size are planned on the first frame.
+    """Mesh the Gaussians of each frame in `paths` (frame index -> output file): the still part of a temporal
+    window (`Scene4D.window_at`; the whole clip when it was fitted in one) is fused once and joined to each of
+    its frames' moving part. A window's views are its own frames' cameras, planned on the Gaussians of its
+    first frame in `paths`; the voxel size is planned on the first frame and kept for all.
 
     Raises:
         InputError for a bad voxel size or suffix; SceneError when a frame has no surface to mesh.
@@ -317,18 +321,19 @@ def export_frame_meshes(
     start = time.perf_counter()
     config = config or MeshConfig()
     _check_request(paths.values(), voxel_size)
-    frames = list(paths)
-    if not frames:
-        return []
-    still = still_gaussians(scene)
-    first = concat_gaussians(still, moving_gaussians(scene, frames[0]))
-    if len(first) == 0:
-        raise SceneError(f"frame {frames[0]} has no Gaussians to mesh")
-    setup = mesh_setup(scene, first, f"frame {frames[0]}'s Gaussians", voxel_size, config)
-    still_part = [fuse_part(scene, still, setup, config, moving=False)] if len(still) else []
+    window, setup, still, still_part = None, None, None, []
     stats = []
-    for t in track(frames, "meshing frames") if len(frames) > 1 else frames:
+    for t in track(list(paths), "meshing frames") if len(paths) > 1 else list(paths):
         moving = moving_gaussians(scene, t)
+        if scene.window_at(t) != window:  # a long clip's windows each have their own still Gaussians
+            window = scene.window_at(t)
+            still = still_gaussians(scene, window[1])
+            first = concat_gaussians(still, moving)
+            if len(first) == 0:
+                raise SceneError(f"frame {t} has no Gaussians to mesh")
+            setup = mesh_setup(scene, first, f"frame {t}'s Gaussians", voxel_size, config, window)
+            voxel_size = setup.voxel_size
+            still_part = [fuse_part(scene, still, setup, config, moving=False)] if len(still) else []
         moving_part = [fuse_part(scene, moving, setup, config, moving=True)] if len(moving) else []
         if not still_part + moving_part:
             raise SceneError(f"frame {t} has no Gaussians to mesh")
@@ -373,7 +378,7 @@ def export_mesh(
     if len(gaussians) == 0:
         raise SceneError(f"frame {t} has no still Gaussians to mesh")
     what = f"frame {t}'s still Gaussians"
-    setup = mesh_setup(scene, gaussians, what, voxel_size, config)
+    setup = mesh_setup(scene, gaussians, what, voxel_size, config, scene.window_at(t))
     joined, removed = join_parts([fuse_part(scene, gaussians, setup, config, moving=False)], config.min_component_fraction)
     return _write_stats(joined, removed, path, t, True, 0, setup, scene, len(gaussians), start, what)
 

@@ -265,16 +265,23 @@ class ViewPlan:
     median_depth: float
 
 
-def plan_views(scene: Scene4D, gaussians: Gaussians, config: MeshConfig) -> ViewPlan:
-    """Input cameras (evenly thinned to max_input_views) plus orbit views around evenly spaced anchors.
+def plan_views(scene: Scene4D, gaussians: Gaussians, config: MeshConfig,
+               frames: tuple[int, int] | None = None) -> ViewPlan:
+    """Input cameras of the frames `frames` (first, last; default the whole clip), evenly thinned to
+    max_input_views, plus orbit views around evenly spaced anchors among them.
 
     The anchors and a few more input views (depth_probe_views) are rendered at the input resolution first
     to measure the depth of the scene.
     """
     cameras = scene.cameras
-    inputs = _evenly_spaced(len(cameras), config.max_input_views)
-    anchors = _evenly_spaced(len(cameras), config.orbit_anchors) if config.orbit_views_per_anchor > 0 else []
-    probes = sorted(set(_evenly_spaced(len(cameras), config.depth_probe_views)) | set(anchors))
+    first, last = frames or (0, len(cameras) - 1)
+
+    def spaced(limit: int) -> list[int]:
+        return [first + k for k in _evenly_spaced(last - first + 1, limit)]
+
+    inputs = spaced(config.max_input_views)
+    anchors = spaced(config.orbit_anchors) if config.orbit_views_per_anchor > 0 else []
+    probes = sorted(set(spaced(config.depth_probe_views)) | set(anchors))
     normals = surface_normals(gaussians, config.flat_ratio)
     depths = {
         t: render_rgbd(

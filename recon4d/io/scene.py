@@ -276,6 +276,16 @@ class Scene4D:
         window = torch.searchsorted(ends, self.birth_frame.to(torch.float64), right=True)
         return torch.stack([edges[window], edges[window + 1]], -1).float()
 
+    def window_at(self, t: int) -> tuple[int, int]:
+        """First and last frame of the temporal window that frame t lies in: its Gaussians are born in it and
+        die at its end, where the next window's begin. (0, T - 1) for a scene fitted in one window."""
+        last = self.num_frames - 1
+        if self.death_frame is None:
+            return 0, last
+        ends = torch.unique(self.death_frame[self.death_frame != NEVER]).tolist()
+        later = [end for end in ends if end > t]
+        return max([end for end in ends if end <= t], default=0), (later[0] - 1 if later else last)
+
     def dynamic_state_at(self, t: float,
                          rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Positions [R, 3], unit quaternions [R, 4] and colour offsets [R, 3] (None without a motion model)
