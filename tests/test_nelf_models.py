@@ -85,9 +85,9 @@ def test_volume_rendering_weights():
 
 def test_teacher_profile_peaks_at_the_wall():
     scene = moving_patch_scene(num_frames=2, width=32, height=24)
-    still, state = teacher_gaussians(scene, None)
+    still, state, _ = teacher_gaussians(scene, None)
     assert state == "static" and len(still) == int((~scene.is_moving).sum())
-    whole, _ = teacher_gaussians(scene, 1.0)
+    whole, _, _ = teacher_gaussians(scene, 1.0)
     assert len(whole) == len(scene.gaussians)
     near, far, count = 1.0, 8.0, 16
     view = render_gaussians(still, scene.cameras.world_from_camera[0], scene.cameras.K(0), 32, 24, (near, far, count))
@@ -186,3 +186,32 @@ def test_real_views_leave_moving_pixels_out():
     assert len(at_time) == 1 and bool((at_time.weights == 1).all())
     assert torch.allclose(at_time.colors[0], torch.from_numpy(frames[2]).permute(2, 0, 1).float() / 255)
     assert real_views(scene, frames, 1.5) is None
+
+
+def test_a_long_clips_teacher_is_seen_from_its_own_windows_cameras():
+    """A long clip is fitted in temporal windows, each with its own Gaussians: a teacher state belongs to
+    one window (the last for the still part, T's for time T), and every camera it is trained or scored from
+    is that window's: the input cameras, the interpolated ones, the depth bounds and the real frames."""
+    from test_export_mesh import windowed_surface_scene
+
+    from recon4d.nerf.nelf.config import PseudoDataConfig
+    from recon4d.nerf.nelf.teacher import input_cameras, make_teacher, sample_cameras
+
+    scene, n_still = windowed_surface_scene()  # windows: frames 0-1 and 2-3; cameras slide along +x
+    config = PseudoDataConfig(rotation_jitter_deg=0.0, position_jitter=0.0)
+    static, early = make_teacher(scene, None, config), make_teacher(scene, 0.5, config)
+    assert static.frames == (2, 3) and len(static.gaussians) == n_still
+    assert early.frames == (0, 1) and len(early.gaussians) == len(scene.gaussians) - n_still
+    centres = scene.cameras.world_from_camera[:, 0, 3]
+    for teacher in (static, early):
+        first, last = teacher.frames
+        poses, _ = sample_cameras(scene, 64, config, 1.0, torch.Generator().manual_seed(0), teacher.frames)
+        x = poses[:, 0, 3]  # between two of the window's cameras (no jitter)
+        assert float(x.min()) >= float(centres[first]) - 1e-9 and float(x.max()) <= float(centres[last]) + 1e-9
+        assert torch.equal(input_cameras(scene, teacher.frames)[0], scene.cameras.world_from_camera[first:last + 1])
+        frames = np.zeros((4, scene.cameras.height, scene.cameras.width, 3), dtype=np.uint8)
+        real = real_views(scene, frames, None, teacher.frames)
+        assert torch.equal(real.poses, scene.cameras.world_from_camera[first:last + 1])
+    # A scene fitted in one window: the whole clip, as before.
+    whole = make_teacher(moving_patch_scene(num_frames=3, width=32, height=24), None, config)
+    assert whole.frames == (0, 2)

@@ -81,10 +81,11 @@ def distill(fit_dir: str | os.PathLike, out_dir: str | os.PathLike, config: Dist
 
     depth = median_scene_depth(teacher)
     generator = torch.Generator().manual_seed(config.train.seed)
-    poses, Ks = sample_cameras(scene, config.data.views, config.data, depth, generator)
-    input_poses, input_Ks = input_cameras(scene)
+    poses, Ks = sample_cameras(scene, config.data.views, config.data, depth, generator, teacher.frames)
+    input_poses, input_Ks = input_cameras(scene, teacher.frames)
     held_generator = torch.Generator().manual_seed(config.train.seed + HELD_OUT_SEED_OFFSET)
-    held_poses, held_Ks = sample_cameras(scene, config.data.held_out_views, config.data, depth, held_generator)
+    held_poses, held_Ks = sample_cameras(scene, config.data.held_out_views, config.data, depth, held_generator,
+                                         teacher.frames)
     samples = config.nerdf.samples if config.model == "nerdf" else None
     pseudo = _with_rays(model, render_teacher_views(teacher, torch.cat([poses, input_poses]),
                                                     torch.cat([Ks, input_Ks]), width, height, samples,
@@ -92,7 +93,7 @@ def distill(fit_dir: str | os.PathLike, out_dir: str | os.PathLike, config: Dist
     held = _with_rays(model, render_teacher_views(teacher, held_poses, held_Ks, width, height, None,
                                                   "held-out views"), width, height)
     frames = read_scene_frames(scene)
-    real = real_views(scene, frames, time) if frames is not None else None
+    real = real_views(scene, frames, time, teacher.frames) if frames is not None else None
     if real is None:
         log("finetune on real frames: skipped (the fit's source frames are not readable or show no frame "
             "of this state)")

@@ -1,7 +1,9 @@
 """The teacher: a fitted Gaussian scene frozen at one state, rendered by recon4d's rasterizer.
 
 The state is either the still part of the scene (every Gaussian that is not labelled moving, the dynamic
-background at the last frame, when all Gaussians are born) or the whole scene at a time T. Besides colour,
+background at the last frame, when all Gaussians are born) or the whole scene at a time T. A long clip is
+fitted in temporal windows, each with its own Gaussians that only its frames' cameras saw: a state then
+belongs to one window (the last one for the still part, T's for time T), and its cameras are that window's. Besides colour,
 depth and opacity, the teacher renders a density profile along every ray: each Gaussian also carries a one-hot
 feature of the inverse-depth bin its centre falls in (in the rendering camera), so alpha compositing sums,
 per bin, the blending weights of the Gaussians in it — the splat analogue of NeRF's weights along a ray.
@@ -41,6 +43,8 @@ class Teacher:
         state: "static" or "time T".
         near, far: camera-depth bounds of the ray samples (scene units).
         centre: [3] centre of the region the rays sample; radius: its half-extent (points are normalised by it).
+        frames: first and last frame of the temporal window the state belongs to (`Scene4D.window_at`; the
+            whole clip for a scene fitted in one window): the input cameras that saw its Gaussians.
     """
 
     gaussians: Gaussians
@@ -49,19 +53,21 @@ class Teacher:
     far: float
     centre: torch.Tensor
     radius: float
+    frames: tuple[int, int]
 
 
-def teacher_gaussians(scene: Scene4D, time: float | None) -> tuple[Gaussians, str]:
-    """The still part of the scene (time None) or the whole scene at `time` (frame units)."""
+def teacher_gaussians(scene: Scene4D, time: float | None) -> tuple[Gaussians, str, tuple[int, int]]:
+    """The still part of the scene (time None) or the whole scene at `time` (frame units), its name, and the
+    temporal window it belongs to (first, last frame)."""
     if time is None:
         last = scene.num_frames - 1
         alive = scene.alive_at(last)
         still = ~scene.is_moving[alive]
-        return scene.gaussians_at(last).select(still), "static"
+        return scene.gaussians_at(last).select(still), "static", scene.window_at(last)
     if not (math.isfinite(time) and 0 <= time <= scene.num_frames - 1):
         raise InputError(f"--time {time} is outside the scene's time range 0..{scene.num_frames - 1}",
                          hint="times are in frame units; `recon4d info OUT` shows the number of frames")
-    return scene.gaussians_at(float(time)), f"time {float(time):g}"
+    return scene.gaussians_at(float(time)), f"time {float(time):g}", scene.window_at(math.floor(time))
 
 
 def render_gaussians(gaussians: Gaussians, world_from_camera: torch.Tensor, K: torch.Tensor, width: int,
@@ -82,12 +88,13 @@ def render_gaussians(gaussians: Gaussians, world_from_camera: torch.Tensor, K: t
 
 
 def make_teacher(scene: Scene4D, time: float | None, config: PseudoDataConfig) -> Teacher:
-    """Teacher of `scene` (see `teacher_gaussians`) with near/far from its depth at the input cameras."""
-    gaussians, state = teacher_gaussians(scene, time)
+    """Teacher of `scene` (see `teacher_gaussians`) with near/far from its depth at the input cameras of its
+    temporal window."""
+    gaussians, state, (first, last) = teacher_gaussians(scene, time)
     if len(gaussians) == 0:
         raise InputError(f"the scene has no Gaussians in its {state} state", hint="try --time T instead of --static")
     cams = scene.cameras
-    frames = torch.linspace(0, scene.num_frames - 1, min(scene.num_frames, 8)).round().long().unique()
+    frames = torch.linspace(first, last, min(last - first + 1, 8)).round().long().unique()
     depths = []
     for t in frames.tolist():
         view = render_gaussians(gaussians, cams.world_from_camera[t], cams.K(t), cams.width, cams.height)
@@ -99,11 +106,12 @@ def make_teacher(scene: Scene4D, time: float | None, config: PseudoDataConfig) -
     far = float(torch.quantile(depth, config.far_percentile / 100)) * config.bound_margin
     near, far = max(near, 1e-3), max(far, near * 1.5)
     # The sampled region: camera centres and the points at near and far through the image corners.
-    positions = cams.world_from_camera[:, :3, 3].float()
-    forward = cams.world_from_camera[:, :3, 2].float()
+    positions = cams.world_from_camera[first:last + 1, :3, 3].float()
+    forward = cams.world_from_camera[first:last + 1, :3, 2].float()
     extent = torch.cat([positions, positions + near * forward, positions + far * forward])
     low, high = extent.amin(0), extent.amax(0)
-    return Teacher(gaussians, state, near, far, (low + high) / 2, max(float((high - low).norm() / 2), 1e-6))
+    return Teacher(gaussians, state, near, far, (low + high) / 2, max(float((high - low).norm() / 2), 1e-6),
+                   (first, last))
 
 
 def median_scene_depth(teacher: Teacher) -> float:
@@ -111,20 +119,20 @@ def median_scene_depth(teacher: Teacher) -> float:
     return math.sqrt(teacher.near * teacher.far)
 
 
-def sample_cameras(scene: Scene4D, count: int, config: PseudoDataConfig, scene_depth: float,
-                   generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cameras around the recovered path: the pose at a random (fractional) time, its centre moved to a random
-    point between it and another input camera (inside the path's hull), then jittered in position and
-    direction.
+def sample_cameras(scene: Scene4D, count: int, config: PseudoDataConfig, scene_depth: float, generator: torch.Generator,
+                   frames: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cameras around the recovered path of the frames `frames` (first, last; default the whole clip): the
+    pose at a random (fractional) time, its centre moved to a random point between it and another input
+    camera (inside the path's hull), then jittered in position and direction.
 
     Returns:
         world_from_camera [count, 4, 4] float64, K [count, 3, 3] float32 in pixels of the scene's size.
     """
     cams = scene.cameras
-    last = scene.num_frames - 1
+    first, last = frames or (0, scene.num_frames - 1)
     poses, Ks = [], []
     for _ in range(count):
-        t, other = (torch.rand(2, generator=generator, dtype=torch.float64) * last).tolist()
+        t, other = (first + torch.rand(2, generator=generator, dtype=torch.float64) * (last - first)).tolist()
         pose = cams.world_from_camera_at(t).double()
         mix = float(torch.rand((), generator=generator, dtype=torch.float64))
         centre = torch.lerp(pose[:3, 3], cams.world_from_camera_at(other).double()[:3, 3], mix)
@@ -138,7 +146,10 @@ def sample_cameras(scene: Scene4D, count: int, config: PseudoDataConfig, scene_d
     return torch.stack(poses), torch.stack(Ks)
 
 
-def input_cameras(scene: Scene4D) -> tuple[torch.Tensor, torch.Tensor]:
-    """The recovered cameras: world_from_camera [T, 4, 4] float64, K [T, 3, 3] float32."""
+def input_cameras(scene: Scene4D, frames: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The recovered cameras of the frames `frames` (first, last; default all T): world_from_camera [F, 4, 4]
+    float64, K [F, 3, 3] float32."""
     cams = scene.cameras
-    return cams.world_from_camera.double(), torch.stack([cams.K(t).float() for t in range(scene.num_frames)])
+    first, last = frames or (0, scene.num_frames - 1)
+    return (cams.world_from_camera[first:last + 1].double(),
+            torch.stack([cams.K(t).float() for t in range(first, last + 1)]))
