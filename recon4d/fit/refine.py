@@ -105,8 +105,9 @@ def initial_motion(scene: Scene4D, fitted: list[int], config: RefineConfig, wind
         basis = time_basis((times - first) / max(last - first, 1.0), config.poly_degree, fourier_terms)
         # [F, R]: states before a Gaussian's birth are fillers; its death frame holds its last state.
         weights = ((times[:, None] >= birth[rows][None]) & (times[:, None] <= death[rows][None])).float()
-        means = scene.dynamic_means[frames][:, rows].float()
-        quats = scene.dynamic_quats[frames][:, rows].float()
+        picked = (times.long()[:, None], rows[None])  # [F, R] at once: no copy of every row's states first
+        means = scene.dynamic_means[picked].float()
+        quats = scene.dynamic_quats[picked].float()
         # One sign per Gaussian and frame: q and -q are the same rotation, the fit needs one continuous branch.
         reference = quats[torch.clamp(torch.searchsorted(times, birth[rows]), max=len(frames) - 1), torch.arange(rows.numel())]
         quats = torch.where((quats * reference[None]).sum(-1, keepdim=True) < 0, -quats, quats)
