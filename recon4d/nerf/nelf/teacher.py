@@ -3,8 +3,9 @@
 The state is either the still part of the scene (every Gaussian that is not labelled moving, the dynamic
 background at the last frame, when all Gaussians are born) or the whole scene at a time T. A long clip is
 fitted in temporal windows, each with its own Gaussians that only its frames' cameras saw: a state then
-belongs to one window (the last one for the still part, T's for time T), and its cameras are that window's. Besides colour,
-depth and opacity, the teacher renders a density profile along every ray: each Gaussian also carries a one-hot
+belongs to one window (the last one for the still part, T's for time T), and its cameras are that window's.
+
+Besides colour, depth and opacity, the teacher renders a density profile along every ray: each Gaussian also carries a one-hot
 feature of the inverse-depth bin its centre falls in (in the rendering camera), so alpha compositing sums,
 per bin, the blending weights of the Gaussians in it — the splat analogue of NeRF's weights along a ray.
 """
