@@ -11,6 +11,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from recon4d import __version__
 from recon4d.device import DEVICE_CHOICES, resolve_device
@@ -279,6 +280,28 @@ def _cmd_refine(args: argparse.Namespace) -> int:
     return 0
 
 
+#: `recon4d info` shows a longer list (one value per frame of a long clip) by its length and ends; --json shows all.
+INFO_LIST_SHOWN = 6
+
+
+def _brief(value: Any) -> str:
+    """A summary value as `recon4d info` prints it: lists of more than INFO_LIST_SHOWN entries by their length
+    and ends, at any depth.
+
+        >>> _brief({"inits": [None] + ["pnp"] * 449, "psnr": 27.5})
+        "{'inits': [450 values: None, 'pnp', 'pnp', ..., 'pnp', 'pnp', 'pnp'], 'psnr': 27.5}"
+    """
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{key!r}: {_brief(item)}" for key, item in value.items()) + "}"
+    if isinstance(value, list) and len(value) > INFO_LIST_SHOWN:
+        half = INFO_LIST_SHOWN // 2
+        ends = [_brief(item) for item in value[:half]] + ["..."] + [_brief(item) for item in value[-half:]]
+        return f"[{len(value)} values: {', '.join(ends)}]"
+    if isinstance(value, list):
+        return "[" + ", ".join(_brief(item) for item in value) + "]"
+    return repr(value) if isinstance(value, str) else str(value)
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
     from recon4d.io.scene import load_scene
 
@@ -296,7 +319,11 @@ def _cmd_info(args: argparse.Namespace) -> int:
         print(json.dumps(summary, indent=2))
     else:
         for key, value in summary.items():
-            print(f"{key:>18}: {value}")
+            if key != "metrics":
+                print(f"{key:>18}: {_brief(value)}")
+        print(f"{'metrics':>18}:")
+        for key, value in summary["metrics"].items():  # one line each: a long clip's per-frame lists shortened
+            print(f"{key:>24}: {_brief(value)}")
     return 0
 
 

@@ -45,3 +45,16 @@ def test_info_reads_scene(tmp_path):
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     assert summary["frames"] == 3 and summary["gaussians"] == 20 and summary["image_size"] == [64, 48]
+
+
+def test_info_text_shortens_a_long_clips_per_frame_lists(tmp_path):
+    scene = make_scene(num_frames=3, n=20)
+    scene.metrics = {"camera_inits": [None] + ["pnp"] * 449, "fitted": {"psnr": 27.5, "frames": 450}}
+    save_scene(scene, tmp_path / "scene.r4d")
+    result = run_cli("info", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    lines = {line.split(":", 1)[0].strip(): line.split(":", 1)[1].strip() for line in result.stdout.splitlines()}
+    assert lines["camera_inits"] == "[450 values: None, 'pnp', 'pnp', ..., 'pnp', 'pnp', 'pnp']"
+    assert lines["fitted"] == "{'psnr': 27.5, 'frames': 450}" and lines["frames"] == "3"
+    full = json.loads(run_cli("info", str(tmp_path), "--json").stdout)  # --json keeps every value
+    assert len(full["metrics"]["camera_inits"]) == 450
