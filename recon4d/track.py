@@ -3,6 +3,11 @@
 A query (t0, u, v) is lifted to 3D with the rendered depth of frame t0, attached to its K nearest visible
 Gaussians (inverse-distance weights), and moved at every frame by their weighted displacement. Visibility
 at a frame: inside the image and not behind the rendered surface (depth test with a relative tolerance).
+
+A long clip is fitted in temporal windows, each with its own Gaussians (`Scene4D.window_at`), whose
+trajectories mean nothing outside their window. A track is handed over at each window boundary: at the first
+frame of the next window, which the previous window's Gaussians still hold (it is their death frame), it is
+attached to the next window's Gaussians nearest to it; backwards in time likewise.
 """
 from __future__ import annotations
 
@@ -56,6 +61,72 @@ def _means_of(scene: Scene4D, t: int, index: torch.Tensor) -> torch.Tensor:
     return means
 
 
+@dataclass(frozen=True)
+class _Anchor:
+    """Points [P, 3] at frame `frame`, each held by its k nearest Gaussians: `neighbours` [G] (distinct),
+    `inverse` [P, k] picks each point's among them, `weights` [P, k] (inverse distance, summing to 1),
+    `origin` [G, 3] their positions at `frame`."""
+
+    frame: int
+    points: torch.Tensor
+    neighbours: torch.Tensor
+    inverse: torch.Tensor
+    weights: torch.Tensor
+    origin: torch.Tensor
+
+
+def _anchor(scene: Scene4D, points: torch.Tensor, frame: int, candidates: torch.Tensor, neighbours: int,
+            means: torch.Tensor | None = None) -> _Anchor:
+    """Attach points [P, 3] at `frame` to their `neighbours` nearest Gaussians among `candidates` ([N] or
+    [P, N] bool); `means`: all N positions at `frame` when the caller has them."""
+    means = _all_means(scene, frame) if means is None else means
+    distance = torch.cdist(points, means).masked_fill(~candidates, float("inf"))
+    near_dist, near_idx = distance.topk(neighbours, largest=False)
+    weights = 1.0 / near_dist.clamp_min(1e-6)
+    weights = torch.where(torch.isfinite(near_dist), weights, torch.zeros_like(weights))
+    weights = weights / weights.sum(-1, keepdim=True).clamp_min(1e-12)
+    held, inverse = torch.unique(near_idx, return_inverse=True)
+    return _Anchor(frame, points, held, inverse, weights, means[held])
+
+
+def _follow(scene: Scene4D, anchor: _Anchor, t: int) -> torch.Tensor:
+    """The anchored points at frame t [P, 3]: moved by their Gaussians' weighted displacement."""
+    displacement = (_means_of(scene, t, anchor.neighbours) - anchor.origin)[anchor.inverse]  # [P, k, 3]
+    return anchor.points + (anchor.weights[..., None] * displacement).sum(1)
+
+
+def _handed_over(scene: Scene4D, anchor: _Anchor, points: torch.Tensor, frame: int, holders: torch.Tensor,
+                 config: TrackConfig) -> _Anchor:
+    """`points` at `frame` attached to the Gaussians `holders` [N] bool (another window's), or left with
+    `anchor` when there are none."""
+    count = int(holders.sum())
+    return _anchor(scene, points, frame, holders, min(config.neighbours, count)) if count else anchor
+
+
+def _track(scene: Scene4D, start: _Anchor, config: TrackConfig) -> torch.Tensor:
+    """Tracks [T, P, 3] of the anchored points over all frames, handed over at every window boundary."""
+    tracks = torch.empty(scene.num_frames, start.points.shape[0], 3)
+    first, last = scene.window_at(start.frame)
+    for t in range(first, last + 1):
+        tracks[t] = _follow(scene, start, t)
+    anchor, boundary = start, last + 1
+    while boundary < scene.num_frames:  # later windows
+        points = _follow(scene, anchor, boundary)
+        anchor = _handed_over(scene, anchor, points, boundary, scene.alive_at(boundary), config)
+        _, last = scene.window_at(boundary)
+        for t in range(boundary, last + 1):
+            tracks[t] = _follow(scene, anchor, t)
+        boundary = last + 1
+    anchor, boundary = start, first
+    while boundary > 0:  # earlier windows: their Gaussians hold `boundary`, their death frame
+        anchor = _handed_over(scene, anchor, tracks[boundary], boundary, scene.alive_at(boundary - 1), config)
+        first, _ = scene.window_at(boundary - 1)
+        for t in range(first, boundary):
+            tracks[t] = _follow(scene, anchor, t)
+        boundary = first
+    return tracks
+
+
 def _project(points: torch.Tensor, scene: Scene4D, t: int) -> tuple[torch.Tensor, torch.Tensor]:
     """World points [N, 3] -> pixels [N, 2] and z [N] in the input camera of frame t."""
     return project_to_pixels(points, invert_pose(scene.cameras.world_from_camera[t]).float(), scene.cameras.K(t))
@@ -79,20 +150,12 @@ def track_points(scene: Scene4D, queries: torch.Tensor, config: TrackConfig = Tr
         points = transform_points(scene.cameras.world_from_camera[p_start].float(), cam)
         means_start = _all_means(scene, p_start)
         alive = scene.alive_at(p_start)
-        gauss_uv, gauss_z = _project(means_start, scene, p_start)
+        _, gauss_z = _project(means_start, scene, p_start)
         # Candidates: alive Gaussians near the surface seen at the query (not hidden far behind it).
-        distance = torch.cdist(points, means_start)
         behind = gauss_z[None] > z[:, None] * (1 + config.depth_tolerance)
-        distance = distance.masked_fill(~alive[None] | behind, float("inf"))
-        k = min(config.neighbours, int(alive.sum()))
-        near_dist, near_idx = distance.topk(k, largest=False)
-        weights = 1.0 / near_dist.clamp_min(1e-6)
-        weights = torch.where(torch.isfinite(near_dist), weights, torch.zeros_like(weights))
-        weights = weights / weights.sum(-1, keepdim=True).clamp_min(1e-12)
-        neighbours, inverse = torch.unique(near_idx, return_inverse=True)
-        for t in range(num_frames):
-            displacement = (_means_of(scene, t, neighbours) - means_start[neighbours])[inverse]  # [P, k, 3]
-            tracks_3d[t, rows] = points + (weights[..., None] * displacement).sum(1)
+        start = _anchor(scene, points, p_start, alive[None] & ~behind, min(config.neighbours, int(alive.sum())),
+                        means_start)
+        tracks_3d[:, rows] = _track(scene, start, config)
     tracks_2d = torch.empty(num_frames, queries.shape[0], 2)
     visible = torch.empty(num_frames, queries.shape[0], dtype=torch.bool)
     for t in range(num_frames):
