@@ -75,13 +75,13 @@ class _Anchor:
     origin: torch.Tensor
 
 
-def _anchor(scene: Scene4D, points: torch.Tensor, frame: int, candidates: torch.Tensor, neighbours: int,
+def _anchor(scene: Scene4D, points: torch.Tensor, frame: int, candidates: torch.Tensor, count: int,
             means: torch.Tensor | None = None) -> _Anchor:
-    """Attach points [P, 3] at `frame` to their `neighbours` nearest Gaussians among `candidates` ([N] or
-    [P, N] bool); `means`: all N positions at `frame` when the caller has them."""
+    """Attach points [P, 3] at `frame` to their `count` nearest Gaussians among `candidates` ([N] or [P, N]
+    bool); `means`: all N positions at `frame` when the caller has them."""
     means = _all_means(scene, frame) if means is None else means
     distance = torch.cdist(points, means).masked_fill(~candidates, float("inf"))
-    near_dist, near_idx = distance.topk(neighbours, largest=False)
+    near_dist, near_idx = distance.topk(count, largest=False)
     weights = 1.0 / near_dist.clamp_min(1e-6)
     weights = torch.where(torch.isfinite(near_dist), weights, torch.zeros_like(weights))
     weights = weights / weights.sum(-1, keepdim=True).clamp_min(1e-12)
