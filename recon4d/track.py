@@ -51,21 +51,12 @@ def _all_means(scene: Scene4D, t: int) -> torch.Tensor:
     return means
 
 
-def _means_of(scene: Scene4D, t: int, index: torch.Tensor) -> torch.Tensor:
-    """Positions [I, 3] at frame t of the Gaussians `index` [I] (distinct), the same numbers as `_all_means`:
-    only their own trajectories are evaluated."""
-    means = scene.gaussians.means[index].clone()
-    dynamic = scene.is_dynamic[index]
-    place = torch.cumsum(scene.is_dynamic.long(), 0) - 1  # each Gaussian's row among the dynamic ones
-    means[dynamic] = scene.dynamic_state_at(t, place[index[dynamic]])[0]
-    return means
-
-
 @dataclass(frozen=True)
 class _Anchor:
     """Points [P, 3] at frame `frame`, each held by its k nearest Gaussians: `neighbours` [G] (distinct),
     `inverse` [P, k] picks each point's among them, `weights` [P, k] (inverse distance, summing to 1),
-    `origin` [G, 3] their positions at `frame`."""
+    `origin` [G, 3] their positions at `frame`; `dynamic` [G] bool marks those with a trajectory and
+    `trajectories` [D] their rows among the scene's dynamic Gaussians (still ones never move)."""
 
     frame: int
     points: torch.Tensor
@@ -73,6 +64,8 @@ class _Anchor:
     inverse: torch.Tensor
     weights: torch.Tensor
     origin: torch.Tensor
+    dynamic: torch.Tensor
+    trajectories: torch.Tensor
 
 
 def _anchor(scene: Scene4D, points: torch.Tensor, frame: int, candidates: torch.Tensor, count: int,
@@ -86,12 +79,17 @@ def _anchor(scene: Scene4D, points: torch.Tensor, frame: int, candidates: torch.
     weights = torch.where(torch.isfinite(near_dist), weights, torch.zeros_like(weights))
     weights = weights / weights.sum(-1, keepdim=True).clamp_min(1e-12)
     held, inverse = torch.unique(near_idx, return_inverse=True)
-    return _Anchor(frame, points, held, inverse, weights, means[held])
+    dynamic = scene.is_dynamic[held]
+    place = torch.cumsum(scene.is_dynamic.long(), 0) - 1  # each Gaussian's row among the dynamic ones
+    return _Anchor(frame, points, held, inverse, weights, means[held], dynamic, place[held[dynamic]])
 
 
 def _follow(scene: Scene4D, anchor: _Anchor, t: int) -> torch.Tensor:
-    """The anchored points at frame t [P, 3]: moved by their Gaussians' weighted displacement."""
-    displacement = (_means_of(scene, t, anchor.neighbours) - anchor.origin)[anchor.inverse]  # [P, k, 3]
+    """The anchored points at frame t [P, 3]: moved by their Gaussians' weighted displacement. Only those
+    Gaussians' trajectories are evaluated (the same numbers as `_all_means`)."""
+    positions = anchor.origin.clone()
+    positions[anchor.dynamic] = scene.dynamic_state_at(t, anchor.trajectories)[0]
+    displacement = (positions - anchor.origin)[anchor.inverse]  # [P, k, 3]
     return anchor.points + (anchor.weights[..., None] * displacement).sum(1)
 
 
