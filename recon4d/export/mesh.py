@@ -325,8 +325,9 @@ def export_frame_meshes(
     stats = []
     for t in track(list(paths), "meshing frames") if len(paths) > 1 else list(paths):
         moving = moving_gaussians(scene, t)
-        if scene.window_at(t) != window:  # a long clip's windows each have their own still Gaussians
-            window = scene.window_at(t)
+        frame_window = scene.window_at(t)
+        if frame_window != window:  # a long clip's windows each have their own still Gaussians
+            window = frame_window
             still = still_gaussians(scene, window[1])
             first = concat_gaussians(still, moving)
             if len(first) == 0:

@@ -263,6 +263,13 @@ class Scene4D:
             alive = alive & (self.death_frame > t)
         return alive
 
+    def window_ends(self) -> torch.Tensor:
+        """[W - 1] sorted frames where a temporal window ends and the next begins: the scene's death frames
+        (empty for a scene fitted in one window)."""
+        if self.death_frame is None:
+            return torch.zeros(0, dtype=self.birth_frame.dtype)
+        return torch.unique(self.death_frame[self.death_frame != NEVER])
+
     def trajectory_windows(self) -> torch.Tensor:
         """[N, 2] float: first and last frame of the temporal window each Gaussian belongs to, the span its
         trajectory is normalised over. Windows end at the scene's death frames; a Gaussian belongs to the
@@ -271,7 +278,7 @@ class Scene4D:
         count = self.birth_frame.shape[0]
         if self.death_frame is None:
             return torch.tensor([0.0, last]).repeat(count, 1)
-        ends = torch.unique(self.death_frame[self.death_frame != NEVER]).to(torch.float64)
+        ends = self.window_ends().to(torch.float64)
         edges = torch.cat([torch.zeros(1, dtype=torch.float64), ends, torch.tensor([last], dtype=torch.float64)])
         window = torch.searchsorted(ends, self.birth_frame.to(torch.float64), right=True)
         return torch.stack([edges[window], edges[window + 1]], -1).float()
@@ -280,9 +287,7 @@ class Scene4D:
         """First and last frame of the temporal window that frame t lies in: its Gaussians are born in it and
         die at its end, where the next window's begin. (0, T - 1) for a scene fitted in one window."""
         last = self.num_frames - 1
-        if self.death_frame is None:
-            return 0, last
-        ends = torch.unique(self.death_frame[self.death_frame != NEVER]).tolist()
+        ends = self.window_ends().tolist()
         later = [end for end in ends if end > t]
         return max([end for end in ends if end <= t], default=0), (later[0] - 1 if later else last)
 
