@@ -39,6 +39,9 @@ def test_every_frame_has_a_camera_mask_render_and_score(keyframe_fit):
     assert metrics["skipped"]["psnr"] is not None
     assert len(result.scene.cameras) == FRAMES and result.scene.arrays["moving_masks"].shape[0] == FRAMES
     assert len(json.loads((result.out_dir / "cameras.json").read_text())["frames"]) == FRAMES
+    # The scene stores the fitted frames' dynamic states only; the skipped frames blend them.
+    assert result.scene.state_frames.tolist() == metrics["sequential_frames"]
+    assert result.scene.dynamic_means.shape[0] == fitted < FRAMES
     # Between keyframes the model is interpolated: skipped frames render close to the fitted ones.
     assert metrics["skipped"]["psnr"] >= metrics["fitted"]["psnr"] - 6.0, (metrics["skipped"], metrics["fitted"])
     # Every keyframe is in the sequential pass (no refinement): not a long clip, `keyframes.long_clip` stays out.

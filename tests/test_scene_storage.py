@@ -48,7 +48,7 @@ def test_zero_coefficients_are_not_stored(tmp_path):
     assert torch.equal(states[0], means) and torch.equal(states[1], quats)
     # A copy beside the model could disagree with it: refused.
     loaded.dynamic_means, loaded.dynamic_quats = states
-    with pytest.raises(SceneError, match="keeps no per-frame states"):
+    with pytest.raises(SceneError, match="keeps no stored states"):
         loaded.validate()
     # Dense states are evaluated without colour offsets (a long clip's would be 0.6 GB), same values.
     without = mostly_drifting.motion.states(torch.arange(6.0), with_colors=False)

@@ -44,12 +44,12 @@ class FitResult:
 
 def assemble_scene(state: FitState, fitted: list[int], clip: Clip, K: np.ndarray, config: FitConfig,
                    moving_masks: np.ndarray) -> Scene4D:
-    """Scene over all clip frames; frames between fitted ones get interpolated cameras and dynamic states. The
-    Gaussians of every temporal window are in it, each living from its birth to its death frame."""
+    """Scene over all clip frames; frames between fitted ones get interpolated cameras, and their dynamic states
+    blend those of the fitted frames around them (the scene stores the fitted frames' states: `state_frames`).
+    The Gaussians of every temporal window are in it, each living from its birth to its death frame."""
     g = state.all_gaussians()
     dynamic = g.is_dynamic.nonzero().squeeze(1)
     position = {int(i): k for k, i in enumerate(dynamic.tolist())}
-    nd = dynamic.numel()
     device = g.means.device
 
     def slots_of(ids: torch.Tensor) -> torch.Tensor:
@@ -70,20 +70,7 @@ def assemble_scene(state: FitState, fitted: list[int], clip: Clip, K: np.ndarray
     world_from_camera = torch.eye(4, dtype=torch.float64).repeat(num_frames, 1, 1)
     world_from_camera[fitted] = invert_pose(torch.stack(state.camera_from_world).double().cpu())
     world_from_camera = fill_poses(world_from_camera, fitted)
-    means_all = torch.empty(num_frames, nd, 3)
-    quats_all = torch.empty(num_frames, nd, 4)
     birth = g.birth_frame.clone().cpu()
-    fitted_index = {f: k for k, f in enumerate(fitted)}
-    for frame in range(num_frames):
-        if frame in fitted_index:
-            k = fitted_index[frame]
-            means_all[frame], quats_all[frame] = fitted_means[k].cpu(), fitted_quats[k].cpu()
-            continue
-        after = next(k for k, f in enumerate(fitted) if f > frame)
-        before = after - 1
-        w = (frame - fitted[before]) / (fitted[after] - fitted[before])
-        means_all[frame] = ((1 - w) * fitted_means[before] + w * fitted_means[after]).cpu()
-        quats_all[frame] = normalize_quaternion((1 - w) * fitted_quats[before] + w * fitted_quats[after]).cpu()
     # Birth and death frames are stored in clip frame numbers.
     fitted_tensor = torch.tensor(fitted)
     birth = fitted_tensor[birth.long()].to(torch.int32)
@@ -100,7 +87,7 @@ def assemble_scene(state: FitState, fitted: list[int], clip: Clip, K: np.ndarray
     masks[fitted] = moving_masks
     return Scene4D(
         gaussians=gaussians, is_dynamic=g.is_dynamic.cpu(), birth_frame=birth, death_frame=death,
-        dynamic_means=means_all, dynamic_quats=quats_all,
+        dynamic_means=fitted_means.cpu(), dynamic_quats=fitted_quats.cpu(), state_frames=fitted_tensor,
         cameras=Cameras(world_from_camera=world_from_camera, intrinsics=intrinsics,
                         timestamps=torch.as_tensor(clip.timestamps, dtype=torch.float64),
                         width=clip.width, height=clip.height, frame_names=list(clip.names)),

@@ -105,9 +105,7 @@ def initial_motion(scene: Scene4D, fitted: list[int], config: RefineConfig, wind
         basis = time_basis((times - first) / max(last - first, 1.0), config.poly_degree, fourier_terms)
         # [F, R]: states before a Gaussian's birth are fillers; its death frame holds its last state.
         weights = ((times[:, None] >= birth[rows][None]) & (times[:, None] <= death[rows][None])).float()
-        picked = (times.long()[:, None], rows[None])  # [F, R] at once: no copy of every row's states first
-        means = scene.dynamic_means[picked].float()
-        quats = scene.dynamic_quats[picked].float()
+        means, quats = (x.float() for x in scene.dynamic_states(frames, rows))  # [F, R]: only the window's rows
         # One sign per Gaussian and frame: q and -q are the same rotation, the fit needs one continuous branch.
         reference = quats[torch.clamp(torch.searchsorted(times, birth[rows]), max=len(frames) - 1), torch.arange(rows.numel())]
         quats = torch.where((quats * reference[None]).sum(-1, keepdim=True) < 0, -quats, quats)
@@ -331,12 +329,12 @@ def refine_scene(data: RefineInputs, config: FitConfig, device: torch.device,
     thread, 31.8 ms on two; README, "Long clips with a moving camera"), and each window draws from its own generator,
     so the result does not depend on the thread count (a window on two threads would differ in the last bits).
 
-    The sequential scene's per-frame states of dynamic Gaussians (`dynamic_means`, `dynamic_quats`) are read
+    The sequential scene's stored states of dynamic Gaussians (`dynamic_means`, `dynamic_quats`) are read
     once, to start every window's trajectories, and the priors (`data.inputs`) until the last window is refined.
     With `consume` each is dropped from `data` then (the states set to None in `data.scene`, `data.inputs` to
-    None; the caller must use neither again): on a long clip each is the largest thing the fit holds (450 frames
-    at 180 px: 1.26 GB of sequential states, about 1 GB of priors). The refined scene keeps no per-frame states:
-    its motion model defines them.
+    None; the caller must use neither again): on a long clip they are the largest things the fit holds (450
+    frames at 180 px: about 1 GB of priors, 0.24 GB of the states of 80 fitted frames). The refined scene keeps
+    no per-frame states: its motion model defines them.
     """
     started = time.perf_counter()
     scene, fitted, cfg = data.scene, data.fitted, config.refine
@@ -345,7 +343,7 @@ def refine_scene(data: RefineInputs, config: FitConfig, device: torch.device,
     fourier_terms = shared_fourier_terms(windows, cfg)
     motion = initial_motion(scene, fitted, cfg, row_windows, fourier_terms)
     if consume:
-        scene.dynamic_means = scene.dynamic_quats = None
+        scene.dynamic_means = scene.dynamic_quats = scene.state_frames = None
     dynamic = scene.is_dynamic.nonzero().squeeze(1)
     parts = []
     for i, (first, last, frames) in enumerate(windows):

@@ -8,7 +8,8 @@ it never unpickles code. Writes are atomic.
 
 A dynamic scene keeps one canonical set of N Gaussians. Still Gaussians never move. The Nd dynamic ones
 (``is_dynamic``) have one position and rotation per frame: stored in ``dynamic_means`` / ``dynamic_quats``
-by the sequential pass, or given by a continuous-time motion model after the refinement;
+by the sequential pass at the frames it fitted (``state_frames``; the others blend their neighbours), or given
+by a continuous-time motion model after the refinement;
 a Gaussian exists from its ``birth_frame`` on, and until its ``death_frame`` (exclusive) when the scene has
 one: a long clip is fitted in temporal windows (`recon4d.fit.sequential`), each with its own Gaussians. ``is_moving`` (a subset of ``is_dynamic``) marks the Gaussians
 of independently moving things, which moving masks and highlights show; a dynamic Gaussian that is not moving
@@ -17,6 +18,7 @@ is background that drifts by a residue (the refinement's residual motion). Files
 """
 from __future__ import annotations
 
+import bisect
 import json
 import math
 import os
@@ -28,11 +30,12 @@ import torch
 
 from recon4d.errors import SceneError
 from recon4d.geometry.lie import interpolate_pose
+from recon4d.geometry.quaternion import normalize_quaternion
 from recon4d.geometry.trajectory import evaluate_trajectories, time_basis, window_basis
 from recon4d.io.atomic import atomic_path
 
 FORMAT_NAME = "recon4d.scene"
-FORMAT_VERSION = 4  # 4: death frames and per-trajectory time windows; 3: sparse motion coefficients; 2: motion model
+FORMAT_VERSION = 5  # 5: states stored at some frames (state_frames); 4: death frames and per-trajectory time windows; 3: sparse motion coefficients; 2: motion model
 NEVER = 2**31 - 1  # death frame of a Gaussian that lives to the end of the clip
 
 
@@ -217,9 +220,9 @@ class Scene4D:
         gaussians: canonical Gaussians (positions of dynamic ones at their birth frame).
         is_dynamic: [N] bool, has a per-frame state (a trajectory).
         birth_frame: [N] int32, first frame a Gaussian exists in.
-        dynamic_means: [T, Nd, 3] per-frame positions of the dynamic Gaussians (in index order); None when
-            `motion` is set.
-        dynamic_quats: [T, Nd, 4] per-frame rotations of the dynamic Gaussians; None when `motion` is set.
+        dynamic_means: [K, Nd, 3] positions of the dynamic Gaussians (in index order) at the K frames
+            `state_frames`; None when `motion` is set.
+        dynamic_quats: [K, Nd, 4] their rotations; None when `motion` is set.
         cameras: per-frame cameras.
         arrays: other named tensors (moving masks [T, H, W], tracks, ...).
         config: the resolved configuration (JSON-serialisable).
@@ -233,6 +236,10 @@ class Scene4D:
             them out); a subset of is_dynamic. None means all dynamic Gaussians.
         death_frame: [N] int32, first frame a Gaussian no longer exists in (`NEVER`: it lives to the end), or
             None when every Gaussian does.
+        state_frames: [K] int64, the increasing frames whose dynamic states are stored, from 0 to T - 1; the
+            frames between two of them blend those two (`dynamic_state_at`). None: every frame is stored (K = T).
+            The sequential pass stores its fitted frames: a long clip's keyframes are a sixth of its frames, and
+            storing every frame's states took 1.4 GB at 450 frames.
     """
 
     gaussians: Gaussians
@@ -247,6 +254,7 @@ class Scene4D:
     motion: MotionModel | None = None
     is_moving: torch.Tensor | None = None
     death_frame: torch.Tensor | None = None
+    state_frames: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.is_moving is None:
@@ -297,31 +305,49 @@ class Scene4D:
         at time t in frame units of the dynamic Gaussians `rows` ([R] distinct indices into the dynamic ones,
         in is_dynamic index order; default all, R = Nd).
 
-        With a motion model, its value at t. Otherwise an integer t gives the stored state of frame t and a
-        fractional t blends the two neighbouring frames (positions linearly, rotations by normalised lerp on
-        the short arc), which is what slow motion and held-out frames use.
+        With a motion model, its value at t. Otherwise the stored state when t is one of `state_frames`, and
+        else a blend of the stored states before and after t (positions linearly, rotations by normalised lerp
+        on the short arc): the frames between fitted ones, slow motion and held-out frames.
         """
-        before, after, weight = _neighbours(t, self.num_frames)
         if self.motion is not None:
             means, quats, offsets = (x[0] for x in self.motion.states(float(t), rows=rows))
             return means, quats, offsets
+        before, after, weight = self._stored_neighbours(t)
         pick = slice(None) if rows is None else rows
+        means, quats = self.dynamic_means[before][pick], self.dynamic_quats[before][pick]
         if weight == 0.0:
-            return self.dynamic_means[before][pick], self.dynamic_quats[before][pick], None
-        q0, q1 = self.dynamic_quats[before][pick], self.dynamic_quats[after][pick]
-        q1 = torch.where((q0 * q1).sum(-1, keepdim=True) < 0, -q1, q1)
-        quats = torch.nn.functional.normalize(torch.lerp(q0, q1, weight), dim=-1)
-        return torch.lerp(self.dynamic_means[before][pick], self.dynamic_means[after][pick], weight), quats, None
+            return means, quats, None
+        later_quats = self.dynamic_quats[after][pick]
+        later_quats = torch.where((quats * later_quats).sum(-1, keepdim=True) < 0, -later_quats, later_quats)
+        return ((1 - weight) * means + weight * self.dynamic_means[after][pick],
+                normalize_quaternion((1 - weight) * quats + weight * later_quats), None)
 
-    def dynamic_states(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Positions [T, Nd, 3] and unit quaternions [T, Nd, 4] of the dynamic Gaussians at every frame: the
-        stored states, or the motion model's values at the frames, evaluated on each call (one frame's
-        `dynamic_state_at` costs 1 / T of it)."""
-        if self.motion is None:
+    def _stored_neighbours(self, t: float) -> tuple[int, int, float]:
+        """Stored states (indices into dynamic_means) before and after time t, and the blend weight of the
+        later one."""
+        before, after, weight = _neighbours(t, self.num_frames)
+        if self.state_frames is None:
+            return before, after, weight
+        frames = self.state_frames.tolist()
+        before = bisect.bisect_right(frames, t) - 1
+        if frames[before] == t:
+            return before, before, 0.0
+        return before, before + 1, (t - frames[before]) / (frames[before + 1] - frames[before])
+
+    def dynamic_states(self, frames: list[int] | None = None,
+                       rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Positions [F, R, 3] and unit quaternions [F, R, 4] of the dynamic Gaussians `rows` (default all) at
+        the frames `frames` (default all, F = T): `dynamic_state_at` of each, built on each call (one frame
+        costs 1 / T of all)."""
+        frames = list(range(self.num_frames)) if frames is None else list(frames)
+        if self.motion is not None:
+            times = torch.tensor(frames, dtype=self.motion.position.dtype)
+            means, quats, _ = self.motion.states(times, with_colors=False, rows=rows)
+            return means, quats
+        if self.state_frames is None and rows is None and frames == list(range(self.num_frames)):
             return self.dynamic_means, self.dynamic_quats
-        frames = torch.arange(self.num_frames, dtype=self.motion.position.dtype)
-        means, quats, _ = self.motion.states(frames, with_colors=False)
-        return means, quats
+        means, quats = zip(*(self.dynamic_state_at(t, rows)[:2] for t in frames))
+        return torch.stack(means), torch.stack(quats)
 
     def gaussians_at(self, t: float) -> Gaussians:
         """The Gaussians that exist at time t (in frame units), dynamic ones at their time-t state
@@ -354,15 +380,22 @@ class Scene4D:
             (len(self.cameras.frame_names) == t, f"frame_names must have {t} entries"),
         ]
         if self.motion is None:
+            stored = t
+            if self.state_frames is not None:
+                frames = self.state_frames
+                stored = frames.numel()
+                checks.append((frames.dim() == 1 and not frames.is_floating_point() and stored >= 1
+                               and int(frames[0]) == 0 and int(frames[-1]) == t - 1 and bool((frames.diff() > 0).all()),
+                               f"state_frames must be increasing frames from 0 to {t - 1}"))
             checks += [
-                (self.dynamic_means is not None and tuple(self.dynamic_means.shape) == (t, nd, 3),
-                 f"dynamic_means must be [{t}, {nd}, 3]"),
-                (self.dynamic_quats is not None and tuple(self.dynamic_quats.shape) == (t, nd, 4),
-                 f"dynamic_quats must be [{t}, {nd}, 4]"),
+                (self.dynamic_means is not None and tuple(self.dynamic_means.shape) == (stored, nd, 3),
+                 f"dynamic_means must be [{stored}, {nd}, 3]"),
+                (self.dynamic_quats is not None and tuple(self.dynamic_quats.shape) == (stored, nd, 4),
+                 f"dynamic_quats must be [{stored}, {nd}, 4]"),
             ]
         else:
-            checks.append((self.dynamic_means is None and self.dynamic_quats is None,
-                           "a scene with a motion model keeps no per-frame states (dynamic_means, dynamic_quats)"))
+            checks.append((self.dynamic_means is None and self.dynamic_quats is None and self.state_frames is None,
+                           "a scene with a motion model keeps no stored states (dynamic_means, dynamic_quats, state_frames)"))
             checks += [(getattr(self.motion, name).shape[0] == nd, f"motion {name} must have {nd} rows")
                        for name in MotionModel.TENSORS]
             checks.append((self.motion.window is None or tuple(self.motion.window.shape) == (nd, 2),
@@ -410,6 +443,8 @@ def save_scene(scene: Scene4D, path: str | os.PathLike) -> Path:
     })
     if scene.motion is None:
         tensors.update({"dynamic_means": scene.dynamic_means, "dynamic_quats": scene.dynamic_quats})
+        if scene.state_frames is not None:
+            tensors["state_frames"] = scene.state_frames
     else:  # the per-frame states follow from the model: store only its coefficients
         for name in MotionModel.TENSORS:
             tensors.update(_pack_coefficients(f"motion/{name}", getattr(scene.motion, name)))
@@ -542,6 +577,7 @@ def load_scene(path: str | os.PathLike) -> Scene4D:
             motion=motion,
             is_moving=tensors.get("is_moving"),
             death_frame=tensors.get("death_frame"),
+            state_frames=tensors.get("state_frames"),
         )
     except KeyError as exc:
         raise SceneError(f"scene file {path} lacks the entry {exc.args[0]!r}") from exc
