@@ -1,6 +1,7 @@
 """Choosing the compute device once, at the top of a command; running independent work side by side on the CPU."""
 from __future__ import annotations
 
+import ctypes
 import os
 import threading
 from collections import deque
@@ -64,6 +65,31 @@ def thread_pool(workers: int) -> Iterator[ThreadPoolExecutor]:
         yield pool
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+        release_freed_memory()
+
+
+def _find_malloc_trim() -> Callable[[int], int] | None:
+    try:
+        return getattr(ctypes.CDLL(None), "malloc_trim", None)  # glibc only
+    except OSError:
+        return None
+
+
+_MALLOC_TRIM = _find_malloc_trim()
+
+
+def release_freed_memory() -> None:
+    """Give memory that the program has freed but the C allocator still holds back to the system (glibc's
+    `malloc_trim`; nothing elsewhere). Called when a thread pool ends, and where a stage drops a large part.
+
+    glibc keeps freed blocks for reuse, in the arena of the thread that allocated them. Worker threads build
+    many mid-sized arrays (the depth prior's triangulated pairs: 0.6 GB at 450 frames), and once those are
+    dropped the memory stayed resident for the rest of the fit: trimming after the depth prior's pairs took
+    its peak from 2.04 to 1.83 GB, and the resident memory after it from 1.8 to 1.1 GB. A trim takes
+    milliseconds.
+    """
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
 
 
 def ordered_map(pool: ThreadPoolExecutor, work: Callable[[Item], Result], items: Iterable[Item],

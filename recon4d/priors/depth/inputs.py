@@ -52,11 +52,27 @@ def resize(image: np.ndarray, width: int, height: int, interpolation: int) -> np
     return cv2.resize(image, (width, height), interpolation=interpolation)
 
 
-def working_frames(frames: np.ndarray, small_w: int, small_h: int) -> np.ndarray:
-    """[T, H, W, 3] uint8 -> [T, h, w, 3] float32 in [0, 1] at the working resolution."""
-    guides = np.stack([resize(f, small_w, small_h, cv2.INTER_AREA) for f in frames]).astype(np.float32)
-    guides /= 255.0  # in place: one float copy of the clip, not two
-    return guides
+class WorkingFrames:
+    """The frames [T, H, W, 3] uint8 as float32 [h, w, 3] in [0, 1] at the working resolution, one frame at a
+    time on demand (`guides[t]`), as read by the merge's edge repair and by the fill. A float copy of the whole
+    clip was the largest thing the depth prior held: 228 MB for 450 frames of 180 x 235.
+
+        >>> guides = WorkingFrames(np.full((2, 4, 6, 3), 255, np.uint8), 3, 2)
+        >>> guides.shape, float(guides[1].max())
+        ((2, 2, 3, 3), 1.0)
+    """
+
+    def __init__(self, frames: np.ndarray, width: int, height: int) -> None:
+        self.frames, self.width, self.height = frames, width, height
+        self.shape = (frames.shape[0], height, width, frames.shape[3])
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, t: int) -> np.ndarray:
+        guide = resize(self.frames[t], self.width, self.height, cv2.INTER_AREA).astype(np.float32)
+        guide /= 255.0
+        return guide
 
 
 def downscale_inputs(flow: FlowResult, moving: np.ndarray, intrinsics: np.ndarray, width: int, height: int,

@@ -13,6 +13,7 @@ from recon4d.device import cpu_workers, thread_pool
 from recon4d.priors.depth.config import VideoDepthConfig
 from recon4d.priors.depth.edges import repair_depth_edges
 from recon4d.priors.depth.flow_chain import chain_flow, remap
+from recon4d.priors.depth.inputs import WorkingFrames
 from recon4d.priors.depth.pairs import PairMaps
 from recon4d.priors.types import FlowResult
 
@@ -77,11 +78,12 @@ def solve_pair_scales(pairs: list[PairMaps], num_frames: int, height: int, width
     return np.exp(log_scale), _linked_groups(n, [(pa, pb) for pa, pb, _, _ in rows])
 
 
-def merge_pairs(pairs: list[PairMaps], pair_scale: np.ndarray, groups: np.ndarray, guides: np.ndarray,
+def merge_pairs(pairs: list[PairMaps], pair_scale: np.ndarray, groups: np.ndarray, guides: WorkingFrames | np.ndarray,
                 cfg: VideoDepthConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-pixel median of the scaled log depths of all pairs, with a confidence from their agreement.
 
-    guides: [T, h, w, 3] float frames in [0, 1] at the working resolution (for the depth-edge repair).
+    guides: the frames at the working resolution (guides[t]: [h, w, 3] float in [0, 1]; for the depth-edge
+    repair).
     Returns log depth [T, h, w] (NaN = none), confidence [T, h, w] and the extra scale of each linked group
     (1 for the main group; others are matched to it by median depth since their scale is unobservable).
     """

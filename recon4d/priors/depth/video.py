@@ -19,7 +19,7 @@ from recon4d.priors.depth.config import DEPTH_ALGORITHM_VERSION, VideoDepthConfi
 from recon4d.priors.depth.edges import depth_edges
 from recon4d.priors.depth.fill import fill_depth_edge_aware
 from recon4d.priors.depth.inputs import (check_flow, check_frames, check_intrinsics, check_moving, downscale_inputs,
-                                         resize, working_frames)
+                                         WorkingFrames, resize)
 from recon4d.priors.depth.pairs import triangulate_pairs
 from recon4d.priors.depth.plane_sweep import plane_sweep_refine
 from recon4d.priors.depth.scale_chaining import merge_pairs, propagate_to_empty_frames, solve_pair_scales
@@ -39,9 +39,9 @@ class SparseDepth:
         pair_poses: (ref, target, rotation [3, 3], translation [3]) per triangulated pair, x_target = R x_ref + t
             in the units of `log_depth`.
         moving: [T, h, w] bool moving masks at the working resolution.
-        guides: [T, h, w, 3] float32 frames in [0, 1] at the working resolution (the colour guide of the merge's
-            edge repair and of the fill), kept so that the fill does not build them again; None in a SparseDepth
-            built by hand.
+        guides: the frames at the working resolution (`WorkingFrames`: guides[t] is [h, w, 3] float32 in
+            [0, 1]), the colour guide of the merge's edge repair and of the fill; None in a SparseDepth built by
+            hand.
     """
 
     log_depth: np.ndarray
@@ -51,7 +51,7 @@ class SparseDepth:
     intrinsics: np.ndarray
     pair_poses: list[tuple[int, int, np.ndarray, np.ndarray]]
     moving: np.ndarray
-    guides: np.ndarray | None = None
+    guides: WorkingFrames | None = None
 
 
 class VideoDepth:
@@ -106,11 +106,12 @@ class VideoDepth:
             """Depth and confidence of frame t (its fill and plane sweep read no other frame's result)."""
             has_data = sparse.confidence[t] > 0
             log_data, weight = _moving_region_prior(sparse.log_depth[t], sparse.confidence[t], moving_small[t], cfg)
-            log_dense = self._fill(log_data, weight, guides[t], moving_small[t])
+            guide = guides[t]
+            log_dense = self._fill(log_data, weight, guide, moving_small[t])
             partners = [(guides[s], rotation, translation) for s, rotation, translation in partners_of[t]]
             sweep_range = cfg.sweep_range
             for _ in range(cfg.sweep_passes if partners else 0):
-                refined, distinct, inside = plane_sweep_refine(log_dense, guides[t], partners, sparse.intrinsics,
+                refined, distinct, inside = plane_sweep_refine(log_dense, guide, partners, sparse.intrinsics,
                                                                sweep_range, cfg.sweep_steps, cfg.sweep_window,
                                                                cfg.sweep_truncation, cfg.sweep_median)
                 use = inside & (distinct >= cfg.sweep_min_distinctness) & ~moving_small[t]
@@ -124,7 +125,7 @@ class VideoDepth:
                 weight = np.where(use, np.maximum(weight, cfg.fill_confidence), weight)
                 has_data = has_data | use
                 # Swept pixels keep their own value: the fill's smoothing would blur the edges again.
-                log_dense = np.where(use, refined, self._fill(log_data, weight, guides[t], moving_small[t]))
+                log_dense = np.where(use, refined, self._fill(log_data, weight, guide, moving_small[t]))
                 sweep_range *= 0.5
             distance = ndimage.distance_transform_edt(~has_data)
             conf = np.where(has_data, weight, cfg.fill_confidence * np.exp(-distance / cfg.fill_decay_px))
@@ -173,7 +174,7 @@ class VideoDepth:
         if not pairs:
             return None
         pair_scale, groups = solve_pair_scales(pairs, num_frames, small_h, small_w, cfg)
-        guides = working_frames(frames, small_w, small_h)
+        guides = WorkingFrames(frames, small_w, small_h)
         log_depth, confidence, group_scale = merge_pairs(pairs, pair_scale, groups, guides, cfg)
         has_data = np.isfinite(log_depth).reshape(num_frames, -1).any(axis=1)
         if not has_data.any():
