@@ -71,7 +71,7 @@ def thread_pool(workers: int) -> Iterator[ThreadPoolExecutor]:
 def _find_malloc_trim() -> Callable[[int], int] | None:
     try:
         return getattr(ctypes.CDLL(None), "malloc_trim", None)  # glibc only
-    except OSError:
+    except (OSError, TypeError):  # no C library to open by that name (Windows)
         return None
 
 
