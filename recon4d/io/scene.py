@@ -35,7 +35,9 @@ from recon4d.geometry.trajectory import evaluate_trajectories, time_basis, windo
 from recon4d.io.atomic import atomic_path
 
 FORMAT_NAME = "recon4d.scene"
-FORMAT_VERSION = 5  # 5: states stored at some frames (state_frames); 4: death frames and per-trajectory time windows; 3: sparse motion coefficients; 2: motion model
+# 5: states stored at some frames (state_frames); 4: death frames and per-trajectory time windows; 3: sparse
+# motion coefficients; 2: motion model
+FORMAT_VERSION = 5
 NEVER = 2**31 - 1  # death frame of a Gaussian that lives to the end of the clip
 
 
@@ -395,7 +397,8 @@ class Scene4D:
             ]
         else:
             checks.append((self.dynamic_means is None and self.dynamic_quats is None and self.state_frames is None,
-                           "a scene with a motion model keeps no stored states (dynamic_means, dynamic_quats, state_frames)"))
+                           "a scene with a motion model keeps no stored states "
+                           "(dynamic_means, dynamic_quats, state_frames)"))
             checks += [(getattr(self.motion, name).shape[0] == nd, f"motion {name} must have {nd} rows")
                        for name in MotionModel.TENSORS]
             checks.append((self.motion.window is None or tuple(self.motion.window.shape) == (nd, 2),
