@@ -104,6 +104,7 @@ def test_states_stored_at_some_frames_blend_between_them(tmp_path):
     rows = torch.tensor([1, 0])
     picked = loaded.dynamic_states([5, 2], rows)
     assert torch.equal(picked[1][0], loaded.dynamic_state_at(5, rows)[1])
+    assert loaded.dynamic_states([], rows)[0].shape == (0, 2, 3)
     # A dense copy of the same motion takes 7/3 of the space.
     assert (tmp_path / "scene.r4d").stat().st_size < save_scene(scene, tmp_path / "dense.r4d").stat().st_size
 

@@ -348,6 +348,9 @@ class Scene4D:
             return means, quats
         if self.state_frames is None and rows is None and frames == list(range(self.num_frames)):
             return self.dynamic_means, self.dynamic_quats
+        if not frames:
+            count = self.dynamic_means.shape[1] if rows is None else rows.numel()
+            return self.dynamic_means.new_zeros(0, count, 3), self.dynamic_quats.new_zeros(0, count, 4)
         means, quats = zip(*(self.dynamic_state_at(t, rows)[:2] for t in frames))
         return torch.stack(means), torch.stack(quats)
 
