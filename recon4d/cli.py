@@ -312,6 +312,11 @@ def _cmd_info(args: argparse.Namespace) -> int:
         "gaussians": len(scene.gaussians),
         "dynamic_gaussians": int(scene.is_dynamic.sum()),
         "moving_gaussians": int(scene.is_moving.sum()),
+        # Where the dynamic Gaussians' states come from: a refined scene's motion model, or the frames whose
+        # states a sequential scene stores (the others blend them).
+        "dynamic_states": ({"motion_model": scene.motion.metadata()} if scene.motion is not None else
+                           {"stored_frames": scene.num_frames if scene.state_frames is None
+                            else int(scene.state_frames.numel())}),
         "arrays": {name: list(value.shape) for name, value in scene.arrays.items()},
         "metrics": scene.metrics,
     }

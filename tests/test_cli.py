@@ -1,9 +1,12 @@
 """The command line: help, version, one-line errors with exit code 2, info on a scene file."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
+
+import torch
 
 from recon4d import __version__
 from recon4d.io.scene import save_scene
@@ -45,6 +48,15 @@ def test_info_reads_scene(tmp_path):
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     assert summary["frames"] == 3 and summary["gaussians"] == 20 and summary["image_size"] == [64, 48]
+    assert summary["dynamic_states"] == {"stored_frames": 3}
+    # A sequential scene storing the states of frames 0 and 2 of 3 says so.
+    scene = make_scene(num_frames=3, n=20)
+    picked = torch.tensor([0, 2])
+    sparse = dataclasses.replace(scene, dynamic_means=scene.dynamic_means[picked],
+                                 dynamic_quats=scene.dynamic_quats[picked], state_frames=picked)
+    save_scene(sparse, tmp_path / "scene.r4d")
+    summary = json.loads(run_cli("info", str(tmp_path), "--json").stdout)
+    assert summary["dynamic_states"] == {"stored_frames": 2}
 
 
 def test_info_text_shortens_a_long_clips_per_frame_lists(tmp_path):
