@@ -179,13 +179,13 @@ def test_real_views_leave_moving_pixels_out():
     masks[:, 5:10, 6:12] = True
     scene.arrays["moving_masks"] = masks
     frames = np.random.default_rng(0).integers(0, 256, (3, 24, 32, 3), dtype=np.uint8)
-    static = real_views(scene, frames, None)
+    static = real_views(scene, frames, None, scene.window_at(0))
     assert len(static) == 3 and float(static.weights[:, 0, 5:10, 6:12].sum()) == 0
     assert float(static.weights.sum()) == 3 * (24 * 32 - 5 * 6)
-    at_time = real_views(scene, frames, 2.0)
+    at_time = real_views(scene, frames, 2.0, scene.window_at(2))
     assert len(at_time) == 1 and bool((at_time.weights == 1).all())
     assert torch.allclose(at_time.colors[0], torch.from_numpy(frames[2]).permute(2, 0, 1).float() / 255)
-    assert real_views(scene, frames, 1.5) is None
+    assert real_views(scene, frames, 1.5, scene.window_at(1)) is None
 
 
 def test_a_long_clips_teacher_is_seen_from_its_own_windows_cameras():

@@ -265,16 +265,15 @@ class ViewPlan:
     median_depth: float
 
 
-def plan_views(scene: Scene4D, gaussians: Gaussians, config: MeshConfig,
-               frames: tuple[int, int] | None = None) -> ViewPlan:
-    """Input cameras of the frames `frames` (first, last; default the whole clip), evenly thinned to
-    max_input_views, plus orbit views around evenly spaced anchors among them.
+def plan_views(scene: Scene4D, gaussians: Gaussians, config: MeshConfig, frames: tuple[int, int]) -> ViewPlan:
+    """Input cameras of the frames `frames` (first, last: a temporal window, `Scene4D.window_at`), evenly
+    thinned to max_input_views, plus orbit views around evenly spaced anchors among them.
 
     The anchors and a few more input views (depth_probe_views) are rendered at the input resolution first
     to measure the depth of the scene.
     """
     cameras = scene.cameras
-    first, last = frames or (0, len(cameras) - 1)
+    first, last = frames
 
     def spaced(limit: int) -> list[int]:
         return [first + k for k in _evenly_spaced(last - first + 1, limit)]

@@ -121,8 +121,8 @@ def median_scene_depth(teacher: Teacher) -> float:
 
 
 def sample_cameras(scene: Scene4D, count: int, config: PseudoDataConfig, scene_depth: float, generator: torch.Generator,
-                   frames: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cameras around the recovered path of the frames `frames` (first, last; default the whole clip): the
+                   frames: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cameras around the recovered path of the frames `frames` (first, last: `Teacher.frames`): the
     pose at a random (fractional) time, its centre moved to a random point between it and another input
     camera (inside the path's hull), then jittered in position and direction.
 
@@ -130,7 +130,7 @@ def sample_cameras(scene: Scene4D, count: int, config: PseudoDataConfig, scene_d
         world_from_camera [count, 4, 4] float64, K [count, 3, 3] float32 in pixels of the scene's size.
     """
     cams = scene.cameras
-    first, last = frames or (0, scene.num_frames - 1)
+    first, last = frames
     poses, Ks = [], []
     for _ in range(count):
         t, other = (first + torch.rand(2, generator=generator, dtype=torch.float64) * (last - first)).tolist()
@@ -147,10 +147,10 @@ def sample_cameras(scene: Scene4D, count: int, config: PseudoDataConfig, scene_d
     return torch.stack(poses), torch.stack(Ks)
 
 
-def input_cameras(scene: Scene4D, frames: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The recovered cameras of the frames `frames` (first, last; default all T): world_from_camera [F, 4, 4]
-    float64, K [F, 3, 3] float32."""
+def input_cameras(scene: Scene4D, frames: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The recovered cameras of the frames `frames` (first, last: `Teacher.frames`): world_from_camera
+    [F, 4, 4] float64, K [F, 3, 3] float32."""
     cams = scene.cameras
-    first, last = frames or (0, scene.num_frames - 1)
+    first, last = frames
     return (cams.world_from_camera[first:last + 1].double(),
             torch.stack([cams.K(t).float() for t in range(first, last + 1)]))

@@ -53,14 +53,12 @@ def render_teacher_views(teacher: Teacher, poses: torch.Tensor, Ks: torch.Tensor
                    torch.stack(profiles) if profiles else None)
 
 
-def real_views(scene: Scene4D, frames: np.ndarray, time: float | None,
-               window: tuple[int, int] | None = None) -> ViewSet | None:
+def real_views(scene: Scene4D, frames: np.ndarray, time: float | None, window: tuple[int, int]) -> ViewSet | None:
     """The input frames that show the teacher's state: every frame of its temporal window `window` (first,
-    last; default the whole clip) with its moving pixels weighted 0 for a static teacher; the frame at `time`
-    (if it is an integer frame) for a time-T teacher. None if none does."""
+    last: `Teacher.frames`) with its moving pixels weighted 0 for a static teacher; the frame at `time` (if it
+    is an integer frame) for a time-T teacher. None if none does."""
     if time is None:
-        first, last = window or (0, scene.num_frames - 1)
-        indices = list(range(first, last + 1))
+        indices = list(range(window[0], window[1] + 1))
     elif abs(time - round(time)) < 1e-6:
         indices = [int(round(time))]
     else:
