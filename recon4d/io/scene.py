@@ -327,7 +327,7 @@ class Scene4D:
     def _stored_neighbours(self, t: float) -> tuple[int, int, float]:
         """Stored states (indices into dynamic_means) before and after time t, and the blend weight of the
         later one."""
-        before, after, weight = _neighbours(t, self.num_frames)
+        before, after, weight = _neighbours(t, self.num_frames)  # also refuses a t outside the clip
         if self.state_frames is None:
             return before, after, weight
         frames = self.state_frames.tolist()
