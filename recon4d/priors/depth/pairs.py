@@ -21,9 +21,9 @@ class PairMaps:
 
     ref: int
     target: int
-    ref_index: np.ndarray  # [N] flat pixel indices in the reference frame
+    ref_index: np.ndarray  # [N] int32 flat pixel indices in the reference frame
     ref_depth: np.ndarray  # [N]
-    target_index: np.ndarray  # [M] flat pixel indices in the target frame (nearest pixel, front-most)
+    target_index: np.ndarray  # [M] int32 flat pixel indices in the target frame (nearest pixel, front-most)
     target_depth: np.ndarray  # [M]
     parallax_px: np.ndarray  # [N] per reference pixel, also used for the target samples (same points)
     target_parallax_px: np.ndarray  # [M]
@@ -129,8 +129,10 @@ def _triangulate_pair(ref: int, target: int, positions: np.ndarray, usable: np.n
                    + np.clip(np.rint(p_target[:, 0]), 0, width - 1).astype(np.int64))
     order = np.argsort(depth_target)
     target_index, first = np.unique(target_flat[order], return_index=True)
-    return PairMaps(ref=ref, target=target, ref_index=index, ref_depth=depth_ref.astype(np.float32),
-                     target_index=target_index,
+    # int32 indices (a frame has far fewer than 2^31 pixels): a long clip holds every pair until the merge, and
+    # int64 ones were half of that (1.0 GB at 900 frames of 235x180).
+    return PairMaps(ref=ref, target=target, ref_index=index.astype(np.int32), ref_depth=depth_ref.astype(np.float32),
+                     target_index=target_index.astype(np.int32),
                      target_depth=depth_target[order][first].astype(np.float32),
                      parallax_px=parallax_px.astype(np.float32),
                      target_parallax_px=parallax_px[order][first].astype(np.float32),
