@@ -316,6 +316,19 @@ def _refiner(world, fitted, scene, **overrides) -> Refiner:
     return Refiner(RefineInputs(scene, fitted, exact_inputs(world, fitted)), config, torch.device("cpu"))
 
 
+def test_a_finished_refinement_holds_no_gradients():
+    """A long clip's windows are refined one after another and their models kept until the last is done:
+    none may keep its last step's gradients (a copy of its parameters' size)."""
+    world = make_world()
+    fitted, _ = holdout_split(FRAMES, 4)
+    refiner = _refiner(world, fitted, spoiled_scene(world, fitted, jitter=0.0, camera_noise=0.0), refine_iters=3)
+    refiner.optimise()
+    model = refiner.model
+    trained = [v for v in vars(model).values() if isinstance(v, torch.Tensor) and v.requires_grad]
+    parameters = [model.cameras.deltas, *trained]
+    assert len(parameters) >= 8 and all(p.grad is None for p in parameters)
+
+
 def test_densify_clones_small_and_splits_large_gaussians():
     world = make_world()
     fitted, _ = holdout_split(FRAMES, 4)
