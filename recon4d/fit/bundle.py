@@ -77,7 +77,7 @@ def window_frame_loss(fitter: SequentialFitter, view: Gaussians, k: int, camera_
         extra = previous - pixels
     out = fitter.render(view, camera_from_world, extra=extra)
     still_w = still.float()
-    loss = config.losses.photo * photometric_loss(out.color[..., :3], inputs.image(k), still_w, config.losses.ssim)
+    loss = config.losses.photo * photometric_loss(out.color[..., :3], inputs.frames[k], still_w, config.losses.ssim)
     loss = loss + config.losses.depth * depth_loss(out.depth, inputs.depth[k], still_w * (out.alpha.detach() > COVERED_ALPHA))
     if extra is not None:
         flow_w = (still & inputs.valid_backward[k - 1]).float()
@@ -133,7 +133,7 @@ def adjust_after_frame(fitter: SequentialFitter, state: FitState, t: int) -> dic
         return {}
     revisit = None
     if cfg.loop_closure:
-        descriptors = frame_descriptors(fitter.inputs.images(0, t + 1))
+        descriptors = frame_descriptors(fitter.inputs.frames[: t + 1])
         revisit = find_revisit(descriptors, t, max(cfg.loop_min_gap, cfg.window), cfg.loop_min_similarity,
                                cfg.loop_min_departure)
     if revisit is not None and revisit < state.window_start:

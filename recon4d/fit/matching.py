@@ -56,9 +56,9 @@ RANSAC_CONFIDENCE = 0.999
 
 
 def grey_uint8(frame: np.ndarray) -> np.ndarray:
-    """frame [H, W, 3] uint8 RGB, or float RGB in [0, 1] -> [H, W] uint8 grey."""
-    rgb = frame if frame.dtype == np.uint8 else np.clip(np.round(frame * 255.0), 0, 255).astype(np.uint8)
-    return cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2GRAY)
+    """frame [H, W, 3] float RGB in [0, 1] -> [H, W] uint8 grey."""
+    rgb = np.clip(np.round(frame * 255.0), 0, 255).astype(np.uint8)
+    return cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
 
 
 def detect_features(grey: np.ndarray, config: MatchingConfig) -> tuple[np.ndarray, np.ndarray | None]:
@@ -259,7 +259,7 @@ class WideBaselineStart:
     is the reference: its camera and render stand in for t-1's (a path that comes back near an earlier view).
     The bar is higher than for t-1: among many frames, one may reach a small consensus by chance.
 
-    frames [T, H, W, 3] uint8 RGB, or float RGB in [0, 1]; K [3, 3]; moving [T, H, W] bool moving masks (None: none)."""
+    frames [T, H, W, 3] RGB in [0, 1]; K [3, 3]; moving [T, H, W] bool moving masks (None: none)."""
 
     def __init__(self, frames: torch.Tensor, K: torch.Tensor, config: MatchingConfig,
                  moving: torch.Tensor | None = None) -> None:
@@ -268,9 +268,7 @@ class WideBaselineStart:
 
     def features(self, k: int) -> tuple[np.ndarray, np.ndarray | None]:
         if k not in self._features:
-            frame = self.frames[k].detach().cpu()
-            pixels = frame.numpy() if frame.dtype == torch.uint8 else numpy64(frame)
-            self._features[k] = detect_features(grey_uint8(pixels), self.config)
+            self._features[k] = detect_features(grey_uint8(numpy64(self.frames[k])), self.config)
         return self._features[k]
 
     def __call__(self, t: int, cameras: list[torch.Tensor], render_at: Callable[[int], tuple[torch.Tensor, torch.Tensor]],

@@ -86,7 +86,7 @@ def _to_inputs(frames: np.ndarray, priors, K: np.ndarray, device: torch.device) 
         return torch.as_tensor(np.ascontiguousarray(x)).to(device=device, dtype=dtype)
 
     return FitInputs(
-        frames=tensor(frames, torch.uint8),
+        frames=tensor(frames) / 255.0,
         flow_forward=tensor(priors.flow.flow_forward),
         flow_backward=tensor(priors.flow.flow_backward),
         valid_forward=tensor(priors.flow.valid_forward, torch.bool),

@@ -59,7 +59,7 @@ def downsample_inputs(inputs: FitInputs, factor: int) -> FitInputs:
     flow_backward, valid_backward = downsample_flow(inputs.flow_backward, inputs.valid_backward, factor)
     return dataclasses.replace(
         inputs,
-        frames=area_downsample(inputs.images(), factor),
+        frames=area_downsample(inputs.frames, factor),
         flow_forward=flow_forward, flow_backward=flow_backward,
         valid_forward=valid_forward, valid_backward=valid_backward,
         depth=area_downsample(inputs.depth[..., None], factor)[..., 0],

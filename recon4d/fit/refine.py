@@ -125,7 +125,7 @@ class RefineInputs:
 
     Attributes:
         scene: Scene4D over all clip frames (from the sequential pass).
-        fitted: clip frame index of each fitted frame; inputs.image(k) is clip frame fitted[k].
+        fitted: clip frame index of each fitted frame; inputs.frames[k] is clip frame fitted[k].
         inputs: frames and priors of the fitted frames (flow between consecutive fitted frames).
     """
 
@@ -194,13 +194,13 @@ class Refiner:
         out = rasterize(view.means, view.quats, view.scales, view.opacities, features, cfw, K, width, height)
         color = out.color[..., :3]
         ones = torch.ones(height, width, device=self.device)
-        loss = cfg.losses.photo * photometric_loss(color, inputs.image(k), ones, cfg.losses.ssim)
+        loss = cfg.losses.photo * photometric_loss(color, inputs.frames[k], ones, cfg.losses.ssim)
         depth_weight = inputs.depth_confidence[k] * (out.alpha.detach() > COVERED_ALPHA)
         loss = loss + cfg.losses.depth * depth_loss(out.depth, inputs.depth[k], depth_weight)
         if has_next:
             # x factor: the end-point error in working-resolution pixels at every level
             loss = loss + cfg.refine.lambda_flow * pyramid_level.factor * flow_loss(out.color[..., 3:5], inputs.flow_forward[k], inputs.valid_forward[k].float())
-        l1 = (color.detach() - inputs.image(k)).abs().mean()
+        l1 = (color.detach() - inputs.frames[k]).abs().mean()
         return loss, l1, {"rows": rows, "means": means} if track_means else {}
 
     def motion_regularisers(self, times: list[float]) -> torch.Tensor:

@@ -59,9 +59,7 @@ class FitInputs:
     """Everything the fit reads, at working resolution, on the compute device.
 
     Attributes:
-        frames: [T, H, W, 3] uint8, the decoded pixels, or float in [0, 1] (renders; a pyramid level's
-            area-averaged frames). Read them through `image` / `images`, which give float in [0, 1] either way:
-            uint8 takes a quarter of the memory (0.3 GB less on the 828 refined frames of a 60-second clip).
+        frames: [T, H, W, 3] float in [0, 1].
         flow_forward, flow_backward: [T-1, H, W, 2] pixels (t -> t+1 on frame t; t+1 -> t on frame t+1).
         valid_forward, valid_backward: [T-1, H, W] bool.
         depth: [T, H, W] prior depth (up to scale); depth_confidence: [T, H, W] in [0, 1].
@@ -86,15 +84,6 @@ class FitInputs:
     @property
     def num_frames(self) -> int:
         return self.frames.shape[0]
-
-    def image(self, k: int) -> torch.Tensor:
-        """Frame k, [H, W, 3] float in [0, 1]."""
-        return self.images(k, k + 1)[0]
-
-    def images(self, start: int = 0, stop: int | None = None) -> torch.Tensor:
-        """Frames start..stop-1 (default all), [T', H, W, 3] float in [0, 1]."""
-        frames = self.frames[start:stop]
-        return frames.float() / 255.0 if frames.dtype == torch.uint8 else frames
 
     def between(self, start: int, stop: int) -> "FitInputs":
         """The inputs of frames start..stop-1 and the flow between consecutive ones of them (views, no copies)."""
@@ -318,7 +307,7 @@ class SequentialFitter:
         flow_w = (still & inputs.valid_backward[t - 1]).float()
         pixels = project_to_pixels(gaussians.means, camera_from_world, inputs.K, min_depth=MIN_DEPTH)[0]
         out = self.render(gaussians, camera_from_world, extra=previous_pixels - pixels, level=level)
-        loss = losses.photo * photometric_loss(out.color[..., :3], inputs.image(t), still_w, losses.ssim)
+        loss = losses.photo * photometric_loss(out.color[..., :3], inputs.frames[t], still_w, losses.ssim)
         loss = loss + losses.depth * depth_loss(out.depth, inputs.depth[t], still_w * (out.alpha.detach() > COVERED_ALPHA))
         flow_error = level.factor * flow_loss(out.color[..., 3:5], inputs.flow_backward[t - 1], flow_w)
         return loss + losses.flow_camera * flow_error
@@ -357,7 +346,7 @@ class SequentialFitter:
         added, losses, ran, start = 0, [], 0, 0
         for level, count in self.phases(iterations):
             inputs, factor = level.inputs, level.factor
-            target = inputs.image(t)
+            target = inputs.frames[t]
             ones = torch.ones(level.height, level.width, device=self.device)
             depth_w = inputs.depth_confidence[t]
             flow_w = (inputs.moving[t] & inputs.valid_backward[t - 1]).float() if t > 0 else None
@@ -423,7 +412,7 @@ class SequentialFitter:
         view = Gaussians(*(x.index_select(0, alive) for x in (means, quats, active.scales, active.opacities, active.colors)))
         out = self.render(view, state.camera_from_world[k], level=level)
         weight = torch.ones(level.height, level.width, device=self.device)
-        return photometric_loss(out.color, level.inputs.image(k), weight, self.config.losses.ssim)
+        return photometric_loss(out.color, level.inputs.frames[k], weight, self.config.losses.ssim)
 
     def replay_rows(self, state: FitState, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(rows [A] of the active Gaussians alive at frame k, and `FitState.active_dynamic_state(k)`).

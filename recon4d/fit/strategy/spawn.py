@@ -88,13 +88,13 @@ class SpawnStrategy:
         depth = depth_map.flatten()[flat]
         means = unproject_pixels(flat, depth, self.K, self.width, invert_pose(camera_from_world))
         scales = self.init.scale * spacing_px * depth / self.K[0, 0]
-        colors = self.inputs.image(t).reshape(-1, 3)[flat]
+        colors = self.inputs.frames[t].reshape(-1, 3)[flat]
         moving = self.inputs.moving[t].flatten()[flat]
         return GaussianParams.create(means, scales, colors, self.init.opacity, moving, t)
 
     def first_frame(self, generator: torch.Generator) -> GaussianParams:
         """`init.num_gaussians` Gaussians on frame 0 (camera at the origin), drawn by image gradient."""
-        frame = self.inputs.image(0)
+        frame = self.inputs.frames[0]
         weights = image_gradient_magnitude(frame)
         weights = weights + self.init.gradient_floor * weights.mean().clamp_min(1e-6)
         return self.spawn(0, weights, self.init.num_gaussians, self.inputs.depth[0],
@@ -136,7 +136,7 @@ class SpawnStrategy:
         if not due or len(gaussians) >= cfg.max_gaussians or info["added"] >= cfg.spawn_max_per_frame:
             return None
         t = info["t"]
-        error = (info["color"].detach() - self.inputs.image(t)).abs().mean(-1)
+        error = (info["color"].detach() - self.inputs.frames[t]).abs().mean(-1)
         weights = (error > cfg.spawn_error).float() * error
         budget = min(cfg.spawn_max_per_frame - info["added"], cfg.max_gaussians - len(gaussians))
         return self.spawn(t, weights, budget, self.aligned_prior_depth(t, info["render"]), info["camera_from_world"],
