@@ -2,7 +2,6 @@
 and fits with a pyramid against fits without one."""
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import pytest
@@ -131,20 +130,6 @@ def test_flow_validity_and_moving_masks_at_a_level():
     inputs.moving[0, 10, 21] = True
     level = downsample_inputs(inputs, 2)
     assert level.moving[0].nonzero().tolist() == [[5, 10]]  # a block with any moving pixel is moving
-
-
-def test_uint8_frames_read_and_downsample_as_their_float_images():
-    """The fit keeps decoded frames as uint8 (`FitInputs.frames`); every reader gets the float images it got
-    when they were stored as float, bit for bit, the coarse levels included."""
-    inputs, _ = static_world_inputs(width=64, height=36, num_frames=3)
-    pixels = (inputs.frames * 255).round().to(torch.uint8)
-    decoded = dataclasses.replace(inputs, frames=pixels)
-    as_float = dataclasses.replace(inputs, frames=pixels.float() / 255.0)
-    assert decoded.frames.dtype == torch.uint8 and decoded.images().dtype == torch.float32
-    assert torch.equal(decoded.images(), as_float.images()) and torch.equal(decoded.images(1, 3), as_float.frames[1:3])
-    assert all(torch.equal(decoded.image(k), as_float.frames[k]) for k in range(3))
-    assert torch.equal(downsample_inputs(decoded, 2).frames, downsample_inputs(as_float, 2).frames)
-    assert torch.equal(decoded.between(1, 3).image(0), as_float.frames[1])
 
 
 def test_schedule_runs_coarsest_first_and_keeps_the_share():

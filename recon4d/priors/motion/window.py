@@ -146,11 +146,12 @@ def window_thresholds(windows: WindowResiduals, still: np.ndarray, config: Motio
     """
     rayleigh_quantile = np.sqrt(-2.0 * np.log1p(-config.window_noise_quantile))  # of a unit-scale Rayleigh
     thresholds = {}
+    # Every 2nd pixel along each axis: neighbours are strongly correlated, and the quantile stays cheap. The
+    # maps are thinned before they are gathered: gathering whole ones copied up to [2, T, H, W] float32 at once.
+    residual, valid, still = (x[..., ::2, ::2] for x in (windows.residual, windows.valid, still))
     for k in np.unique(windows.baseline[windows.baseline > 0]):
         directions, frames = np.nonzero(windows.baseline == k)
-        keep = windows.valid[directions, frames] & still[frames]
-        # Every 2nd pixel along each axis: neighbours are strongly correlated, and the quantile stays cheap.
-        values = windows.residual[directions, frames][:, ::2, ::2][keep[:, ::2, ::2]]
+        values = residual[directions, frames][valid[directions, frames] & still[frames]]
         if values.size == 0:
             thresholds[int(k)] = np.inf
             continue
