@@ -294,7 +294,7 @@ class Refiner:
             if self.on_progress is not None:
                 self.on_progress(step + 1, cfg.iters)
         # The last step's gradients are read by nothing more; kept, a finished window's model would hold a copy of
-        # its parameters until every window is refined (about 0.2 GB by the end of an 1800-frame clip).
+        # its parameters until every window is refined (their size: about 0.2 GB by the end of an 1800-frame clip).
         optimizer.zero_grad(set_to_none=True)
         residual = model.settle_still_motion(self.data.scene.num_frames, cfg.keep_motion_px, self.focal)
         window = max(1, len(self.drawn))

@@ -129,8 +129,8 @@ def _triangulate_pair(ref: int, target: int, positions: np.ndarray, usable: np.n
                    + np.clip(np.rint(p_target[:, 0]), 0, width - 1).astype(np.int64))
     order = np.argsort(depth_target)
     target_index, first = np.unique(target_flat[order], return_index=True)
-    # int32 indices (a frame has far fewer than 2^31 pixels): a long clip holds every pair until the merge, and
-    # int64 ones were half of that (1.0 GB at 900 frames of 235x180).
+    # int32 indices (a frame has far fewer than 2^31 pixels): a long clip holds every pair until the merge. With
+    # int64 ones the pairs of 900 frames at 235x180 took 1.0 GB, half of it indices; now 0.73 GB.
     return PairMaps(ref=ref, target=target, ref_index=index.astype(np.int32), ref_depth=depth_ref.astype(np.float32),
                      target_index=target_index.astype(np.int32),
                      target_depth=depth_target[order][first].astype(np.float32),
