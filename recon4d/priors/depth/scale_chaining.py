@@ -78,7 +78,7 @@ def solve_pair_scales(pairs: list[PairMaps], num_frames: int, height: int, width
     return np.exp(log_scale), _linked_groups(n, [(pa, pb) for pa, pb, _, _ in rows])
 
 
-def merge_pairs(pairs: list[PairMaps], pair_scale: np.ndarray, groups: np.ndarray, guides: WorkingFrames | np.ndarray,
+def merge_pairs(pairs: list[PairMaps], pair_scale: np.ndarray, groups: np.ndarray, guides: WorkingFrames,
                 cfg: VideoDepthConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-pixel median of the scaled log depths of all pairs, with a confidence from their agreement.
 

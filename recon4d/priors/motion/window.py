@@ -148,10 +148,10 @@ def window_thresholds(windows: WindowResiduals, still: np.ndarray, config: Motio
     thresholds = {}
     # Every 2nd pixel along each axis: neighbours are strongly correlated, and the quantile stays cheap. The
     # maps are thinned before they are gathered: gathering whole ones copied up to [2, T, H, W] float32 at once.
-    residual, valid, still = (x[..., ::2, ::2] for x in (windows.residual, windows.valid, still))
+    residual, valid, still_thin = (x[..., ::2, ::2] for x in (windows.residual, windows.valid, still))
     for k in np.unique(windows.baseline[windows.baseline > 0]):
         directions, frames = np.nonzero(windows.baseline == k)
-        values = residual[directions, frames][valid[directions, frames] & still[frames]]
+        values = residual[directions, frames][valid[directions, frames] & still_thin[frames]]
         if values.size == 0:
             thresholds[int(k)] = np.inf
             continue
