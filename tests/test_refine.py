@@ -9,6 +9,7 @@ neighbours.
 from __future__ import annotations
 
 import math
+from dataclasses import fields
 
 import pytest
 import torch
@@ -314,6 +315,31 @@ def test_replace_parameter_carries_moments_and_zeroes_new_rows():
 def _refiner(world, fitted, scene, **overrides) -> Refiner:
     config = FitConfig.from_dict(dict(refine=True, refine_lr_scale=1.0, holdout_every=4, **overrides))
     return Refiner(RefineInputs(scene, fitted, exact_inputs(world, fitted)), config, torch.device("cpu"))
+
+
+def test_split_inputs_are_copies_of_each_window_and_release_the_whole_clip():
+    """`FitInputs.split` (a consumed refinement's priors, one copy per window): each part holds what `between`
+    views, in storage of its own (so it can be freed with its window), and the whole-clip tensors are let go."""
+    frames, height, width = 7, 4, 5
+    generator = torch.Generator().manual_seed(0)
+    rand = lambda *shape: torch.rand(*shape, generator=generator)  # noqa: E731
+    inputs = FitInputs(rand(frames, height, width, 3), rand(frames - 1, height, width, 2), rand(frames - 1, height, width, 2),
+                       rand(frames - 1, height, width) > 0.5, rand(frames - 1, height, width) > 0.5,
+                       rand(frames, height, width), rand(frames, height, width), rand(frames, height, width) > 0.5,
+                       torch.eye(3), rand(frames, 4, 4), rand(9, 3))
+    spans = [(0, 3), (2, 6), (5, 7)]  # neighbouring windows share their boundary frame
+    expected = [inputs.between(start, stop) for start, stop in spans]
+    expected = [FitInputs(**{f.name: None if (v := getattr(e, f.name)) is None else v.clone() for f in fields(e)})
+                for e in expected]
+    whole_frames = inputs.frames
+    parts = inputs.split(spans)
+    assert all(getattr(inputs, f.name) is None for f in fields(inputs))
+    for part, want, (start, stop) in zip(parts, expected, spans):
+        assert part.num_frames == stop - start and part.flow_forward.shape[0] == stop - start - 1
+        for f in fields(part):
+            assert torch.equal(getattr(part, f.name), getattr(want, f.name)), f.name
+        assert part.frames.untyped_storage().data_ptr() != whole_frames.untyped_storage().data_ptr()
+        assert part.K is parts[0].K  # shared fields are not copied
 
 
 def test_a_finished_refinement_holds_no_gradients():

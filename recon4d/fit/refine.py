@@ -336,8 +336,10 @@ def refine_scene(data: RefineInputs, config: FitConfig, device: torch.device,
     once, to start every window's trajectories, and the priors (`data.inputs`) until the last window is refined.
     With `consume` each is dropped from `data` then (the states set to None in `data.scene`, `data.inputs` to
     None; the caller must use neither again): on a long clip they are the largest things the fit holds (450
-    frames at 180 px: about 1 GB of priors, 0.24 GB of the states of 80 fitted frames). The refined scene keeps
-    no per-frame states: its motion model defines them.
+    frames at 180 px: about 1 GB of priors, 0.24 GB of the states of 80 fitted frames). Consumed priors of
+    several windows are first split into a copy per window (`FitInputs.split`), and each copy is freed when its
+    window ends instead of when the last one does. The refined scene keeps no per-frame states: its motion
+    model defines them.
     """
     started = time.perf_counter()
     scene, fitted, cfg = data.scene, data.fitted, config.refine
@@ -358,6 +360,10 @@ def refine_scene(data: RefineInputs, config: FitConfig, device: torch.device,
     total_drawn = sum(part[3] for part in parts)
     steps = [max(round(cfg.iters * drawn / max(total_drawn, 1)), cfg.min_visits * drawn) for *_, drawn, _ in parts]
     completed = [0] * len(parts)
+    window_inputs = None  # consumed priors of several windows: a copy each, freed when its window ends
+    if consume and len(parts) > 1:
+        window_inputs = data.inputs.split([(start, start + len(frames)) for _, frames, start, *_ in parts])
+        data.inputs = None
 
     def refine_part(index: int) -> tuple[SceneModel, dict]:
         (rows, frames, start, _, gauge), iters = parts[index], steps[index]
@@ -366,7 +372,11 @@ def refine_scene(data: RefineInputs, config: FitConfig, device: torch.device,
             completed[index] = step
             on_progress(sum(completed), sum(steps))
 
-        window_data = RefineInputs(scene, frames, data.inputs.between(start, start + len(frames)))
+        if window_inputs is None:
+            inputs = data.inputs.between(start, start + len(frames))
+        else:
+            inputs, window_inputs[index] = window_inputs[index], None
+        window_data = RefineInputs(scene, frames, inputs)
         window_rows, window_motion = None, motion
         if len(parts) > 1:  # the window's dynamic Gaussians among all (both in index order): their trajectories
             window_rows, window_motion = rows, motion.select(torch.searchsorted(dynamic, rows[scene.is_dynamic[rows]]))

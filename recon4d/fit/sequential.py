@@ -24,7 +24,7 @@ import functools
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import torch
 import torch.nn.functional as F
@@ -87,11 +87,34 @@ class FitInputs:
 
     def between(self, start: int, stop: int) -> "FitInputs":
         """The inputs of frames start..stop-1 and the flow between consecutive ones of them (views, no copies)."""
-        pairs = slice(start, max(stop - 1, start))
-        sfm = None if self.sfm_camera_from_world is None else self.sfm_camera_from_world[start:stop]
-        return FitInputs(self.frames[start:stop], self.flow_forward[pairs], self.flow_backward[pairs],
-                         self.valid_forward[pairs], self.valid_backward[pairs], self.depth[start:stop],
-                         self.depth_confidence[start:stop], self.moving[start:stop], self.K, sfm, self.sfm_points)
+        return FitInputs(**{f.name: _frames_of(f.name, getattr(self, f.name), start, stop) for f in fields(self)})
+
+    def split(self, spans: list[tuple[int, int]]) -> list["FitInputs"]:
+        """`between(start, stop)` of each span, as copies; this FitInputs is emptied on the way (its fields set
+        to None), each whole-clip tensor let go of once its spans are copied, so at most one of them is held
+        twice. For a refinement whose windows read only their own frames: a finished window's copies can be
+        freed while the other windows run, which views of the whole clip would keep."""
+        parts: list[dict] = [{} for _ in spans]
+        for f in fields(self):
+            whole = getattr(self, f.name)
+            setattr(self, f.name, None)
+            for part, (start, stop) in zip(parts, spans):
+                taken = _frames_of(f.name, whole, start, stop)
+                part[f.name] = taken.clone() if taken is not whole and taken is not None else taken
+            del whole
+        return [FitInputs(**part) for part in parts]
+
+
+#: FitInputs fields with one entry per frame, and per pair of consecutive frames; the others are shared.
+_PER_FRAME = frozenset({"frames", "depth", "depth_confidence", "moving", "sfm_camera_from_world"})
+_PER_PAIR = frozenset({"flow_forward", "flow_backward", "valid_forward", "valid_backward"})
+
+
+def _frames_of(name: str, value: torch.Tensor | None, start: int, stop: int) -> torch.Tensor | None:
+    """The part of FitInputs field `name` for frames start..stop-1 (a view; shared fields whole)."""
+    if value is None or name not in _PER_FRAME | _PER_PAIR:
+        return value
+    return value[start:stop] if name in _PER_FRAME else value[start:max(stop - 1, start)]
 
 
 @dataclass
