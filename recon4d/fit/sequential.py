@@ -98,9 +98,10 @@ class FitInputs:
         for f in fields(self):
             whole = getattr(self, f.name)
             setattr(self, f.name, None)
+            copy = whole is not None and f.name in _PER_FRAME | _PER_PAIR
             for part, (start, stop) in zip(parts, spans):
                 taken = _frames_of(f.name, whole, start, stop)
-                part[f.name] = taken.clone() if taken is not whole and taken is not None else taken
+                part[f.name] = taken.clone() if copy else taken
             del whole
         return [FitInputs(**part) for part in parts]
 
