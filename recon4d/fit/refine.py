@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 import torch
 
-from recon4d.device import side_by_side
+from recon4d.device import release_freed_memory, side_by_side
 from recon4d.fit.config import FitConfig, RefineConfig
 from recon4d.fit.losses import COVERED_ALPHA, depth_loss, flow_loss, photometric_loss
 from recon4d.fit.model import SceneModel, scene_from_models
@@ -382,7 +382,11 @@ def refine_scene(data: RefineInputs, config: FitConfig, device: torch.device,
             window_rows, window_motion = rows, motion.select(torch.searchsorted(dynamic, rows[scene.is_dynamic[rows]]))
         refiner = Refiner(window_data, config.replace(refine_iters=iters), device,
                           None if on_progress is None else progress, rows=window_rows, motion=window_motion, gauge=gauge)
-        return refiner.model, refiner.optimise()
+        result = refiner.model, refiner.optimise()
+        if window_inputs is not None:  # the window's priors and working memory, freed now, go back to the system
+            del refiner, window_data, inputs
+            release_freed_memory()
+        return result
 
     models, stats = map(list, zip(*side_by_side(refine_part, range(len(parts)), device)))
     if consume:
