@@ -205,7 +205,8 @@ def refine_with_depth(pixels_a: np.ndarray, pixels_b: np.ndarray, depth: np.ndar
     """b_from_a [4, 4] refined by PnP on the matches [M, 2] lifted to 3D by a's rendered depth [H, W] (where
     `usable`): RANSAC (threshold 2 x `inlier_px`) from `guess` [4, 4], then Levenberg-Marquardt on the inliers.
     The essential matrix leaves a rotation and a sideways step that look alike on a narrow view; depth tells
-    them apart. Returns `guess` when fewer than `min_inliers` matches agree."""
+    them apart. Returns `guess` when fewer than `min_inliers` matches agree, or when the refined pose projects
+    the lifted matches with a larger median error than `guess` does."""
     height, width = depth.shape
     u = np.clip(np.round(pixels_a[:, 0]).astype(np.int64), 0, width - 1)
     v = np.clip(np.round(pixels_a[:, 1]).astype(np.int64), 0, height - 1)
@@ -225,7 +226,18 @@ def refine_with_depth(pixels_a: np.ndarray, pixels_b: np.ndarray, depth: np.ndar
     rvec, tvec = cv2.solvePnPRefineLM(points[inliers[:, 0]], image[inliers[:, 0]], K, None, rvec, tvec)
     pose = np.eye(4)
     pose[:3, :3], pose[:3, 3] = cv2.Rodrigues(rvec)[0], tvec[:, 0]
+    # With few matches RANSAC can settle on a pose that fits the lifted matches worse than its start (measured:
+    # 36 matches, median 1.10 px against the start's 0.82 px, 2.8 degrees off instead of 0.4): keep the start.
+    if median_reprojection_px(points, image, K, pose) > median_reprojection_px(points, image, K, guess):
+        return guess
     return pose
+
+
+def median_reprojection_px(points: np.ndarray, pixels: np.ndarray, K: np.ndarray, b_from_a: np.ndarray) -> float:
+    """Median distance (pixels) between pixels [M, 2] and points [M, 3] (in a's camera) projected by b_from_a."""
+    rvec = cv2.Rodrigues(b_from_a[:3, :3])[0]
+    projected, _ = cv2.projectPoints(points, rvec, b_from_a[:3, 3].copy(), K, None)
+    return float(np.median(np.linalg.norm(projected[:, 0] - pixels, axis=1)))
 
 
 def choose_start(flow_relative: np.ndarray, feature_relative: np.ndarray | None, pixels_a: np.ndarray,
