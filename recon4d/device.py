@@ -80,7 +80,8 @@ _MALLOC_TRIM = _find_malloc_trim()
 
 def release_freed_memory() -> None:
     """Give memory that the program has freed but the C allocator still holds back to the system (glibc's
-    `malloc_trim`; nothing elsewhere). Called when a `thread_pool` ends.
+    `malloc_trim`; nothing elsewhere). Called when a `thread_pool` ends, and by a long clip's refinement as each
+    of its windows ends.
 
     glibc keeps freed blocks for reuse, in the arena of the thread that allocated them. Worker threads build
     many mid-sized arrays (the priors' chained flows, the depth prior's triangulated pairs: 0.6 GB each at 450
