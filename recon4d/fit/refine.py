@@ -338,8 +338,8 @@ def refine_scene(data: RefineInputs, config: FitConfig, device: torch.device,
     None; the caller must use neither again): on a long clip they are the largest things the fit holds (450
     frames at 180 px: about 1 GB of priors, 0.24 GB of the states of 80 fitted frames). Consumed priors of
     several windows are first split into a copy per window (`FitInputs.split`), and each copy is freed when its
-    window ends instead of when the last one does. The refined scene keeps no per-frame states: its motion
-    model defines them.
+    window ends instead of when the last one does; what the window freed then goes back to the system
+    (`release_freed_memory`). The refined scene keeps no per-frame states: its motion model defines them.
     """
     started = time.perf_counter()
     scene, fitted, cfg = data.scene, data.fitted, config.refine
