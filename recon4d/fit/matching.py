@@ -47,6 +47,7 @@ import numpy as np
 import torch
 
 from recon4d.fit.config import MatchingConfig
+from recon4d.fit.pnp import reprojection_px
 
 # The fewest matches the essential matrix is tried on (5 points determine it; below this the consensus means
 # little), the fewest rendered depths that may set the step's length, and RANSAC's confidence.
@@ -236,9 +237,7 @@ def refine_with_depth(pixels_a: np.ndarray, pixels_b: np.ndarray, depth: np.ndar
 
 def median_reprojection_px(points: np.ndarray, pixels: np.ndarray, K: np.ndarray, b_from_a: np.ndarray) -> float:
     """Median distance (pixels) between pixels [M, 2] and points [M, 3] (in a's camera) projected by b_from_a."""
-    rvec = cv2.Rodrigues(b_from_a[:3, :3])[0]
-    projected, _ = cv2.projectPoints(points, rvec, b_from_a[:3, 3].copy(), K, None)
-    return float(np.median(np.linalg.norm(projected[:, 0] - pixels, axis=1)))
+    return float(np.median(reprojection_px(points, pixels, K, cv2.Rodrigues(b_from_a[:3, :3])[0], b_from_a[:3, 3].copy())))
 
 
 def choose_start(flow_relative: np.ndarray, feature_relative: np.ndarray | None, pixels_a: np.ndarray,

@@ -35,8 +35,7 @@ def pnp_camera_from_world(points_world: np.ndarray, pixels: np.ndarray, K: np.nd
                                       useExtrinsicGuess=True, flags=cv2.SOLVEPNP_ITERATIVE)
         if not ok:
             return None
-        projected, _ = cv2.projectPoints(points, rvec, tvec, K, None)
-        error = np.linalg.norm(projected[:, 0] - image, axis=1)
+        error = reprojection_px(points, image, K, rvec, tvec)
         threshold = max(PNP_REPROJECTION_PX, 3.0 * float(np.median(error[keep])))
         keep = error < threshold
         if keep.sum() < PNP_MIN_INLIERS:
@@ -45,3 +44,9 @@ def pnp_camera_from_world(points_world: np.ndarray, pixels: np.ndarray, K: np.nd
     pose[:3, :3] = cv2.Rodrigues(rvec)[0]
     pose[:3, 3] = tvec[:, 0]
     return pose
+
+
+def reprojection_px(points: np.ndarray, pixels: np.ndarray, K: np.ndarray, rvec: np.ndarray, tvec: np.ndarray) -> np.ndarray:
+    """[M] distances (pixels) between pixels [M, 2] and points [M, 3] projected by the pose (rvec, tvec)."""
+    projected, _ = cv2.projectPoints(points, rvec, tvec, K, None)
+    return np.linalg.norm(projected[:, 0] - pixels, axis=1)

@@ -98,7 +98,7 @@ class FitInputs:
         for f in fields(self):
             whole = getattr(self, f.name)
             setattr(self, f.name, None)
-            copy = whole is not None and f.name in _PER_FRAME | _PER_PAIR
+            copy = whole is not None and f.name in _SLICED
             for part, (start, stop) in zip(parts, spans):
                 taken = _frames_of(f.name, whole, start, stop)
                 part[f.name] = taken.clone() if copy else taken
@@ -109,11 +109,12 @@ class FitInputs:
 #: FitInputs fields with one entry per frame, and per pair of consecutive frames; the others are shared.
 _PER_FRAME = frozenset({"frames", "depth", "depth_confidence", "moving", "sfm_camera_from_world"})
 _PER_PAIR = frozenset({"flow_forward", "flow_backward", "valid_forward", "valid_backward"})
+_SLICED = _PER_FRAME | _PER_PAIR
 
 
 def _frames_of(name: str, value: torch.Tensor | None, start: int, stop: int) -> torch.Tensor | None:
     """The part of FitInputs field `name` for frames start..stop-1 (a view; shared fields whole)."""
-    if value is None or name not in _PER_FRAME | _PER_PAIR:
+    if value is None or name not in _SLICED:
         return value
     return value[start:stop] if name in _PER_FRAME else value[start:max(stop - 1, start)]
 
