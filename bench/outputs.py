@@ -3,6 +3,7 @@
 
 Usage: python bench/outputs.py [--synthetic translate,static] [--frames 16] [--preset fast]
        [--real bear] [--real-frames 10] [--out /tmp/recon4d-bench-outputs] [--reuse-fits]
+       python bench/outputs.py --mesh-scene OUT [--mesh-frames 70]
 
 Synthetic clips (recon4d.eval.synthetic, 160x90) are fitted with `recon4d fit --preset fast` in a subprocess.
 Their ground-truth tracks (256 points picked on frame 0, scaled to the fitted resolution) are the queries of
@@ -11,13 +12,20 @@ point is visible, the share within 2 px, and visibility accuracy over all (frame
 (`recon4d.eval.metrics.track_errors`), plus moving-mask IoU and camera ATE from `recon4d eval`. fit_s is the
 fit's own total from metrics.json; the output commands are timed as subprocesses (wall seconds, including
 ~3 s of Python/torch start-up).
+
+`--mesh-scene OUT` instead meshes the first `--mesh-frames` frames of an existing fit as a clip export does
+(`recon4d.export.mesh.export_frame_meshes`, in this process) and prints one row: wall seconds per frame against
+the fit's own seconds per frame (metrics.json), megabytes and triangles per mesh, and the process's peak RSS
+(the scene loaded included).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import resource
 import subprocess
+import tempfile
 import sys
 import time
 from pathlib import Path
@@ -114,6 +122,25 @@ def real_row(name: str, args: argparse.Namespace) -> dict:
     return row
 
 
+def mesh_clip_row(out: Path, frames: int) -> dict:
+    """A clip mesh export of the first `frames` frames of the fit in `out` (see the module docstring)."""
+    from recon4d.export.mesh import export_frame_meshes
+    from recon4d.io.scene import load_scene
+
+    scene = load_scene(out)
+    frames = min(frames, scene.num_frames)
+    fit_seconds = float(json.loads((out / "metrics.json").read_text())["seconds_total"])
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        stats = export_frame_meshes(scene, {t: Path(tmp) / f"mesh_{t:04d}.ply" for t in range(frames)})
+        seconds = time.perf_counter() - start
+        megabytes = sum(s.path.stat().st_size for s in stats) / 2**20
+    return {"scene": str(out), "frames": frames, "windows": len({scene.window_at(t) for t in range(frames)}),
+            "mesh_s_per_frame": seconds / frames, "fit_s_per_frame": fit_seconds / scene.num_frames,
+            "mb_per_mesh": megabytes / frames, "triangles_per_mesh": float(np.mean([s.num_triangles for s in stats])),
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--synthetic", default="translate,static")
@@ -123,7 +150,13 @@ def main() -> None:
     parser.add_argument("--real-frames", type=int, default=10)
     parser.add_argument("--out", type=Path, default=Path("/tmp/recon4d-bench-outputs"))
     parser.add_argument("--reuse-fits", action="store_true", help="keep fits already in --out (same settings)")
+    parser.add_argument("--mesh-scene", type=Path, help="only time a clip mesh export of this fitted OUT")
+    parser.add_argument("--mesh-frames", type=int, default=70)
     args = parser.parse_args()
+    if args.mesh_scene:
+        row = mesh_clip_row(args.mesh_scene, args.mesh_frames)
+        print_markdown_table([row], list(row))
+        return
     rows = []
     jobs = [(synthetic_row, v) for v in filter(None, args.synthetic.split(","))]
     jobs += [(real_row, c) for c in filter(None, args.real.split(","))]

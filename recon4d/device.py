@@ -111,9 +111,10 @@ def ordered_map(pool: ThreadPoolExecutor, work: Callable[[Item], Result], items:
         yield pending.popleft().result()
 
 
-def side_by_side(work: Callable[[Item], Result], items: Iterable[Item], device: torch.device) -> list[Result]:
-    """[work(item) for item in items]; on the CPU the items run side by side, one per torch thread, each on one
-    thread (torch.set_num_threads(1) for the duration).
+def side_by_side(work: Callable[[Item], Result], items: Iterable[Item], device: torch.device,
+                 max_workers: int | None = None) -> list[Result]:
+    """[work(item) for item in items]; on the CPU the items run side by side, one per torch thread (at most
+    `max_workers` at once), each on one thread (torch.set_num_threads(1) for the duration).
 
     For independent chains of small steps (a camera search, one temporal window's refinement), which keep
     only part of a second core busy when each step gets all threads. recon4d's kernels release the GIL, and a
@@ -124,7 +125,7 @@ def side_by_side(work: Callable[[Item], Result], items: Iterable[Item], device: 
         [0, 1, 4, 9]
     """
     items = list(items)
-    workers = min(torch.get_num_threads(), len(items))
+    workers = min(torch.get_num_threads(), len(items), max_workers or len(items))
     if device.type != "cpu" or workers <= 1:
         return [work(item) for item in items]
     threads = torch.get_num_threads()

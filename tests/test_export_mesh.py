@@ -409,3 +409,62 @@ def test_a_long_clips_frames_are_meshed_with_their_own_windows_background(tmp_pa
         second_wall = int((np.abs(vertices[behind_ball, 2] - WALL_Z - WINDOW_SHIFT) < 0.03).sum())
         own, other = (first_wall, second_wall) if window == 0 else (second_wall, first_wall)
         assert own > 1000 and other == 0, (result.frame, first_wall, second_wall)
+
+
+def _canonical_mesh(path) -> tuple[np.ndarray, np.ndarray]:
+    """A mesh file -> (vertices with colours, sorted; triangles as sorted rows of those ranks, sorted): equal
+    for two files that hold the same surface, whatever order open3d's block hash map gave the vertices."""
+    mesh = trimesh.load(path, force="mesh", process=False)
+    vertices = np.concatenate([mesh.vertices, mesh.visual.vertex_colors[:, :3].astype(np.float64)], 1)
+    order = np.lexsort(vertices.T[::-1])
+    rank = np.empty(len(vertices), dtype=np.int64)
+    rank[order] = np.arange(len(vertices))
+    triangles = np.sort(rank[mesh.faces], 1)
+    return vertices[order], triangles[np.lexsort(triangles.T[::-1])]
+
+
+def test_a_clips_frames_meshed_side_by_side_equal_those_meshed_one_at_a_time(tmp_path):
+    """Frames are meshed one per torch thread; each frame's surface is the same as on one thread."""
+    scene, _ = surface_scene(num_frames=4, width=96, height=54, spacing=0.1)
+    config = MeshConfig(orbit_anchors=1)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        side_by_side = export_meshes(scene, tmp_path / "two", voxel_size=0.03, config=config)
+        torch.set_num_threads(1)
+        one_at_a_time = export_meshes(scene, tmp_path / "one", voxel_size=0.03, config=config)
+    finally:
+        torch.set_num_threads(threads)
+    assert [s.frame for s in side_by_side] == [0, 1, 2, 3]
+    for a, b in zip(side_by_side, one_at_a_time, strict=True):
+        assert a.num_triangles == b.num_triangles > 0 and a.removed_triangles == b.removed_triangles
+        for x, y in zip(_canonical_mesh(a.path), _canonical_mesh(b.path), strict=True):
+            np.testing.assert_array_equal(x, y)
+
+
+def test_join_parts_keeps_large_components_and_exactly_their_vertices():
+    """The floater cut over two parts: a part's small components go, a vertex they share with a kept
+    component stays, a vertex no triangle uses goes; indices follow the vertices kept, in order."""
+    from recon4d.export.mesh import import_open3d, join_parts, surface_part
+
+    o3d = import_open3d()
+
+    def part(vertices, triangles):
+        mesh = o3d.geometry.TriangleMesh(o3d.utility.Vector3dVector(np.asarray(vertices, dtype=np.float64)),
+                                         o3d.utility.Vector3iVector(np.asarray(triangles, dtype=np.int32)))
+        return surface_part(mesh)
+
+    # Part a: a strip of 6 triangles (vertices 0-7), one triangle touching it at vertex 7 only (a component of
+    # its own: components join at edges), and vertex 10, which no triangle uses.
+    strip = [[i, i + 1, i + 2] for i in range(6)]
+    a = part(np.arange(33).reshape(11, 3), strip + [[7, 8, 9]])
+    # Part b: a fan of 3 triangles around vertex 0.
+    b = part(np.arange(15).reshape(5, 3) + 100, [[0, 1, 2], [0, 2, 3], [0, 3, 4]])
+    assert a.vertex_component_size.tolist() == [6] * 8 + [1, 1, 0]
+    joined, removed = join_parts([a, b], min_fraction=0.2)  # 10 triangles: components of 1 go
+    assert removed == 1 and len(joined.triangles) == 9
+    np.testing.assert_array_equal(joined.vertices, np.concatenate([a.vertices[:8], b.vertices]))
+    np.testing.assert_array_equal(joined.triangles, np.array(strip + [[8, 9, 10], [8, 10, 11], [8, 11, 12]]))
+    assert joined.component_size.tolist() == [6] * 6 + [3] * 3
+    everything, none_removed = join_parts([a, b], min_fraction=0.0)
+    assert none_removed == 0 and len(everything.vertices) == 10 + 5  # all but the unused vertex

@@ -77,6 +77,9 @@ class MeshConfig:
             the same side of the object and only re-average its TSDF.
         crop_margin_px: the moving part's views are cropped to its Gaussians' footprint plus this many
             empty pixels (alpha 0 around the object, so the depth-edge test sees the same neighbours).
+        max_frames_side_by_side: a clip's frames are meshed side by side, one per torch thread, at most this
+            many at once: each holds its joined mesh and the file's bytes until written (about 0.1 GB for a
+            mesh of 0.8 M triangles), so many cores do not multiply the peak memory without bound.
     """
 
     voxels_per_median_depth: float = 200.0
@@ -101,6 +104,7 @@ class MeshConfig:
     moving_part_threads: int = 1
     moving_view_spacing_deg: float = 4.0
     crop_margin_px: int = 2
+    max_frames_side_by_side: int = 4
 
 
 @dataclass
@@ -205,22 +209,26 @@ def render_rgbd(
             height,
         )
     alpha = out.alpha.cpu().numpy()
-    blended = out.color.cpu().numpy() / np.maximum(alpha, 1e-6)[..., None]
-    color, normal, offset = blended[..., :3].clip(0.0, 1.0), blended[..., 3:6], blended[..., 6]
-    rows, cols = np.mgrid[0:height, 0:width]
+    features = out.color.cpu().numpy()
+    color = (features[..., :3] / np.maximum(alpha, 1e-6)[..., None]).clip(0.0, 1.0)
+    # The plane depth only where a pixel can be fused (opaque enough); the rest of the view stays depth 0.
+    rows, cols = np.nonzero(alpha >= config.min_alpha)
+    blended = features[rows, cols, 3:] / np.maximum(alpha[rows, cols], 1e-6)[:, None]
+    normal, offset = blended[:, :3], blended[:, 3]
     K_np = K.cpu().double().numpy()
-    rays = np.stack([(cols - K_np[0, 2]) / K_np[0, 0], (rows - K_np[1, 2]) / K_np[1, 1], np.ones((height, width))], -1)
+    rays = np.stack([(cols - K_np[0, 2]) / K_np[0, 0], (rows - K_np[1, 2]) / K_np[1, 1], np.ones(len(rows))], -1)
     agreement = np.linalg.norm(normal, axis=-1)
     cosine = -(normal * rays).sum(-1) / np.maximum(agreement * np.linalg.norm(rays, axis=-1), 1e-12)
     planar = offset / np.minimum((normal * rays).sum(-1), -1e-12)
-    expected = out.depth.cpu().numpy()
+    expected = out.depth.cpu().numpy()[rows, cols]
     use_plane = (agreement >= config.min_normal_agreement) & (cosine >= config.min_plane_cosine)
-    depth = np.where(use_plane, planar, expected).astype(np.float32)
-    valid = (alpha >= config.min_alpha) & (depth > 0)
-    valid &= depth_edge_score(np.where(valid, depth, 0.0)) <= config.max_edge_score
+    depth = np.zeros((height, width), dtype=np.float32)
+    fused = np.where(use_plane, planar, expected).astype(np.float32)
+    depth[rows, cols] = np.where(fused > 0, fused, 0.0)  # NaN and behind the camera: not fused
+    depth = np.where(depth_edge_score(depth) <= config.max_edge_score, depth, 0.0)
     return RGBDView(
         color.astype(np.float32),
-        np.where(valid, depth, 0.0).astype(np.float32),
+        depth.astype(np.float32),
         camera_from_world.cpu().double().numpy(),
         K_np,
     )
