@@ -25,8 +25,8 @@ import json
 import os
 import resource
 import subprocess
-import tempfile
 import sys
+import tempfile
 import time
 from pathlib import Path
 
