@@ -218,8 +218,9 @@ def render_rgbd(
     K_np = K.cpu().double().numpy()
     rays = np.stack([(cols - K_np[0, 2]) / K_np[0, 0], (rows - K_np[1, 2]) / K_np[1, 1], np.ones(len(rows))], -1)
     agreement = np.linalg.norm(normal, axis=-1)
-    cosine = -(normal * rays).sum(-1) / np.maximum(agreement * np.linalg.norm(rays, axis=-1), 1e-12)
-    planar = offset / np.minimum((normal * rays).sum(-1), -1e-12)
+    along_ray = (normal * rays).sum(-1)
+    cosine = -along_ray / np.maximum(agreement * np.linalg.norm(rays, axis=-1), 1e-12)
+    planar = offset / np.minimum(along_ray, -1e-12)
     expected = out.depth.cpu().numpy()[rows, cols]
     use_plane = (agreement >= config.min_normal_agreement) & (cosine >= config.min_plane_cosine)
     depth = np.zeros((height, width), dtype=np.float32)
