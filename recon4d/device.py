@@ -112,7 +112,7 @@ def ordered_map(pool: ThreadPoolExecutor, work: Callable[[Item], Result], items:
 
 
 def side_by_side(work: Callable[[Item], Result], items: Iterable[Item], device: torch.device,
-                 max_workers: int | None = None, lone_last_on_all_threads: bool = False) -> list[Result]:
+                 max_workers: int | None = None) -> list[Result]:
     """[work(item) for item in items]; on the CPU the items run side by side, one per torch thread (at most
     `max_workers` at once), each on one thread (torch.set_num_threads(1) for the duration).
 
@@ -121,11 +121,6 @@ def side_by_side(work: Callable[[Item], Result], items: Iterable[Item], device: 
     single-threaded kernel gives the same numbers as a multi-threaded one (`tests/test_render_threads.py`),
     so the results do not depend on the thread count as long as `work` draws from its own generators.
 
-    With `lone_last_on_all_threads`, a last item that would run alone beside idle workers (one item past a
-    whole number of rounds) runs after the others on all threads instead: for items that each take about
-    as long, such as temporal windows. Its torch reductions then split over the threads, so its numbers may
-    differ in the last bits from a one-thread run.
-
         >>> side_by_side(lambda x: x * x, range(4), torch.device("cpu"))
         [0, 1, 4, 9]
     """
@@ -133,16 +128,13 @@ def side_by_side(work: Callable[[Item], Result], items: Iterable[Item], device: 
     workers = min(torch.get_num_threads(), len(items), max_workers or len(items))
     if device.type != "cpu" or workers <= 1:
         return [work(item) for item in items]
-    lone = items[-1:] if lone_last_on_all_threads and len(items) % workers == 1 else []
-    items = items[:len(items) - len(lone)]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         with thread_pool(workers) as pool:  # on Ctrl-C the items not yet started are dropped
-            results = list(pool.map(work, items))
+            return list(pool.map(work, items))
     finally:
         torch.set_num_threads(threads)
-    return results + [work(item) for item in lone]
 
 
 def in_background(work: Callable[[], Result]) -> Callable[[], Result]:

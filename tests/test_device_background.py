@@ -1,15 +1,14 @@
 """`recon4d.device`: `in_background` (work on a daemon thread whose result or error reaches the caller) and
 `thread_pool` (a pool that drops its queued work when the caller stops), `ordered_map` (in order, a few
-items ahead), `side_by_side` (one thread per item, a lone last item on all threads)."""
+items ahead)."""
 from __future__ import annotations
 
 import threading
 import time
 
 import pytest
-import torch
 
-from recon4d.device import cpu_workers, in_background, ordered_map, side_by_side, thread_pool
+from recon4d.device import cpu_workers, in_background, ordered_map, thread_pool
 from recon4d.errors import PriorError
 
 
@@ -78,33 +77,3 @@ def test_ordered_map_keeps_order_and_holds_few_items():
                 outstanding[0] -= 1
     assert results == [i * i for i in range(12)]
     assert most[0] <= 3
-
-
-@pytest.mark.parametrize("count, lone", [(3, True), (4, False), (5, True), (1, False)])
-def test_side_by_side_runs_a_lone_last_item_after_the_others_on_all_threads(count, lone):
-    """On 2 threads: items run one thread each, but a last item past whole rounds waits for the others and
-    gets both threads; the results keep the items' order."""
-    threads = torch.get_num_threads()
-    running, seen, lock = [0], [], threading.Lock()
-
-    def work(item: int) -> int:
-        with lock:
-            running[0] += 1
-            seen.append((item, torch.get_num_threads(), running[0]))
-        time.sleep(0.05)  # long enough for a second worker to start beside it
-        with lock:
-            running[0] -= 1
-        return item * item
-
-    try:
-        torch.set_num_threads(2)
-        results = side_by_side(work, range(count), torch.device("cpu"), lone_last_on_all_threads=True)
-    finally:
-        torch.set_num_threads(threads)
-    assert results == [i * i for i in range(count)]
-    last = next(entry for entry in seen if entry[0] == count - 1)
-    if lone:
-        assert last[1:] == (2, 1)  # both threads, nothing beside it
-        assert all(entry[1] == 1 for entry in seen if entry[0] != count - 1)
-    elif count > 1:
-        assert all(entry[1] == 1 for entry in seen)

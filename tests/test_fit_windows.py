@@ -93,8 +93,7 @@ def sequential_fit(tmp_path_factory):
 
 def test_windows_refined_side_by_side_match_one_after_another(sequential_fit, tmp_path):
     """On the CPU the windows are refined on parallel threads, one thread each: the scene must be the one that
-    refining them one after another on one thread gives, bit for bit. (A lone last window runs on both
-    threads; at 96x54 torch splits none of its reductions, so it too must match.)"""
+    refining them one after another on one thread gives, bit for bit."""
     threads = torch.get_num_threads()
     scenes = {}
     try:

@@ -329,10 +329,8 @@ def refine_scene(data: RefineInputs, config: FitConfig, device: torch.device,
     proportion to their drawn frames, and at least `refine.min_visits` per drawn frame. On the CPU the windows
     are refined side by side (`recon4d.device.side_by_side`), each on one thread: two windows so make up to 1.34x the
     steps of one window on both threads (a window of backpack's 450 frames, alone: 47.4 ms per step on one
-    thread, 31.8 ms on two; README, "Long clips with a moving camera"). Each window draws from its own generator,
-    so those windows give the same numbers as one after another on one thread. A last window that would run
-    alone (3 windows on 2 threads) runs after the others on all threads: the fit's threads are then all busy,
-    and that window's numbers differ in the last bits from a one-thread run, as the sequential pass's do.
+    thread, 31.8 ms on two; README, "Long clips with a moving camera"), and each window draws from its own generator,
+    so the result does not depend on the thread count (a window on two threads would differ in the last bits).
 
     The sequential scene's stored states of dynamic Gaussians (`dynamic_means`, `dynamic_quats`) are read
     once, to start every window's trajectories, and the priors (`data.inputs`) until the last window is refined.
@@ -390,8 +388,7 @@ def refine_scene(data: RefineInputs, config: FitConfig, device: torch.device,
             release_freed_memory()
         return result
 
-    refined = side_by_side(refine_part, range(len(parts)), device, lone_last_on_all_threads=True)
-    models, stats = map(list, zip(*refined))
+    models, stats = map(list, zip(*side_by_side(refine_part, range(len(parts)), device)))
     if consume:
         data.inputs = None
     merged = {key: sum(s[key] for s in stats) for key in stats[0] if not key.startswith("refine_l1")}
