@@ -468,3 +468,38 @@ def test_join_parts_keeps_large_components_and_exactly_their_vertices():
     assert joined.component_size.tolist() == [6] * 6 + [3] * 3
     everything, none_removed = join_parts([a, b], min_fraction=0.0)
     assert none_removed == 0 and len(everything.vertices) == 10 + 5  # all but the unused vertex
+
+
+def test_a_ply_written_from_cut_records_is_the_joined_mesh(tmp_path):
+    """The clip export's PLY (the first part's records made once per cut, each part written from its records)
+    holds exactly the joined mesh of `join_parts`, as trimesh and open3d read it; a cut that keeps the same
+    components reuses the first part's records."""
+    from recon4d.export.mesh import CutRecords, import_open3d, join_parts, surface_part, write_parts
+
+    o3d = import_open3d()
+    g = np.random.default_rng(0)
+
+    def part(triangles, num_vertices):
+        mesh = o3d.geometry.TriangleMesh(o3d.utility.Vector3dVector(g.normal(size=(num_vertices, 3))),
+                                         o3d.utility.Vector3iVector(np.asarray(triangles, dtype=np.int32)))
+        mesh.vertex_colors = o3d.utility.Vector3dVector(g.uniform(-0.1, 1.1, (num_vertices, 3)))
+        return surface_part(mesh)
+
+    strip = [[i, i + 1, i + 2] for i in range(6)]
+    still = part(strip + [[7, 8, 9], [10, 11, 12], [11, 12, 13]], 15)  # components of 6, 1 and 2; vertex 14 unused
+    moving = part([[0, 1, 2], [0, 2, 3], [0, 3, 4], [5, 6, 7]], 8)  # components of 3 and 1
+    records = CutRecords(still)
+    for min_fraction, removed in ((0.0, 0), (0.1, 2), (0.2, 4)):  # of 13 triangles: cut none, size 1, sizes 1-2
+        path = tmp_path / f"cut{min_fraction}.ply"
+        counts = write_parts([still, moving], path, min_fraction, "test", records)
+        joined, joined_removed = join_parts([still, moving], min_fraction)
+        assert counts == (len(joined.vertices), len(joined.triangles), joined_removed) and joined_removed == removed
+        read = trimesh.load(path, process=False)
+        np.testing.assert_array_equal(read.vertices, joined.vertices.astype(np.float32))
+        np.testing.assert_array_equal(read.faces, joined.triangles)
+        rgb = (np.clip(joined.colors, 0, 1) * 255).round()
+        np.testing.assert_array_equal(read.visual.vertex_colors, np.concatenate([rgb, np.full((len(rgb), 1), 255)], 1))
+        legacy = o3d.io.read_triangle_mesh(str(path))
+        np.testing.assert_array_equal(np.asarray(legacy.triangles), joined.triangles)
+    assert len(records.made) == 3
+    assert records.at(0.1 * 13) is records.at(0.11 * 13)  # both cut components of 1 only

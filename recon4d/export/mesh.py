@@ -13,7 +13,8 @@ For one set of Gaussians:
 4. Fuse them in an open3d ``VoxelBlockGrid`` TSDF (sparse blocks, so far background costs no dense volume;
    ``ScalableTSDFVolume`` returns an empty volume in open3d 0.20).
 5. Marching cubes; drop connected components smaller than a fraction of the frame's triangles (both parts
-   together), write PLY / OBJ / GLB with trimesh.
+   together); write PLY from binary records (a clip's shared still part encoded once per window, not once
+   per frame as trimesh would), OBJ / GLB with trimesh.
 
 Conventions: open3d centres pixel (0, 0) at (0.5, 0.5), recon4d at (0, 0); the shift is applied when the
 intrinsics are handed to open3d. Scale: the voxel size defaults to the median rendered depth of the input
@@ -32,6 +33,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, fields, replace
@@ -51,7 +53,7 @@ from recon4d.export.mesh_views import (
     render_views,
     thin_views,
 )
-from recon4d.io.atomic import write_bytes_atomic
+from recon4d.io.atomic import atomic_path, write_bytes_atomic
 from recon4d.io.frames import FrameSelection, frame_file_name, frame_indices
 from recon4d.io.scene import Gaussians, Scene4D
 from recon4d.progress import progress_bar
@@ -202,20 +204,30 @@ def surface_part(mesh) -> SurfacePart:
     return SurfacePart(vertices, triangles, colors, sizes, vertex_size)
 
 
+def floater_threshold(parts: list[SurfacePart], min_fraction: float) -> float:
+    """The fewest triangles a connected component of the joined `parts` must hold to be kept."""
+    return min_fraction * sum(len(part.triangles) for part in parts)
+
+
+def cut_part(part: SurfacePart, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The triangles [F] bool of `part` in components of at least `threshold` triangles, exactly the vertices
+    [V] bool they use, and each vertex's index [V] among the kept ones (valid where kept).
+
+    The cut reads the sizes the part carries (no search over triangles), so a clip export pays for the shared
+    still part's copy alone."""
+    keep = part.component_size >= threshold
+    used = (part.vertex_component_size >= threshold) & (part.vertex_component_size > 0)  # 0: no triangle
+    return keep, used, np.cumsum(used) - 1
+
+
 def join_parts(parts: list[SurfacePart], min_fraction: float) -> tuple[SurfacePart, int]:
     """The union of `parts` without the connected components that hold fewer than min_fraction of all its
-    triangles (floaters), and the number of triangles removed. Vertices no triangle uses are dropped.
-
-    A clip export joins one still part to every frame's moving part: the cut reads the sizes each part
-    carries (no search over the joined triangles), so a frame pays for the still part's copy alone."""
-    threshold = min_fraction * sum(len(part.triangles) for part in parts)
+    triangles (floaters), and the number of triangles removed. Vertices no triangle uses are dropped."""
+    threshold = floater_threshold(parts, min_fraction)
     triangles, vertices, colors, sizes, vertex_sizes, removed, offset = [], [], [], [], [], 0, 0
     for part in parts:
-        keep = part.component_size >= threshold
-        # exactly the vertices of the kept triangles (a vertex no triangle uses has size 0)
-        used = (part.vertex_component_size >= threshold) & (part.vertex_component_size > 0)
-        new_index = np.cumsum(used) - 1 + offset
-        triangles.append(new_index[part.triangles[keep]])
+        keep, used, new_index = cut_part(part, threshold)
+        triangles.append(new_index[part.triangles[keep]] + offset)
         vertices.append(part.vertices[used])
         colors.append(part.colors[used])
         sizes.append(part.component_size[keep])
@@ -236,17 +248,88 @@ def mesh_suffix(path: Path) -> str:
     return suffix
 
 
+# Binary PLY records as meshes are written: float32 positions, 8-bit RGBA colours, triangles as int32 lists.
+VERTEX_RECORD = np.dtype([("position", "<f4", (3,)), ("rgba", "u1", (4,))])
+FACE_RECORD = np.dtype([("count", "u1"), ("index", "<i4", (3,))])
+PLY_HEADER = (
+    "ply\nformat binary_little_endian 1.0\nelement vertex {vertices}\nproperty float x\nproperty float y\n"
+    "property float z\nproperty uchar red\nproperty uchar green\nproperty uchar blue\nproperty uchar alpha\n"
+    "element face {faces}\nproperty list uchar int vertex_indices\nend_header\n"
+)
+
+
+def rgba8(colors: np.ndarray) -> np.ndarray:
+    """colors [V, 3] in [0, 1] -> [V, 4] uint8, opaque."""
+    rgba = np.full((len(colors), 4), 255, dtype=np.uint8)
+    rgba[:, :3] = (np.clip(colors, 0, 1) * 255).round()
+    return rgba
+
+
+def ply_records(vertices: np.ndarray, triangles: np.ndarray, colors: np.ndarray,
+                first_vertex: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """vertices [V, 3], triangles [F, 3] (indices into vertices), colors [V, 3] in [0, 1] -> ([V] VERTEX_RECORD,
+    [F] FACE_RECORD), the indices counted from `first_vertex` (where the vertices start in the file)."""
+    vertex = np.empty(len(vertices), dtype=VERTEX_RECORD)
+    vertex["position"] = vertices
+    vertex["rgba"] = rgba8(colors)
+    face = np.empty(len(triangles), dtype=FACE_RECORD)
+    face["count"] = 3
+    face["index"] = triangles + first_vertex
+    return vertex, face
+
+
+def write_ply_records(path: Path, records: list[tuple[np.ndarray, np.ndarray]]) -> Path:
+    """Write the (vertex, face) records of `ply_records`, one pair per part in file order, as one binary PLY,
+    atomically: a clip export writes a window's shared still part from records made once."""
+    header = PLY_HEADER.format(vertices=sum(len(v) for v, _ in records), faces=sum(len(f) for _, f in records))
+    with atomic_path(path) as tmp, open(tmp, "wb") as file:
+        file.write(header.encode("ascii"))
+        for vertex, _ in records:
+            file.write(vertex)
+        for _, face in records:
+            file.write(face)
+    return path
+
+
 def write_mesh(vertices: np.ndarray, triangles: np.ndarray, colors: np.ndarray, path: str | os.PathLike) -> Path:
-    """vertices [V, 3], triangles [F, 3] int, colors [V, 3] in [0, 1] -> PLY / OBJ / GLB by suffix, atomically."""
+    """vertices [V, 3], triangles [F, 3] int, colors [V, 3] in [0, 1] -> PLY / OBJ / GLB by suffix, atomically
+    (PLY by `write_ply_records`, the others by trimesh)."""
+    path = Path(path)
+    if mesh_suffix(path) == ".ply":
+        return write_ply_records(path, [ply_records(vertices, triangles, colors)])
     import trimesh
 
-    path = Path(path)
-    suffix = mesh_suffix(path)
-    rgba = np.concatenate([np.clip(colors, 0, 1) * 255, np.full((len(colors), 1), 255.0)], 1).round().astype(np.uint8)
-    mesh = trimesh.Trimesh(vertices=vertices, faces=triangles, vertex_colors=rgba, process=False)
-    data = mesh.export(file_type=suffix[1:])
+    mesh = trimesh.Trimesh(vertices=vertices, faces=triangles, vertex_colors=rgba8(colors), process=False)
+    data = mesh.export(file_type=path.suffix.lower()[1:])
     write_bytes_atomic(path, data.encode() if isinstance(data, str) else data)
     return path
+
+
+class CutRecords:
+    """The PLY records of one part (first in its files) after each floater cut asked of it, made once per
+    distinct set of kept components: a window's still part is cut the same way for most of its frames."""
+
+    def __init__(self, part: SurfacePart):
+        self.part = part
+        self.sizes = np.unique(part.component_size)
+        self.made: dict[int, tuple[np.ndarray, np.ndarray, int]] = {}
+        self.lock = threading.Lock()
+
+    def at(self, threshold: float) -> tuple[np.ndarray, np.ndarray, int]:
+        """(vertex records, face records, triangles removed) of the part cut at `threshold`."""
+        kept_from = int(np.searchsorted(self.sizes, threshold))  # the components kept are sizes[kept_from:]
+        with self.lock:
+            if kept_from not in self.made:
+                self.made[kept_from] = part_records(self.part, threshold, 0)
+            return self.made[kept_from]
+
+
+def part_records(part: SurfacePart, threshold: float, first_vertex: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """(vertex records, face records, triangles removed) of `part` cut at `threshold` (`cut_part`), its vertices
+    starting at `first_vertex` in the file."""
+    keep, used, new_index = cut_part(part, threshold)
+    vertex, face = ply_records(part.vertices[used], new_index[part.triangles[keep]], part.colors[used], first_vertex)
+    return vertex, face, int((~keep).sum())
 
 
 @dataclass(frozen=True)
@@ -292,16 +375,46 @@ def fuse_part(scene: Scene4D, gaussians: Gaussians, setup: MeshSetup, config: Me
         torch.set_num_threads(threads)
 
 
-def _write_stats(
-    part: SurfacePart, removed: int, path: Path, frame: int, static_only: bool, num_moving: int, setup: MeshSetup,
-    scene: Scene4D, num_gaussians: int, start: float, what: str,
-) -> MeshStats:
-    """Write the joined mesh of one frame (SceneError when it is empty) and describe it."""
-    if len(part.triangles) == 0:
+def write_parts(parts: list[SurfacePart], path: Path, min_fraction: float, what: str,
+                first_records: CutRecords | None = None) -> tuple[int, int, int]:
+    """Write the union of `parts` without floaters (as `join_parts` cuts them) to `path`; returns its vertices,
+    triangles and the triangles removed. A PLY is written from each part's records, the first part's taken
+    from `first_records` when given (a window's still part, cut once for all its frames); OBJ and GLB from
+    the joined arrays, by trimesh.
+
+    Raises:
+        SceneError when no triangle is left (`what` names the Gaussians meshed).
+    """
+    if mesh_suffix(path) != ".ply":
+        joined, removed = join_parts(parts, min_fraction)
+        _check_not_empty(len(joined.triangles), what)
+        write_mesh(joined.vertices, joined.triangles, joined.colors, path)
+        return len(joined.vertices), len(joined.triangles), removed
+    threshold = floater_threshold(parts, min_fraction)
+    records, first_vertex = [], 0
+    for i, part in enumerate(parts):
+        shared = i == 0 and first_records is not None
+        cut = first_records.at(threshold) if shared else part_records(part, threshold, first_vertex)
+        records.append(cut)
+        first_vertex += len(cut[0])
+    num_triangles = sum(len(face) for _, face, _ in records)
+    _check_not_empty(num_triangles, what)
+    write_ply_records(path, [(vertex, face) for vertex, face, _ in records])
+    return first_vertex, num_triangles, sum(removed for *_, removed in records)
+
+
+def _check_not_empty(num_triangles: int, what: str) -> None:
+    if num_triangles == 0:
         raise SceneError(
             f"TSDF fusion of {what} gave an empty mesh", hint="try a larger voxel size or a lower weight_threshold"
         )
-    write_mesh(part.vertices, part.triangles, part.colors, path)
+
+
+def _mesh_stats(
+    counts: tuple[int, int, int], path: Path, frame: int, static_only: bool, num_moving: int, setup: MeshSetup,
+    scene: Scene4D, num_gaussians: int, start: float,
+) -> MeshStats:
+    """Describe one written mesh of (vertices, triangles, triangles removed) = `counts`."""
     return MeshStats(
         path=path,
         frame=frame,
@@ -311,9 +424,9 @@ def _write_stats(
         num_views=len(setup.plan.poses),
         voxel_size=setup.voxel_size,
         render_size=(round(scene.cameras.width * setup.scale), round(scene.cameras.height * setup.scale)),
-        num_vertices=len(part.vertices),
-        num_triangles=len(part.triangles),
-        removed_triangles=removed,
+        num_vertices=counts[0],
+        num_triangles=counts[1],
+        removed_triangles=counts[2],
         seconds=time.perf_counter() - start,
     )
 
@@ -361,6 +474,7 @@ def export_frame_meshes(
             setup = mesh_setup(scene, first, f"frame {frames[0]}'s Gaussians", voxel_size, config, window)
             voxel_size = setup.voxel_size
             still_part = [fuse_part(scene, still, setup, config, moving=False)] if len(still) else []
+            still_records = CutRecords(still_part[0]) if still_part else None
             shared_seconds = time.perf_counter() - start
 
             def mesh_frame(t: int) -> MeshStats:
@@ -369,9 +483,10 @@ def export_frame_meshes(
                 moving_part = [fuse_part(scene, moving, setup, config, moving=True)] if len(moving) else []
                 if not still_part + moving_part:
                     raise SceneError(f"frame {t} has no Gaussians to mesh")
-                joined, removed = join_parts(still_part + moving_part, config.min_component_fraction)
-                done = _write_stats(joined, removed, paths[t], t, False, len(moving), setup, scene,
-                                    len(still) + len(moving), frame_start, f"frame {t}'s Gaussians")
+                counts = write_parts(still_part + moving_part, paths[t], config.min_component_fraction,
+                                     f"frame {t}'s Gaussians", still_records)
+                done = _mesh_stats(counts, paths[t], t, False, len(moving), setup, scene, len(still) + len(moving),
+                                   frame_start)
                 progress.advance(task)
                 # Each worker thread allocates its meshes in its own glibc arena, which keeps the freed blocks:
                 # over 140 frames of a 900-frame fit, resident memory (sampled every 0.5 s) peaked at 1772 MB
@@ -417,8 +532,9 @@ def export_mesh(
         raise SceneError(f"frame {t} has no still Gaussians to mesh")
     what = f"frame {t}'s still Gaussians"
     setup = mesh_setup(scene, gaussians, what, voxel_size, config, scene.window_at(t))
-    joined, removed = join_parts([fuse_part(scene, gaussians, setup, config, moving=False)], config.min_component_fraction)
-    return _write_stats(joined, removed, path, t, True, 0, setup, scene, len(gaussians), start, what)
+    counts = write_parts([fuse_part(scene, gaussians, setup, config, moving=False)], path,
+                         config.min_component_fraction, what)
+    return _mesh_stats(counts, path, t, True, 0, setup, scene, len(gaussians), start)
 
 
 def export_meshes(

@@ -178,7 +178,7 @@ def render_rgbd(
     config: MeshConfig,
     normals: np.ndarray | None = None,
 ) -> RGBDView:
-    """Render one view of `gaussians` and keep only clean surface pixels (depth 0 elsewhere).
+    """Render one view of `gaussians` and keep only clean surface pixels (colour and depth 0 elsewhere).
 
     Depth is where the pixel's ray meets the alpha-blended plane of the Gaussians (see `surface_planes`),
     which on flat Gaussians removes the pull towards the camera of the expected centre depth (front
@@ -209,30 +209,31 @@ def render_rgbd(
             height,
         )
     alpha = out.alpha.cpu().numpy()
-    features = out.color.cpu().numpy()
-    color = (features[..., :3] / np.maximum(alpha, 1e-6)[..., None]).clip(0.0, 1.0)
-    # The plane depth only where a pixel can be fused (opaque enough); the rest of the view stays depth 0.
-    rows, cols = np.nonzero(alpha >= config.min_alpha)
-    blended = features[rows, cols, 3:] / np.maximum(alpha[rows, cols], 1e-6)[:, None]
-    normal, offset = blended[:, :3], blended[:, 3]
     K_np = K.cpu().double().numpy()
-    rays = np.stack([(cols - K_np[0, 2]) / K_np[0, 0], (rows - K_np[1, 2]) / K_np[1, 1], np.ones(len(rows))], -1)
-    agreement = np.linalg.norm(normal, axis=-1)
-    along_ray = (normal * rays).sum(-1)
-    cosine = -along_ray / np.maximum(agreement * np.linalg.norm(rays, axis=-1), 1e-12)
-    planar = offset / np.minimum(along_ray, -1e-12)
-    expected = out.depth.cpu().numpy()[rows, cols]
-    use_plane = (agreement >= config.min_normal_agreement) & (cosine >= config.min_plane_cosine)
+    color = np.zeros((height, width, 3), dtype=np.float32)
     depth = np.zeros((height, width), dtype=np.float32)
-    fused = np.where(use_plane, planar, expected).astype(np.float32)
-    depth[rows, cols] = np.where(fused > 0, fused, 0.0)  # NaN and behind the camera: not fused
-    depth = np.where(depth_edge_score(depth) <= config.max_edge_score, depth, 0.0)
-    return RGBDView(
-        color.astype(np.float32),
-        depth.astype(np.float32),
-        camera_from_world.cpu().double().numpy(),
-        K_np,
-    )
+    # Only pixels opaque enough are fused: the rest of the view keeps colour and depth 0, and the work below
+    # covers the opaque pixels and their bounding box (a moving part's is often a fraction of its view).
+    rows, cols = np.nonzero(alpha >= config.min_alpha)
+    if len(rows):
+        top, left = int(rows.min()), int(cols.min())
+        box = (slice(top, int(rows.max()) + 1), slice(left, int(cols.max()) + 1))
+        opaque = (rows - top, cols - left)  # the opaque pixels in the box
+        features = out.color[box].cpu().numpy()[opaque] / np.maximum(alpha[rows, cols], 1e-6)[:, None]
+        color[rows, cols] = features[:, :3].clip(0.0, 1.0)
+        normal, offset = features[:, 3:6], features[:, 6]
+        rays = np.stack([(cols - K_np[0, 2]) / K_np[0, 0], (rows - K_np[1, 2]) / K_np[1, 1], np.ones(len(rows))], -1)
+        agreement = np.linalg.norm(normal, axis=-1)
+        along_ray = (normal * rays).sum(-1)
+        cosine = -along_ray / np.maximum(agreement * np.linalg.norm(rays, axis=-1), 1e-12)
+        planar = offset / np.minimum(along_ray, -1e-12)
+        expected = out.depth[box].cpu().numpy()[opaque]
+        use_plane = (agreement >= config.min_normal_agreement) & (cosine >= config.min_plane_cosine)
+        fused = np.where(use_plane, planar, expected).astype(np.float32)
+        depth[rows, cols] = np.where(fused > 0, fused, 0.0)  # NaN and behind the camera: not fused
+        # Outside the box every depth is 0, which the edge score reads as no neighbour, as at the image border.
+        depth[box] = np.where(depth_edge_score(depth[box]) <= config.max_edge_score, depth[box], 0.0)
+    return RGBDView(color, depth, camera_from_world.cpu().double().numpy(), K_np)
 
 
 def _median_depth(depth: np.ndarray) -> float:
