@@ -447,8 +447,9 @@ def export_frame_meshes(
     first frame in `paths`; the voxel size is planned on the first frame and kept for all.
 
     A window's frames are meshed side by side, one per torch thread (`recon4d.device.side_by_side`): each
-    fuses a small moving part in a chain of small steps, and the rasterizer, open3d's fusion and NumPy's large
-    operations release the GIL. Every frame's mesh is the same as when they are meshed one at a time.
+    renders a small moving part in a chain of small steps, and the rasterizer and NumPy's large operations
+    release the GIL (open3d's fusion does not: one frame fuses while another renders). Every frame's mesh is
+    the same as when they are meshed one at a time.
 
     Raises:
         InputError for a bad voxel size or suffix; SceneError when a frame has no surface to mesh.
