@@ -123,10 +123,11 @@ def test_a_clip_refined_on_every_frame_can_still_take_a_sparser_sequential_pass(
     assert set(prepared.keyframes) < set(prepared.fitted) and set(prepared.sequential) < set(prepared.keyframes)
     assert prepared.long_clip and len(prepared.inputs.frames) == len(prepared.fitted)
     assert len(prepared.sequential_inputs.frames) == len(prepared.sequential)
-    # Windows of 4 keyframes: the 9 keyframes make 3 windows; counted in the 13 refined frames they would make 4.
-    boundaries = prepared.window_boundaries(4)
-    assert boundaries == subset_window_boundaries(prepared.keyframes, prepared.sequential, 4) and len(boundaries) == 2
-    assert len(subset_window_boundaries(prepared.fitted, prepared.sequential, 4)) == 3
+    # Windows of 5 keyframes: the 9 keyframes make 2 windows; counted in the 13 refined frames they would make 4
+    # (3, made even).
+    boundaries = prepared.window_boundaries(5)
+    assert boundaries == subset_window_boundaries(prepared.keyframes, prepared.sequential, 5) and len(boundaries) == 1
+    assert len(subset_window_boundaries(prepared.fitted, prepared.sequential, 5)) == 3
     # Off (0): the frames between keyframes are skipped, and the refinement fits the keyframes.
     off = prepare(tmp_path / "gt" / "video.mp4", config.replace(**{"keyframes.dense_refine_frames": 0}),
                   torch.device("cpu"), log=lambda *_: None)
