@@ -107,7 +107,8 @@ class SequentialConfig:
     camera and Gaussian step's iterations run on images downsampled 2x per level (coarsest first), the rest at
     the working resolution; 1 level = off. New content is spawned only at the working resolution.
     window_frames: most fitted frames per temporal window (0 = the whole clip is one window); the windows of a
-    pass are made as equal as the count allows (`recon4d.fit.sequential.window_boundaries`). Every shared attribute
+    pass are made as equal as the count allows, and an even number when there are several (the refinement runs
+    them in pairs; `recon4d.fit.sequential.window_boundaries`). Every shared attribute
     (colour, opacity, scale, still position) is refitted at each frame, so over a long clip the early frames
     are forgotten and the Gaussian budget is spent on clutter (dynamic Gaussians carried behind occluders,
     surfaces long out of view). When a window is full, its Gaussians are retired (they exist until its last
