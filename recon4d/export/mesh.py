@@ -292,15 +292,14 @@ def write_ply_records(path: Path, records: list[tuple[np.ndarray, np.ndarray]]) 
 
 
 def write_mesh(vertices: np.ndarray, triangles: np.ndarray, colors: np.ndarray, path: str | os.PathLike) -> Path:
-    """vertices [V, 3], triangles [F, 3] int, colors [V, 3] in [0, 1] -> PLY / OBJ / GLB by suffix, atomically
-    (PLY by `write_ply_records`, the others by trimesh)."""
-    path = Path(path)
-    if mesh_suffix(path) == ".ply":
-        return write_ply_records(path, [ply_records(vertices, triangles, colors)])
+    """vertices [V, 3], triangles [F, 3] int, colors [V, 3] in [0, 1] -> a mesh file by suffix, atomically, by
+    trimesh (OBJ and GLB; `write_parts` writes PLY from records)."""
     import trimesh
 
+    path = Path(path)
+    suffix = mesh_suffix(path)
     mesh = trimesh.Trimesh(vertices=vertices, faces=triangles, vertex_colors=rgba8(colors), process=False)
-    data = mesh.export(file_type=path.suffix.lower()[1:])
+    data = mesh.export(file_type=suffix[1:])
     write_bytes_atomic(path, data.encode() if isinstance(data, str) else data)
     return path
 
