@@ -354,6 +354,60 @@ def test_a_finished_refinement_holds_no_gradients():
     assert len(parameters) >= 8 and all(p.grad is None for p in parameters)
 
 
+@pytest.mark.parametrize("windows", [1, 2])
+@pytest.mark.parametrize("with_still_motion", [False, True])
+def test_fused_frame_state_matches_tensor_ops(windows, with_still_motion):
+    """`SceneModel.frame_state` on the CPU (one C++ pass each way) against `means_at` + `gaussians_at` (tensor ops):
+    positions at two times, rotations, scales, opacities and colours of a subset of rows, and every parameter's
+    gradient under a random linear loss. Trajectories, residual motion and colour offsets are random, so that
+    colours leave [0, 1] (the clamp) and rows of two temporal windows normalise time each their own way."""
+    world = make_world()
+    fitted, _ = holdout_split(FRAMES, 4)
+    model = _refiner(world, fitted, spoiled_scene(world, fitted, jitter=0.01, camera_noise=0.0)).model
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for tensor, scale in ((model.position, 0.2), (model.rotation, 0.5), (model.color_offsets, 0.4),
+                              (model.still_motion, 0.1), (model.quats, 0.5)):
+            tensor.add_(scale * torch.randn(tensor.shape, generator=generator))
+    if windows == 2:  # the second half of the rows in a later window: each row's own time normalisation
+        window = model.window.clone()
+        window[window.shape[0] // 2:] = torch.tensor([5.0, 17.0])
+        model.window = window
+    assert model.single_window == (windows == 1)
+    rows = torch.randperm(model.num_gaussians, generator=generator)[: model.num_gaussians * 3 // 4].sort().values
+    times = [6.0, 9.0]
+    parameters = (model.still_means, model.still_motion, model.position, model.rotation, model.color_offsets,
+                  model.quats, model.log_scales, model.opacity_logits, model.color_logits)
+    weights = None
+    results = []
+    for fused in (True, False):
+        if fused:
+            means, view = model.frame_state(times, rows, with_still_motion)
+        else:
+            means = model.means_at(times, rows, with_still_motion)
+            view = model.gaussians_at(times[0], rows, means[0])
+        outputs = (means, view.quats, view.scales, view.opacities, view.colors)
+        if weights is None:
+            weights = [torch.randn(o.shape, generator=generator) for o in outputs]
+        sum((w * o).sum() for w, o in zip(weights, outputs)).backward()
+        grads = [None if p.grad is None else p.grad.clone() for p in parameters]
+        for p in parameters:
+            p.grad = None
+        results.append(([o.detach() for o in outputs], grads))
+    (fused_out, fused_grads), (ops_out, ops_grads) = results
+    assert bool(((ops_out[4] == 0) | (ops_out[4] == 1)).any())  # some colours are clamped
+    for a, b in zip(fused_out, ops_out):
+        assert a.shape == b.shape and torch.allclose(a, b, atol=2e-5, rtol=1e-5), (a - b).abs().max()
+    for name, a, b in zip(("still_means", "still_motion", "position", "rotation", "color_offsets", "quats",
+                           "log_scales", "opacity_logits", "color_logits"), fused_grads, ops_grads):
+        if b is None:
+            assert a is None, name
+            continue
+        assert torch.allclose(a, b, atol=1e-4, rtol=1e-4), (name, (a - b).abs().max())
+        # Rows the step did not see get an exact zero (selective Adam leaves them alone).
+        assert torch.equal(a.reshape(len(a), -1).abs().sum(1) > 0, b.reshape(len(b), -1).abs().sum(1) > 0), name
+
+
 def test_densify_clones_small_and_splits_large_gaussians():
     world = make_world()
     fitted, _ = holdout_split(FRAMES, 4)

@@ -181,10 +181,9 @@ class Refiner:
         has_next = k + 1 < len(self.data.fitted) and cfg.refine.lambda_flow > 0
         rows = model.rows_alive_at(t)
         times = [t, float(self.data.fitted[k + 1])] if has_next else [t]
-        means = model.means_at(times, rows, still_motion)  # [T, A, 3]
+        means, view = model.frame_state(times, rows, still_motion)  # means [T, A, 3]; view: at frame k
         if track_means and means.requires_grad:
             means.retain_grad()
-        view = model.gaussians_at(t, rows, means[0])
         cfw = model.cameras.camera_from_world(k)
         features = view.colors
         if has_next:  # one projection of both frames' positions through both cameras
