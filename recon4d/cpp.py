@@ -6,7 +6,8 @@ compiler flags, so a later process only loads the shared library. The build comp
 kept in its build directory, so that checkouts of the same code at other paths (git worktrees, an installed
 copy beside an editable one) share one build instead of rebuilding each other's (ninja's build file names
 the source path). Users: `recon4d.image` (SSIM's blur), `recon4d.render.cpu` (tile rasterizer, EWA
-projection), `recon4d.fit.optim` (selective Adam).
+projection), `recon4d.fit.optim` (selective Adam), `recon4d.fit.model` and `recon4d.fit.rigidity` (the refinement's
+frame state and rigidity).
 """
 from __future__ import annotations
 

@@ -32,7 +32,7 @@ from recon4d.geometry.trajectory import evaluate_trajectories, time_basis, windo
 from recon4d.io.scene import NEVER, Gaussians, MotionModel, Scene4D
 
 _EPS = 1e-4
-_FRAME_STATE_KERNEL = Path(__file__).with_name("csrc") / "frame_state.cpp"
+_FRAME_STATE_KERNEL = Path(__file__).with_name("csrc") / "trajectories.cpp"
 #: `normalize_quaternion`'s floor on a quaternion's length, which the fused path repeats.
 _QUAT_EPS = 1e-12
 
@@ -352,10 +352,11 @@ class SceneModel:
         dynamic = evaluate_trajectories(self.position, self.basis(times_tensor, self.dynamic)).transpose(0, 1)
         return torch.cat([still, dynamic]).index_select(0, self._layout()["slot"][rows]).transpose(0, 1)
 
-    def frame_state(self, times: list[float], rows: torch.Tensor, with_still_motion: bool) -> tuple[torch.Tensor, Gaussians]:
+    def frame_state(self, times: list[float], rows: torch.Tensor,
+                    with_still_motion: bool) -> tuple[torch.Tensor, Gaussians]:
         """Positions [T, A, 3] of the Gaussians `rows` [A] at clip times [T] (1 to 4) and those Gaussians at
         times[0] (differentiable): `means_at` and `gaussians_at` in one. On the CPU one C++ pass each way
-        (`csrc/frame_state.cpp`: forward + backward 6.8 -> 2.4 ms for 9,500 alive rows of a 24,000-Gaussian window,
+        (`csrc/trajectories.cpp`: forward + backward 6.8 -> 2.4 ms for 9,500 alive rows of a 24,000-Gaussian window,
         one thread); elsewhere those two."""
         if self.device.type != "cpu" or not 1 <= len(times) <= 4:
             means = self.means_at(times, rows, with_still_motion)
@@ -364,8 +365,8 @@ class SceneModel:
         parameters = (self.still_means, self.still_motion, self.position, self.rotation, self.color_offsets,
                       self.quats, self.log_scales, self.opacity_logits, self.color_logits)
         means, quats, scales, opacities, colors = _FrameStateCpu.apply(
-            rows.contiguous(), torch.tensor(times, dtype=torch.float32), layout["index"], layout["first"], layout["span"],
-            self.motion_meta["poly_degree"], self.motion_meta["fourier_terms"], with_still_motion, *parameters)
+            rows.contiguous(), torch.tensor(times, dtype=torch.float32), layout["index"], layout["first"],
+            layout["span"], self.motion_meta["poly_degree"], self.motion_meta["fourier_terms"], with_still_motion, *parameters)
         return means, Gaussians(means[0], quats, scales, opacities, colors)
 
     def gaussians_at(self, t: float, rows: torch.Tensor, means: torch.Tensor) -> Gaussians:

@@ -3,7 +3,7 @@
 The refinement's regulariser (`recon4d.fit.refine.Refiner.motion_regularisers`): each dynamic Gaussian has up to
 k nearest neighbours at its birth, within its own temporal window (`knn_neighbours`), and the loss is the
 change of each neighbour distance over one frame (`rigidity_loss`). On the CPU one C++ pass computes the loss
-and its gradient (`csrc/rigidity.cpp`); torch's advanced indexing took 9 ms per time for 174k pairs, most of it
+and its gradient (`csrc/trajectories.cpp`); torch's advanced indexing took 9 ms per time for 174k pairs, most of it
 in the sorting accumulate of the gather's backward. Elsewhere the same computation runs as tensor ops.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from scipy.spatial import cKDTree
 
-_KERNEL = Path(__file__).with_name("csrc") / "rigidity.cpp"
+_KERNEL = Path(__file__).with_name("csrc") / "trajectories.cpp"
 
 
 def knn_neighbours(points: torch.Tensor, window: torch.Tensor, k: int) -> torch.Tensor:
