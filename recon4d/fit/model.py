@@ -356,9 +356,9 @@ class SceneModel:
                     with_still_motion: bool) -> tuple[torch.Tensor, Gaussians]:
         """Positions [T, A, 3] of the Gaussians `rows` [A] at clip times [T] (1 to 4) and those Gaussians at
         times[0] (differentiable): `means_at` and `gaussians_at` in one. On the CPU one C++ pass each way
-        (`csrc/trajectories.cpp`: forward + backward 6.8 -> 2.4 ms for 9,500 alive rows of a 24,000-Gaussian window,
+        (`csrc/trajectories.cpp`: forward + backward 7.2 -> 1.8 ms for 9,500 alive rows of a 24,000-Gaussian window,
         one thread); elsewhere those two."""
-        if self.device.type != "cpu" or not 1 <= len(times) <= 4:
+        if self.device.type != "cpu" or self.position.dtype != torch.float32 or not 1 <= len(times) <= 4:
             means = self.means_at(times, rows, with_still_motion)
             return means, self.gaussians_at(times[0], rows, means[0])
         layout = self._layout()
