@@ -138,6 +138,30 @@ inline const float* row_basis(const Inputs& in, int64_t r, WindowBasis& memo) {
   return memo.at(in.first[r], in.span[r], in.num_times, [&](int64_t t) { return in.times[t]; }, in.degree, in.terms);
 }
 
+// Row r's quaternion (not yet normalised) and colour before the clamp, at the first time (phi: the row's basis
+// there): its own for a still row (idx >= 0), from its trajectories for a dynamic one; sig: sigmoid of its
+// colour logits.
+inline void raw_quat_color(const Inputs& in, int64_t r, int64_t idx, const float* phi, float* quat, float* color,
+                           float* sig) {
+  for (int k = 0; k < 3; ++k) sig[k] = color[k] = sigmoid(in.color_logits[r * 3 + k]);
+  if (idx >= 0) {
+    for (int k = 0; k < 4; ++k) quat[k] = in.quats[r * 4 + k];
+    return;
+  }
+  const int64_t j = -idx - 1, B = in.basis;
+  const float* rot = in.rotation + j * B * 4;
+  const float* off = in.color_offsets + j * B * 3;
+  for (int k = 0; k < 4; ++k) {
+    quat[k] = 0.0f;
+    for (int b = 0; b < B; ++b) quat[k] += rot[b * 4 + k] * phi[b];
+  }
+  for (int k = 0; k < 3; ++k) {
+    float offset = 0.0f;
+    for (int b = 0; b < B; ++b) offset += off[b * 3 + k] * phi[b];
+    color[k] += offset;
+  }
+}
+
 // Returns means [T, A, 3], quats [A, 4] (unit), scales [A, 3], opacities [A], colors [A, 3].
 std::vector<at::Tensor> frame_state_forward(at::Tensor rows, at::Tensor times, at::Tensor index, at::Tensor first,
                                             at::Tensor span, at::Tensor still_means, at::Tensor still_motion,
@@ -167,8 +191,8 @@ std::vector<at::Tensor> frame_state_forward(at::Tensor rows, at::Tensor times, a
     for (int64_t a = begin; a < end; ++a) {
       const int64_t r = in.rows[a], idx = in.index[r];
       const float* phi = row_basis(in, r, memo);
-      float quat[4], color[3];
-      for (int k = 0; k < 3; ++k) color[k] = sigmoid(in.color_logits[r * 3 + k]);
+      float quat[4], color[3], sig[3];
+      raw_quat_color(in, r, idx, phi, quat, color, sig);
       if (idx >= 0) {
         for (int64_t t = 0; t < num_times; ++t) {
           for (int k = 0; k < 3; ++k) {
@@ -180,7 +204,6 @@ std::vector<at::Tensor> frame_state_forward(at::Tensor rows, at::Tensor times, a
             m[(t * count + a) * 3 + k] = value;
           }
         }
-        for (int k = 0; k < 4; ++k) quat[k] = in.quats[r * 4 + k];
       } else {
         const int64_t j = -idx - 1;
         const float* pos = in.position + j * B * 3;
@@ -191,17 +214,7 @@ std::vector<at::Tensor> frame_state_forward(at::Tensor rows, at::Tensor times, a
             m[(t * count + a) * 3 + k] = value;
           }
         }
-        const float* rot = in.rotation + j * B * 4;
-        const float* off = in.color_offsets + j * B * 3;
-        for (int k = 0; k < 4; ++k) {
-          quat[k] = 0.0f;
-          for (int b = 0; b < B; ++b) quat[k] += rot[b * 4 + k] * phi[b];
-        }
-        for (int k = 0; k < 3; ++k) {
-          float offset = 0.0f;
-          for (int b = 0; b < B; ++b) offset += off[b * 3 + k] * phi[b];
-          color[k] = std::min(std::max(color[k] + offset, 0.0f), 1.0f);
-        }
+        for (int k = 0; k < 3; ++k) color[k] = std::min(std::max(color[k], 0.0f), 1.0f);
       }
       const float length = std::sqrt(quat[0] * quat[0] + quat[1] * quat[1] + quat[2] * quat[2] + quat[3] * quat[3]);
       const float norm = std::max(length, epsilon);
@@ -264,24 +277,8 @@ std::vector<at::Tensor> frame_state_backward(at::Tensor rows, at::Tensor times, 
       const int64_t r = in.rows[a], idx = in.index[r];
       const float* phi = row_basis(in, r, memo);
       const int64_t j = -idx - 1;
-      // Raw quaternion and colour before the clamp, as the forward made them.
-      float quat[4], color[3], sig[3];
-      for (int k = 0; k < 3; ++k) sig[k] = color[k] = sigmoid(in.color_logits[r * 3 + k]);
-      if (idx >= 0) {
-        for (int k = 0; k < 4; ++k) quat[k] = in.quats[r * 4 + k];
-      } else {
-        const float* rot = in.rotation + j * B * 4;
-        const float* off = in.color_offsets + j * B * 3;
-        for (int k = 0; k < 4; ++k) {
-          quat[k] = 0.0f;
-          for (int b = 0; b < B; ++b) quat[k] += rot[b * 4 + k] * phi[b];
-        }
-        for (int k = 0; k < 3; ++k) {
-          float offset = 0.0f;
-          for (int b = 0; b < B; ++b) offset += off[b * 3 + k] * phi[b];
-          color[k] += offset;
-        }
-      }
+      float quat[4], color[3], sig[3];  // as the forward made them, the colour before its clamp
+      raw_quat_color(in, r, idx, phi, quat, color, sig);
       // Means.
       if (idx >= 0) {
         for (int64_t t = 0; t < num_times; ++t) {
