@@ -364,9 +364,10 @@ class SceneModel:
         layout = self._layout()
         parameters = (self.still_means, self.still_motion, self.position, self.rotation, self.color_offsets,
                       self.quats, self.log_scales, self.opacity_logits, self.color_logits)
+        basis = self.motion_meta["poly_degree"], self.motion_meta["fourier_terms"]
         means, quats, scales, opacities, colors = _FrameStateCpu.apply(
             rows.contiguous(), torch.tensor(times, dtype=torch.float32), layout["index"], layout["first"],
-            layout["span"], self.motion_meta["poly_degree"], self.motion_meta["fourier_terms"], with_still_motion, *parameters)
+            layout["span"], *basis, with_still_motion, *parameters)
         return means, Gaussians(means[0], quats, scales, opacities, colors)
 
     def gaussians_at(self, t: float, rows: torch.Tensor, means: torch.Tensor) -> Gaussians:
@@ -453,12 +454,9 @@ class _FrameStateCpu(torch.autograd.Function):
     def backward(ctx, *grads):  # noqa: ANN001, ANN205
         from recon4d.cpp import load_extension
 
-        saved = ctx.saved_tensors
-        outputs = (saved[0].numel(), 4), (saved[0].numel(), 3), (saved[0].numel(),), (saved[0].numel(), 3)
-        grad_means = grads[0] if grads[0] is not None else torch.zeros(len(saved[1]), saved[0].numel(), 3)
-        rest = [g.contiguous() if g is not None else torch.zeros(shape) for g, shape in zip(grads[1:], outputs)]
+        # Outputs the loss did not use come as zeros (autograd materialises them), not None.
         parameter_grads = load_extension(_FRAME_STATE_KERNEL).frame_state_backward(
-            *saved, *ctx.settings, _QUAT_EPS, grad_means.contiguous(), *rest)
+            *ctx.saved_tensors, *ctx.settings, _QUAT_EPS, *(g.contiguous() for g in grads))
         with_still_motion = ctx.settings[2]
         parameter_grads = [g if (i != 1 or with_still_motion) and ctx.needs_input_grad[8 + i] else None
                            for i, g in enumerate(parameter_grads)]
