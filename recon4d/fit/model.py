@@ -27,14 +27,12 @@ import torch
 from recon4d.fit.optim import replace_parameter
 from recon4d.geometry.camera import invert_pose
 from recon4d.geometry.lie import apply_pose_delta, fill_poses
-from recon4d.geometry.quaternion import normalize_quaternion
+from recon4d.geometry.quaternion import NORM_EPS, normalize_quaternion
 from recon4d.geometry.trajectory import evaluate_trajectories, time_basis, window_basis
 from recon4d.io.scene import NEVER, Gaussians, MotionModel, Scene4D
 
 _EPS = 1e-4
 _FRAME_STATE_KERNEL = Path(__file__).with_name("csrc") / "trajectories.cpp"
-#: `normalize_quaternion`'s floor on a quaternion's length, which the fused path repeats.
-_QUAT_EPS = 1e-12
 
 
 def logit(p: torch.Tensor) -> torch.Tensor:
@@ -448,7 +446,7 @@ class _FrameStateCpu(torch.autograd.Function):
         ctx.settings = (degree, terms, with_still_motion)
         ctx.save_for_backward(*layout, *parameters)
         return tuple(load_extension(_FRAME_STATE_KERNEL).frame_state_forward(
-            *layout, *parameters, degree, terms, with_still_motion, _QUAT_EPS))
+            *layout, *parameters, degree, terms, with_still_motion, NORM_EPS))
 
     @staticmethod
     def backward(ctx, *grads):  # noqa: ANN001, ANN205
@@ -456,7 +454,7 @@ class _FrameStateCpu(torch.autograd.Function):
 
         # Outputs the loss did not use come as zeros (autograd materialises them), not None.
         parameter_grads = load_extension(_FRAME_STATE_KERNEL).frame_state_backward(
-            *ctx.saved_tensors, *ctx.settings, _QUAT_EPS, *(g.contiguous() for g in grads))
+            *ctx.saved_tensors, *ctx.settings, NORM_EPS, *(g.contiguous() for g in grads))
         with_still_motion = ctx.settings[2]
         parameter_grads = [g if (i != 1 or with_still_motion) and ctx.needs_input_grad[8 + i] else None
                            for i, g in enumerate(parameter_grads)]

@@ -12,8 +12,12 @@ from __future__ import annotations
 
 import torch
 
+#: Floor on a quaternion's length when it is normalised (`normalize_quaternion`; the refinement's C++ frame state
+#: repeats it).
+NORM_EPS = 1e-12
 
-def normalize_quaternion(quats: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+
+def normalize_quaternion(quats: torch.Tensor, eps: float = NORM_EPS) -> torch.Tensor:
     """quats: [..., 4] (w, x, y, z), any norm -> unit quaternions [..., 4]."""
     return quats / quats.norm(dim=-1, keepdim=True).clamp_min(eps)
 

@@ -93,6 +93,7 @@ Inputs gather_inputs(const at::Tensor& rows, const at::Tensor& times, const at::
   }
   const int64_t basis = 1 + degree + 2 * terms;
   TORCH_CHECK(basis <= kMaxBasis, "at most ", kMaxBasis, " basis functions");
+  TORCH_CHECK(times.numel() >= 1 && times.numel() <= 4, "1 to 4 times");  // `WindowBasis` holds 4
   TORCH_CHECK(position.dim() == 3 && position.size(1) == basis && position.size(2) == 3, "position must be [Nd, B, 3]");
   TORCH_CHECK(rotation.dim() == 3 && rotation.size(1) == basis && rotation.size(2) == 4, "rotation must be [Nd, B, 4]");
   TORCH_CHECK(color_offsets.dim() == 3 && color_offsets.size(1) == basis && color_offsets.size(2) == 3,
@@ -110,33 +111,27 @@ Inputs gather_inputs(const at::Tensor& rows, const at::Tensor& times, const at::
                 static_cast<int>(degree), static_cast<int>(terms), static_cast<int>(basis)};
 }
 
-// The basis at a few times of the rows of one window, computed again only when the window changes: rows of
-// one window share it, and a thread sweeps rows in index order, where windows come in runs (sin and cos per
-// row would cost more than the rest of a row's work).
+// The basis at the times of the rows of one window, computed again only when the window changes: rows of one
+// window share it, and a thread sweeps rows in index order, where windows come in runs (sin and cos per row
+// would cost more than the rest of a row's work).
 struct WindowBasis {
   bool filled = false;  // a flag, not NaN: -ffast-math compiles NaN comparisons away
   float first = 0.0f, span = 0.0f;
-  float phi[4 * 3 * kMaxBasis];
+  float phi[4 * kMaxBasis];
 
-  // phi at every time (times [T] as given) for the window (first, span): [T][basis].
-  template <typename TimeAt>
-  const float* at(float window_first, float window_span, int64_t count, TimeAt time_at, int degree, int terms) {
-    if (!filled || window_first != first || window_span != span) {
+  // phi at every time for row r: [T][basis].
+  const float* at(const Inputs& in, int64_t r) {
+    if (!filled || in.first[r] != first || in.span[r] != span) {
       filled = true;
-      first = window_first;
-      span = window_span;
-      for (int64_t t = 0; t < count; ++t) {
-        time_basis((time_at(t) - first) / span, degree, terms, phi + t * (1 + degree + 2 * terms));
+      first = in.first[r];
+      span = in.span[r];
+      for (int64_t t = 0; t < in.num_times; ++t) {
+        time_basis((in.times[t] - first) / span, in.degree, in.terms, phi + t * in.basis);
       }
     }
     return phi;
   }
 };
-
-// phi at every time for row r: [T][basis].
-inline const float* row_basis(const Inputs& in, int64_t r, WindowBasis& memo) {
-  return memo.at(in.first[r], in.span[r], in.num_times, [&](int64_t t) { return in.times[t]; }, in.degree, in.terms);
-}
 
 // Row r's quaternion (not yet normalised) and colour before the clamp, at the first time (phi: the row's basis
 // there): its own for a still row (idx >= 0), from its trajectories for a dynamic one; sig: sigmoid of its
@@ -162,6 +157,22 @@ inline void raw_quat_color(const Inputs& in, int64_t r, int64_t idx, const float
   }
 }
 
+// visit(a, r, idx, phi, quat, color, sig) for every alive row a (scene row r = rows[a], idx = index[r]), with
+// its basis phi [T][basis] and `raw_quat_color`'s quaternion, colour and sigmoid, rows split between threads.
+template <typename Visit>
+void for_each_alive_row(const Inputs& in, int64_t count, Visit visit) {
+  at::parallel_for(0, count, kGrain, [&](int64_t begin, int64_t end) {
+    WindowBasis memo;
+    for (int64_t a = begin; a < end; ++a) {
+      const int64_t r = in.rows[a], idx = in.index[r];
+      const float* phi = memo.at(in, r);
+      float quat[4], color[3], sig[3];
+      raw_quat_color(in, r, idx, phi, quat, color, sig);
+      visit(a, r, idx, phi, quat, color, sig);
+    }
+  });
+}
+
 // Returns means [T, A, 3], quats [A, 4] (unit), scales [A, 3], opacities [A], colors [A, 3].
 std::vector<at::Tensor> frame_state_forward(at::Tensor rows, at::Tensor times, at::Tensor index, at::Tensor first,
                                             at::Tensor span, at::Tensor still_means, at::Tensor still_motion,
@@ -173,7 +184,6 @@ std::vector<at::Tensor> frame_state_forward(at::Tensor rows, at::Tensor times, a
                                   color_offsets, quats, log_scales, opacity_logits, color_logits, degree, terms,
                                   with_still_motion);
   const int64_t count = rows.numel(), num_times = in.num_times, B = in.basis;
-  TORCH_CHECK(num_times >= 1 && num_times <= 4, "1 to 4 times");
   auto options = quats.options();
   auto means_out = at::empty({num_times, count, 3}, options);
   auto quats_out = at::empty({count, 4}, options);
@@ -186,45 +196,39 @@ std::vector<at::Tensor> frame_state_forward(at::Tensor rows, at::Tensor times, a
   float* o = opacities_out.data_ptr<float>();
   float* c = colors_out.data_ptr<float>();
   const float epsilon = static_cast<float>(eps);
-  at::parallel_for(0, count, kGrain, [&](int64_t begin, int64_t end) {
-    WindowBasis memo;
-    for (int64_t a = begin; a < end; ++a) {
-      const int64_t r = in.rows[a], idx = in.index[r];
-      const float* phi = row_basis(in, r, memo);
-      float quat[4], color[3], sig[3];
-      raw_quat_color(in, r, idx, phi, quat, color, sig);
-      if (idx >= 0) {
-        for (int64_t t = 0; t < num_times; ++t) {
-          for (int k = 0; k < 3; ++k) {
-            float value = in.still_means[idx * 3 + k];
-            if (in.still_motion != nullptr) {
-              const float* coeff = in.still_motion + idx * (B - 1) * 3;
-              for (int b = 1; b < B; ++b) value += coeff[(b - 1) * 3 + k] * phi[t * B + b];
-            }
-            m[(t * count + a) * 3 + k] = value;
+  for_each_alive_row(in, count, [&](int64_t a, int64_t r, int64_t idx, const float* phi, float* quat, float* color,
+                                    const float*) {
+    if (idx >= 0) {
+      for (int64_t t = 0; t < num_times; ++t) {
+        for (int k = 0; k < 3; ++k) {
+          float value = in.still_means[idx * 3 + k];
+          if (in.still_motion != nullptr) {
+            const float* coeff = in.still_motion + idx * (B - 1) * 3;
+            for (int b = 1; b < B; ++b) value += coeff[(b - 1) * 3 + k] * phi[t * B + b];
           }
+          m[(t * count + a) * 3 + k] = value;
         }
-      } else {
-        const int64_t j = -idx - 1;
-        const float* pos = in.position + j * B * 3;
-        for (int64_t t = 0; t < num_times; ++t) {
-          for (int k = 0; k < 3; ++k) {
-            float value = 0.0f;
-            for (int b = 0; b < B; ++b) value += pos[b * 3 + k] * phi[t * B + b];
-            m[(t * count + a) * 3 + k] = value;
-          }
+      }
+    } else {
+      const int64_t j = -idx - 1;
+      const float* pos = in.position + j * B * 3;
+      for (int64_t t = 0; t < num_times; ++t) {
+        for (int k = 0; k < 3; ++k) {
+          float value = 0.0f;
+          for (int b = 0; b < B; ++b) value += pos[b * 3 + k] * phi[t * B + b];
+          m[(t * count + a) * 3 + k] = value;
         }
-        for (int k = 0; k < 3; ++k) color[k] = std::min(std::max(color[k], 0.0f), 1.0f);
       }
-      const float length = std::sqrt(quat[0] * quat[0] + quat[1] * quat[1] + quat[2] * quat[2] + quat[3] * quat[3]);
-      const float norm = std::max(length, epsilon);
-      for (int k = 0; k < 4; ++k) q[a * 4 + k] = quat[k] / norm;
-      for (int k = 0; k < 3; ++k) {
-        s[a * 3 + k] = std::exp(in.log_scales[r * 3 + k]);
-        c[a * 3 + k] = color[k];
-      }
-      o[a] = sigmoid(in.opacity_logits[r]);
+      for (int k = 0; k < 3; ++k) color[k] = std::min(std::max(color[k], 0.0f), 1.0f);
     }
+    const float length = std::sqrt(quat[0] * quat[0] + quat[1] * quat[1] + quat[2] * quat[2] + quat[3] * quat[3]);
+    const float norm = std::max(length, epsilon);
+    for (int k = 0; k < 4; ++k) q[a * 4 + k] = quat[k] / norm;
+    for (int k = 0; k < 3; ++k) {
+      s[a * 3 + k] = std::exp(in.log_scales[r * 3 + k]);
+      c[a * 3 + k] = color[k];
+    }
+    o[a] = sigmoid(in.opacity_logits[r]);
   });
   return {means_out, quats_out, scales_out, opacities_out, colors_out};
 }
@@ -271,71 +275,66 @@ std::vector<at::Tensor> frame_state_backward(at::Tensor rows, at::Tensor times, 
   float* dol = d_opacity_logits.data_ptr<float>();
   float* dcl = d_color_logits.data_ptr<float>();
   const float epsilon = static_cast<float>(eps);
-  at::parallel_for(0, count, kGrain, [&](int64_t begin, int64_t end) {
-    WindowBasis memo;
-    for (int64_t a = begin; a < end; ++a) {
-      const int64_t r = in.rows[a], idx = in.index[r];
-      const float* phi = row_basis(in, r, memo);
-      const int64_t j = -idx - 1;
-      float quat[4], color[3], sig[3];  // as the forward made them, the colour before its clamp
-      raw_quat_color(in, r, idx, phi, quat, color, sig);
-      // Means.
-      if (idx >= 0) {
-        for (int64_t t = 0; t < num_times; ++t) {
-          for (int k = 0; k < 3; ++k) {
-            const float g = gm[(t * count + a) * 3 + k];
-            dsm[idx * 3 + k] += g;
-            if (dsmo != nullptr) {
-              float* coeff = dsmo + idx * (B - 1) * 3;
-              for (int b = 1; b < B; ++b) coeff[(b - 1) * 3 + k] += g * phi[t * B + b];
-            }
-          }
-        }
-      } else {
-        float* pos = dpos + j * B * 3;
-        for (int64_t t = 0; t < num_times; ++t) {
-          for (int k = 0; k < 3; ++k) {
-            const float g = gm[(t * count + a) * 3 + k];
-            for (int b = 0; b < B; ++b) pos[b * 3 + k] += g * phi[t * B + b];
+  // quat, color (before its clamp) and sig as the forward made them.
+  for_each_alive_row(in, count, [&](int64_t a, int64_t r, int64_t idx, const float* phi, const float* quat,
+                                    const float* color, const float* sig) {
+    const int64_t j = -idx - 1;
+    // Means.
+    if (idx >= 0) {
+      for (int64_t t = 0; t < num_times; ++t) {
+        for (int k = 0; k < 3; ++k) {
+          const float g = gm[(t * count + a) * 3 + k];
+          dsm[idx * 3 + k] += g;
+          if (dsmo != nullptr) {
+            float* coeff = dsmo + idx * (B - 1) * 3;
+            for (int b = 1; b < B; ++b) coeff[(b - 1) * 3 + k] += g * phi[t * B + b];
           }
         }
       }
-      // Unit quaternion q / max(|q|, eps): (g - u (u . g)) / |q| above eps, g / eps below (as torch's clamp_min).
-      const float length = std::sqrt(quat[0] * quat[0] + quat[1] * quat[1] + quat[2] * quat[2] + quat[3] * quat[3]);
-      float d_quat[4];
-      if (length >= epsilon) {
-        float dot = 0.0f;
-        for (int k = 0; k < 4; ++k) dot += gq[a * 4 + k] * quat[k];
-        const float inv = 1.0f / length;
-        for (int k = 0; k < 4; ++k) d_quat[k] = gq[a * 4 + k] * inv - quat[k] * dot * inv * inv * inv;
-      } else {
-        for (int k = 0; k < 4; ++k) d_quat[k] = gq[a * 4 + k] / epsilon;
-      }
-      if (idx >= 0) {
-        for (int k = 0; k < 4; ++k) dq[r * 4 + k] = d_quat[k];
-      } else {
-        float* rot = drot + j * B * 4;
-        for (int b = 0; b < B; ++b) {
-          for (int k = 0; k < 4; ++k) rot[b * 4 + k] = d_quat[k] * phi[b];
+    } else {
+      float* pos = dpos + j * B * 3;
+      for (int64_t t = 0; t < num_times; ++t) {
+        for (int k = 0; k < 3; ++k) {
+          const float g = gm[(t * count + a) * 3 + k];
+          for (int b = 0; b < B; ++b) pos[b * 3 + k] += g * phi[t * B + b];
         }
       }
-      // Colours (the clamp passes a gradient on [0, 1], ends included, as torch's), scales, opacities.
-      float d_color[3];
-      for (int k = 0; k < 3; ++k) {
-        d_color[k] = gc[a * 3 + k];
-        if (idx < 0 && !(color[k] >= 0.0f && color[k] <= 1.0f)) d_color[k] = 0.0f;
-        dcl[r * 3 + k] = d_color[k] * sig[k] * (1.0f - sig[k]);
-        dls[r * 3 + k] = gs[a * 3 + k] * std::exp(in.log_scales[r * 3 + k]);
-      }
-      if (idx < 0) {
-        float* off = doff + j * B * 3;
-        for (int b = 0; b < B; ++b) {
-          for (int k = 0; k < 3; ++k) off[b * 3 + k] = d_color[k] * phi[b];
-        }
-      }
-      const float opacity = sigmoid(in.opacity_logits[r]);
-      dol[r] = go[a] * opacity * (1.0f - opacity);
     }
+    // Unit quaternion q / max(|q|, eps): (g - u (u . g)) / |q| above eps, g / eps below (as torch's clamp_min).
+    const float length = std::sqrt(quat[0] * quat[0] + quat[1] * quat[1] + quat[2] * quat[2] + quat[3] * quat[3]);
+    float d_quat[4];
+    if (length >= epsilon) {
+      float dot = 0.0f;
+      for (int k = 0; k < 4; ++k) dot += gq[a * 4 + k] * quat[k];
+      const float inv = 1.0f / length;
+      for (int k = 0; k < 4; ++k) d_quat[k] = gq[a * 4 + k] * inv - quat[k] * dot * inv * inv * inv;
+    } else {
+      for (int k = 0; k < 4; ++k) d_quat[k] = gq[a * 4 + k] / epsilon;
+    }
+    if (idx >= 0) {
+      for (int k = 0; k < 4; ++k) dq[r * 4 + k] = d_quat[k];
+    } else {
+      float* rot = drot + j * B * 4;
+      for (int b = 0; b < B; ++b) {
+        for (int k = 0; k < 4; ++k) rot[b * 4 + k] = d_quat[k] * phi[b];
+      }
+    }
+    // Colours (the clamp passes a gradient on [0, 1], ends included, as torch's), scales, opacities.
+    float d_color[3];
+    for (int k = 0; k < 3; ++k) {
+      d_color[k] = gc[a * 3 + k];
+      if (idx < 0 && !(color[k] >= 0.0f && color[k] <= 1.0f)) d_color[k] = 0.0f;
+      dcl[r * 3 + k] = d_color[k] * sig[k] * (1.0f - sig[k]);
+      dls[r * 3 + k] = gs[a * 3 + k] * std::exp(in.log_scales[r * 3 + k]);
+    }
+    if (idx < 0) {
+      float* off = doff + j * B * 3;
+      for (int b = 0; b < B; ++b) {
+        for (int k = 0; k < 3; ++k) off[b * 3 + k] = d_color[k] * phi[b];
+      }
+    }
+    const float opacity = sigmoid(in.opacity_logits[r]);
+    dol[r] = go[a] * opacity * (1.0f - opacity);
   });
   return {d_still_means, d_still_motion, d_position, d_rotation, d_color_offsets, d_quats, d_log_scales,
           d_opacity_logits, d_color_logits};
