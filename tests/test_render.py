@@ -36,19 +36,23 @@ def _render_both(scene: dict, K: torch.Tensor, width: int, height: int, backgrou
     return results
 
 
+# Tiles of 16 and 8 pixels sweep rows of 16 floats, whose length the kernels fix at compile time; 24 takes their
+# general path (rows of 32 floats, the length a run-time value).
 @pytest.mark.parametrize(
-    "n, channels, seed, opacity_boost",
-    [(200, 3, 0, 0.0), (400, 5, 1, 0.0), (600, 1, 2, 0.0), (500, 3, 3, 1.0)],
+    "n, channels, seed, opacity_boost, tile",
+    [(200, 3, 0, 0.0, 16), (400, 5, 1, 0.0, 16), (600, 1, 2, 0.0, 16), (500, 3, 3, 1.0, 16),
+     (400, 5, 1, 0.0, 8), (400, 5, 1, 0.0, 24), (500, 3, 3, 1.0, 24)],
 )
-def test_tiles_match_dense_reference(n, channels, seed, opacity_boost):
+def test_tiles_match_dense_reference(n, channels, seed, opacity_boost, tile):
     width, height = 37, 29  # not multiples of the tile size: partial tiles are exercised
+    config = RasterConfig(tile_size=tile)
     scene = random_scene(n, channels, seed)
     if opacity_boost:
         # Nearly opaque and large: pixels saturate, so the early-termination path is compared too.
         scene["opacities"] = torch.full_like(scene["opacities"], 0.99)
         scene["scales"] = scene["scales"] * 3
     K = intrinsics(width, height)
-    (tiles_out, tiles_grads), (dense_out, dense_grads) = _render_both(scene, K, width, height)
+    (tiles_out, tiles_grads), (dense_out, dense_grads) = _render_both(scene, K, width, height, config=config)
     for name, a, b in zip(("color", "depth", "alpha"), tiles_out, dense_out):
         assert torch.isfinite(a).all(), name
         assert (a - b).abs().max().item() <= 1e-3, name
