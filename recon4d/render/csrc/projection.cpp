@@ -31,9 +31,12 @@ namespace {
 
 constexpr int64_t kBlock = 256;
 // Gaussians per thread below which another thread costs more than it saves: one Gaussian takes ~70 ns
-// forward and ~110 ns backward on one core, so this is ~1-2 ms of work per pass, while waking a pool thread
-// costs microseconds on an idle machine and up to a scheduler time slice (~10 ms measured) on a busy one.
-constexpr int64_t kMinGaussiansPerThread = 16384;
+// forward and ~110 ns backward on one core, so this is ~0.6-0.9 ms of work per pass, while waking a pool thread
+// costs microseconds on an idle machine and up to a scheduler time slice (~10 ms measured) on a busy one. The
+// rasterizer's sweeps split from about 0.5 ms of work (`kMinEntriesPerThread`); with 16384 here, a long clip's
+// window of 24,000 Gaussians was projected on one thread beside a two-thread rasterizer (backpack's 87-frame
+// sequential pass, long-clip settings: 49.3-51.8 -> 47.2-47.6 s at 8192).
+constexpr int64_t kMinGaussiansPerThread = 8192;
 // Pose (R row-major 9, t 3) and intrinsics (fx, fy, cx, cy) gradient entries per block.
 constexpr int kCameraGrads = 16;
 // Quaternions with a norm below this are divided by it instead (torch's clamp_min in normalize_quaternion).
