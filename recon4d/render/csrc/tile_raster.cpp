@@ -14,7 +14,9 @@
 // Vectorisation: per Gaussian, a tile is swept row by row over a padded row of kLanes-multiple floats
 // with the Gaussian's pixel box as a mask (box rows its ellipse misses are skipped). These fixed, aligned,
 // branch-free row loops vectorise, expf included (libmvec under -ffast-math); loops clipped to a
-// Gaussian's few-pixel span are too short and irregular to. Channels run in row loops of their own over
+// Gaussian's few-pixel span are too short and irregular to. For the default tiles the row length is a
+// compile-time kLanes (`forward_sweep` / `backward_sweep` are templates on it), so each row loop is one
+// straight run of AVX-512 instructions. Channels run in row loops of their own over
 // per-row buffers (the backward pass four channels at a time), so the channel count stays a runtime value,
 // and the backward pass keeps per-lane gradient sums across rows so that each entry needs one horizontal
 // reduction per gradient, not one per row.
@@ -321,6 +323,8 @@ std::vector<at::Tensor> bin_gaussians(at::Tensor means2d, at::Tensor conics, at:
 
 // Returns features [H,W,D] (premultiplied, no background), transmittance [H,W] (final T),
 // end [H,W] i32 (one past the last contributing entry of the pixel's tile list).
+namespace {
+
 // kFixedLanes: the padded row length when known at compile time (see `rasterize_forward`), else 0.
 template <int64_t kFixedLanes>
 std::vector<at::Tensor> forward_sweep(const at::Tensor& means2d, const at::Tensor& conics, const at::Tensor& features,
@@ -412,6 +416,8 @@ std::vector<at::Tensor> forward_sweep(const at::Tensor& means2d, const at::Tenso
   return {out_features, out_transmittance, out_end};
 }
 
+}  // namespace
+
 // Tiles of up to kLanes pixels (the default 16) sweep rows of exactly kLanes floats: with that length known at
 // compile time every row loop is one straight-line run of vector instructions whose buffers stay in registers
 // (forward 8.1 -> 6.1 ms, backward 18.5 -> 11.3 ms on one thread, a 24,000-Gaussian frame at 180x235); wider tiles
@@ -452,6 +458,8 @@ at::Tensor sum_entries(const at::Tensor& rows, const at::Tensor& ids, int64_t n)
 // Returns per-Gaussian gradients [N, 6 + D]: d/d(mean x, mean y, conic a, b, c, opacity, features...): the
 // tile sweep writes one row per entry, then each Gaussian sums its entries' rows in entry order (the order
 // a serial index_add gives, which on 2 threads took longer than the sum itself).
+namespace {
+
 // kFixedLanes as in `forward_sweep`.
 template <int64_t kFixedLanes>
 at::Tensor backward_sweep(const at::Tensor& means2d, const at::Tensor& conics, const at::Tensor& features,
@@ -592,6 +600,8 @@ at::Tensor backward_sweep(const at::Tensor& means2d, const at::Tensor& conics, c
   }
   return sum_entries(entry_grads, ids, means2d.size(0));
 }
+
+}  // namespace
 
 // Row length fixed at compile time for tiles of up to kLanes pixels, as in `rasterize_forward`.
 at::Tensor rasterize_backward(at::Tensor means2d, at::Tensor conics, at::Tensor features,
