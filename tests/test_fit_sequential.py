@@ -1,6 +1,8 @@
 """The sequential fitter on a tiny static world with exact priors: camera accuracy and exact resume."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -9,6 +11,7 @@ from recon4d.fit.config import load_config
 from recon4d.fit.model import GaussianParams
 from recon4d.fit.sequential import FitState, SequentialFitter
 from recon4d.geometry import invert_pose
+from recon4d.geometry.camera import project_to_pixels
 from fit_scenes import static_world_inputs
 
 
@@ -90,3 +93,54 @@ def test_replay_rows_follow_spawns_retirement_and_replaced_states(world):
     state.dynamic_states[2] = states([1, 2, 4])
     _, ids, means, _ = fitter.replay_rows(state, 2)
     assert ids.tolist() == [0, 2] and torch.equal(means, state.dynamic_states[2][1][1:])
+
+
+@pytest.fixture(scope="module")
+def first_frame(world):
+    """The world's frame 0 fitted, with the Gaussians in a central box of the image marked dynamic (the world
+    is still, so carrying them to frame 1 must leave them where they are)."""
+    inputs, poses = world
+    fitter = SequentialFitter(inputs, tiny_config())
+    state, _ = fitter.fit_first_frame(torch.Generator().manual_seed(0))
+    pixels, z = project_to_pixels(state.gaussians.means.detach(), torch.eye(4), inputs.K, min_depth=1e-3)
+    state.gaussians.is_dynamic = ((pixels[:, 0] - 32).abs() < 10) & ((pixels[:, 1] - 18).abs() < 7) & (z > 0)
+    return state, invert_pose(poses[1])
+
+
+def carried_error(inputs, state, camera_from_world) -> float:
+    """Median distance, relative to camera depth, that `move_dynamic` moves the (truly still) dynamic Gaussians
+    of `state` from frame 0 to frame 1."""
+    g = state.gaussians
+    before = g.means.detach()[g.is_dynamic].clone()
+    means = g.means.detach().clone()
+    moved = FitState(gaussians=g.select(slice(None)))
+    SequentialFitter(inputs, tiny_config()).move_dynamic(moved, 1, torch.eye(4), camera_from_world)
+    assert torch.equal(moved.gaussians.means[~g.is_dynamic], means[~g.is_dynamic])  # still ones stay
+    after = moved.gaussians.means[g.is_dynamic]
+    return float(((after - before).norm(dim=1) / before[:, 2]).median())
+
+
+def test_dynamic_gaussians_follow_a_confident_prior_up_to_its_per_frame_scale(world, first_frame):
+    """With exact priors the carried Gaussians stay put; a prior known only up to a scale per frame (frame 1's
+    depth x 5) leaves them there too, as the prior is scaled to the scene's still Gaussians first."""
+    inputs, _ = world
+    state, camera_from_world = first_frame
+    assert int(state.gaussians.is_dynamic.sum()) > 50
+    assert carried_error(inputs, state, camera_from_world) < 0.01
+    scaled = dataclasses.replace(inputs, depth=inputs.depth * torch.tensor([1.0, 5.0, 1, 1, 1])[:, None, None])
+    assert carried_error(scaled, state, camera_from_world) < 0.01
+
+
+def test_dynamic_gaussians_ignore_the_depth_of_an_unconfident_prior(world, first_frame):
+    """A prior whose depth in the moving region of frame 1 is a guess (x 1.6 there), at confidence 0 there,
+    moves nothing in depth: the Gaussians keep what the camera motion alone gives. At full confidence the
+    same prior carries them 60 % farther (the behaviour before stop 51, for every prior)."""
+    inputs, _ = world
+    state, camera_from_world = first_frame
+    region = torch.zeros_like(inputs.moving)
+    region[1, 8:29, 16:49] = True
+    guessed = inputs.depth.where(~region, inputs.depth * 1.6)
+    unconfident = dataclasses.replace(inputs, depth=guessed, depth_confidence=inputs.depth_confidence.where(~region, 0.0))
+    assert carried_error(unconfident, state, camera_from_world) < 0.01
+    confident = dataclasses.replace(inputs, depth=guessed)
+    assert carried_error(confident, state, camera_from_world) > 0.4

@@ -21,6 +21,24 @@ def photometric_loss(rendered: torch.Tensor, target: torch.Tensor, weight: torch
     return (per_pixel * weight).sum() / weight.sum().clamp_min(1)
 
 
+def prior_scale_to_scene(prior_depth: torch.Tensor, rendered_depth: torch.Tensor, alpha: torch.Tensor,
+                          moving: torch.Tensor) -> torch.Tensor | None:
+    """Scale that brings a frame's prior depth [H, W] to the scene's: the median ratio of rendered to prior depth
+    over covered (alpha [H, W] above `COVERED_ALPHA`) still pixels (`moving` [H, W] bool off), or over all
+    covered pixels when fewer than `MIN_DEPTH_PIXELS` are still; None when fewer are covered. A 0-dim tensor.
+
+        >>> prior = torch.full((8, 8), 2.0)
+        >>> float(prior_scale_to_scene(prior, prior * 3, torch.ones(8, 8), torch.zeros(8, 8, dtype=torch.bool)))
+        3.0
+    """
+    covered = (alpha > COVERED_ALPHA) & ~moving
+    if covered.sum() < MIN_DEPTH_PIXELS:
+        covered = alpha > COVERED_ALPHA
+    if covered.sum() < MIN_DEPTH_PIXELS:
+        return None
+    return (rendered_depth[covered] / prior_depth[covered].clamp_min(1e-6)).median()
+
+
 def depth_loss(rendered_depth: torch.Tensor, prior_depth: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """L1 between rendered depth and the prior scaled to it by the (detached) median ratio, relative to the
     rendered median. Scale-invariant, so priors known up to scale per frame are usable. Maps [H, W]; 0 where

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from recon4d.fit.config import DensifyConfig, InitConfig
-from recon4d.fit.losses import COVERED_ALPHA
+from recon4d.fit.losses import COVERED_ALPHA, prior_scale_to_scene
 from recon4d.fit.model import GaussianParams
 from recon4d.geometry.camera import invert_pose, transform_points
 from recon4d.render import RenderResult
@@ -103,12 +103,8 @@ class SpawnStrategy:
     def aligned_prior_depth(self, t: int, rendered: RenderResult) -> torch.Tensor:
         """Prior depth of frame t scaled to the scene by the median ratio on covered still pixels."""
         prior = self.inputs.depth[t]
-        covered = (rendered.alpha > COVERED_ALPHA) & ~self.inputs.moving[t]
-        if covered.sum() < 16:
-            covered = rendered.alpha > COVERED_ALPHA
-        if covered.sum() < 16:
-            return prior
-        return prior * (rendered.depth[covered] / prior[covered].clamp_min(1e-6)).median()
+        scale = prior_scale_to_scene(prior, rendered.depth, rendered.alpha, self.inputs.moving[t])
+        return prior if scale is None else prior * scale
 
     @torch.no_grad()
     def after_camera_step(self, gaussians: GaussianParams, t: int, camera_from_world: torch.Tensor,
