@@ -38,7 +38,7 @@ from recon4d.fit.losses import (
     flow_loss,
     isotropy_loss,
     photometric_loss,
-    prior_scale_to_scene,
+    align_prior_depth,
 )
 from recon4d.fit.matching import WideBaselineStart
 from recon4d.fit.model import CameraParams, GaussianParams, prior_depth_unit
@@ -346,26 +346,28 @@ class SequentialFitter:
 
     def move_dynamic(self, state: FitState, t: int, previous_cfw: torch.Tensor, camera_from_world: torch.Tensor) -> None:
         """Carry dynamic Gaussians from frame t-1 to t along the forward flow, with the depth change the depth
-        prior gives as far as it is confident there.
+        prior gives as far as the prior agrees with the scene's still surfaces.
 
         A Gaussian at camera depth z moves to the pixel the flow gives, at depth z * ratio, where
-        log ratio = log still_ratio + c * (log prior_ratio - log still_ratio):
+        log ratio = log still_ratio + trust * (log prior_ratio - log still_ratio):
         - still_ratio: its own depth in the new camera over z, what a point that stays put shows (camera
           motion alone);
         - prior_ratio: the prior's depth at the target pixel over that at the source, each frame's prior scaled
-          to the scene first (`prior_scale_change`);
-        - c: the prior's confidence, the lower of the two pixels'.
-        Why weighted: where a prior has no depth of its own for moving things (the video prior guesses it from
-        the surroundings, confidence at most `moving_confidence`), the full ratio moved every dynamic Gaussian
-        by the guess's swings from frame to frame, all in the same direction, and nothing pulled them back.
-        Over cup's 450-frame clip (static camera) their median depth fell from 0.27 to 0.015 while the still
-        ones' stayed near 0.2, into the renderer's near plane; the refinement's trajectories broke there
-        (floaters, up to 10 dB lost on 30 frames; stop 51)."""
+          to the scene first;
+        - trust (`prior_depth_change`): 1 where the scaled prior matches the rendered still surfaces of both
+          frames, 0 where it does not (`sequential.prior_residual_trusted`, `prior_residual_ignored`).
+        Why: a prior's depth of moving things is no better than its depth of still ones (the video prior guesses
+        the former from the latter). Where that is a fill (cup: a static camera, nothing to triangulate), the
+        full ratio moved every dynamic Gaussian by the guess's swings from frame to frame, all in the same
+        direction, and nothing pulled them back: over cup's 450-frame clip their median depth fell from 0.27
+        to 0.015 while the still ones' stayed near 0.2, into the renderer's near plane, where the refinement's
+        trajectories broke (floaters, up to 10 dB lost on 30 frames; stop 51). Where the prior is good (bear),
+        its ratio carries the walking bear's depth: camera motion alone cost bear's held-out frames 1 dB."""
         g = state.gaussians
         dynamic = g.is_dynamic.nonzero().squeeze(1)
         if dynamic.numel() == 0:
             return
-        scale_change = self.prior_scale_change(state, t, previous_cfw, camera_from_world)
+        scale_change, trust = self.prior_depth_change(state, t, previous_cfw, camera_from_world)
         with torch.no_grad():
             means = g.means[dynamic]
             pixels, camera_z = project_to_pixels(means, previous_cfw, self.K, min_depth=MIN_DEPTH)
@@ -375,11 +377,9 @@ class SequentialFitter:
             target = pixels + flow
             depth_before = bilinear_sample(self.inputs.depth[t - 1][..., None], pixels)[:, 0]
             depth_after = bilinear_sample(self.inputs.depth[t][..., None], target)[:, 0]
-            confidence = torch.minimum(bilinear_sample(self.inputs.depth_confidence[t - 1][..., None], pixels)[:, 0],
-                                       bilinear_sample(self.inputs.depth_confidence[t][..., None], target)[:, 0])
             prior_ratio = depth_after.clamp_min(1e-6) / depth_before.clamp_min(1e-6) * scale_change
             still_ratio = transform_points(camera_from_world, means)[:, 2].clamp_min(MIN_DEPTH) / z
-            ratio = (still_ratio * (prior_ratio / still_ratio) ** confidence.clamp(0.0, 1.0)).clamp(0.5, 2.0)
+            ratio = (still_ratio * (prior_ratio / still_ratio) ** trust).clamp(0.5, 2.0)
             new_z = z * ratio
             x = (target[:, 0] - self.K[0, 2]) / self.K[0, 0] * new_z
             y = (target[:, 1] - self.K[1, 2]) / self.K[1, 1] * new_z
@@ -388,27 +388,33 @@ class SequentialFitter:
             g.means[dynamic] = torch.where(inside[:, None] & (camera_z[:, None] > MIN_DEPTH), moved, means)
 
     @torch.no_grad()
-    def prior_scale_change(self, state: FitState, t: int, previous_cfw: torch.Tensor,
-                           camera_from_world: torch.Tensor) -> float:
-        """s_t / s_(t-1), where s_k scales frame k's prior depth to the scene (`prior_scale_to_scene` against a
-        render of the still Gaussians from camera k); 1 when there are no still Gaussians or either frame has
-        too few covered pixels.
+    def prior_depth_change(self, state: FitState, t: int, previous_cfw: torch.Tensor,
+                           camera_from_world: torch.Tensor) -> tuple[float, float]:
+        """(s_t / s_(t-1), trust) for carrying dynamic Gaussians from frame t-1 to t (`move_dynamic`).
 
-        Why: a prior known up to a scale per frame (the video prior's median over cup's 450-frame clip, a static
-        camera, ranges from 0.3 to 6.7) would otherwise move every dynamic Gaussian by that frame's swing."""
+        s_k scales frame k's prior depth to the scene (`recon4d.fit.losses.align_prior_depth` against a render
+        of the still Gaussians from camera k): a prior known up to a scale per frame (the video prior's median
+        over cup's 450-frame clip ranges from 0.3 to 6.7) would otherwise move every dynamic Gaussian by that
+        frame's swing. trust in [0, 1] falls linearly from 1 to 0 as the worse of the two frames' residuals
+        rises from `sequential.prior_residual_trusted` to `prior_residual_ignored`. Without still Gaussians or
+        covered pixels to compare with: (1, 1), the prior's ratio as it is."""
+        cfg = self.config.sequential
         g = state.gaussians
         still = ~g.is_dynamic
         if not bool(still.any()):
-            return 1.0
+            return 1.0, 1.0
         gaussians = g.activated().select(still)
-        scales = []
+        alignments = []
         for k, camera in ((t - 1, previous_cfw), (t, camera_from_world)):
             out = self.render(gaussians, camera)
-            scale = prior_scale_to_scene(self.inputs.depth[k], out.depth, out.alpha, self.inputs.moving[k])
-            if scale is None:
-                return 1.0
-            scales.append(scale)
-        return float(scales[1] / scales[0])
+            alignment = align_prior_depth(self.inputs.depth[k], out.depth, out.alpha, self.inputs.moving[k])
+            if alignment is None:
+                return 1.0, 1.0
+            alignments.append(alignment)
+        residual = max(float(a.residual) for a in alignments)
+        span = cfg.prior_residual_ignored - cfg.prior_residual_trusted
+        trust = min(1.0, max(0.0, (cfg.prior_residual_ignored - residual) / span))
+        return float(alignments[1].scale / alignments[0].scale), trust
 
     def optimize_gaussians(self, state: FitState, t: int, camera_from_world: torch.Tensor, iterations: int,
                            generator: torch.Generator, move_still: bool, previous_pixels: torch.Tensor | None) -> dict:

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from recon4d.fit.config import DensifyConfig, InitConfig
-from recon4d.fit.losses import COVERED_ALPHA, prior_scale_to_scene
+from recon4d.fit.losses import COVERED_ALPHA, align_prior_depth
 from recon4d.fit.model import GaussianParams
 from recon4d.geometry.camera import invert_pose, transform_points
 from recon4d.render import RenderResult
@@ -103,8 +103,8 @@ class SpawnStrategy:
     def aligned_prior_depth(self, t: int, rendered: RenderResult) -> torch.Tensor:
         """Prior depth of frame t scaled to the scene by the median ratio on covered still pixels."""
         prior = self.inputs.depth[t]
-        scale = prior_scale_to_scene(prior, rendered.depth, rendered.alpha, self.inputs.moving[t])
-        return prior if scale is None else prior * scale
+        alignment = align_prior_depth(prior, rendered.depth, rendered.alpha, self.inputs.moving[t])
+        return prior if alignment is None else prior * alignment.scale
 
     @torch.no_grad()
     def after_camera_step(self, gaussians: GaussianParams, t: int, camera_from_world: torch.Tensor,
