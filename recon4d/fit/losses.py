@@ -1,4 +1,6 @@
-"""Loss terms of the fit; each takes rendered and prior maps of one frame and returns a scalar."""
+"""Loss terms of the fit; each takes rendered and prior maps of one frame and returns a scalar. Also the
+alignment of a frame's prior depth to the rendered scene (`align_prior_depth`) that the depth term's scale-free
+comparison implies, for the stages that place Gaussians by the prior (spawning, the carrying of dynamic ones)."""
 from __future__ import annotations
 
 from typing import NamedTuple

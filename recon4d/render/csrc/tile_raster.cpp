@@ -321,10 +321,10 @@ std::vector<at::Tensor> bin_gaussians(at::Tensor means2d, at::Tensor conics, at:
   return {offsets, ids};
 }
 
-// Returns features [H,W,D] (premultiplied, no background), transmittance [H,W] (final T),
-// end [H,W] i32 (one past the last contributing entry of the pixel's tile list).
 namespace {
 
+// Returns features [H,W,D] (premultiplied, no background), transmittance [H,W] (final T),
+// end [H,W] i32 (one past the last contributing entry of the pixel's tile list).
 // kFixedLanes: the padded row length when known at compile time (see `rasterize_forward`), else 0.
 template <int64_t kFixedLanes>
 std::vector<at::Tensor> forward_sweep(const at::Tensor& means2d, const at::Tensor& conics, const at::Tensor& features,
@@ -454,12 +454,12 @@ at::Tensor sum_entries(const at::Tensor& rows, const at::Tensor& ids, int64_t n)
   return sums;
 }
 
+namespace {
+
 // Gradients of a loss given v_features [H,W,D] and v_alpha [H,W] (alpha = 1 - transmittance).
 // Returns per-Gaussian gradients [N, 6 + D]: d/d(mean x, mean y, conic a, b, c, opacity, features...): the
 // tile sweep writes one row per entry, then each Gaussian sums its entries' rows in entry order (the order
 // a serial index_add gives, which on 2 threads took longer than the sum itself).
-namespace {
-
 // kFixedLanes as in `forward_sweep`.
 template <int64_t kFixedLanes>
 at::Tensor backward_sweep(const at::Tensor& means2d, const at::Tensor& conics, const at::Tensor& features,
