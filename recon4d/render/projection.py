@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from recon4d.geometry.quaternion import NORM_EPS
 from recon4d.render.config import RasterConfig
 
 ALPHA_THRESHOLD = 1.0 / 255.0
@@ -50,10 +51,10 @@ class _ProjectGaussians(torch.autograd.Function):
         inputs = [x.detach().contiguous() for x in (means, quats, scales, camera_from_world, K)]
         means2d, conics, depths, radii = projection_extension().project_forward(
             *inputs[:3], opacities.detach().contiguous(), *inputs[3:], width, height, config.near_plane,
-            config.far_plane, config.eps2d, FOV_CLAMP_MARGIN, ALPHA_THRESHOLD, MAX_EXTENT_SIGMA,
+            config.far_plane, config.eps2d, FOV_CLAMP_MARGIN, ALPHA_THRESHOLD, MAX_EXTENT_SIGMA, NORM_EPS,
         )
         ctx.save_for_backward(*inputs)
-        ctx.settings = (width, height, config.near_plane, config.far_plane, config.eps2d, FOV_CLAMP_MARGIN)
+        ctx.settings = (width, height, config.near_plane, config.far_plane, config.eps2d, FOV_CLAMP_MARGIN, NORM_EPS)
         ctx.mark_non_differentiable(radii)
         return means2d, conics, depths, radii
 

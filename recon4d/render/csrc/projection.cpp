@@ -44,12 +44,12 @@ constexpr int64_t kBlock = 256;
 constexpr int64_t kMinGaussiansPerThread = 16384;
 // Pose (R row-major 9, t 3) and intrinsics (fx, fy, cx, cy) gradient entries per block.
 constexpr int kCameraGrads = 16;
-// Quaternions with a norm below this are divided by it instead (torch's clamp_min in normalize_quaternion).
-constexpr double kQuatNormEps = 1e-12;
-
 struct Settings {
   int64_t width, height;
   double near_plane, far_plane, eps2d, fov_clamp_margin, alpha_threshold, max_extent_sigma;
+  // Quaternions with a norm below this are divided by it instead (torch's clamp_min in normalize_quaternion);
+  // the caller passes recon4d.geometry.quaternion.NORM_EPS, so both paths share one floor.
+  double quat_norm_eps;
 };
 
 template <typename T>
@@ -127,7 +127,7 @@ __attribute__((always_inline)) inline void project_one(const T* mean, const T* q
   g.j12 = -cam.fy * g.ty / z2;
 
   const T norm = std::sqrt(quat[0] * quat[0] + quat[1] * quat[1] + quat[2] * quat[2] + quat[3] * quat[3]);
-  g.qnorm = std::max(norm, T(kQuatNormEps));
+  g.qnorm = std::max(norm, T(s.quat_norm_eps));
 #pragma GCC unroll 4
   for (int i = 0; i < 4; ++i) g.qn[i] = quat[i] / g.qnorm;
   const T w = g.qn[0], x = g.qn[1], y = g.qn[2], zq = g.qn[3];
@@ -298,7 +298,7 @@ void backward_block(int64_t begin, int64_t end, const T* __restrict means, const
     quat_grad_from_rotation(g.qn, gRq, gqn);
     T* v_quat = v_quats + 4 * n;
     // q / |q|, or q / eps below the floor (no projection onto the sphere's tangent there).
-    const T dot = g.qnorm > T(kQuatNormEps)
+    const T dot = g.qnorm > T(s.quat_norm_eps)
                       ? g.qn[0] * gqn[0] + g.qn[1] * gqn[1] + g.qn[2] * gqn[2] + g.qn[3] * gqn[3] : T(0);
 #pragma GCC unroll 4
     for (int i = 0; i < 4; ++i) v_quat[i] = (gqn[i] - g.qn[i] * dot) / g.qnorm;
@@ -373,8 +373,10 @@ int projection_threads(int64_t n) {
 }
 
 Settings make_settings(int64_t width, int64_t height, double near_plane, double far_plane, double eps2d,
-                       double fov_clamp_margin, double alpha_threshold, double max_extent_sigma) {
-  return Settings{width, height, near_plane, far_plane, eps2d, fov_clamp_margin, alpha_threshold, max_extent_sigma};
+                       double fov_clamp_margin, double alpha_threshold, double max_extent_sigma,
+                       double quat_norm_eps) {
+  return Settings{width, height, near_plane, far_plane, eps2d, fov_clamp_margin, alpha_threshold, max_extent_sigma,
+                  quat_norm_eps};
 }
 
 void check_inputs(const std::vector<at::Tensor>& tensors) {
@@ -402,7 +404,7 @@ std::vector<at::Tensor> project_forward(at::Tensor means, at::Tensor quats, at::
                                            at::Tensor opacities, at::Tensor camera_from_world, at::Tensor K,
                                            int64_t width, int64_t height, double near_plane, double far_plane,
                                            double eps2d, double fov_clamp_margin, double alpha_threshold,
-                                           double max_extent_sigma) {
+                                           double max_extent_sigma, double quat_norm_eps) {
   check_inputs({means, quats, scales, opacities, camera_from_world, K});
   const int64_t n = means.size(0);
   check_shapes(n, means, quats, scales, camera_from_world, K);
@@ -411,7 +413,7 @@ std::vector<at::Tensor> project_forward(at::Tensor means, at::Tensor quats, at::
   auto means2d = at::empty({n, 2}, opts), conics = at::empty({n, 3}, opts), depths = at::empty({n}, opts);
   auto radii = at::empty({n, 2}, opts.dtype(at::kInt));
   const Settings s = make_settings(width, height, near_plane, far_plane, eps2d, fov_clamp_margin, alpha_threshold,
-                                   max_extent_sigma);
+                                   max_extent_sigma, quat_norm_eps);
   const int threads = projection_threads(n);
   AT_DISPATCH_FLOATING_TYPES(means.scalar_type(), "project_forward", [&] {
     const Camera<scalar_t> cam = make_camera<scalar_t>(camera_from_world, K, s);
@@ -429,15 +431,16 @@ std::vector<at::Tensor> project_forward(at::Tensor means, at::Tensor quats, at::
 std::vector<at::Tensor> project_backward(at::Tensor means, at::Tensor quats, at::Tensor scales,
                                             at::Tensor camera_from_world, at::Tensor K, int64_t width,
                                             int64_t height, double near_plane, double far_plane, double eps2d,
-                                            double fov_clamp_margin, at::Tensor v_means2d, at::Tensor v_conics,
-                                            at::Tensor v_depths) {
+                                            double fov_clamp_margin, double quat_norm_eps, at::Tensor v_means2d,
+                                            at::Tensor v_conics, at::Tensor v_depths) {
   check_inputs({means, quats, scales, camera_from_world, K, v_means2d, v_conics, v_depths});
   const int64_t n = means.size(0);
   check_shapes(n, means, quats, scales, camera_from_world, K);
   TORCH_CHECK(v_means2d.numel() == 2 * n && v_conics.numel() == 3 * n && v_depths.numel() == n,
               "projection: upstream gradients must be [N, 2], [N, 3], [N]");
   auto v_means = at::empty_like(means), v_quats = at::empty_like(quats), v_scales = at::empty_like(scales);
-  const Settings s = make_settings(width, height, near_plane, far_plane, eps2d, fov_clamp_margin, 0.0, 0.0);
+  const Settings s =
+      make_settings(width, height, near_plane, far_plane, eps2d, fov_clamp_margin, 0.0, 0.0, quat_norm_eps);
   const int64_t blocks = (n + kBlock - 1) / kBlock;
   std::vector<double> block_sums((size_t)std::max<int64_t>(blocks, 1) * kCameraGrads, 0.0);
   const int threads = projection_threads(n);
