@@ -122,6 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="frame index or 'all' (ply, mesh, masks; tracks: the query frame, 'all' = 0; default: all)")
     export.add_argument("--static", action="store_true", help="mesh: only the still Gaussians (background)")
     export.add_argument("--mesh-format", default=".ply", choices=(".ply", ".obj", ".glb"), help="mesh file type")
+    export.add_argument("--split", action="store_true",
+                        help="mesh: each window's still part once (still_NNNN) and per frame only the moving part "
+                             "(moving_NNNN), instead of a whole mesh per frame (frame_NNNN)")
     _add_out(export, "OUT/export/<format>")
     export.set_defaults(handler=_cmd_export)
 
@@ -337,6 +340,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from recon4d.io.outputs import check_output_dir
     from recon4d.io.scene import load_scene
 
+    if args.split and (args.format != "mesh" or args.static):
+        raise InputError("--split is for --format mesh without --static: it writes a frame's still and moving parts "
+                         "apart")
     base = args.scene if args.scene.is_dir() else args.scene.parent
     dest = check_output_dir(args.out or base / "export" / args.format)
     scene = load_scene(args.scene)
@@ -356,13 +362,13 @@ def _cmd_export(args: argparse.Namespace) -> int:
     elif args.format == "mesh":
         from recon4d.export import export_mesh, export_meshes
 
-        if frames == "all" and not args.static:
-            written = [s.path for s in export_meshes(scene, dest, suffix=args.mesh_format)]
-        else:
-            name = "static" if args.static else f"frame_{frames:04d}"
-            stats = export_mesh(scene, dest / f"{name}{args.mesh_format}",
-                                frame=None if frames == "all" else frames, static_only=args.static)
+        if args.static:
+            stats = export_mesh(scene, dest / f"static{args.mesh_format}",
+                                frame=None if frames == "all" else frames, static_only=True)
             written = [stats.path]
+        else:
+            stats = export_meshes(scene, dest, frames, suffix=args.mesh_format, split=args.split)
+            written = list(dict.fromkeys(path for s in stats for path in (s.still_path, s.path) if path is not None))
     elif args.format == "cameras":
         from recon4d.export import export_cameras
         from recon4d.io.scene_frames import read_scene_frames

@@ -240,7 +240,7 @@ def test_static_mesh_has_no_moving_object(tmp_path):
 def test_every_frame_follows_the_ball(tmp_path):
     scene, _ = surface_scene(num_frames=3, width=96, height=54, spacing=0.1)
     stats = export_meshes(scene, tmp_path, suffix=".glb", voxel_size=0.03, config=MeshConfig(orbit_anchors=1))
-    assert [s.path.name for s in stats] == ["mesh_0000.glb", "mesh_0001.glb", "mesh_0002.glb"]
+    assert [s.path.name for s in stats] == ["frame_0000.glb", "frame_0001.glb", "frame_0002.glb"]
     assert {s.voxel_size for s in stats} == {0.03}
     for t, result in enumerate(stats):
         mesh = trimesh.load(result.path, force="mesh")
@@ -411,16 +411,46 @@ def test_a_long_clips_frames_are_meshed_with_their_own_windows_background(tmp_pa
         assert own > 1000 and other == 0, (result.frame, first_wall, second_wall)
 
 
-def _canonical_mesh(path) -> tuple[np.ndarray, np.ndarray]:
-    """A mesh file -> (vertices with colours, sorted; triangles as sorted rows of those ranks, sorted): equal
-    for two files that hold the same surface, whatever order open3d's block hash map gave the vertices."""
-    mesh = trimesh.load(path, force="mesh", process=False)
+def _canonical_mesh(path_or_mesh) -> tuple[np.ndarray, np.ndarray]:
+    """A mesh file (or trimesh) -> (vertices with colours, sorted; triangles as sorted rows of those ranks,
+    sorted): equal for two files that hold the same surface, whatever order open3d's block hash map gave the
+    vertices."""
+    mesh = path_or_mesh if isinstance(path_or_mesh, trimesh.Trimesh) else trimesh.load(path_or_mesh, force="mesh",
+                                                                                         process=False)
     vertices = np.concatenate([mesh.vertices, mesh.visual.vertex_colors[:, :3].astype(np.float64)], 1)
     order = np.lexsort(vertices.T[::-1])
     rank = np.empty(len(vertices), dtype=np.int64)
     rank[order] = np.arange(len(vertices))
     triangles = np.sort(rank[mesh.faces], 1)
     return vertices[order], triangles[np.lexsort(triangles.T[::-1])]
+
+
+def test_a_split_export_holds_each_frames_mesh_in_its_windows_still_file_and_its_moving_file(tmp_path):
+    """Split: one still file per window, a moving file per frame; together exactly the frame's whole mesh
+    (no floater cut, which the still file makes on its own triangles). Written into a folder of whole meshes,
+    it replaces the frames it writes; whole meshes written again replace their moving files."""
+    scene, _ = windowed_surface_scene()
+    config = MeshConfig(orbit_anchors=1, min_component_fraction=0.0)
+    whole = export_meshes(scene, tmp_path / "whole", voxel_size=0.03, config=config)
+    folder = tmp_path / "split"
+    export_meshes(scene, folder, frames=3, voxel_size=0.03, config=config)
+    split = export_meshes(scene, folder, voxel_size=0.03, config=config, split=True)
+    assert sorted(p.name for p in folder.iterdir()) == [
+        *(f"moving_000{t}.ply" for t in range(4)), "still_0000.ply", "still_0002.ply"]
+    assert [s.still_path.name for s in split] == ["still_0000.ply"] * 2 + ["still_0002.ply"] * 2
+    still_sizes = {s.still_path: s.still_path.stat().st_size for s in split}
+    for a, b in zip(whole, split, strict=True):
+        assert b.num_triangles == a.num_triangles > 0 and b.num_moving_gaussians == a.num_moving_gaussians > 0
+        moving = trimesh.load(b.path, force="mesh", process=False)
+        assert 0 < len(moving.faces) < a.num_triangles / 4  # the ball: a small share of the frame
+        parts = trimesh.util.concatenate([trimesh.load(b.still_path, force="mesh", process=False), moving])
+        for x, y in zip(_canonical_mesh(parts), _canonical_mesh(a.path), strict=True):
+            np.testing.assert_array_equal(x, y)
+    assert sum(still_sizes.values()) + sum(s.path.stat().st_size for s in split) < 0.7 * sum(
+        a.path.stat().st_size for a in whole)
+    export_meshes(scene, folder, frames=1, voxel_size=0.03, config=config)
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "frame_0001.ply", "moving_0000.ply", "moving_0002.ply", "moving_0003.ply", "still_0000.ply", "still_0002.ply"]
 
 
 def test_a_clips_frames_meshed_side_by_side_equal_those_meshed_one_at_a_time(tmp_path):
@@ -503,3 +533,23 @@ def test_a_ply_written_from_cut_records_is_the_joined_mesh(tmp_path):
         np.testing.assert_array_equal(np.asarray(legacy.triangles), joined.triangles)
     assert len(records.made) == 3
     assert records.at(0.1 * 13) is records.at(0.11 * 13)  # both cut components of 1 only
+
+
+def test_export_command_writes_split_meshes_and_refuses_split_with_other_formats(tmp_path, capsys, monkeypatch):
+    """`recon4d export OUT --format mesh --split`: still and moving files; `--split` with `--static` or a
+    format other than mesh is a one-line error (exit 2) before anything is written."""
+    from recon4d.cli import main
+    from recon4d.io.scene import save_scene
+
+    monkeypatch.setenv("RECON4D_NO_PROGRESS", "1")
+    scene, _ = surface_scene(num_frames=2, width=96, height=54, spacing=0.1)
+    save_scene(scene, tmp_path / "scene.r4d")
+    for extra in (["--format", "mesh", "--static"], ["--format", "ply"]):
+        assert main(["export", str(tmp_path), "--split", *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "--split is for --format mesh without --static" in err
+    assert not (tmp_path / "export").exists()
+    assert main(["export", str(tmp_path), "--format", "mesh", "--split"]) == 0
+    assert "wrote 3 file(s)" in capsys.readouterr().out
+    names = sorted(p.name for p in (tmp_path / "export" / "mesh").iterdir())
+    assert names == ["moving_0000.ply", "moving_0001.ply", "still_0000.ply"]

@@ -16,6 +16,14 @@ For one set of Gaussians:
    together); write PLY from binary records (a clip's shared still part encoded once per window, not once
    per frame as trimesh would), OBJ / GLB with trimesh.
 
+Two layouts of a clip's meshes (`export_meshes`): one whole mesh per frame (``frame_0000.ply`` ...: what mesh
+sequence importers read), or split (``split=True``): each temporal window's still part written once
+(``still_0000.ply``, named by the window's first exported frame) and per frame only its moving part
+(``moving_0000.ply``; none for a frame without moving surface). A frame's mesh is then the latest still file
+at or before it plus its moving file; `recon4d view` reads both layouts. A long clip's frames are mostly
+their window's still part, so split is several times smaller (backpack's 900-frame fit: 16 MB per whole
+frame).
+
 Conventions: open3d centres pixel (0, 0) at (0.5, 0.5), recon4d at (0, 0); the shift is applied when the
 intrinsics are handed to open3d. Scale: the voxel size defaults to the median rendered depth of the input
 views / 200; units are the scene's.
@@ -35,7 +43,7 @@ import ctypes
 import os
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
@@ -59,6 +67,9 @@ from recon4d.io.scene import Gaussians, Scene4D
 from recon4d.progress import progress_bar
 
 MESH_SUFFIXES = (".ply", ".obj", ".glb")
+# File names of a clip's meshes (`export_meshes`): frame_0000.ply whole; split: still_0000.ply per window (its
+# first exported frame), moving_0000.ply per frame.
+WHOLE_FRAME_PREFIX, STILL_PART_PREFIX, MOVING_PART_PREFIX = "frame", "still", "moving"
 OPEN3D_PIXEL_CENTER_OFFSET = 0.5  # open3d's TSDF kernels centre pixel (0, 0) at (0.5, 0.5)
 
 
@@ -67,7 +78,7 @@ class MeshStats:
     """What one mesh export did.
 
     Attributes:
-        path: the written file.
+        path: the written file; in a split export the frame's moving part, None when it has no moving surface.
         frame: the frame whose Gaussians were meshed.
         static_only: whether only still Gaussians were meshed.
         num_gaussians: Gaussians meshed (still and moving).
@@ -80,9 +91,11 @@ class MeshStats:
         seconds: wall time of this mesh's own work (a clip's frames are meshed side by side, so theirs
             overlap); the first frame of each temporal window also carries the planning and the still part,
             which the window's later frames share.
+        still_path: in a split export, the window's still part this frame shares (None when it has no still
+            surface, and in a whole-frame export). The counts above are of both files together.
     """
 
-    path: Path
+    path: Path | None
     frame: int
     static_only: bool
     num_gaussians: int
@@ -94,6 +107,7 @@ class MeshStats:
     num_triangles: int
     removed_triangles: int
     seconds: float
+    still_path: Path | None = None
 
 
 def import_open3d():
@@ -205,7 +219,8 @@ def surface_part(mesh) -> SurfacePart:
 
 
 def floater_threshold(parts: list[SurfacePart], min_fraction: float) -> float:
-    """The fewest triangles a connected component of the joined `parts` must hold to be kept."""
+    """The fewest triangles a connected component of the joined `parts` must hold to be kept: `min_fraction`
+    of all their triangles."""
     return min_fraction * sum(len(part.triangles) for part in parts)
 
 
@@ -220,10 +235,12 @@ def cut_part(part: SurfacePart, threshold: float) -> tuple[np.ndarray, np.ndarra
     return keep, used, np.cumsum(used) - 1
 
 
-def join_parts(parts: list[SurfacePart], min_fraction: float) -> tuple[SurfacePart, int]:
+def join_parts(parts: list[SurfacePart], min_fraction: float,
+               threshold: float | None = None) -> tuple[SurfacePart, int]:
     """The union of `parts` without the connected components that hold fewer than min_fraction of all its
-    triangles (floaters), and the number of triangles removed. Vertices no triangle uses are dropped."""
-    threshold = floater_threshold(parts, min_fraction)
+    triangles (floaters; or fewer than `threshold` triangles when given), and the number of triangles removed.
+    Vertices no triangle uses are dropped."""
+    threshold = floater_threshold(parts, min_fraction) if threshold is None else threshold
     triangles, vertices, colors, sizes, vertex_sizes, removed, offset = [], [], [], [], [], 0, 0
     for part in parts:
         keep, used, new_index = cut_part(part, threshold)
@@ -375,21 +392,21 @@ def fuse_part(scene: Scene4D, gaussians: Gaussians, setup: MeshSetup, config: Me
 
 
 def write_parts(parts: list[SurfacePart], path: Path, min_fraction: float, what: str,
-                first_records: CutRecords | None = None) -> tuple[int, int, int]:
-    """Write the union of `parts` without floaters (as `join_parts` cuts them) to `path`; returns its vertices,
-    triangles and the triangles removed. A PLY is written from each part's records, the first part's taken
-    from `first_records` when given (a window's still part, cut once for all its frames); OBJ and GLB from
-    the joined arrays, by trimesh.
+                first_records: CutRecords | None = None, threshold: float | None = None) -> tuple[int, int, int]:
+    """Write the union of `parts` without floaters (as `join_parts` cuts them, at `threshold` triangles when
+    given) to `path`; returns its vertices, triangles and the triangles removed. A PLY is written from each
+    part's records, the first part's taken from `first_records` when given (a window's still part, cut once for
+    all its frames); OBJ and GLB from the joined arrays, by trimesh.
 
     Raises:
         SceneError when no triangle is left (`what` names the Gaussians meshed).
     """
     if mesh_suffix(path) != ".ply":
-        joined, removed = join_parts(parts, min_fraction)
+        joined, removed = join_parts(parts, min_fraction, threshold)
         _check_not_empty(len(joined.triangles), what)
         write_mesh(joined.vertices, joined.triangles, joined.colors, path)
         return len(joined.vertices), len(joined.triangles), removed
-    threshold = floater_threshold(parts, min_fraction)
+    threshold = floater_threshold(parts, min_fraction) if threshold is None else threshold
     records, first_vertex = [], 0
     for i, part in enumerate(parts):
         shared = i == 0 and first_records is not None
@@ -409,9 +426,24 @@ def _check_not_empty(num_triangles: int, what: str) -> None:
         )
 
 
+def write_moving_part(still_part: list[SurfacePart], moving_part: list[SurfacePart], path: Path,
+                      min_fraction: float, has_still_file: bool, what: str) -> tuple[int, int, int]:
+    """A split export's moving part of one frame, cut as in the frame's whole mesh (at `min_fraction` of the
+    still and moving triangles together), to `path`; nothing is written when no triangle is left (the counts
+    are then 0 and the triangles removed). SceneError when neither this nor the still file (`has_still_file`)
+    holds a triangle (`what` names the Gaussians meshed)."""
+    threshold = floater_threshold(still_part + moving_part, min_fraction)
+    kept = sum(int((part.component_size >= threshold).sum()) for part in moving_part)
+    if kept == 0:
+        if not has_still_file:
+            _check_not_empty(0, what)
+        return 0, 0, sum(len(part.triangles) for part in moving_part)
+    return write_parts(moving_part, path, min_fraction, what, threshold=threshold)
+
+
 def _mesh_stats(
-    counts: tuple[int, int, int], path: Path, frame: int, static_only: bool, num_moving: int, setup: MeshSetup,
-    scene: Scene4D, num_gaussians: int, start: float,
+    counts: tuple[int, int, int], path: Path | None, frame: int, static_only: bool, num_moving: int,
+    setup: MeshSetup, scene: Scene4D, num_gaussians: int, start: float, still_path: Path | None = None,
 ) -> MeshStats:
     """Describe one written mesh of (vertices, triangles, triangles removed) = `counts`."""
     return MeshStats(
@@ -427,6 +459,7 @@ def _mesh_stats(
         num_triangles=counts[1],
         removed_triangles=counts[2],
         seconds=time.perf_counter() - start,
+        still_path=still_path,
     )
 
 
@@ -438,12 +471,18 @@ def _check_request(paths: Iterable[Path], voxel_size: float | None) -> None:
 
 
 def export_frame_meshes(
-    scene: Scene4D, paths: dict[int, Path], voxel_size: float | None = None, config: MeshConfig | None = None
+    scene: Scene4D, paths: dict[int, Path], voxel_size: float | None = None, config: MeshConfig | None = None,
+    still_paths: Callable[[int], Path] | None = None,
 ) -> list[MeshStats]:
     """Mesh the Gaussians of each frame in `paths` (frame index -> output file): the still part of a temporal
     window (`Scene4D.window_at`; the whole clip when it was fitted in one) is fused once and joined to each of
     its frames' moving part. A window's views are its own frames' cameras, planned on the Gaussians of its
     first frame in `paths`; the voxel size is planned on the first frame and kept for all.
+
+    Split (`still_paths` given: the window's first frame in `paths` -> its still file): the still part is
+    written once per window, to its own file, cut at `min_component_fraction` of its own triangles; `paths`
+    receive the moving parts alone, cut as in the whole frame (at the fraction of both parts' triangles), and
+    a frame without moving surface gets no file.
 
     A window's frames are meshed side by side, one per torch thread (`recon4d.device.side_by_side`): each
     renders a small moving part in a chain of small steps, and the rasterizer and NumPy's large operations
@@ -475,6 +514,11 @@ def export_frame_meshes(
             voxel_size = setup.voxel_size
             still_part = [fuse_part(scene, still, setup, config, moving=False)] if len(still) else []
             still_records = CutRecords(still_part[0]) if still_part else None
+            still_file, still_counts = None, (0, 0, 0)
+            if still_paths is not None and still_part and len(still_part[0].triangles):
+                still_file = still_paths(frames[0])
+                still_counts = write_parts(still_part, still_file, config.min_component_fraction,
+                                           f"frame {frames[0]}'s still Gaussians", still_records)
             shared_seconds = time.perf_counter() - start
 
             def mesh_frame(t: int) -> MeshStats:
@@ -483,10 +527,17 @@ def export_frame_meshes(
                 moving_part = [fuse_part(scene, moving, setup, config, moving=True)] if len(moving) else []
                 if not still_part + moving_part:
                     raise SceneError(f"frame {t} has no Gaussians to mesh")
-                counts = write_parts(still_part + moving_part, paths[t], config.min_component_fraction,
-                                     f"frame {t}'s Gaussians", still_records)
-                done = _mesh_stats(counts, paths[t], t, False, len(moving), setup, scene, len(still) + len(moving),
-                                   frame_start)
+                path = paths[t]
+                if still_paths is None:
+                    counts = write_parts(still_part + moving_part, path, config.min_component_fraction,
+                                         f"frame {t}'s Gaussians", still_records)
+                else:
+                    counts = write_moving_part(still_part, moving_part, path, config.min_component_fraction,
+                                               still_file is not None, f"frame {t}'s Gaussians")
+                    path = path if counts[1] else None
+                    counts = tuple(a + b for a, b in zip(counts, still_counts))
+                done = _mesh_stats(counts, path, t, False, len(moving), setup, scene, len(still) + len(moving),
+                                   frame_start, still_file)
                 progress.advance(task)
                 # Each worker thread allocates its meshes in its own glibc arena, which keeps the freed blocks:
                 # over 140 frames of a 900-frame fit, resident memory (sampled every 0.5 s) peaked at 1772 MB
@@ -544,8 +595,23 @@ def export_meshes(
     suffix: str = ".ply",
     voxel_size: float | None = None,
     config: MeshConfig | None = None,
+    split: bool = False,
 ) -> list[MeshStats]:
-    """One mesh per selected frame, ``out_dir/mesh_0000.ply`` ... (see `export_frame_meshes`: one still
-    part shared by all, one voxel size fixed by the first frame unless given)."""
-    paths = {t: Path(out_dir) / frame_file_name("mesh", t, suffix) for t in frame_indices(frames, scene.num_frames)}
-    return export_frame_meshes(scene, paths, voxel_size, config)
+    """One mesh per selected frame, ``out_dir/frame_0000.ply`` ..., or with `split` each window's still part
+    once (``still_0000.ply``) and each frame's moving part (``moving_0000.ply``); see `export_frame_meshes`
+    (one still part per window, one voxel size fixed by the first frame unless given).
+
+    A frame's file of the other layout in `out_dir` (whole, or moving part) is removed once the new ones are
+    written, so that a folder describes each frame one way (`recon4d view` reads either; a whole frame wins
+    over a split one). Still files stay: other frames of their window may still use them."""
+    out_dir = Path(out_dir)
+    mesh_suffix(Path(f"mesh{suffix}"))
+    name = MOVING_PART_PREFIX if split else WHOLE_FRAME_PREFIX
+    paths = {t: out_dir / frame_file_name(name, t, suffix) for t in frame_indices(frames, scene.num_frames)}
+    still_paths = (lambda t: out_dir / frame_file_name(STILL_PART_PREFIX, t, suffix)) if split else None
+    stats = export_frame_meshes(scene, paths, voxel_size, config, still_paths)
+    stale = WHOLE_FRAME_PREFIX if split else MOVING_PART_PREFIX
+    for t in paths:
+        for other in MESH_SUFFIXES:
+            (out_dir / frame_file_name(stale, t, other)).unlink(missing_ok=True)
+    return stats
