@@ -3,7 +3,7 @@
 
 Usage: python bench/outputs.py [--synthetic translate,static] [--frames 16] [--preset fast]
        [--real bear] [--real-frames 10] [--out /tmp/recon4d-bench-outputs] [--reuse-fits]
-       python bench/outputs.py --mesh-scene OUT [--mesh-frames 70]
+       python bench/outputs.py --mesh-scene OUT [--mesh-frames 70] [--mesh-split]
 
 Synthetic clips (recon4d.eval.synthetic, 160x90) are fitted with `recon4d fit --preset fast` in a subprocess.
 Their ground-truth tracks (256 points picked on frame 0, scaled to the fitted resolution) are the queries of
@@ -14,9 +14,9 @@ fit's own total from metrics.json; the output commands are timed as subprocesses
 ~3 s of Python/torch start-up).
 
 `--mesh-scene OUT` instead meshes the first `--mesh-frames` frames of an existing fit as a clip export does
-(`recon4d.export.mesh.export_frame_meshes`, in this process) and prints one row: wall seconds per frame against
-the fit's own seconds per frame (metrics.json), megabytes and triangles per mesh, and the process's peak RSS
-(the scene loaded included).
+(`recon4d.export.mesh.export_meshes`, in this process; `--mesh-split`: as `recon4d export --split` does) and
+prints one row: wall seconds per frame against the fit's own seconds per frame (metrics.json), megabytes written
+per frame (all files) and triangles per frame's mesh, and the process's peak RSS (the scene loaded included).
 """
 from __future__ import annotations
 
@@ -122,9 +122,9 @@ def real_row(name: str, args: argparse.Namespace) -> dict:
     return row
 
 
-def mesh_clip_row(out: Path, frames: int) -> dict:
+def mesh_clip_row(out: Path, frames: int, split: bool = False) -> dict:
     """A clip mesh export of the first `frames` frames of the fit in `out` (see the module docstring)."""
-    from recon4d.export.mesh import export_frame_meshes
+    from recon4d.export.mesh import export_meshes
     from recon4d.io.scene import load_scene
 
     scene = load_scene(out)
@@ -132,12 +132,13 @@ def mesh_clip_row(out: Path, frames: int) -> dict:
     fit_seconds = float(json.loads((out / "metrics.json").read_text())["seconds_total"])
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        stats = export_frame_meshes(scene, {t: Path(tmp) / f"mesh_{t:04d}.ply" for t in range(frames)})
+        stats = export_meshes(scene, tmp, list(range(frames)), split=split)
         seconds = time.perf_counter() - start
-        megabytes = sum(s.path.stat().st_size for s in stats) / 2**20
-    return {"scene": str(out), "frames": frames, "windows": len({scene.window_at(t) for t in range(frames)}),
+        megabytes = sum(path.stat().st_size for path in Path(tmp).iterdir()) / 2**20
+    return {"scene": str(out), "layout": "split" if split else "whole", "frames": frames,
+            "windows": len({scene.window_at(t) for t in range(frames)}),
             "mesh_s_per_frame": seconds / frames, "fit_s_per_frame": fit_seconds / scene.num_frames,
-            "mb_per_mesh": megabytes / frames, "triangles_per_mesh": float(np.mean([s.num_triangles for s in stats])),
+            "mb_per_frame": megabytes / frames, "triangles_per_mesh": float(np.mean([s.num_triangles for s in stats])),
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
@@ -152,9 +153,10 @@ def main() -> None:
     parser.add_argument("--reuse-fits", action="store_true", help="keep fits already in --out (same settings)")
     parser.add_argument("--mesh-scene", type=Path, help="only time a clip mesh export of this fitted OUT")
     parser.add_argument("--mesh-frames", type=int, default=70)
+    parser.add_argument("--mesh-split", action="store_true", help="with --mesh-scene: the split layout")
     args = parser.parse_args()
     if args.mesh_scene:
-        row = mesh_clip_row(args.mesh_scene, args.mesh_frames)
+        row = mesh_clip_row(args.mesh_scene, args.mesh_frames, args.mesh_split)
         print_markdown_table([row], list(row))
         return
     rows = []

@@ -282,14 +282,30 @@ def test_tracks_and_mesh_layers(viewer):
     mesh_dir.mkdir(parents=True)
     trimesh.creation.box(extents=(1, 1, 1)).export(mesh_dir / "static.ply")
     trimesh.creation.icosphere().export(mesh_dir / "frame_0004.obj")
+    # A split export of frames 0-1 (`recon4d export --split`): a window's still part, a frame's moving part.
+    trimesh.creation.box(extents=(2, 2, 0.1)).export(mesh_dir / "still_0000.ply")
+    trimesh.creation.icosphere(radius=0.2).export(mesh_dir / "moving_0001.ply")
     from viewer.app import find_meshes
 
-    assert sorted(find_meshes(viewer.out_dir), key=str) == sorted([None, 4], key=str)
-    viewer._meshes = find_meshes(viewer.out_dir)
-    viewer.set_layer("mesh", True)
-    assert {key: h.visible for key, h in viewer._mesh_handles.items()} == {None: True, 4: True}
+    files = find_meshes(viewer.out_dir)
+    assert files.static.name == "static.ply" and (set(files.whole), set(files.still), set(files.moving)) == (
+        {4}, {0}, {1})
+    assert [p.name for p in files.at(0.8)] == ["static.ply", "still_0000.ply", "moving_0001.ply"]
+    assert [p.name for p in files.at(0.2)] == ["static.ply", "still_0000.ply"]  # frame 0: no moving surface
+    assert [p.name for p in files.at(3.6)] == ["static.ply", "frame_0004.obj"]
+
+    def visible():
+        return {path.name: handle.visible for path, handle in viewer._mesh_handles.items()}
+
+    viewer.set_layer("mesh", True)  # finds the files now; loads only what time 4 shows
+    assert visible() == {"static.ply": True, "frame_0004.obj": True}
+    viewer.config = dataclasses.replace(viewer.config, mesh_cache_files=3)
+    viewer.set_time(1.0)  # frame 4's mesh is the least recently shown: it leaves the page
+    assert visible() == {"static.ply": True, "still_0000.ply": True, "moving_0001.ply": True}
+    viewer.set_time(0.0)
+    assert visible() == {"static.ply": True, "still_0000.ply": True, "moving_0001.ply": False}
     viewer.set_layer("mesh", False)
-    assert not any(h.visible for h in viewer._mesh_handles.values())
+    assert not any(visible().values())
 
 
 def test_view_command_errors(tmp_path, capsys, monkeypatch):

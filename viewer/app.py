@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import threading
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -76,7 +77,7 @@ class SceneViewer(SplatNodes, CameraNodes, PlaybackPanel, LayerPanel, SavePanel)
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self._tracks: TrackLayer | None = None
-        self._mesh_handles: dict[int | None, object] = {}
+        self._mesh_handles: OrderedDict[Path, object] = OrderedDict()  # least recently shown first
         self._meshes = find_meshes(self.out_dir)
         self._moving_count = 0
         self.generator_model = generator_model

@@ -7,7 +7,6 @@ from pathlib import Path
 from recon4d.errors import InputError
 from recon4d.render.highlight import MotionHighlight
 
-MESH_SUFFIXES = (".ply", ".obj", ".glb")
 VIEWS_DIR = "views"
 PLY_EXPORT_DIR = Path("export") / "ply"
 MESH_EXPORT_DIR = Path("export") / "mesh"
@@ -35,6 +34,7 @@ class ViewerConfig:
         highlight: colours of the motion-highlight mode (`recon4d.render.highlight`, as path videos have it).
         track_grid_columns: columns of the query grid of point tracks (rows follow the aspect ratio).
         track_point_size_fraction: size of track heads as a fraction of the median scene depth.
+        mesh_cache_files: exported mesh files kept in the page once shown (the least recently shown go).
         render_height: height in pixels of "render view" images; None uses the scene's image height.
         render_background: RGB in [0, 1] behind the Gaussians in rendered views (viser's page is white).
         near_fraction, far_multiple: client camera clipping planes relative to the median scene depth.
@@ -57,6 +57,7 @@ class ViewerConfig:
     highlight: MotionHighlight = MotionHighlight()
     track_grid_columns: int = 16
     track_point_size_fraction: float = 0.01
+    mesh_cache_files: int = 8
     render_height: int | None = None
     render_background: tuple[float, float, float] = (1.0, 1.0, 1.0)
     near_fraction: float = 1e-3
@@ -68,7 +69,7 @@ class ViewerConfig:
         """Raise InputError for settings the viewer cannot work with."""
         positive = {"max_still_gaussians": self.max_still_gaussians, "max_moving_gaussians": self.max_moving_gaussians,
                     "max_still_nodes": self.max_still_nodes, "max_frustums": self.max_frustums,
-                    "track_grid_columns": self.track_grid_columns}
+                    "track_grid_columns": self.track_grid_columns, "mesh_cache_files": self.mesh_cache_files}
         for name, value in positive.items():
             if value < 1:
                 raise InputError(f"viewer setting {name} must be >= 1, got {value}")

@@ -3,14 +3,15 @@ frustums and exported meshes, each switched by a checkbox of the Layers panel.""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from recon4d.errors import InputError
-from viewer.config import MESH_EXPORT_DIR, MESH_SUFFIXES
+from recon4d.export.mesh import MESH_SUFFIXES, MOVING_PART_PREFIX, STILL_PART_PREFIX, WHOLE_FRAME_PREFIX
+from viewer.config import MESH_EXPORT_DIR
 
 
 @dataclass
@@ -54,22 +55,62 @@ def track_colors(count: int) -> np.ndarray:
                      for i in range(count)], dtype=np.uint8)
 
 
-def find_meshes(out_dir: Path) -> dict[int | None, Path]:
-    """Meshes exported to OUT/export/mesh: {frame index: path} for frame_NNNN.*, {None: path} for the others
-    (static / whole-scene meshes; the first in name order)."""
+@dataclass(frozen=True)
+class MeshFiles:
+    """Meshes exported to OUT/export/mesh, by `recon4d.export.mesh`'s file names (the first suffix in name
+    order where a frame has several).
+
+    Attributes:
+        whole: frame -> its whole mesh (frame_NNNN).
+        still: a split export's still parts: first frame -> the file the frames from there to the next still
+            file share (still_NNNN).
+        moving: a split export's moving parts: frame -> file (moving_NNNN; none where a frame has no moving
+            surface).
+        static: the first other mesh file in name order (a static or whole-scene mesh), shown at every time.
+    """
+
+    whole: dict[int, Path] = field(default_factory=dict)
+    still: dict[int, Path] = field(default_factory=dict)
+    moving: dict[int, Path] = field(default_factory=dict)
+    static: Path | None = None
+
+    def __bool__(self) -> bool:
+        return bool(self.whole or self.still or self.moving or self.static)
+
+    def at(self, t: float) -> list[Path]:
+        """The files that make the mesh shown at time t: the static one, and those of the nearest frame with
+        a mesh (its whole mesh; else the latest still file at or before it and its moving file)."""
+        files = [self.static] if self.static is not None else []
+        frame = nearest_key(sorted({*self.whole, *self.still, *self.moving}), t)
+        if frame is None:
+            return files
+        if frame in self.whole:
+            return [*files, self.whole[frame]]
+        starts = [k for k in self.still if k <= frame]
+        if starts:
+            files.append(self.still[max(starts)])
+        if frame in self.moving:
+            files.append(self.moving[frame])
+        return files
+
+
+def find_meshes(out_dir: Path) -> MeshFiles:
+    """The meshes exported to OUT/export/mesh (`MeshFiles`)."""
     folder = out_dir / MESH_EXPORT_DIR
-    found: dict[int | None, Path] = {}
+    found = MeshFiles()
     if not folder.is_dir():
         return found
+    by_prefix = {WHOLE_FRAME_PREFIX: found.whole, STILL_PART_PREFIX: found.still, MOVING_PART_PREFIX: found.moving}
+    static = None
     for path in sorted(folder.iterdir()):
         if path.suffix.lower() not in MESH_SUFFIXES or path.name.startswith("."):
             continue
-        stem = path.stem
-        if stem.startswith("frame_") and stem[len("frame_"):].isdigit():
-            found.setdefault(int(stem[len("frame_"):]), path)
-        else:
-            found.setdefault(None, path)
-    return found
+        prefix, _, index = path.stem.partition("_")
+        if prefix in by_prefix and index.isdigit():
+            by_prefix[prefix].setdefault(int(index), path)
+        elif static is None:
+            static = path
+    return MeshFiles(found.whole, found.still, found.moving, static)
 
 
 def nearest_key(keys: list[int], t: float) -> int | None:
@@ -135,7 +176,7 @@ class LayerPanel:
                     handle.visible = on
                 self.current_frustum.visible = on
             elif name == "mesh" and on:
-                self._load_meshes()
+                self._meshes = find_meshes(self.out_dir)  # an export written while the viewer runs shows too
             self.set_time(self.time)
 
     def _build_tracks(self, query_frame: int) -> None:
@@ -166,20 +207,23 @@ class LayerPanel:
         points = ((1 - weight) * heads[before] + weight * heads[after]).astype(np.float32)
         self._track_heads.points = points
 
-    def _load_meshes(self) -> None:
-        if self._mesh_handles or not self._meshes:
-            return
-        try:
-            import trimesh
-        except ImportError as exc:
-            raise InputError("showing meshes needs trimesh", hint="pip install trimesh") from exc
-        for key, path in self._meshes.items():
-            mesh = trimesh.load(str(path), force="mesh", process=False)
-            name = "/mesh/static" if key is None else f"/mesh/frame_{key:05d}"
-            self._mesh_handles[key] = self.server.scene.add_mesh_trimesh(name, mesh, visible=False)
-
     def _update_mesh(self) -> None:
-        frame_keys = [k for k in self._mesh_handles if k is not None]
-        current = nearest_key(frame_keys, self.time)
-        for key, handle in self._mesh_handles.items():
-            handle.visible = self.layers.mesh and (key is None or key == current)
+        """Show the meshes of the current time (`MeshFiles.at`), loading them on first use and keeping the
+        `mesh_cache_files` most recently shown in the page: a long clip's meshes (up to 16 MB a frame) are
+        not all sent at once."""
+        shown = self._meshes.at(self.time) if self.layers.mesh else []
+        if shown:
+            try:
+                import trimesh
+            except ImportError as exc:
+                raise InputError("showing meshes needs trimesh", hint="pip install trimesh") from exc
+        for path in shown:
+            if path not in self._mesh_handles:
+                mesh = trimesh.load(str(path), force="mesh", process=False)
+                self._mesh_handles[path] = self.server.scene.add_mesh_trimesh(f"/mesh/{path.stem}", mesh)
+            self._mesh_handles.move_to_end(path)
+        for path, handle in self._mesh_handles.items():
+            handle.visible = path in shown
+        while len(self._mesh_handles) > max(self.config.mesh_cache_files, len(shown)):
+            _, handle = self._mesh_handles.popitem(last=False)  # the least recently shown: not in `shown`
+            handle.remove()
