@@ -369,6 +369,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
         else:
             stats = export_meshes(scene, dest, frames, suffix=args.mesh_format, split=args.split)
             written = list(dict.fromkeys(path for s in stats for path in (s.still_path, s.path) if path is not None))
+            if not args.split and len(stats) > 1:
+                megabytes = sum(path.stat().st_size for path in written) / 2**20
+                print(f"meshes: {megabytes:.0f} MB; --split writes each window's still part once and per frame "
+                      "only the moving part")
     elif args.format == "cameras":
         from recon4d.export import export_cameras
         from recon4d.io.scene_frames import read_scene_frames

@@ -553,3 +553,8 @@ def test_export_command_writes_split_meshes_and_refuses_split_with_other_formats
     assert "wrote 3 file(s)" in capsys.readouterr().out
     names = sorted(p.name for p in (tmp_path / "export" / "mesh").iterdir())
     assert names == ["moving_0000.ply", "moving_0001.ply", "still_0000.ply"]
+    assert main(["export", str(tmp_path), "--format", "mesh"]) == 0  # whole meshes replace the moving parts
+    out = capsys.readouterr().out
+    assert "wrote 2 file(s)" in out and "--split writes each window's still part once" in out
+    names = sorted(p.name for p in (tmp_path / "export" / "mesh").iterdir())
+    assert names == ["frame_0000.ply", "frame_0001.ply", "still_0000.ply"]
