@@ -209,8 +209,8 @@ class LayerPanel:
 
     def _update_mesh(self) -> None:
         """Show the meshes of the current time (`MeshFiles.at`), loading them on first use and keeping the
-        `mesh_cache_files` most recently shown in the page: a long clip's whole meshes (22.5 MB a frame on backpack's
-        450 frames) are not all sent at once."""
+        `mesh_cache_files` most recently shown in the page: a long clip's whole meshes (22.5 MB a frame on
+        backpack's 450 frames) are not all sent at once."""
         shown = self._meshes.at(self.time) if self.layers.mesh else []
         if shown:
             try:
