@@ -292,7 +292,11 @@ def test_tracks_and_mesh_layers(viewer):
         {4}, {0}, {1})
     assert [p.name for p in files.at(0.8)] == ["static.ply", "still_0000.ply", "moving_0001.ply"]
     assert [p.name for p in files.at(0.2)] == ["static.ply", "still_0000.ply"]  # frame 0: no moving surface
+    # Frames 2 and 3 have no moving file either: they show the still part, not frame 1's moving part.
+    assert [p.name for p in files.at(2.4)] == ["static.ply", "still_0000.ply"]
     assert [p.name for p in files.at(3.6)] == ["static.ply", "frame_0004.obj"]
+    only_whole = dataclasses.replace(files, still={}, moving={})
+    assert [p.name for p in only_whole.at(1.2)] == ["static.ply", "frame_0004.obj"]  # the nearest frame
 
     def visible():
         return {path.name: handle.visible for path, handle in viewer._mesh_handles.items()}

@@ -78,10 +78,13 @@ class MeshFiles:
         return bool(self.whole or self.still or self.moving or self.static)
 
     def at(self, t: float) -> list[Path]:
-        """The files that make the mesh shown at time t: the static one, and those of the nearest frame with
-        a mesh (its whole mesh; else the latest still file at or before it and its moving file)."""
+        """The files that make the mesh shown at time t: the static one, and those of frame round(t) (its whole
+        mesh; else, once a still file starts at or before it, that still file and the frame's moving file,
+        which a frame without moving surface lacks), or else of the nearest frame with a mesh."""
         files = [self.static] if self.static is not None else []
-        frame = nearest_key(sorted({*self.whole, *self.still, *self.moving}), t)
+        frame = round(t)
+        if frame not in self.whole and not any(k <= frame for k in self.still):
+            frame = nearest_key(sorted({*self.whole, *self.still, *self.moving}), t)
         if frame is None:
             return files
         if frame in self.whole:
