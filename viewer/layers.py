@@ -83,37 +83,31 @@ class MeshFiles:
         which a frame without moving surface lacks), or else of the nearest frame with a mesh."""
         files = [self.static] if self.static is not None else []
         frame = round(t)
-        if frame not in self.whole and not any(k <= frame for k in self.still):
+        if frame not in self.whole and min(self.still, default=frame + 1) > frame:  # no still part reaches it
             frame = nearest_key(sorted({*self.whole, *self.still, *self.moving}), t)
         if frame is None:
             return files
         if frame in self.whole:
             return [*files, self.whole[frame]]
-        starts = [k for k in self.still if k <= frame]
-        if starts:
-            files.append(self.still[max(starts)])
-        if frame in self.moving:
-            files.append(self.moving[frame])
-        return files
+        start = max((k for k in self.still if k <= frame), default=None)
+        return files + [parts[k] for parts, k in ((self.still, start), (self.moving, frame)) if k in parts]
 
 
 def find_meshes(out_dir: Path) -> MeshFiles:
     """The meshes exported to OUT/export/mesh (`MeshFiles`)."""
     folder = out_dir / MESH_EXPORT_DIR
-    found = MeshFiles()
-    if not folder.is_dir():
-        return found
-    by_prefix = {WHOLE_FRAME_PREFIX: found.whole, STILL_PART_PREFIX: found.still, MOVING_PART_PREFIX: found.moving}
-    static = None
-    for path in sorted(folder.iterdir()):
+    by_prefix: dict[str, dict[int, Path]] = {WHOLE_FRAME_PREFIX: {}, STILL_PART_PREFIX: {}, MOVING_PART_PREFIX: {}}
+    others = []
+    for path in sorted(folder.iterdir()) if folder.is_dir() else []:
         if path.suffix.lower() not in MESH_SUFFIXES or path.name.startswith("."):
             continue
         prefix, _, index = path.stem.partition("_")
         if prefix in by_prefix and index.isdigit():
             by_prefix[prefix].setdefault(int(index), path)
-        elif static is None:
-            static = path
-    return MeshFiles(found.whole, found.still, found.moving, static)
+        else:
+            others.append(path)
+    return MeshFiles(by_prefix[WHOLE_FRAME_PREFIX], by_prefix[STILL_PART_PREFIX], by_prefix[MOVING_PART_PREFIX],
+                     others[0] if others else None)
 
 
 def nearest_key(keys: list[int], t: float) -> int | None:

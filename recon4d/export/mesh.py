@@ -433,7 +433,7 @@ def write_moving_part(still_part: list[SurfacePart], moving_part: list[SurfacePa
     are then 0 and the triangles removed). SceneError when neither this nor the still file (`has_still_file`)
     holds a triangle (`what` names the Gaussians meshed)."""
     threshold = floater_threshold(still_part + moving_part, min_fraction)
-    kept = sum(int((part.component_size >= threshold).sum()) for part in moving_part)
+    kept = sum(int(cut_part(part, threshold)[0].sum()) for part in moving_part)
     if kept == 0:
         if not has_still_file:
             _check_not_empty(0, what)
