@@ -551,6 +551,9 @@ class FitConfig:
                              "sequential.prior_residual_trusted")
         if self.sequential.window_frames == 1:
             raise InputError("config field sequential.window_frames must be 0 (one window) or at least 2")
+        if self.sfm.enabled and self.sfm.joint and not (self.input.static_scene and self.refine.enabled):
+            raise InputError("config field sfm.joint fits a still scene in the refinement: it needs input.static_scene "
+                             "(--static) and refine.enabled")
         if self.matching.detector not in ("sift", "orb"):
             raise InputError(f"config field matching.detector must be sift or orb, got {self.matching.detector!r}")
         if self.input.intrinsics is not None:
@@ -618,6 +621,8 @@ _RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "sfm.match_max_ratio": (0, 1, True),
     "sfm.max_step_degrees": (0, 180, False),
     "sfm.num_threads": (-1, None, False),
+    "sfm.point_opacity": (0, 1, True),
+    "sfm.point_neighbours": (1, None, False),
     "densify.max_gaussians": (1, 50_000_000, False),
     "densify.spawn_alpha": (0, 1, False),
     "densify.spawn_every": (1, None, False),

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from recon4d.fit.optim import replace_parameter
+from recon4d.fit.sfm_scene import SFM_CAMERAS, place_unfitted
 from recon4d.geometry.camera import invert_pose
 from recon4d.geometry.lie import apply_pose_delta, fill_poses
 from recon4d.geometry.quaternion import NORM_EPS, normalize_quaternion
@@ -491,6 +492,8 @@ def scene_from_models(models: list[SceneModel], template: Scene4D) -> Scene4D:
         for k, t in enumerate(model.fitted):
             world_from_camera[t] = invert_pose(model.cameras.camera_from_world(k).detach().cpu()).to(world_from_camera.dtype)
     world_from_camera = fill_poses(world_from_camera, fitted)
+    if SFM_CAMERAS in template.arrays:  # a joint fit: COLMAP placed the unfitted frames, wide steps from the fitted
+        world_from_camera = place_unfitted(world_from_camera, template.arrays[SFM_CAMERAS], fitted)
     cameras = type(template.cameras)(world_from_camera=world_from_camera, intrinsics=template.cameras.intrinsics,
                                      timestamps=template.cameras.timestamps, width=template.cameras.width,
                                      height=template.cameras.height, frame_names=list(template.cameras.frame_names))

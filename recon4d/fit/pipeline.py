@@ -37,6 +37,7 @@ from recon4d.fit.config import FLAT_KEYS, SECTIONS, FitConfig, with_long_clip, w
 from recon4d.fit.keyframes import consecutive_motion, select_keyframes, sequential_keyframes
 from recon4d.fit.outputs import FitResult, assemble_scene, finish, peak_rss_mb
 from recon4d.fit.sequential import FitInputs, FitState, SequentialFitter, subset_window_boundaries
+from recon4d.fit.sfm_scene import SFM_CAMERAS, placed_frames, scene_from_sfm
 from recon4d.io.outputs import check_output_dir, locked_output_dir
 from recon4d.io.scene import Scene4D, read_manifest
 from recon4d.io.video import Clip, read_clip
@@ -116,6 +117,7 @@ class Prepared:
     sequential_inputs: FitInputs | None = None
     long_clip: bool = False  # the sequential pass fits a sparser subset of many keyframes (`keyframes.long_clip`)
     keyframes: list[int] | None = None  # the fitted frames, or the keyframes among them when every frame is refined
+    sfm_scene: Scene4D | None = None  # `sfm.joint`: the start the refinement fits instead of a sequential pass
 
     def __post_init__(self) -> None:
         if self.sequential is None:  # the sequential pass fits every fitted frame
@@ -180,6 +182,14 @@ def prepare(source: str | Path, config: FitConfig, device: torch.device, log=pri
     K = default_intrinsics(clip.width, clip.height, config.input.fov_x_deg) if intrinsics is None else np.asarray(intrinsics, float)
     if before_priors is not None:
         before_priors(clip, K)
+    sfm_scene = None
+    if config.sfm.enabled and config.sfm.joint:
+        t0 = time.perf_counter()
+        sfm_scene = _joint_start(source, clip, fitted, K, config, log)
+        seconds["sfm"] = time.perf_counter() - t0
+        peak_rss["sfm"] = peak_rss_mb()
+        if sfm_scene is not None:
+            sequential, long_clip = None, False  # no sequential pass: the refinement fits every fitted frame
     t0 = time.perf_counter()
     def priors_of(frames: list[int]):
         return compute_priors(clip.frames[frames], K, config.priors, log=log, static_scene=config.input.static_scene,
@@ -194,11 +204,11 @@ def prepare(source: str | Path, config: FitConfig, device: torch.device, log=pri
     seconds["priors"] = time.perf_counter() - t0
     peak_rss["priors"] = peak_rss_mb()
     prepared = Prepared(clip, fitted, held, skipped, K, priors, _to_inputs(clip.frames[fitted], priors, K, device), seconds,
-                        peak_rss, long_clip=long_clip, keyframes=keyframes)
+                        peak_rss, long_clip=long_clip, keyframes=keyframes, sfm_scene=sfm_scene)
     if sequential_priors is not None:
         prepared.sequential, prepared.sequential_priors = sequential, sequential_priors
         prepared.sequential_inputs = _to_inputs(clip.frames[sequential], sequential_priors, K, device)
-    if config.sfm.enabled:
+    if config.sfm.enabled and not config.sfm.joint:
         t0 = time.perf_counter()
         prepared.sequential_inputs = _with_sfm_prior(source, clip, prepared.sequential, prepared.sequential_inputs, K,
                                                      config, device, log)
@@ -207,11 +217,9 @@ def prepare(source: str | Path, config: FitConfig, device: torch.device, log=pri
     return prepared
 
 
-def _with_sfm_prior(source: str | Path, clip: Clip, frames: list[int], inputs: FitInputs, K: np.ndarray,
-                    config: FitConfig, device: torch.device, log) -> FitInputs:
-    """`inputs` (the sequential pass's, of `frames`) with COLMAP's cameras (`recon4d.priors.sfm`) when it
-    places at least `sfm.min_registered` of the frames; the clip is decoded again at `sfm.short_side`."""
-
+def _sfm_of(source: str | Path, clip: Clip, frames: list[int], K: np.ndarray, config: FitConfig, log):
+    """COLMAP's cameras of clip `frames` (`recon4d.priors.sfm`), or None where it places under
+    `sfm.min_registered` of them; the clip is decoded again at `sfm.short_side`."""
     from recon4d.geometry.camera import scale_intrinsics
     from recon4d.priors.sfm import sfm_cameras
 
@@ -221,9 +229,32 @@ def _with_sfm_prior(source: str | Path, clip: Clip, frames: list[int], inputs: F
     cameras = sfm_cameras(sharp.frames[frames], intrinsics, config.sfm)
     del sharp
     used = cameras.registered >= config.sfm.min_registered * len(frames)
-    log(f"sfm: COLMAP placed {cameras.registered} of {len(frames)} frames in {cameras.seconds:.1f} s"
-        + ("" if used else f" (under sfm.min_registered = {config.sfm.min_registered}: not used)"))
-    if not used:
+    log(f"sfm: COLMAP placed {cameras.registered} of {len(frames)} frames and {len(cameras.points)} points in "
+        f"{cameras.seconds:.1f} s" + ("" if used else f" (under sfm.min_registered = {config.sfm.min_registered}: not used)"))
+    return cameras if used else None
+
+
+def _joint_start(source: str | Path, clip: Clip, fitted: list[int], K: np.ndarray, config: FitConfig,
+                 log) -> Scene4D | None:
+    """`sfm.joint`: the start of the joint fit from COLMAP's cameras of every clip frame (held-out ones too:
+    they are withheld from the photometric fit only), or None (then the sequential pass runs, without the
+    prior)."""
+    cameras = _sfm_of(source, clip, list(range(clip.num_frames)), K, config, log)
+    scene = None if cameras is None else scene_from_sfm(cameras, clip, K, fitted, config.sfm)
+    if scene is None:
+        log("sfm: no joint start; the sequential pass fits the clip without the prior")
+        return None
+    scene.config = {**config.to_dict(), "source": clip.source}
+    log(f"sfm: joint fit of {len(fitted)} frames from {len(scene.gaussians)} COLMAP points")
+    return scene
+
+
+def _with_sfm_prior(source: str | Path, clip: Clip, frames: list[int], inputs: FitInputs, K: np.ndarray,
+                    config: FitConfig, device: torch.device, log) -> FitInputs:
+    """`inputs` (the sequential pass's, of `frames`) with COLMAP's cameras (`_sfm_of`) when it places at least
+    `sfm.min_registered` of the frames."""
+    cameras = _sfm_of(source, clip, frames, K, config, log)
+    if cameras is None:
         return inputs
     tensor = lambda x: torch.as_tensor(x, dtype=torch.float64, device=device)  # noqa: E731
     return dataclasses.replace(inputs, sfm_camera_from_world=tensor(cameras.camera_from_world),
@@ -238,9 +269,10 @@ def run_refinement(scene: Scene4D, prepared: Prepared, config: FitConfig, device
 
     data = RefineInputs(scene, prepared.fitted, prepared.inputs)
     prepared.drop_priors()
+    fixed_cameras = SFM_CAMERAS in scene.arrays and not config.sfm.refine_camera
     with progress_bar("refining") as progress:
         task = progress.add_task("refine", total=None)
-        return refine_scene(data, config, device, consume=True,
+        return refine_scene(data, config, device, consume=True, fixed_cameras=fixed_cameras,
                             on_progress=lambda done, total: progress.update(task, completed=done, total=total))
 
 
@@ -290,6 +322,8 @@ def _fit_locked(source, out_dir: Path, config: FitConfig, device: torch.device, 
         check_replaceable(out_dir, _run_key(clip, config, K), overwrite)
 
     prepared = prepare(source, config, device, log, before_priors=check_before_priors)
+    if prepared.sfm_scene is not None:
+        return _fit_joint(prepared, config, device, out_dir, log)
     # The sequential pass fits `prepared.sequential`: all fitted frames, or a subset of them that the refinement
     # completes (a long clip's sparser keyframes, or a short clip's keyframes when every frame is refined).
     clip, fitted, K, seconds = prepared.clip, prepared.sequential, prepared.K, dict(prepared.seconds)
@@ -346,6 +380,22 @@ def _fit_locked(source, out_dir: Path, config: FitConfig, device: torch.device, 
         extra["refine_stats"] = refine_stats
         log(f"refined in {seconds['refine']:.0f} s")
     return finish(scene, clip, prepared.held, config, device, out_dir, seconds, extra, skipped=prepared.skipped)
+
+
+def _fit_joint(prepared: Prepared, config: FitConfig, device: torch.device, out_dir: Path, log) -> FitResult:
+    """`sfm.joint`: the refinement fits the start from COLMAP (`prepared.sfm_scene`) to every fitted frame."""
+    scene, prepared.sfm_scene = prepared.sfm_scene, None
+    scene.config["run_key"] = _run_key(prepared.clip, config, prepared.K)
+    seconds, fitted = dict(prepared.seconds), list(prepared.fitted)
+    points = len(scene.gaussians)
+    t0 = time.perf_counter()
+    scene, refine_stats = run_refinement(scene, prepared, config, device)
+    seconds["refine"] = time.perf_counter() - t0
+    prepared.peak_rss["refine"] = peak_rss_mb()
+    log(f"refined in {seconds['refine']:.0f} s")
+    extra = {"peak_rss_mb_by_stage": prepared.peak_rss, "refine_stats": refine_stats,
+             "sfm_joint": {"points": points, "placed": len(placed_frames(scene.arrays[SFM_CAMERAS])), "fitted": fitted}}
+    return finish(scene, prepared.clip, prepared.held, config, device, out_dir, seconds, extra, skipped=prepared.skipped)
 
 
 def refine_output(out_dir: str | Path, device: torch.device, overrides: dict | None = None, log=print) -> FitResult:

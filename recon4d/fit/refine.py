@@ -318,7 +318,7 @@ def _masked_means(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 def refine_scene(data: RefineInputs, config: FitConfig, device: torch.device,
                  on_progress: Callable[[int, int], None] | None = None,
-                 consume: bool = False) -> tuple[Scene4D, dict]:
+                 consume: bool = False, fixed_cameras: bool = False) -> tuple[Scene4D, dict]:
     """Refine a sequential scene window by window; returns the refined scene and statistics.
 
     Windows share no Gaussians, and their only shared frames are the boundaries (a window's last fitted frame is
@@ -339,6 +339,7 @@ def refine_scene(data: RefineInputs, config: FitConfig, device: torch.device,
     several windows are first split into a copy per window (`FitInputs.split`), and each copy is freed when its
     window ends instead of when the last one does; what the window freed then goes back to the system
     (`release_freed_memory`). The refined scene keeps no per-frame states: its motion model defines them.
+    `fixed_cameras`: every camera stays as the scene has it (a joint fit on COLMAP's cameras, `sfm.joint`).
     """
     started = time.perf_counter()
     scene, fitted, cfg = data.scene, data.fitted, config.refine
@@ -355,7 +356,8 @@ def refine_scene(data: RefineInputs, config: FitConfig, device: torch.device,
         rows = ((row_windows[:, 0] == first) & (row_windows[:, 1] == last)).nonzero().squeeze(1)
         start = fitted.index(frames[0])
         drawn = len(frames) if final else len(frames) - 1
-        parts.append((rows, frames, start, drawn, (0,) if final else (0, len(frames) - 1)))
+        gauge = tuple(range(len(frames))) if fixed_cameras else (0,) if final else (0, len(frames) - 1)
+        parts.append((rows, frames, start, drawn, gauge))
     total_drawn = sum(part[3] for part in parts)
     steps = [max(round(cfg.iters * drawn / max(total_drawn, 1)), cfg.min_visits * drawn) for *_, drawn, _ in parts]
     completed = [0] * len(parts)
