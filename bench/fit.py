@@ -32,7 +32,9 @@ about 97 s into stop 41's 450-frame row.
 --lego adds a camera-path row on ../shared/data/nerf-synthetic-lego (34 posed 800x800 RGBA views of one static
 object, not a video): the views are ordered into a path (greedy nearest neighbour over camera centres, from
 the start that gives the shortest path), composited on white, written as an image folder and fitted as a
-user would (`recon4d fit FOLDER --fov <camera_angle_x>`, all views fitted, none held out). The row reports
+user would (`recon4d fit FOLDER --fov <camera_angle_x>`, all views fitted, none held out; `--lego-holdout N`
+holds out every Nth view, and the row then has held-out PSNR: with `--preset walkaround` its cameras are
+COLMAP's). The row reports
 ATE after Sim(3) alignment as % of the true path length (`recon4d.eval.metrics.ate_rpe`), the mean and max
 rotation error in degrees after the same alignment, and the RPE rotation between consecutive views.
 `ate_one_point_percent` is the ATE of a path that puts every camera at one point: wide baselines make the
@@ -135,7 +137,7 @@ def fit_lego(out: Path, args: argparse.Namespace) -> dict:
     from recon4d.io.scene import load_scene
 
     gt, fov = write_lego_path(out.parent / "lego_frames")
-    lego_args = argparse.Namespace(**{**vars(args), "frames": len(gt), "holdout_every": 0})
+    lego_args = argparse.Namespace(**{**vars(args), "frames": len(gt), "holdout_every": args.lego_holdout})
     row = fit_one("lego", out.parent / "lego_frames", out, lego_args, extra=["--fov", f"{fov:.6f}"])
     if "error" not in row:
         pred = load_scene(out).cameras.world_from_camera.double().numpy()
@@ -237,6 +239,7 @@ def main() -> None:
     parser.add_argument("--long", type=int, default=0, help="fit an N-frame ping-pong clip of each clip (see above)")
     parser.add_argument("--cold-priors", action="store_true", help="compute every fit's priors, with built kernels (see above)")
     parser.add_argument("--lego", action="store_true", help="camera-path row on ../shared/data/nerf-synthetic-lego")
+    parser.add_argument("--lego-holdout", type=int, default=0, help="hold out every Nth lego view (0: none)")
     parser.add_argument("--out", type=Path, default=Path("/tmp/recon4d-bench"))
     parser.add_argument("--inputs", type=Path, default=Path("/tmp/recon4d-bench-inputs"),
                         help="where --long clips are written once and reused (runs to compare read one file)")

@@ -153,17 +153,19 @@ def test_the_sequential_pass_starts_placed_frames_from_colmap_and_keeps_its_own_
             assert errors["ate_rmse"] <= 0.02 * errors["path_length"], errors
 
 
-def test_the_walkaround_preset_is_the_default_plus_sfm_a_still_scene_no_flow_terms_and_every_view_in_the_pass():
+def test_the_walkaround_preset_is_the_default_plus_a_joint_sfm_fit_a_still_scene_no_flow_terms_and_every_view_in_the_pass():
     """configs/walkaround.yaml's measurements (its comments, README) hold only while the rest of it is the
-    default preset: the four changes and nothing else."""
+    default preset: the five changes and nothing else."""
     from recon4d.fit.config import load_config
 
     walk, default = load_config("walkaround").to_dict(), load_config("default").to_dict()
     assert walk["sfm"]["enabled"] and walk["input"]["static_scene"]
     assert walk["losses"]["flow"] == walk["losses"]["flow_camera"] == walk["refine"]["lambda_flow"] == 0.0
     assert walk["keyframes"]["sequential_min_keyframes"] == 64 > default["keyframes"]["sequential_min_keyframes"]
+    assert walk["sfm"]["joint"] and not walk["sfm"]["refine_camera"]
     for section, key in (("sfm", "enabled"), ("input", "static_scene"), ("losses", "flow"), ("losses", "flow_camera"),
-                         ("refine", "lambda_flow"), ("keyframes", "sequential_min_keyframes")):
+                         ("refine", "lambda_flow"), ("keyframes", "sequential_min_keyframes"), ("sfm", "joint"),
+                         ("sfm", "refine_camera")):
         walk[section][key] = default[section][key]
     walk["preset"] = default["preset"]
     assert walk == default
