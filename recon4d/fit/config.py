@@ -553,7 +553,7 @@ class FitConfig:
             raise InputError("config field sequential.window_frames must be 0 (one window) or at least 2")
         if self.sfm.enabled and self.sfm.joint and not (self.input.static_scene and self.refine.enabled):
             raise InputError("config field sfm.joint fits a still scene in the refinement: it needs input.static_scene "
-                             "(--static) and refine.enabled")
+                             "(--static) and refine.enabled, or set sfm.joint: false")
         if self.matching.detector not in ("sift", "orb"):
             raise InputError(f"config field matching.detector must be sift or orb, got {self.matching.detector!r}")
         if self.input.intrinsics is not None:

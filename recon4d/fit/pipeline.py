@@ -177,7 +177,8 @@ def prepare(source: str | Path, config: FitConfig, device: torch.device, log=pri
             long_clip = sequential != keyframes
         seconds["keyframes"] = time.perf_counter() - t0
         log(f"keyframes: fitting {len(fitted)} of {clip.num_frames} frames"
-            + (f", {len(sequential)} of them in the sequential pass" if sequential is not None else ""))
+            + (f", {len(sequential)} of them in the sequential pass"
+               if sequential is not None and not (config.sfm.enabled and config.sfm.joint) else ""))
     intrinsics = config.input.intrinsics
     K = default_intrinsics(clip.width, clip.height, config.input.fov_x_deg) if intrinsics is None else np.asarray(intrinsics, float)
     if before_priors is not None:
