@@ -59,7 +59,7 @@ class SfmConfig:
         the Mip-NeRF 360 protocol does: they are withheld from the photometric fit only), its points start the
         Gaussians (`recon4d.fit.sfm_scene`) and the refinement fits them to the fitted frames; there is no
         sequential pass. Lego's walk-around with every 4th view held out (README, "A walk-around as one
-        model"): held-out 11.6 -> 22.7 dB. Needs `refine.enabled`. Where COLMAP places under
+        model"): held-out 11.6 -> 25.5 dB. Needs `refine.enabled`. Where COLMAP places under
         `min_registered` of the frames, the sequential pass runs without the prior.
     point_opacity, point_neighbours: a joint fit's Gaussian at each COLMAP point starts this opaque and as wide
         as its mean distance to this many nearest points (3DGS: 0.1 and 3; on lego 0.5 measured best).
