@@ -186,11 +186,14 @@ def prepare(source: str | Path, config: FitConfig, device: torch.device, log=pri
     sfm_scene = None
     if config.sfm.enabled and config.sfm.joint:
         t0 = time.perf_counter()
-        sfm_scene = _joint_start(source, clip, fitted, K, config, log)
+        joint = _joint_start(source, clip, fitted, K, config, log)
         seconds["sfm"] = time.perf_counter() - t0
         peak_rss["sfm"] = peak_rss_mb()
-        if sfm_scene is not None:
-            sequential, long_clip = None, False  # no sequential pass: the refinement fits every fitted frame
+        if joint is not None:  # no sequential pass: the refinement fits every fitted frame COLMAP placed
+            sfm_scene, placed = joint
+            skipped = sorted(skipped + [t for t in fitted if t not in placed])
+            fitted = keyframes = placed
+            sequential, long_clip = None, False
     t0 = time.perf_counter()
     def priors_of(frames: list[int]):
         return compute_priors(clip.frames[frames], K, config.priors, log=log, static_scene=config.input.static_scene,
@@ -236,18 +239,22 @@ def _sfm_of(source: str | Path, clip: Clip, frames: list[int], K: np.ndarray, co
 
 
 def _joint_start(source: str | Path, clip: Clip, fitted: list[int], K: np.ndarray, config: FitConfig,
-                 log) -> Scene4D | None:
+                 log) -> tuple[Scene4D, list[int]] | None:
     """`sfm.joint`: the start of the joint fit from COLMAP's cameras of every clip frame (held-out ones too:
-    they are withheld from the photometric fit only), or None (then the sequential pass runs, without the
-    prior)."""
+    they are withheld from the photometric fit only) and the `fitted` frames it fits: those COLMAP placed. A
+    fitted frame it did not place is left out, since its camera would start between views far apart; the fit
+    then treats it as skipped (its camera searched against its frame at the end). None: no start (the
+    sequential pass runs, without the prior)."""
     cameras = _sfm_of(source, clip, list(range(clip.num_frames)), K, config, log)
-    scene = None if cameras is None else scene_from_sfm(cameras, clip, K, fitted, config.sfm)
+    placed = [] if cameras is None else [t for t in fitted if t in set(placed_frames(cameras.camera_from_world))]
+    scene = scene_from_sfm(cameras, clip, K, placed, config.sfm) if len(placed) >= 2 else None
     if scene is None:
         log("sfm: no joint start; the sequential pass fits the clip without the prior")
         return None
     scene.config = {**config.to_dict(), "source": clip.source}
-    log(f"sfm: joint fit of {len(fitted)} frames from {len(scene.gaussians)} COLMAP points")
-    return scene
+    log(f"sfm: joint fit of {len(placed)} frames from {len(scene.gaussians)} COLMAP points"
+        + (f"; {len(fitted) - len(placed)} frames COLMAP did not place are skipped" if len(placed) < len(fitted) else ""))
+    return scene, placed
 
 
 def _with_sfm_prior(source: str | Path, clip: Clip, frames: list[int], inputs: FitInputs, K: np.ndarray,
