@@ -108,13 +108,19 @@ def test_joint_needs_a_still_scene_and_the_refinement():
 
 @pytest.mark.skipif(not LEGO.is_dir(), reason="needs ../shared/data/nerf-synthetic-lego")
 def test_a_walkaround_renders_its_held_out_views(tmp_path):
-    """Lego's 34 views (file order), every 4th held out, `--preset walkaround`: one model from COLMAP's points.
-    The held-out views render at PSNR >= 22 dB (measured 24.32, fitted 27.88, in 56 s; the
-    sequential walk-around: 11.6 dB in path order)
-    from cameras within 2 degrees of the truth after Sim(3) alignment, and no sequential pass ran."""
+    """Lego's 34 views (file order, 3.5-95 degrees apart), every 4th held out, `--preset walkaround`: one model
+    from COLMAP's points. The held-out views render at PSNR >= 22 dB (measured 24.32, fitted 27.88, in 56 s; the
+    sequential walk-around: 11.6 dB in path order), and no sequential pass ran.
+
+    The cameras are COLMAP's (the preset keeps them): at 400 px with DSP-SIFT, ratio test 0.9 and guided
+    matching it places all 34 views with an ATE under 0.5 % of the path after Sim(3) alignment and every
+    rotation within 2 degrees (README, "Global camera prior from structure-from-motion"). One COLMAP thread
+    (the default) makes the run repeatable; with all threads one CI run turned a view round (ATE 0.85 %). The
+    frames are composited in 8 bits and then resized, as bench/fit.py writes them: from float frames (0.05 grey
+    levels apart on average) COLMAP placed all 34 views but turned one of them by 125 degrees."""
     import cv2
 
-    from recon4d.eval.metrics import umeyama_sim3
+    from recon4d.eval.metrics import ate_rpe, umeyama_sim3
     from recon4d.fit.config import load_config
     from recon4d.fit.pipeline import fit_video
     from recon4d.nerf.data import load_posed_images
@@ -134,8 +140,11 @@ def test_a_walkaround_renders_its_held_out_views(tmp_path):
     held = [p["frame"] for p in metrics["per_frame"] if p["held_out"]]
     assert len(held) == 8 and "sfm_joint" in metrics and "camera_inits" not in metrics
     assert metrics["held_out"]["psnr"] >= 22.0, metrics["held_out"]
+    assert metrics["sfm_joint"]["placed"] == 34 and metrics["sfm_joint"]["points"] > 500
     predicted = result.scene.cameras.world_from_camera.double().numpy()
     truth = lego.world_from_camera.double().numpy()
+    errors = ate_rpe(predicted, truth)
+    assert 100 * errors["ate_rmse"] / errors["path_length"] < 0.5
     _, rotation, _ = umeyama_sim3(predicted[:, :3, 3], truth[:, :3, 3])
     relative = np.einsum("tji,jk,tkl->til", truth[:, :3, :3], rotation, predicted[:, :3, :3])
     angles = np.degrees(np.arccos(np.clip((np.trace(relative, axis1=1, axis2=2) - 1) / 2, -1, 1)))
