@@ -428,7 +428,8 @@ def _canonical_mesh(path_or_mesh) -> tuple[np.ndarray, np.ndarray]:
 def test_a_split_export_holds_each_frames_mesh_in_its_windows_still_file_and_its_moving_file(tmp_path):
     """Split: one still file per window, a moving file per frame; together exactly the frame's whole mesh
     (no floater cut, which the still file makes on its own triangles). Written into a folder of whole meshes,
-    it replaces the frames it writes; whole meshes written again replace their moving files."""
+    it replaces the frames it writes; whole meshes written again replace their moving files, and a window's still
+    file once every frame of the window has its whole mesh."""
     scene, _ = windowed_surface_scene()
     config = MeshConfig(orbit_anchors=1, min_component_fraction=0.0)
     whole = export_meshes(scene, tmp_path / "whole", voxel_size=0.03, config=config)
@@ -451,6 +452,12 @@ def test_a_split_export_holds_each_frames_mesh_in_its_windows_still_file_and_its
     export_meshes(scene, folder, frames=1, voxel_size=0.03, config=config)
     assert sorted(p.name for p in folder.iterdir()) == [
         "frame_0001.ply", "moving_0000.ply", "moving_0002.ply", "moving_0003.ply", "still_0000.ply", "still_0002.ply"]
+    # Once every frame of a window has its whole mesh, the window's still file serves no frame and goes.
+    export_meshes(scene, folder, frames=0, voxel_size=0.03, config=config)
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "frame_0000.ply", "frame_0001.ply", "moving_0002.ply", "moving_0003.ply", "still_0002.ply"]
+    export_meshes(scene, folder, voxel_size=0.03, config=config)
+    assert sorted(p.name for p in folder.iterdir()) == [f"frame_000{t}.ply" for t in range(4)]
 
 
 def test_a_clips_frames_meshed_side_by_side_equal_those_meshed_one_at_a_time(tmp_path):
@@ -557,4 +564,4 @@ def test_export_command_writes_split_meshes_and_refuses_split_with_other_formats
     out = capsys.readouterr().out
     assert "wrote 2 file(s)" in out and "--split writes each window's still part once" in out
     names = sorted(p.name for p in (tmp_path / "export" / "mesh").iterdir())
-    assert names == ["frame_0000.ply", "frame_0001.ply", "still_0000.ply"]
+    assert names == ["frame_0000.ply", "frame_0001.ply"]  # the still file serves no frame now

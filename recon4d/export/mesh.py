@@ -603,7 +603,8 @@ def export_meshes(
 
     A frame's file of the other layout in `out_dir` (whole, or moving part) is removed once the new ones are
     written, so that a folder describes each frame one way (`recon4d view` reads either; a whole frame wins
-    over a split one). Still files stay: other frames of their window may still use them."""
+    over a split one). A still file stays while a frame of its window has no whole mesh (that frame may use
+    it), and is removed once every frame of its window has one."""
     out_dir = Path(out_dir)
     name = MOVING_PART_PREFIX if split else WHOLE_FRAME_PREFIX
     paths = {t: out_dir / frame_file_name(name, t, suffix) for t in frame_indices(frames, scene.num_frames)}
@@ -613,4 +614,27 @@ def export_meshes(
     for t in paths:
         for other in MESH_SUFFIXES:
             (out_dir / frame_file_name(stale, t, other)).unlink(missing_ok=True)
+    if not split:
+        remove_unused_still_files(scene, out_dir)
     return stats
+
+
+def _files_by_frame(out_dir: Path, prefix: str) -> dict[int, list[Path]]:
+    """{frame: its mesh files named `prefix`_NNNN in `out_dir`, any mesh suffix}."""
+    found: dict[int, list[Path]] = {}
+    for path in out_dir.glob(f"{prefix}_*"):
+        index = path.stem.partition("_")[2]
+        if path.suffix.lower() in MESH_SUFFIXES and index.isdigit():
+            found.setdefault(int(index), []).append(path)
+    return found
+
+
+def remove_unused_still_files(scene: Scene4D, out_dir: Path) -> None:
+    """Remove the still files (`still_NNNN`) in `out_dir` that no frame can use: every frame of the file's temporal
+    window has its whole mesh (`frame_NNNN`), which the viewer shows instead."""
+    whole = _files_by_frame(out_dir, WHOLE_FRAME_PREFIX)
+    for start, files in _files_by_frame(out_dir, STILL_PART_PREFIX).items():
+        first, last = scene.window_at(min(start, scene.num_frames - 1))
+        if all(t in whole for t in range(first, last + 1)):
+            for path in files:
+                path.unlink(missing_ok=True)
