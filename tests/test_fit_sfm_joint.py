@@ -191,6 +191,7 @@ def test_a_joint_fit_skips_the_views_colmap_did_not_place_and_renders_its_held_o
 
     monkeypatch.setattr(sfm_module, "sfm_cameras", colmap)
     monkeypatch.setattr(sfm_module, "require_pycolmap", lambda: None)
+    monkeypatch.setenv("RECON4D_CACHE_DIR", str(tmp_path / "cache"))
     fov = math.degrees(2 * math.atan(0.5 * width / float(inputs.K[0, 0])))
     config = load_config("walkaround", {"input.fov_x_deg": fov, "input.holdout_every": 4, "input.short_side": height,
                                         "refine.iters": 400, "sfm.short_side": height})
@@ -202,3 +203,33 @@ def test_a_joint_fit_skips_the_views_colmap_did_not_place_and_renders_its_held_o
     assert rows[3]["held_out"] and rows[7]["held_out"] and rows[5]["skipped"]
     assert min(rows[3]["psnr"], rows[7]["psnr"]) > 30.0, (rows[3], rows[7])
     assert rows[5]["psnr"] > 30.0, rows[5]
+
+
+def test_colmaps_cameras_are_cached_per_frames_and_settings(tmp_path, monkeypatch):
+    """A second run on the same frames with the same COLMAP settings reads the cameras back (no COLMAP run);
+    other frames, other settings or no cache run COLMAP again."""
+    import recon4d.priors.sfm as sfm_module
+
+    runs = []
+
+    def colmap(frames, intrinsics, config):
+        runs.append(frames.shape[0])
+        cameras = np.stack([np.eye(4)] * frames.shape[0])
+        cameras[-1] = np.nan
+        return SfmCameras(cameras, np.arange(12.0).reshape(4, 3), 1.0)
+
+    monkeypatch.setattr(sfm_module, "sfm_cameras", colmap)
+    monkeypatch.setattr(sfm_module, "require_pycolmap", lambda: None)
+    monkeypatch.setenv("RECON4D_CACHE_DIR", str(tmp_path))
+    frames, intrinsics = np.zeros((3, 8, 8, 3), np.uint8), np.array([8.0, 8.0, 3.5, 3.5])
+    first, cached = sfm_module.cached_sfm_cameras(frames, intrinsics, SfmConfig(), "clip:0,1,2")
+    assert not cached and runs == [3]
+    again, cached = sfm_module.cached_sfm_cameras(frames, intrinsics, SfmConfig(), "clip:0,1,2")
+    assert cached and runs == [3] and again.registered == 2
+    assert np.array_equal(again.camera_from_world, first.camera_from_world, equal_nan=True)
+    assert np.array_equal(again.points, first.points)
+    sfm_module.cached_sfm_cameras(frames, intrinsics, SfmConfig(), "clip:0,1,3")
+    sfm_module.cached_sfm_cameras(frames, intrinsics, SfmConfig(match_max_ratio=0.8), "clip:0,1,2")
+    sfm_module.cached_sfm_cameras(frames, intrinsics, SfmConfig(min_registered=0.9, joint=True), "clip:0,1,2")
+    sfm_module.cached_sfm_cameras(frames, intrinsics, SfmConfig(), "clip:0,1,2", use_cache=False)
+    assert runs == [3, 3, 3, 3]  # settings that do not change COLMAP's result (min_registered, joint) hit

@@ -225,16 +225,18 @@ def _sfm_of(source: str | Path, clip: Clip, frames: list[int], K: np.ndarray, co
     """COLMAP's cameras of clip `frames` (`recon4d.priors.sfm`), or None where it places under
     `sfm.min_registered` of them; the clip is decoded again at `sfm.short_side`."""
     from recon4d.geometry.camera import scale_intrinsics
-    from recon4d.priors.sfm import sfm_cameras
+    from recon4d.priors.sfm import cached_sfm_cameras
 
     sharp = read_clip(source, stride=config.input.stride, max_frames=config.input.max_frames,
                       short_side=config.sfm.short_side)
     intrinsics = scale_intrinsics(K, sharp.width / clip.width, sharp.height / clip.height)
-    cameras = sfm_cameras(sharp.frames[frames], intrinsics, config.sfm)
+    cameras, cached = cached_sfm_cameras(sharp.frames[frames], intrinsics, config.sfm,
+                                         f"{sharp.source_hash}:{','.join(map(str, frames))}", config.priors.use_cache)
     del sharp
     used = cameras.registered >= config.sfm.min_registered * len(frames)
-    log(f"sfm: COLMAP placed {cameras.registered} of {len(frames)} frames and {len(cameras.points)} points in "
-        f"{cameras.seconds:.1f} s" + ("" if used else f" (under sfm.min_registered = {config.sfm.min_registered}: not used)"))
+    log(f"sfm: COLMAP placed {cameras.registered} of {len(frames)} frames and {len(cameras.points)} points "
+        + ("(from the cache)" if cached else f"in {cameras.seconds:.1f} s")
+        + ("" if used else f" (under sfm.min_registered = {config.sfm.min_registered}: not used)"))
     return cameras if used else None
 
 

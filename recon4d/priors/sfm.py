@@ -88,6 +88,12 @@ class SfmConfig:
     seed: int = 0
     num_threads: int = 1
 
+    def colmap_settings(self) -> dict:
+        """The fields that change COLMAP's result (the prior cache's key; `short_side` is in the clip's hash)."""
+        names = ("max_features", "domain_size_pooling", "match_max_ratio", "guided_matching", "exhaustive_max_frames",
+                 "sequential_overlap", "seed", "num_threads")
+        return {name: getattr(self, name) for name in names}
+
 
 @dataclass
 class SfmCameras:
@@ -113,6 +119,29 @@ def require_pycolmap():
     except ImportError as exc:
         raise InputError("the sfm camera prior needs pycolmap", hint="pip install 'recon4d[export]' or set sfm.enabled: false") from exc
     return pycolmap
+
+
+def cached_sfm_cameras(frames: np.ndarray, intrinsics: np.ndarray, config: SfmConfig, clip_hash: str,
+                       use_cache: bool = True) -> tuple[SfmCameras, bool]:
+    """`sfm_cameras`, read from the prior cache (`recon4d.priors.cache`, kind "sfm") when the same frames
+    (`clip_hash`: the decoded clip's hash and which of its frames) were placed with the same settings and
+    pycolmap version; else computed and stored. Returns the cameras and whether they came from the cache. A
+    rerun of a walk-around (other refinement settings, or after Ctrl-C) skips COLMAP (lego: 42 s)."""
+    pycolmap = require_pycolmap()
+    settings = {"colmap": config.colmap_settings(), "intrinsics": [float(v) for v in intrinsics],
+                "pycolmap": getattr(pycolmap, "__version__", "unknown")}
+    cache = None
+    if use_cache:
+        from recon4d.priors.cache import PriorCache
+
+        cache = PriorCache()
+        hit = cache.get("sfm", clip_hash, settings)
+        if hit is not None:
+            return SfmCameras(hit["camera_from_world"], hit["points"], 0.0), True
+    cameras = sfm_cameras(frames, intrinsics, config)
+    if cache is not None:
+        cache.put("sfm", clip_hash, settings, {"camera_from_world": cameras.camera_from_world, "points": cameras.points})
+    return cameras, False
 
 
 def sfm_cameras(frames: np.ndarray, intrinsics: np.ndarray, config: SfmConfig) -> SfmCameras:
