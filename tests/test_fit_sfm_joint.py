@@ -151,11 +151,14 @@ def test_a_walkaround_renders_its_held_out_views(tmp_path):
     assert angles[held].max() < 2.0 and angles.max() < 2.0, angles
 
 
-def test_a_joint_fit_skips_the_views_colmap_did_not_place_and_renders_its_held_out_views(tmp_path, monkeypatch):
+def test_a_joint_fit_drops_a_view_colmap_turned_round_skips_unplaced_ones_and_renders_held_out_views(tmp_path, monkeypatch):
     """The tiny world's 9 views as an image folder, COLMAP replaced by its perfect answer in a world rotated,
-    shifted and 0.3 times the size, with view 5 not placed. `fit_video` runs no sequential pass, fits the 6
-    placed views of the 7 not held out, leaves view 5 to the camera search (skipped), and renders the held-out
-    views 3 and 7 from COLMAP's cameras above 30 dB (38.2 and 34.7 measured) and view 5 above 30 dB (37.5)."""
+    shifted and 0.3 times the size, with view 5 not placed and view 2 turned round. `fit_video` runs no
+    sequential pass, fits the views placed of the 7 not held out, finds view 2 drawn far worse than the others
+    and fits again without it, leaves views 2 and 5 to the camera search (skipped), and renders the held-out
+    views 3 and 7 from COLMAP's cameras above 30 dB (36.7 and 37.3 measured) and views 2 and 5 above 30 dB
+    (35.5 and 38.9). Measured in a run with view 5 placed too: view 2 kept in the fit took view 3 from 38.6 to
+    34.4 dB; dropped, 37.0."""
     import cv2
     from fit_scenes import static_world_inputs
 
@@ -178,6 +181,8 @@ def test_a_joint_fit_skips_the_views_colmap_did_not_place_and_renders_its_held_o
     colmap_cameras = torch.stack([invert_pose(p) for p in poses]) @ torch.linalg.inv(colmap_from_world)
     colmap_cameras[:, :3] = colmap_cameras[:, :3] / scale  # camera coordinates in COLMAP's unit too
     colmap_cameras[5] = float("nan")
+    # COLMAP turns view 2 round its viewing axis (what it did to a lego view with other matching settings).
+    colmap_cameras[2, :3] = torch.diag(torch.tensor([-1.0, -1.0, 1.0])) @ colmap_cameras[2, :3]
     points = []
     for t in (0, 4, 8):
         flat = torch.arange(0, width * height, 3)
@@ -198,11 +203,12 @@ def test_a_joint_fit_skips_the_views_colmap_did_not_place_and_renders_its_held_o
     result = fit_video(folder, tmp_path / "out", config, torch.device("cpu"), log=lambda *_: None)
     metrics = result.metrics
     assert asked == [count]  # every view, the held-out ones too
-    assert metrics["sfm_joint"]["fitted"] == [0, 1, 2, 4, 6, 8] and "camera_inits" not in metrics
+    joint = metrics["sfm_joint"]
+    assert joint["dropped"] == [2] and joint["fitted"] == [0, 1, 4, 6, 8] and "camera_inits" not in metrics
     rows = {p["frame"]: p for p in metrics["per_frame"]}
-    assert rows[3]["held_out"] and rows[7]["held_out"] and rows[5]["skipped"]
+    assert rows[3]["held_out"] and rows[7]["held_out"] and rows[2]["skipped"] and rows[5]["skipped"]
     assert min(rows[3]["psnr"], rows[7]["psnr"]) > 30.0, (rows[3], rows[7])
-    assert rows[5]["psnr"] > 30.0, rows[5]
+    assert min(rows[2]["psnr"], rows[5]["psnr"]) > 30.0, (rows[2], rows[5])
 
 
 def test_colmaps_cameras_are_cached_per_frames_and_settings(tmp_path, monkeypatch):

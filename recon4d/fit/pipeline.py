@@ -37,10 +37,11 @@ from recon4d.fit.config import FLAT_KEYS, SECTIONS, FitConfig, with_long_clip, w
 from recon4d.fit.keyframes import consecutive_motion, select_keyframes, sequential_keyframes
 from recon4d.fit.outputs import FitResult, assemble_scene, finish, peak_rss_mb
 from recon4d.fit.sequential import FitInputs, FitState, SequentialFitter, subset_window_boundaries
-from recon4d.fit.sfm_scene import SFM_CAMERAS, placed_frames, scene_from_sfm
+from recon4d.fit.sfm_scene import SFM_CAMERAS, misplaced_views, placed_frames, scene_from_sfm, view_errors
 from recon4d.io.outputs import check_output_dir, locked_output_dir
 from recon4d.io.scene import Scene4D, read_manifest
 from recon4d.io.video import Clip, read_clip
+from recon4d.priors.sfm import SfmCameras
 from recon4d.progress import progress_bar
 
 
@@ -118,6 +119,7 @@ class Prepared:
     long_clip: bool = False  # the sequential pass fits a sparser subset of many keyframes (`keyframes.long_clip`)
     keyframes: list[int] | None = None  # the fitted frames, or the keyframes among them when every frame is refined
     sfm_scene: Scene4D | None = None  # `sfm.joint`: the start the refinement fits instead of a sequential pass
+    sfm: SfmCameras | None = None  # `sfm.joint`: COLMAP's result the start was built from
 
     def __post_init__(self) -> None:
         if self.sequential is None:  # the sequential pass fits every fitted frame
@@ -144,8 +146,6 @@ def prepare(source: str | Path, config: FitConfig, device: torch.device, log=pri
     `before_priors(clip, K)`, if given, runs after decoding and before the (expensive) priors: the place
     for checks that need the decoded clip.
     """
-    from recon4d.priors.pipeline import compute_priors
-
     if config.sfm.enabled:  # a missing pycolmap is reported before any decoding
         from recon4d.priors.sfm import require_pycolmap
 
@@ -183,21 +183,20 @@ def prepare(source: str | Path, config: FitConfig, device: torch.device, log=pri
     K = default_intrinsics(clip.width, clip.height, config.input.fov_x_deg) if intrinsics is None else np.asarray(intrinsics, float)
     if before_priors is not None:
         before_priors(clip, K)
-    sfm_scene = None
+    sfm_scene = sfm = None
     if config.sfm.enabled and config.sfm.joint:
         t0 = time.perf_counter()
         joint = _joint_start(source, clip, fitted, K, config, log)
         seconds["sfm"] = time.perf_counter() - t0
         peak_rss["sfm"] = peak_rss_mb()
         if joint is not None:  # no sequential pass: the refinement fits every fitted frame COLMAP placed
-            sfm_scene, placed = joint
+            sfm_scene, placed, sfm = joint
             skipped = sorted(skipped + [t for t in fitted if t not in placed])
             fitted = keyframes = placed
             sequential, long_clip = None, False
     t0 = time.perf_counter()
     def priors_of(frames: list[int]):
-        return compute_priors(clip.frames[frames], K, config.priors, log=log, static_scene=config.input.static_scene,
-                              clip_hash=f"{clip.source_hash}:{','.join(map(str, frames))}")
+        return _priors_of(clip, frames, K, config, log)
 
     # The sequential pass's flow runs between its own consecutive frames. Its set is computed beside the other
     # one: each keeps about 1.35 of 2 cores busy (the depth prior's per-frame solves are serial).
@@ -208,7 +207,7 @@ def prepare(source: str | Path, config: FitConfig, device: torch.device, log=pri
     seconds["priors"] = time.perf_counter() - t0
     peak_rss["priors"] = peak_rss_mb()
     prepared = Prepared(clip, fitted, held, skipped, K, priors, _to_inputs(clip.frames[fitted], priors, K, device), seconds,
-                        peak_rss, long_clip=long_clip, keyframes=keyframes, sfm_scene=sfm_scene)
+                        peak_rss, long_clip=long_clip, keyframes=keyframes, sfm_scene=sfm_scene, sfm=sfm)
     if sequential_priors is not None:
         prepared.sequential, prepared.sequential_priors = sequential, sequential_priors
         prepared.sequential_inputs = _to_inputs(clip.frames[sequential], sequential_priors, K, device)
@@ -219,6 +218,14 @@ def prepare(source: str | Path, config: FitConfig, device: torch.device, log=pri
         seconds["sfm"] = time.perf_counter() - t0
         peak_rss["sfm"] = peak_rss_mb()
     return prepared
+
+
+def _priors_of(clip: Clip, frames: list[int], K: np.ndarray, config: FitConfig, log):
+    """The priors of clip `frames` (computed, or read from the prior cache)."""
+    from recon4d.priors.pipeline import compute_priors
+
+    return compute_priors(clip.frames[frames], K, config.priors, log=log, static_scene=config.input.static_scene,
+                          clip_hash=f"{clip.source_hash}:{','.join(map(str, frames))}")
 
 
 def _sfm_of(source: str | Path, clip: Clip, frames: list[int], K: np.ndarray, config: FitConfig, log):
@@ -241,7 +248,7 @@ def _sfm_of(source: str | Path, clip: Clip, frames: list[int], K: np.ndarray, co
 
 
 def _joint_start(source: str | Path, clip: Clip, fitted: list[int], K: np.ndarray, config: FitConfig,
-                 log) -> tuple[Scene4D, list[int]] | None:
+                 log) -> tuple[Scene4D, list[int], SfmCameras] | None:
     """`sfm.joint`: the start of the joint fit from COLMAP's cameras of every clip frame (held-out ones too:
     they are withheld from the photometric fit only) and the `fitted` frames it fits: those COLMAP placed. A
     fitted frame it did not place is left out, since its camera would start between views far apart; the fit
@@ -256,7 +263,7 @@ def _joint_start(source: str | Path, clip: Clip, fitted: list[int], K: np.ndarra
     scene.config = {**config.to_dict(), "source": clip.source}
     log(f"sfm: joint fit of {len(placed)} frames from {len(scene.gaussians)} COLMAP points"
         + (f"; {len(fitted) - len(placed)} frames COLMAP did not place are skipped" if len(placed) < len(fitted) else ""))
-    return scene, placed
+    return scene, placed, cameras
 
 
 def _with_sfm_prior(source: str | Path, clip: Clip, frames: list[int], inputs: FitInputs, K: np.ndarray,
@@ -393,19 +400,45 @@ def _fit_locked(source, out_dir: Path, config: FitConfig, device: torch.device, 
 
 
 def _fit_joint(prepared: Prepared, config: FitConfig, device: torch.device, out_dir: Path, log) -> FitResult:
-    """`sfm.joint`: the refinement fits the start from COLMAP (`prepared.sfm_scene`) to every fitted frame."""
-    scene, prepared.sfm_scene = prepared.sfm_scene, None
-    scene.config["run_key"] = _run_key(prepared.clip, config, prepared.K)
-    seconds, fitted = dict(prepared.seconds), list(prepared.fitted)
-    points = len(scene.gaussians)
+    """`sfm.joint`: the refinement fits the start from COLMAP (`prepared.sfm_scene`) to every fitted frame. Views
+    the fitted model cannot draw (`misplaced_views`: COLMAP placed them wrongly) are dropped, once: the start is
+    built and fitted again without them, and they count as skipped."""
+    clip, K, sfm = prepared.clip, prepared.K, prepared.sfm
+    start, prepared.sfm_scene = prepared.sfm_scene, None
+    seconds, points = dict(prepared.seconds), len(start.gaussians)
+    dropped: list[int] = []
     t0 = time.perf_counter()
-    scene, refine_stats = run_refinement(scene, prepared, config, device)
+    while True:
+        fitted = list(prepared.fitted)
+        start.config["run_key"] = _run_key(clip, config, K)
+        scene, refine_stats = run_refinement(start, prepared, config, device)
+        if dropped:
+            break
+        errors = view_errors(scene, clip.frames, fitted)
+        median = float(np.median(list(errors.values())))
+        worst_ratio = max(errors.values()) / max(median, 1e-12)
+        dropped = misplaced_views(errors, config.sfm.drop_error_ratio)
+        if not dropped or len(dropped) > len(fitted) - 2:
+            dropped = []
+            break
+        log(f"sfm: {'view' if len(dropped) == 1 else 'views'} {', '.join(map(str, dropped))} drawn at "
+            f"{', '.join(f'{errors[t] / median:.0f}x' for t in dropped)} the median view's error (placed wrongly by "
+            "COLMAP): fitting again without")
+        fitted = [t for t in fitted if t not in dropped]
+        sfm = dataclasses.replace(sfm, camera_from_world=sfm.camera_from_world.copy())
+        sfm.camera_from_world[dropped] = np.nan
+        start = scene_from_sfm(sfm, clip, K, fitted, config.sfm)
+        start.config = dict(scene.config)
+        prepared = dataclasses.replace(prepared, fitted=fitted, skipped=sorted(prepared.skipped + dropped),
+                                       inputs=_to_inputs(clip.frames[fitted], _priors_of(clip, fitted, K, config, log), K,
+                                                         device))
     seconds["refine"] = time.perf_counter() - t0
     prepared.peak_rss["refine"] = peak_rss_mb()
     log(f"refined in {seconds['refine']:.0f} s")
     extra = {"peak_rss_mb_by_stage": prepared.peak_rss, "refine_stats": refine_stats,
-             "sfm_joint": {"points": points, "placed": len(placed_frames(scene.arrays[SFM_CAMERAS])), "fitted": fitted}}
-    return finish(scene, prepared.clip, prepared.held, config, device, out_dir, seconds, extra, skipped=prepared.skipped)
+             "sfm_joint": {"points": points, "placed": len(placed_frames(scene.arrays[SFM_CAMERAS])), "fitted": fitted,
+                           "dropped": dropped, "worst_view_error_ratio": worst_ratio}}
+    return finish(scene, clip, prepared.held, config, device, out_dir, seconds, extra, skipped=prepared.skipped)
 
 
 def refine_output(out_dir: str | Path, device: torch.device, overrides: dict | None = None, log=print) -> FitResult:

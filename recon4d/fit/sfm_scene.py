@@ -124,6 +124,31 @@ def place_unfitted(world_from_camera: torch.Tensor, sfm_camera_from_world: torch
     return out
 
 
+def view_errors(scene: Scene4D, frames: np.ndarray, views: list[int]) -> dict[int, float]:
+    """{view: mean absolute error in [0, 1] of the scene rendered from its camera against frames[view]} for clip
+    frames `frames` [T, H, W, 3] uint8."""
+    from recon4d.io.scene_render import render_scene
+
+    errors = {}
+    for t in views:
+        color = render_scene(scene, float(t)).color.clamp(0, 1)
+        errors[t] = float((color - torch.from_numpy(frames[t]).float() / 255.0).abs().mean())
+    return errors
+
+
+def misplaced_views(errors: dict[int, float], ratio: float) -> list[int]:
+    """Views whose error is above `ratio` times the median view's: the model, fitted to all views, cannot draw
+    them from their cameras (COLMAP placed them wrongly). None for ratio 0.
+
+        >>> misplaced_views({0: 0.02, 1: 0.03, 2: 0.025, 3: 0.4}, 5.0)
+        [3]
+    """
+    if ratio <= 0 or not errors:
+        return []
+    median = float(np.median(list(errors.values())))
+    return [t for t, error in errors.items() if error > ratio * median]
+
+
 def scene_from_sfm(sfm: SfmCameras, clip: Clip, K: np.ndarray, fitted: list[int], config: SfmConfig) -> Scene4D | None:
     """The start of a joint fit: still Gaussians at COLMAP's points, every frame's camera COLMAP's (frames it
     did not place interpolated between placed ones, or the nearest placed one's at the ends), COLMAP's cameras
