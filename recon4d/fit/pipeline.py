@@ -414,7 +414,7 @@ def _fit_joint(prepared: Prepared, config: FitConfig, device: torch.device, out_
         scene, refine_stats = run_refinement(start, prepared, config, device)
         if dropped:
             break
-        errors = view_errors(scene, clip.frames, fitted)
+        errors = view_errors(scene, clip.frames, fitted, device)
         median = float(np.median(list(errors.values())))
         worst_ratio = max(errors.values()) / max(median, 1e-12)
         dropped = misplaced_views(errors, config.sfm.drop_error_ratio)

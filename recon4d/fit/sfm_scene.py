@@ -124,14 +124,15 @@ def place_unfitted(world_from_camera: torch.Tensor, sfm_camera_from_world: torch
     return out
 
 
-def view_errors(scene: Scene4D, frames: np.ndarray, views: list[int]) -> dict[int, float]:
+def view_errors(scene: Scene4D, frames: np.ndarray, views: list[int],
+                device: torch.device | str = "cpu") -> dict[int, float]:
     """{view: mean absolute error in [0, 1] of the scene rendered from its camera against frames[view]} for clip
-    frames `frames` [T, H, W, 3] uint8."""
+    frames `frames` [T, H, W, 3] uint8, rendered on `device`."""
     from recon4d.io.scene_render import render_scene
 
     errors = {}
     for t in views:
-        color = render_scene(scene, float(t)).color.clamp(0, 1)
+        color = render_scene(scene, float(t), device=device).color.clamp(0, 1).cpu()
         errors[t] = float((color - torch.from_numpy(frames[t]).float() / 255.0).abs().mean())
     return errors
 
