@@ -403,41 +403,37 @@ def _fit_joint(prepared: Prepared, config: FitConfig, device: torch.device, out_
     """`sfm.joint`: the refinement fits the start from COLMAP (`prepared.sfm_scene`) to every fitted frame. Views
     the fitted model cannot draw (`misplaced_views`: COLMAP placed them wrongly) are dropped, once: the start is
     built and fitted again without them, and they count as skipped."""
-    clip, K, sfm = prepared.clip, prepared.K, prepared.sfm
+    clip, K = prepared.clip, prepared.K
     start, prepared.sfm_scene = prepared.sfm_scene, None
+    start.config["run_key"] = _run_key(clip, config, K)
     seconds, points = dict(prepared.seconds), len(start.gaussians)
-    dropped: list[int] = []
     t0 = time.perf_counter()
-    while True:
-        fitted = list(prepared.fitted)
-        start.config["run_key"] = _run_key(clip, config, K)
-        scene, refine_stats = run_refinement(start, prepared, config, device)
-        if dropped:
-            break
-        errors = view_errors(scene, clip.frames, fitted, device)
+    scene, refine_stats = run_refinement(start, prepared, config, device)
+    errors = view_errors(scene, clip.frames, prepared.fitted, device)
+    dropped = misplaced_views(errors, config.sfm.drop_error_ratio)
+    if dropped and len(prepared.fitted) - len(dropped) >= 2:
         median = float(np.median(list(errors.values())))
-        worst_ratio = max(errors.values()) / max(median, 1e-12)
-        dropped = misplaced_views(errors, config.sfm.drop_error_ratio)
-        if not dropped or len(dropped) > len(fitted) - 2:
-            dropped = []
-            break
         log(f"sfm: {'view' if len(dropped) == 1 else 'views'} {', '.join(map(str, dropped))} drawn at "
             f"{', '.join(f'{errors[t] / median:.0f}x' for t in dropped)} the median view's error (placed wrongly by "
             "COLMAP): fitting again without")
-        fitted = [t for t in fitted if t not in dropped]
-        sfm = dataclasses.replace(sfm, camera_from_world=sfm.camera_from_world.copy())
+        fitted = [t for t in prepared.fitted if t not in dropped]
+        sfm = dataclasses.replace(prepared.sfm, camera_from_world=prepared.sfm.camera_from_world.copy())
         sfm.camera_from_world[dropped] = np.nan
         start = scene_from_sfm(sfm, clip, K, fitted, config.sfm)
         start.config = dict(scene.config)
-        prepared = dataclasses.replace(prepared, fitted=fitted, skipped=sorted(prepared.skipped + dropped),
-                                       inputs=_to_inputs(clip.frames[fitted], _priors_of(clip, fitted, K, config, log), K,
-                                                         device))
+        inputs = _to_inputs(clip.frames[fitted], _priors_of(clip, fitted, K, config, log), K, device)
+        prepared = dataclasses.replace(prepared, fitted=fitted, skipped=sorted(prepared.skipped + dropped), inputs=inputs)
+        scene, refine_stats = run_refinement(start, prepared, config, device)
+        errors = view_errors(scene, clip.frames, fitted, device)
+    else:
+        dropped = []
     seconds["refine"] = time.perf_counter() - t0
     prepared.peak_rss["refine"] = peak_rss_mb()
     log(f"refined in {seconds['refine']:.0f} s")
+    worst = max(errors.values()) / max(float(np.median(list(errors.values()))), 1e-12)
     extra = {"peak_rss_mb_by_stage": prepared.peak_rss, "refine_stats": refine_stats,
-             "sfm_joint": {"points": points, "placed": len(placed_frames(scene.arrays[SFM_CAMERAS])), "fitted": fitted,
-                           "dropped": dropped, "worst_view_error_ratio": worst_ratio}}
+             "sfm_joint": {"points": points, "placed": len(placed_frames(scene.arrays[SFM_CAMERAS])),
+                           "fitted": list(prepared.fitted), "dropped": dropped, "worst_view_error_ratio": worst}}
     return finish(scene, clip, prepared.held, config, device, out_dir, seconds, extra, skipped=prepared.skipped)
 
 

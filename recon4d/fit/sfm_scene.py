@@ -159,11 +159,10 @@ def scene_from_sfm(sfm: SfmCameras, clip: Clip, K: np.ndarray, fitted: list[int]
     refinement fits.
     """
     placed = placed_frames(sfm.camera_from_world)
-    anchors = [t for t in fitted if t in placed]
-    if not anchors or sfm.points.shape[0] < config.min_scale_points:
-        return None
-    cameras_sfm, points = to_anchor_frame(sfm.camera_from_world, sfm.points, anchors[0])
     placed_fitted = [t for t in fitted if t in placed]
+    if not placed_fitted or sfm.points.shape[0] < config.min_scale_points:
+        return None
+    cameras_sfm, points = to_anchor_frame(sfm.camera_from_world, sfm.points, placed_fitted[0])
     colors = colors_from_frames(points, cameras_sfm[placed_fitted], K, clip.frames[placed_fitted])
     gaussians = gaussians_from_points(points, colors, config.point_opacity, config.point_neighbours)
     world_from_camera = torch.eye(4, dtype=torch.float64).repeat(clip.num_frames, 1, 1)
