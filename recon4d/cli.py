@@ -359,6 +359,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
         from recon4d.export import export_ply
 
         written = export_ply(scene, dest, frames=frames, format=args.format)
+        if frames == "all" and len(written) == 1 and scene.num_frames > 1:
+            print(f"the scene is still: one file holds the Gaussians of all {scene.num_frames} frames")
     elif args.format == "mesh":
         from recon4d.export import export_mesh, export_meshes
 

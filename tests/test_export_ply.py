@@ -11,6 +11,7 @@ from test_scene import make_scene
 
 from recon4d.errors import InputError, SceneError
 from recon4d.export.ply import PLY_PROPERTIES, SH_C0, export_ply, read_3dgs_ply
+from recon4d.io.scene import NEVER
 
 FIELDS = ("means", "quats", "scales", "opacities", "colors")
 
@@ -101,6 +102,33 @@ def test_extreme_values_stay_finite(tmp_path):
     back = read_3dgs_ply(path)
     assert back.opacities[0] < 1e-5 and back.opacities[1] > 1 - 1e-5
     assert torch.equal(back.quats[0], torch.tensor([1.0, 0.0, 0.0, 0.0]))
+
+
+def test_a_still_scene_is_one_splat_file_for_all_frames(tmp_path):
+    """A scene whose Gaussians never move nor appear (a walk-around's fit) is written as one static.ply for all its
+    frames, replacing per-frame files left in the folder; one asked-for frame is still its own file. A scene with
+    a trajectory, a later birth or a window's end is not still."""
+    scene = make_scene(num_frames=3, n=50, seed=1)
+    assert not scene.is_still  # make_scene's Gaussians move
+    count = len(scene.gaussians)
+    scene.is_dynamic = torch.zeros(count, dtype=torch.bool)
+    scene.is_moving = scene.is_dynamic.clone()
+    scene.birth_frame = torch.zeros(count, dtype=torch.int32)
+    scene.dynamic_means, scene.dynamic_quats = torch.zeros(3, 0, 3), torch.zeros(3, 0, 4)
+    scene.motion, scene.death_frame = None, None
+    assert scene.is_still
+    (tmp_path / "frame_0001.ply").write_bytes(b"old")
+    (path,) = export_ply(scene, tmp_path)
+    assert path.name == "static.ply" and sorted(p.name for p in tmp_path.iterdir()) == ["static.ply"]
+    assert_close(read_3dgs_ply(path), expected_at(scene, 2), atol=1e-5, rtol=1e-5)
+    (one,) = export_ply(scene, tmp_path, frames=2)
+    assert one.name == "frame_0002.ply"
+    scene.birth_frame[0] = 1
+    assert not scene.is_still
+    scene.birth_frame[0] = 0
+    scene.death_frame = torch.full((count,), NEVER, dtype=torch.int32)
+    scene.death_frame[0] = 2
+    assert not scene.is_still
 
 
 @pytest.mark.slow

@@ -206,6 +206,7 @@ def write_compressed_ply(gaussians: Gaussians, path: str | os.PathLike, config: 
 
 
 _WRITERS = {"ply": write_3dgs_ply, "spz": write_spz, "compressed_ply": write_compressed_ply}
+STILL_SCENE_NAME = "static"  # the one splat file of a still scene's frames (`export_ply`)
 
 
 def export_ply(
@@ -215,11 +216,14 @@ def export_ply(
     format: SplatFormat = "ply",
     config: PlyExportConfig | None = None,
 ) -> list[Path]:
-    """Write the Gaussians of each selected frame (`scene.gaussians_at(t)`) as one splat file per frame.
+    """Write the Gaussians of each selected frame (`scene.gaussians_at(t)`) as one splat file per frame; all
+    frames of a still scene (`Scene4D.is_still`: the same Gaussians at every time, e.g. a walk-around) as one
+    file, ``static.ply``, which replaces that folder's per-frame files of the format.
 
     Args:
         scene: the fitted scene.
-        out_dir: folder for ``frame_0000.ply`` ... (``.spz``, ``.compressed.ply``); created if needed.
+        out_dir: folder for ``frame_0000.ply`` ... (``.spz``, ``.compressed.ply``) or ``static.ply``; created
+            if needed.
         frames: "all", one frame index, or a list of indices.
         format: "ply" (standard 3DGS PLY), "spz" or "compressed_ply" (both through gsply).
         config: clamps of the logit/log transforms.
@@ -229,6 +233,11 @@ def export_ply(
     if format not in _WRITERS:
         raise InputError(f"unknown splat format {format!r}", hint=f"use one of {', '.join(_WRITERS)}")
     out_dir = Path(out_dir)
+    if frames == "all" and scene.num_frames > 1 and scene.is_still:
+        path = _WRITERS[format](scene.gaussians_at(0), out_dir / f"{STILL_SCENE_NAME}{_SUFFIX[format]}", config)
+        for t in range(scene.num_frames):
+            (out_dir / frame_file_name("frame", t, _SUFFIX[format])).unlink(missing_ok=True)
+        return [path]
     paths = []
     for t in frame_indices(frames, scene.num_frames):
         path = out_dir / frame_file_name("frame", t, _SUFFIX[format])

@@ -266,6 +266,13 @@ class Scene4D:
     def num_frames(self) -> int:
         return len(self.cameras)
 
+    @property
+    def is_still(self) -> bool:
+        """Whether the scene shows the same Gaussians at every time: none has a trajectory, every one lives from
+        the first frame to the last (a still scene's fit, e.g. a walk-around)."""
+        lives_throughout = self.death_frame is None or bool((self.death_frame == NEVER).all())
+        return not bool(self.is_dynamic.any()) and not bool((self.birth_frame > 0).any()) and lives_throughout
+
     def alive_at(self, t: float) -> torch.Tensor:
         """[N] bool: the Gaussians that exist at time t (frame units): born at or before t, not dead by t."""
         alive = self.birth_frame <= t
