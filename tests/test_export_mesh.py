@@ -460,6 +460,31 @@ def test_a_split_export_holds_each_frames_mesh_in_its_windows_still_file_and_its
     assert sorted(p.name for p in folder.iterdir()) == [f"frame_000{t}.ply" for t in range(4)]
 
 
+def test_a_still_scene_is_one_mesh_for_all_frames(tmp_path):
+    """The wall and floor alone (no trajectory, every Gaussian alive throughout): meshing every frame writes one
+    static.ply, the same surface as any one frame's mesh, and removes the folder's per-frame files."""
+    import dataclasses
+
+    moving_scene, _ = surface_scene(num_frames=3, width=96, height=54, spacing=0.1)
+    still = ~moving_scene.is_dynamic
+    count, frames = int(still.sum()), moving_scene.num_frames
+    scene = dataclasses.replace(moving_scene, gaussians=moving_scene.gaussians.select(still),
+                                is_dynamic=torch.zeros(count, dtype=torch.bool), is_moving=None,
+                                birth_frame=torch.zeros(count, dtype=torch.int32),
+                                dynamic_means=torch.zeros(frames, 0, 3), dynamic_quats=torch.zeros(frames, 0, 4))
+    assert scene.is_still
+    config = MeshConfig(orbit_anchors=1)
+    folder = tmp_path / "mesh"
+    export_meshes(scene, folder, frames=1, voxel_size=0.03, config=config, split=True)
+    (stats,) = export_meshes(scene, folder, voxel_size=0.03, config=config)
+    assert stats.path.name == "static.ply" and sorted(p.name for p in folder.iterdir()) == ["static.ply"]
+    (one,) = export_meshes(scene, tmp_path / "one", frames=2, voxel_size=0.03, config=config)
+    static, frame = (trimesh.load(path, force="mesh", process=False) for path in (stats.path, one.path))
+    assert len(static.faces) == len(frame.faces) > 1000
+    np.testing.assert_allclose(np.sort(static.vertices, axis=0), np.sort(frame.vertices, axis=0), atol=1e-4)
+    assert abs(static.area - frame.area) < 1e-3 * frame.area
+
+
 def test_a_clips_frames_meshed_side_by_side_equal_those_meshed_one_at_a_time(tmp_path):
     """Frames are meshed one per torch thread; each frame's surface is the same as on one thread."""
     scene, _ = surface_scene(num_frames=4, width=96, height=54, spacing=0.1)

@@ -67,6 +67,7 @@ from recon4d.io.scene import Gaussians, Scene4D
 from recon4d.progress import progress_bar
 
 MESH_SUFFIXES = (".ply", ".obj", ".glb")
+STILL_SCENE_MESH = "static"  # the one mesh of a still scene's frames, and the stem `recon4d export --static` writes
 # File names of a clip's meshes (`export_meshes`): frame_0000.ply whole; split: still_0000.ply per window (its
 # first exported frame), moving_0000.ply per frame.
 WHOLE_FRAME_PREFIX, STILL_PART_PREFIX, MOVING_PART_PREFIX = "frame", "still", "moving"
@@ -601,11 +602,21 @@ def export_meshes(
     once (``still_0000.ply``) and each frame's moving part (``moving_0000.ply``); see `export_frame_meshes`
     (one still part per window, one voxel size fixed by the first frame unless given).
 
+    A still scene (`Scene4D.is_still`, e.g. a walk-around) shows one surface at every time: all its frames are
+    one mesh, ``static.ply`` (as `recon4d export --static` names it), which replaces the folder's per-frame files.
+
     A frame's file of the other layout in `out_dir` (whole, or moving part) is removed once the new ones are
     written, so that a folder describes each frame one way (`recon4d view` reads either; a whole frame wins
     over a split one). A still file stays while a frame of its window has no whole mesh (that frame may use
     it), and is removed once every frame of its window has one."""
     out_dir = Path(out_dir)
+    if frames == "all" and not split and scene.num_frames > 1 and scene.is_still:
+        stats = export_mesh(scene, out_dir / f"{STILL_SCENE_MESH}{suffix}", voxel_size=voxel_size, config=config)
+        for prefix in (WHOLE_FRAME_PREFIX, STILL_PART_PREFIX, MOVING_PART_PREFIX):
+            for paths in _files_by_frame(out_dir, prefix).values():
+                for path in paths:
+                    path.unlink(missing_ok=True)
+        return [stats]
     name = MOVING_PART_PREFIX if split else WHOLE_FRAME_PREFIX
     paths = {t: out_dir / frame_file_name(name, t, suffix) for t in frame_indices(frames, scene.num_frames)}
     still_paths = (lambda t: out_dir / frame_file_name(STILL_PART_PREFIX, t, suffix)) if split else None
