@@ -405,7 +405,8 @@ def _fit_joint(prepared: Prepared, config: FitConfig, device: torch.device, out_
     built and fitted again without them, and they count as skipped."""
     clip, K = prepared.clip, prepared.K
     start, prepared.sfm_scene = prepared.sfm_scene, None
-    start.config["run_key"] = _run_key(clip, config, K)
+    start.config["run_key"] = _run_key(clip, config, K)  # of the settings asked for, as `check_replaceable`'s
+    config = config.replace(**{"losses.depth": config.sfm.joint_depth_weight})
     seconds, points = dict(prepared.seconds), len(start.gaussians)
     t0 = time.perf_counter()
     scene, refine_stats = run_refinement(start, prepared, config, device)
