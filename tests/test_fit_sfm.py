@@ -115,7 +115,7 @@ def test_the_sequential_pass_starts_placed_frames_from_colmap_and_keeps_its_own_
             assert errors["ate_rmse"] <= 0.02 * errors["path_length"], errors
 
 
-def test_the_walkaround_preset_is_the_default_plus_a_joint_sfm_fit_a_still_scene_no_flow_terms_and_every_view_in_the_pass():
+def test_the_walkaround_preset_is_the_default_plus_its_five_measured_changes():
     """configs/walkaround.yaml's measurements (its comments, README) hold only while the rest of it is the
     default preset: the five changes and nothing else."""
     from recon4d.fit.config import load_config

@@ -262,7 +262,8 @@ def _joint_start(source: str | Path, clip: Clip, fitted: list[int], K: np.ndarra
         return None
     scene.config = {**config.to_dict(), "source": clip.source}
     log(f"sfm: joint fit of {len(placed)} frames from {len(scene.gaussians)} COLMAP points"
-        + (f"; {len(fitted) - len(placed)} frames COLMAP did not place are skipped" if len(placed) < len(fitted) else ""))
+        + (f"; {len(fitted) - len(placed)} frames COLMAP did not place are skipped"
+           if len(placed) < len(fitted) else ""))
     return scene, placed, cameras
 
 
@@ -423,7 +424,8 @@ def _fit_joint(prepared: Prepared, config: FitConfig, device: torch.device, out_
         start = scene_from_sfm(sfm, clip, K, fitted, config.sfm)
         start.config = dict(scene.config)
         inputs = _to_inputs(clip.frames[fitted], _priors_of(clip, fitted, K, config, log), K, device)
-        prepared = dataclasses.replace(prepared, fitted=fitted, skipped=sorted(prepared.skipped + dropped), inputs=inputs)
+        prepared = dataclasses.replace(prepared, fitted=fitted, skipped=sorted(prepared.skipped + dropped),
+                                       inputs=inputs)
         scene, refine_stats = run_refinement(start, prepared, config, device)
         errors = view_errors(scene, clip.frames, fitted, device)
     else:

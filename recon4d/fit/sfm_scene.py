@@ -75,7 +75,8 @@ def gaussians_from_points(points: np.ndarray, colors: np.ndarray, opacity: float
                      colors=torch.as_tensor(np.clip(colors, 0.0, 1.0), dtype=torch.float32))
 
 
-def colors_from_frames(points: np.ndarray, camera_from_world: np.ndarray, K: np.ndarray, frames: np.ndarray) -> np.ndarray:
+def colors_from_frames(points: np.ndarray, camera_from_world: np.ndarray, K: np.ndarray,
+                       frames: np.ndarray) -> np.ndarray:
     """[P, 3] colour in [0, 1] of each point: the median over `frames` [F, H, W, 3] uint8 of the pixel it lands on
     (cameras [F, 4, 4], intrinsics K [4]); 0.5 grey where it lands on none. The median keeps out the views
     where something else covers the point.
@@ -119,7 +120,8 @@ def place_unfitted(world_from_camera: torch.Tensor, sfm_camera_from_world: torch
     out = world_from_camera.clone()
     for t in sorted(placed):
         k = min(anchors, key=lambda a: abs(a - t))
-        camera = sfm_start(sfm_camera_from_world[t], sfm_camera_from_world[k], invert_pose(world_from_camera[k].double()), 1.0)
+        fitted_camera = invert_pose(world_from_camera[k].double())
+        camera = sfm_start(sfm_camera_from_world[t], sfm_camera_from_world[k], fitted_camera, 1.0)
         out[t] = invert_pose(camera).to(out.dtype)
     return out
 

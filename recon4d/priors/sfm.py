@@ -59,7 +59,7 @@ class SfmConfig:
         the Mip-NeRF 360 protocol does: they are withheld from the photometric fit only), its points start the
         Gaussians (`recon4d.fit.sfm_scene`) and the refinement fits them to the fitted frames; there is no
         sequential pass. Lego's walk-around with every 4th view held out (README, "A walk-around as one
-        model"): held-out 11.6 -> 25.5 dB. Needs `refine.enabled`. Where COLMAP places under
+        model"): held-out 11.6 -> 26.2 dB. Needs `refine.enabled`. Where COLMAP places under
         `min_registered` of the frames, the sequential pass runs without the prior.
     point_opacity, point_neighbours: a joint fit's Gaussian at each COLMAP point starts this opaque and as wide
         as its mean distance to this many nearest points (3DGS: 0.1 and 3). Lego held out, mean of two view
@@ -152,7 +152,8 @@ def cached_sfm_cameras(frames: np.ndarray, intrinsics: np.ndarray, config: SfmCo
             return SfmCameras(hit["camera_from_world"], hit["points"], 0.0), True
     cameras = sfm_cameras(frames, intrinsics, config)
     if cache is not None:
-        cache.put("sfm", clip_hash, settings, {"camera_from_world": cameras.camera_from_world, "points": cameras.points})
+        arrays = {"camera_from_world": cameras.camera_from_world, "points": cameras.points}
+        cache.put("sfm", clip_hash, settings, arrays)
     return cameras, False
 
 
