@@ -62,12 +62,11 @@ from recon4d.export.mesh_views import (
     thin_views,
 )
 from recon4d.io.atomic import atomic_path, write_bytes_atomic
-from recon4d.io.frames import FrameSelection, frame_file_name, frame_indices
+from recon4d.io.frames import STILL_SCENE_STEM, FrameSelection, frame_file_name, frame_indices
 from recon4d.io.scene import Gaussians, Scene4D
 from recon4d.progress import progress_bar
 
 MESH_SUFFIXES = (".ply", ".obj", ".glb")
-STILL_SCENE_MESH = "static"  # the one mesh of a still scene's frames, and the stem `recon4d export --static` writes
 # File names of a clip's meshes (`export_meshes`): frame_0000.ply whole; split: still_0000.ply per window (its
 # first exported frame), moving_0000.ply per frame.
 WHOLE_FRAME_PREFIX, STILL_PART_PREFIX, MOVING_PART_PREFIX = "frame", "still", "moving"
@@ -611,7 +610,7 @@ def export_meshes(
     it), and is removed once every frame of its window has one."""
     out_dir = Path(out_dir)
     if frames == "all" and not split and scene.num_frames > 1 and scene.is_still:
-        stats = export_mesh(scene, out_dir / f"{STILL_SCENE_MESH}{suffix}", voxel_size=voxel_size, config=config)
+        stats = export_mesh(scene, out_dir / f"{STILL_SCENE_STEM}{suffix}", voxel_size=voxel_size, config=config)
         for prefix in (WHOLE_FRAME_PREFIX, STILL_PART_PREFIX, MOVING_PART_PREFIX):
             for paths in _files_by_frame(out_dir, prefix).values():
                 for path in paths:

@@ -37,6 +37,9 @@ def frame_indices(frames: FrameSelection, num_frames: int) -> list[int]:
     return sorted(result)
 
 
+STILL_SCENE_STEM = "static"  # an export's one file for every frame of a still scene (`Scene4D.is_still`)
+
+
 def frame_file_name(prefix: str, index: int, suffix: str) -> str:
     """'frame', 3, '.ply' -> 'frame_0003.ply' (four digits, more when the index needs them)."""
     return f"{prefix}_{index:04d}{suffix}"
