@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from recon4d.errors import InputError
-from recon4d.export.mesh import MESH_SUFFIXES, MOVING_PART_PREFIX, STILL_PART_PREFIX, WHOLE_FRAME_PREFIX
+from recon4d.export.mesh import MOVING_PART_PREFIX, STILL_PART_PREFIX, WHOLE_FRAME_PREFIX, exported_meshes
 from viewer.config import MESH_EXPORT_DIR
 
 
@@ -95,18 +95,9 @@ class MeshFiles:
 
 def find_meshes(out_dir: Path) -> MeshFiles:
     """The meshes exported to OUT/export/mesh (`MeshFiles`)."""
-    folder = out_dir / MESH_EXPORT_DIR
-    by_prefix: dict[str, dict[int, Path]] = {WHOLE_FRAME_PREFIX: {}, STILL_PART_PREFIX: {}, MOVING_PART_PREFIX: {}}
-    others = []
-    for path in sorted(folder.iterdir()) if folder.is_dir() else []:
-        if path.suffix.lower() not in MESH_SUFFIXES or path.name.startswith("."):
-            continue
-        prefix, _, index = path.stem.partition("_")
-        if prefix in by_prefix and index.isdigit():
-            by_prefix[prefix].setdefault(int(index), path)
-        else:
-            others.append(path)
-    return MeshFiles(by_prefix[WHOLE_FRAME_PREFIX], by_prefix[STILL_PART_PREFIX], by_prefix[MOVING_PART_PREFIX],
+    by_prefix, others = exported_meshes(out_dir / MESH_EXPORT_DIR)
+    first = {prefix: {t: paths[0] for t, paths in by_frame.items()} for prefix, by_frame in by_prefix.items()}
+    return MeshFiles(first[WHOLE_FRAME_PREFIX], first[STILL_PART_PREFIX], first[MOVING_PART_PREFIX],
                      others[0] if others else None)
 
 

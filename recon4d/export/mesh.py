@@ -611,8 +611,8 @@ def export_meshes(
     out_dir = Path(out_dir)
     if frames == "all" and not split and scene.num_frames > 1 and scene.is_still:
         stats = export_mesh(scene, out_dir / f"{STILL_SCENE_STEM}{suffix}", voxel_size=voxel_size, config=config)
-        for prefix in (WHOLE_FRAME_PREFIX, STILL_PART_PREFIX, MOVING_PART_PREFIX):
-            for paths in _files_by_frame(out_dir, prefix).values():
+        for by_frame in exported_meshes(out_dir)[0].values():
+            for paths in by_frame.values():
                 for path in paths:
                     path.unlink(missing_ok=True)
         return [stats]
@@ -629,21 +629,30 @@ def export_meshes(
     return stats
 
 
-def _files_by_frame(out_dir: Path, prefix: str) -> dict[int, list[Path]]:
-    """{frame: its mesh files named `prefix`_NNNN in `out_dir`, any mesh suffix}."""
-    found: dict[int, list[Path]] = {}
-    for path in out_dir.glob(f"{prefix}_*"):
-        index = path.stem.partition("_")[2]
-        if path.suffix.lower() in MESH_SUFFIXES and index.isdigit():
-            found.setdefault(int(index), []).append(path)
-    return found
+def exported_meshes(out_dir: Path) -> tuple[dict[str, dict[int, list[Path]]], list[Path]]:
+    """The mesh files in `out_dir`, in name order: {prefix: {frame: its files (any mesh suffix)}} for the
+    clip layouts' names (`frame_NNNN`, `still_NNNN`, `moving_NNNN`), and the other mesh files (a static mesh).
+    Hidden files are left out; a missing folder has none."""
+    by_prefix: dict[str, dict[int, list[Path]]] = {p: {} for p in (WHOLE_FRAME_PREFIX, STILL_PART_PREFIX,
+                                                                     MOVING_PART_PREFIX)}
+    others = []
+    for path in sorted(out_dir.iterdir()) if out_dir.is_dir() else []:
+        if path.suffix.lower() not in MESH_SUFFIXES or path.name.startswith("."):
+            continue
+        prefix, _, index = path.stem.partition("_")
+        if prefix in by_prefix and index.isdigit():
+            by_prefix[prefix].setdefault(int(index), []).append(path)
+        else:
+            others.append(path)
+    return by_prefix, others
 
 
 def remove_unused_still_files(scene: Scene4D, out_dir: Path) -> None:
     """Remove the still files (`still_NNNN`) in `out_dir` that no frame can use: every frame of the file's temporal
     window has its whole mesh (`frame_NNNN`), which the viewer shows instead."""
-    whole = _files_by_frame(out_dir, WHOLE_FRAME_PREFIX)
-    for start, files in _files_by_frame(out_dir, STILL_PART_PREFIX).items():
+    by_prefix, _ = exported_meshes(out_dir)
+    whole = by_prefix[WHOLE_FRAME_PREFIX]
+    for start, files in by_prefix[STILL_PART_PREFIX].items():
         first, last = scene.window_at(min(start, scene.num_frames - 1))
         if all(t in whole for t in range(first, last + 1)):
             for path in files:

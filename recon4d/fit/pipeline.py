@@ -191,18 +191,15 @@ def prepare(source: str | Path, config: FitConfig, device: torch.device, log=pri
         peak_rss["sfm"] = peak_rss_mb()
         if joint is not None:  # no sequential pass: the refinement fits every fitted frame COLMAP placed
             sfm_scene, placed, sfm = joint
-            skipped = sorted(skipped + [t for t in fitted if t not in placed])
+            skipped = sorted(set(skipped) | (set(fitted) - set(placed)))
             fitted = keyframes = placed
             sequential, long_clip = None, False
     t0 = time.perf_counter()
-    def priors_of(frames: list[int]):
-        return _priors_of(clip, frames, K, config, log)
-
     # The sequential pass's flow runs between its own consecutive frames. Its set is computed beside the other
     # one: each keeps about 1.35 of 2 cores busy (the depth prior's per-frame solves are serial).
-    wait_sequential = (in_background(lambda: priors_of(sequential))
+    wait_sequential = (in_background(lambda: _priors_of(clip, sequential, K, config, log))
                        if sequential is not None and sequential != fitted else None)
-    priors = priors_of(fitted)
+    priors = _priors_of(clip, fitted, K, config, log)
     sequential_priors = None if wait_sequential is None else wait_sequential()
     seconds["priors"] = time.perf_counter() - t0
     peak_rss["priors"] = peak_rss_mb()
@@ -255,7 +252,8 @@ def _joint_start(source: str | Path, clip: Clip, fitted: list[int], K: np.ndarra
     then treats it as skipped (its camera searched against its frame at the end). None: no start (the
     sequential pass runs, without the prior)."""
     cameras = _sfm_of(source, clip, list(range(clip.num_frames)), K, config, log)
-    placed = [] if cameras is None else [t for t in fitted if t in set(placed_frames(cameras.camera_from_world))]
+    placed_any = set() if cameras is None else set(placed_frames(cameras.camera_from_world))
+    placed = [t for t in fitted if t in placed_any]
     scene = scene_from_sfm(cameras, clip, K, placed, config.sfm) if len(placed) >= 2 else None
     if scene is None:
         log("sfm: no joint start; the sequential pass fits the clip without the prior")

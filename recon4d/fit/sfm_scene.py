@@ -161,7 +161,8 @@ def scene_from_sfm(sfm: SfmCameras, clip: Clip, K: np.ndarray, fitted: list[int]
     refinement fits.
     """
     placed = placed_frames(sfm.camera_from_world)
-    placed_fitted = [t for t in fitted if t in placed]
+    placed_set = set(placed)
+    placed_fitted = [t for t in fitted if t in placed_set]
     if not placed_fitted or sfm.points.shape[0] < config.min_scale_points:
         return None
     cameras_sfm, points = to_anchor_frame(sfm.camera_from_world, sfm.points, placed_fitted[0])
