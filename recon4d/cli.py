@@ -337,7 +337,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from recon4d.errors import InputError
-    from recon4d.io.frames import STILL_SCENE_STEM
+    from recon4d.io.frames import STILL_SCENE_STEM, one_file_for_all
     from recon4d.io.outputs import check_output_dir
     from recon4d.io.scene import load_scene
 
@@ -360,7 +360,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         from recon4d.export import export_ply
 
         written = export_ply(scene, dest, frames=frames, format=args.format)
-        if frames == "all" and scene.num_frames > 1 and scene.is_still:
+        if one_file_for_all(scene, frames):
             print(f"the scene is still: one file holds the Gaussians of all {scene.num_frames} frames")
     elif args.format == "mesh":
         from recon4d.export import export_mesh, export_meshes
@@ -372,7 +372,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         else:
             stats = export_meshes(scene, dest, frames, suffix=args.mesh_format, split=args.split)
             written = list(dict.fromkeys(path for s in stats for path in (s.still_path, s.path) if path is not None))
-            if frames == "all" and scene.num_frames > 1 and scene.is_still and not args.split:
+            if one_file_for_all(scene, frames) and not args.split:
                 print(f"the scene is still: one mesh serves all {scene.num_frames} frames")
             if not args.split and len(stats) > 1:
                 megabytes = sum(path.stat().st_size for path in written) / 2**20

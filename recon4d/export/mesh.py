@@ -62,7 +62,7 @@ from recon4d.export.mesh_views import (
     thin_views,
 )
 from recon4d.io.atomic import atomic_path, write_bytes_atomic
-from recon4d.io.frames import STILL_SCENE_STEM, FrameSelection, frame_file_name, frame_indices
+from recon4d.io.frames import STILL_SCENE_STEM, FrameSelection, frame_file_name, frame_indices, one_file_for_all
 from recon4d.io.scene import Gaussians, Scene4D
 from recon4d.progress import progress_bar
 
@@ -609,7 +609,7 @@ def export_meshes(
     over a split one). A still file stays while a frame of its window has no whole mesh (that frame may use
     it), and is removed once every frame of its window has one."""
     out_dir = Path(out_dir)
-    if frames == "all" and not split and scene.num_frames > 1 and scene.is_still:
+    if not split and one_file_for_all(scene, frames):
         stats = export_mesh(scene, out_dir / f"{STILL_SCENE_STEM}{suffix}", voxel_size=voxel_size, config=config)
         for by_frame in exported_meshes(out_dir)[0].values():
             for paths in by_frame.values():

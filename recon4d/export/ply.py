@@ -37,7 +37,7 @@ import torch
 
 from recon4d.errors import BackendError, InputError, SceneError
 from recon4d.io.atomic import atomic_path, write_bytes_atomic
-from recon4d.io.frames import STILL_SCENE_STEM, FrameSelection, frame_file_name, frame_indices
+from recon4d.io.frames import STILL_SCENE_STEM, FrameSelection, frame_file_name, frame_indices, one_file_for_all
 from recon4d.io.scene import Gaussians, Scene4D
 
 SH_C0 = 0.28209479177387814  # Y_0^0 = 1 / (2 sqrt(pi)); rgb = 0.5 + SH_C0 * f_dc
@@ -232,7 +232,7 @@ def export_ply(
     if format not in _WRITERS:
         raise InputError(f"unknown splat format {format!r}", hint=f"use one of {', '.join(_WRITERS)}")
     out_dir = Path(out_dir)
-    if frames == "all" and scene.num_frames > 1 and scene.is_still:
+    if one_file_for_all(scene, frames):
         path = _WRITERS[format](scene.gaussians_at(0), out_dir / f"{STILL_SCENE_STEM}{_SUFFIX[format]}", config)
         for t in range(scene.num_frames):
             (out_dir / frame_file_name("frame", t, _SUFFIX[format])).unlink(missing_ok=True)

@@ -40,6 +40,12 @@ def frame_indices(frames: FrameSelection, num_frames: int) -> list[int]:
 STILL_SCENE_STEM = "static"  # an export's one file for every frame of a still scene (`Scene4D.is_still`)
 
 
+def one_file_for_all(scene: Scene4D, frames: FrameSelection) -> bool:
+    """Whether an export of `frames` writes one file (`STILL_SCENE_STEM`) instead of one per frame: all frames
+    of a still scene (`Scene4D.is_still`) show the same Gaussians."""
+    return isinstance(frames, str) and frames == "all" and scene.num_frames > 1 and scene.is_still
+
+
 def frame_file_name(prefix: str, index: int, suffix: str) -> str:
     """'frame', 3, '.ply' -> 'frame_0003.ply' (four digits, more when the index needs them)."""
     return f"{prefix}_{index:04d}{suffix}"
