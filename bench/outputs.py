@@ -15,7 +15,8 @@ fit's own total from metrics.json; the output commands are timed as subprocesses
 
 `--mesh-scene OUT` instead meshes the first `--mesh-frames` frames of an existing fit as a clip export does
 (`recon4d.export.mesh.export_meshes`, in this process; `--mesh-split`: as `recon4d export --split` does) and
-prints one row: wall seconds per frame against the fit's own seconds per frame (metrics.json), megabytes written
+prints one row: wall seconds per frame against the fit's own seconds per frame (metrics.json), of them the
+windows' shared planning and still parts in all (shared_s) and the rest per frame, megabytes written
 per frame (all files) and triangles per frame's mesh, and the process's peak RSS (the scene loaded included).
 """
 from __future__ import annotations
@@ -138,6 +139,8 @@ def mesh_clip_row(out: Path, frames: int, split: bool = False) -> dict:
     return {"scene": str(out), "layout": "split" if split else "whole", "frames": frames,
             "windows": len({scene.window_at(t) for t in range(frames)}),
             "mesh_s_per_frame": seconds / frames, "fit_s_per_frame": fit_seconds / scene.num_frames,
+            "shared_s": sum(s.shared_seconds for s in stats),
+            "moving_s_per_frame": (seconds - sum(s.shared_seconds for s in stats)) / frames,
             "mb_per_frame": megabytes / frames, "triangles_per_mesh": float(np.mean([s.num_triangles for s in stats])),
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 

@@ -91,7 +91,8 @@ def main() -> None:
             stats = export_meshes(clip_scene, tmp)
             seconds = time.perf_counter() - start
         add({"clip": "mesh_clip_60", "seconds": seconds, "per_frame_s": seconds / len(stats),
-             "later_frame_s": sum(s.seconds for s in stats[1:]) / (len(stats) - 1)}, load)
+             "later_frame_s": sum(s.seconds for s in stats[1:]) / (len(stats) - 1),
+             "shared_s": sum(s.shared_seconds for s in stats)}, load)
     for variant in ("translate", "fast"):
         load = os.getloadavg()[0]
         seconds = best_of(lambda v=variant: make_synthetic(v, num_frames=12, width=128, height=96), args.repeat)

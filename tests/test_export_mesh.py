@@ -306,6 +306,8 @@ def test_clip_fuses_the_still_part_once(tmp_path, monkeypatch):
     num_views = stats[0].num_views
     width, height = stats[0].render_size
     assert num_views == num_frames + 4
+    # The planning and the still part are timed apart from the frames that share them.
+    assert stats[0].shared_seconds > 0 and all(s.shared_seconds == 0 for s in stats[1:])
     # One TSDF of the still part from every view, then one per frame of the ball from at most as many.
     assert fused[0] == num_views and len(fused) == 1 + num_frames
     assert all(0 < views <= num_views for views in fused[1:])

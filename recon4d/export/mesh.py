@@ -89,8 +89,10 @@ class MeshStats:
         num_vertices, num_triangles: of the written mesh.
         removed_triangles: triangles in dropped small components.
         seconds: wall time of this mesh's own work (a clip's frames are meshed side by side, so theirs
-            overlap); the first frame of each temporal window also carries the planning and the still part,
-            which the window's later frames share.
+            overlap).
+        shared_seconds: on the first frame of each temporal window of a clip export, the wall time of the
+            planning and the still part, which the window's frames share (done before them, one window at
+            a time); 0 on its other frames. A single mesh (`export_mesh`) counts all in `seconds`.
         still_path: in a split export, the window's still part this frame shares (None when it has no still
             surface, and in a whole-frame export). The counts above are of both files together.
     """
@@ -108,6 +110,7 @@ class MeshStats:
     removed_triangles: int
     seconds: float
     still_path: Path | None = None
+    shared_seconds: float = 0.0
 
 
 def import_open3d():
@@ -546,7 +549,7 @@ def export_frame_meshes(
                 return done
 
             window_stats = side_by_side(mesh_frame, frames, torch.device("cpu"), config.max_frames_side_by_side)
-            window_stats[0] = replace(window_stats[0], seconds=window_stats[0].seconds + shared_seconds)
+            window_stats[0] = replace(window_stats[0], shared_seconds=shared_seconds)
             stats += window_stats
     return stats
 
@@ -577,7 +580,8 @@ def export_mesh(
     _check_request([path], voxel_size)
     (t,) = frame_indices(scene.num_frames - 1 if frame is None else frame, scene.num_frames)
     if not static_only:
-        return export_frame_meshes(scene, {t: path}, voxel_size, config)[0]
+        stats = export_frame_meshes(scene, {t: path}, voxel_size, config)[0]
+        return replace(stats, seconds=stats.seconds + stats.shared_seconds, shared_seconds=0.0)
     gaussians = still_gaussians(scene, t)
     if len(gaussians) == 0:
         raise SceneError(f"frame {t} has no still Gaussians to mesh")
