@@ -136,11 +136,11 @@ def mesh_clip_row(out: Path, frames: int, split: bool = False) -> dict:
         stats = export_meshes(scene, tmp, list(range(frames)), split=split)
         seconds = time.perf_counter() - start
         megabytes = sum(path.stat().st_size for path in Path(tmp).iterdir()) / 2**20
+    shared = sum(s.shared_seconds for s in stats)
     return {"scene": str(out), "layout": "split" if split else "whole", "frames": frames,
             "windows": len({scene.window_at(t) for t in range(frames)}),
             "mesh_s_per_frame": seconds / frames, "fit_s_per_frame": fit_seconds / scene.num_frames,
-            "shared_s": sum(s.shared_seconds for s in stats),
-            "moving_s_per_frame": (seconds - sum(s.shared_seconds for s in stats)) / frames,
+            "shared_s": shared, "moving_s_per_frame": (seconds - shared) / frames,
             "mb_per_frame": megabytes / frames, "triangles_per_mesh": float(np.mean([s.num_triangles for s in stats])),
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
