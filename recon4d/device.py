@@ -137,7 +137,7 @@ def side_by_side(work: Callable[[Item], Result], items: Iterable[Item], device: 
         torch.set_num_threads(threads)
 
 
-def in_background(work: Callable[[], Result]) -> Callable[[], Result]:
+def in_background(work: Callable[[], Result], nice: int = 0) -> Callable[[], Result]:
     """Start work() on a daemon thread and return a function that waits for its result (re-raising its error).
 
     For one long, independent piece of CPU work beside the caller's own. Unlike a ThreadPoolExecutor, whose
@@ -152,6 +152,8 @@ def in_background(work: Callable[[], Result]) -> Callable[[], Result]:
 
     def run() -> None:
         try:
+            if nice > 0 and hasattr(os, "setpriority"):  # Linux: per thread, inherited by the threads it starts
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
             outcome["result"] = work()
         except BaseException as exc:  # handed to the waiting caller
             outcome["error"] = exc
