@@ -3,6 +3,8 @@
 items ahead)."""
 from __future__ import annotations
 
+import os
+import sys
 import threading
 import time
 
@@ -27,6 +29,21 @@ def test_result_and_concurrency():
     assert workers and all(t.daemon for t in workers)
     release.set()
     assert wait() == 7
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a thread's own nice value is Linux's")
+def test_low_priority_work_and_the_threads_it_starts_run_niced_the_caller_does_not():
+    def nice_of_this_thread() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    def work() -> tuple[int, int]:
+        with thread_pool(1) as pool:  # a pool the work starts: its thread inherits the nice value
+            return nice_of_this_thread(), pool.submit(nice_of_this_thread).result()
+
+    caller = nice_of_this_thread()
+    expected = min(caller + 5, 19)
+    assert in_background(work, nice=5)() == (expected, expected)
+    assert nice_of_this_thread() == caller and in_background(work)() == (caller, caller)
 
 
 def test_error_is_raised_in_the_caller():

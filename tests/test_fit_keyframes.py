@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -133,3 +134,28 @@ def test_a_clip_refined_on_every_frame_can_still_take_a_sparser_sequential_pass(
                   torch.device("cpu"), log=lambda *_: None)
     assert off.fitted == off.keyframes == prepared.keyframes and off.sequential == prepared.sequential
     assert sorted(off.fitted + off.skipped) == prepared.fitted
+
+
+def test_a_long_clips_priors_of_every_frame_compute_beside_the_sequential_pass(tmp_path):
+    """`prepare(overlap=True)` returns once the sequential pass's priors are in; the priors of every fitted frame
+    arrive later (`wait_priors`) and equal those computed up front."""
+    from recon4d.fit.pipeline import prepare
+
+    clip = make_synthetic("translate", num_frames=FRAMES, width=96, height=54, seed=0)
+    write_synthetic(clip, tmp_path / "gt")
+    config = load_config("fast").replace(
+        short_side=54, refine=True, holdout_every=4,
+        **{"keyframes.enabled": True, "keyframes.max_gap_frames": 2, "keyframes.motion_budget_px": 1000.0,
+           "keyframes.sequential_budget_px": 2000.0, "keyframes.sequential_min_keyframes": 2,
+           "keyframes.dense_refine_frames": 16, "priors.use_cache": False})
+    video, cpu = tmp_path / "gt" / "video.mp4", torch.device("cpu")
+    upfront = prepare(video, config, cpu, log=lambda *_: None)
+    overlapped = prepare(video, config, cpu, log=lambda *_: None, overlap=True)
+    assert overlapped.long_clip and overlapped.pending is not None and overlapped.inputs is None
+    assert len(overlapped.sequential_inputs.frames) == len(overlapped.sequential)
+    overlapped.wait_priors()
+    assert overlapped.pending is None and overlapped.background_seconds > 0
+    assert upfront.pending is None and upfront.background_seconds == 0
+    for name in ("frames", "flow_forward", "valid_forward", "depth", "depth_confidence", "moving"):
+        assert torch.equal(getattr(overlapped.inputs, name), getattr(upfront.inputs, name)), name
+    assert np.array_equal(overlapped.priors.moving_masks, upfront.priors.moving_masks)

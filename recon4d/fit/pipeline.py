@@ -161,7 +161,9 @@ def prepare(source: str | Path, config: FitConfig, device: torch.device, log=pri
     for checks that need the decoded clip. `overlap`: when the sequential pass fits a subset of the fitted frames
     (a long clip), return once its priors are in and leave those of all fitted frames, which only the refinement
     reads, computing in the background (`Prepared.pending`; `Prepared.wait_priors`). The sequential pass keeps
-    about 1.4 of 2 cores busy, and the priors fill the rest.
+    about 1.4 of 2 cores busy, and the priors fill the rest at the lowest priority (nice 19), so that they take
+    only what the pass leaves: at the same priority they slowed backpack's 450-frame pass by 88 s (README,
+    "A long clip's priors beside its sequential pass").
     """
     if config.sfm.enabled:  # a missing pycolmap is reported before any decoding
         from recon4d.priors.sfm import require_pycolmap
