@@ -106,18 +106,24 @@ def test_short_clip_is_refined_on_every_frame(tmp_path):
     assert held_out[16] >= held_out[0] + 1.0, held_out
 
 
+def _refined_on_every_frame_with_a_sparser_pass(tmp_path):
+    """A 16-frame clip written to tmp_path/gt, and a config that refines every frame outside the held-out set
+    (every 4th) and thins its keyframes for the sequential pass, as a long clip's are."""
+    clip = make_synthetic("translate", num_frames=FRAMES, width=96, height=54, seed=0)
+    write_synthetic(clip, tmp_path / "gt")
+    return load_config("fast").replace(
+        short_side=54, refine=True, holdout_every=4,
+        **{"keyframes.enabled": True, "keyframes.max_gap_frames": 2, "keyframes.motion_budget_px": 1000.0,
+           "keyframes.sequential_budget_px": 2000.0, "keyframes.sequential_min_keyframes": 2,
+           "keyframes.dense_refine_frames": 16})
+
+
 def test_a_clip_refined_on_every_frame_can_still_take_a_sparser_sequential_pass(tmp_path):
     """Every frame outside the held-out set is refined; the keyframes among them are thinned for the sequential
     pass as a long clip's are, and its temporal windows are counted in keyframes, not in refined frames."""
     from recon4d.fit.pipeline import prepare
 
-    clip = make_synthetic("translate", num_frames=FRAMES, width=96, height=54, seed=0)
-    write_synthetic(clip, tmp_path / "gt")
-    config = load_config("fast").replace(
-        short_side=54, refine=True, holdout_every=4,
-        **{"keyframes.enabled": True, "keyframes.max_gap_frames": 2, "keyframes.motion_budget_px": 1000.0,
-           "keyframes.sequential_budget_px": 2000.0, "keyframes.sequential_min_keyframes": 2,
-           "keyframes.dense_refine_frames": 16})
+    config = _refined_on_every_frame_with_a_sparser_pass(tmp_path)
     prepared = prepare(tmp_path / "gt" / "video.mp4", config, torch.device("cpu"), log=lambda *_: None)
     assert prepared.held == [3, 7, 11] and prepared.skipped == []
     assert prepared.fitted == [t for t in range(FRAMES) if t not in prepared.held]
@@ -141,13 +147,7 @@ def test_a_long_clips_priors_of_every_frame_compute_beside_the_sequential_pass(t
     arrive later (`wait_priors`) and equal those computed up front."""
     from recon4d.fit.pipeline import prepare
 
-    clip = make_synthetic("translate", num_frames=FRAMES, width=96, height=54, seed=0)
-    write_synthetic(clip, tmp_path / "gt")
-    config = load_config("fast").replace(
-        short_side=54, refine=True, holdout_every=4,
-        **{"keyframes.enabled": True, "keyframes.max_gap_frames": 2, "keyframes.motion_budget_px": 1000.0,
-           "keyframes.sequential_budget_px": 2000.0, "keyframes.sequential_min_keyframes": 2,
-           "keyframes.dense_refine_frames": 16, "priors.use_cache": False})
+    config = _refined_on_every_frame_with_a_sparser_pass(tmp_path).replace(**{"priors.use_cache": False})
     video, cpu = tmp_path / "gt" / "video.mp4", torch.device("cpu")
     upfront = prepare(video, config, cpu, log=lambda *_: None)
     overlapped = prepare(video, config, cpu, log=lambda *_: None, overlap=True)
