@@ -52,18 +52,50 @@ def cpu_workers(requested: int = 0) -> int:
     return requested if requested > 0 else max(1, os.cpu_count() or 1)
 
 
+class Cancelled(Exception):
+    """Raised by `raise_if_cancelled` in a pool's worker whose caller has stopped waiting for it."""
+
+
+# The stop events of the pools that run the current thread's work, innermost last (`thread_pool`).
+_POOL_STOPS = threading.local()
+
+
+def raise_if_cancelled() -> None:
+    """Raise `Cancelled` when the caller of the `thread_pool` (or `side_by_side`) running this work has left it
+    by an exception (Ctrl-C, or another item's error re-raised there); elsewhere nothing.
+
+    For long items to call once per step: the pool waits for the items it has started before the caller's
+    exception goes on, and a long clip's refinement window runs for minutes (2-3 on backpack's 450 frames on 2
+    cores), all the while after a Ctrl-C that the command did not seem to hear.
+    """
+    for stop in getattr(_POOL_STOPS, "events", ()):
+        if stop.is_set():
+            raise Cancelled
+
+
+def _enter_pool(events: tuple[threading.Event, ...]) -> None:
+    _POOL_STOPS.events = events
+
+
 @contextmanager
 def thread_pool(workers: int) -> Iterator[ThreadPoolExecutor]:
     """A ThreadPoolExecutor of `workers` threads whose work not yet started is dropped, not run to the end, when
-    the block is left by an exception (Ctrl-C in the caller's thread, or a task's error re-raised there).
+    the block is left by an exception (Ctrl-C in the caller's thread, or a task's error re-raised there); work
+    already running ends at its next `raise_if_cancelled`.
 
         >>> with thread_pool(2) as pool:
         ...     list(pool.map(abs, [-1, 2]))
         [1, 2]
     """
-    pool = ThreadPoolExecutor(max_workers=workers)
+    stop = threading.Event()
+    # A pool started by another pool's worker stops with that one's too.
+    events = (*getattr(_POOL_STOPS, "events", ()), stop)
+    pool = ThreadPoolExecutor(max_workers=workers, initializer=_enter_pool, initargs=(events,))
     try:
         yield pool
+    except BaseException:
+        stop.set()
+        raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
         release_freed_memory()
@@ -132,7 +164,7 @@ def side_by_side(work: Callable[[Item], Result], items: Iterable[Item], device: 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        with thread_pool(workers) as pool:  # on Ctrl-C the items not yet started are dropped
+        with thread_pool(workers) as pool:  # Ctrl-C drops the items not yet started, ends the running ones' steps
             return list(pool.map(work, items))
     finally:
         torch.set_num_threads(threads)

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 import torch
 
-from recon4d.device import release_freed_memory, side_by_side
+from recon4d.device import raise_if_cancelled, release_freed_memory, side_by_side
 from recon4d.fit.config import FitConfig, RefineConfig
 from recon4d.fit.losses import COVERED_ALPHA, depth_loss, flow_loss, photometric_loss
 from recon4d.fit.model import SceneModel, scene_from_models
@@ -265,6 +265,7 @@ class Refiner:
         order: list[int] = []
         l1_history = []  # 0-dim tensors, read once at the end: a float() per step would wait for the device
         for step in range(cfg.iters):
+            raise_if_cancelled()  # a window beside others: Ctrl-C ends it now, not at its last step
             if not order:  # epochs over the fitted frames in random order
                 order = [self.drawn[i] for i in torch.randperm(len(self.drawn), generator=generator).tolist()]
             k = order.pop()
