@@ -1,7 +1,6 @@
-"""`recon4d.device`: `in_background` (work on a daemon thread whose result or error reaches the caller) and
+"""`recon4d.device`: `in_background` (work on a daemon thread whose result or error reaches the caller),
 `thread_pool` (a pool that drops its queued work when the caller stops, and whose running work ends at its next
-`raise_if_cancelled`), `ordered_map` (in order, a few
-items ahead)."""
+`raise_if_cancelled`) and `ordered_map` (in order, a few items ahead)."""
 from __future__ import annotations
 
 import os
@@ -78,7 +77,7 @@ def test_thread_pool_drops_queued_work_when_the_caller_stops():
 def test_running_work_ends_at_its_next_check_when_the_caller_stops():
     """A long item (a refinement window) started beside a failing one, or before a Ctrl-C, ends at its next
     `raise_if_cancelled` instead of running on while the caller waits for it: here 10,000 steps of 5 ms (50 s).
-    The caller's own thread and a pool's nested pool see the stop as the pool's workers do."""
+    A pool that a worker starts stops with that worker's pool; the caller's own thread is never stopped."""
     started = threading.Event()
     steps, ends = [], []
 
