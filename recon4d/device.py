@@ -65,8 +65,8 @@ def raise_if_cancelled() -> None:
     by an exception (Ctrl-C, or another item's error re-raised there); elsewhere nothing.
 
     For long items to call once per step: the pool waits for the items it has started before the caller's
-    exception goes on, and a long clip's refinement window runs for minutes (about 160 s for each of backpack's
-    450 frames' 8 windows on 2 cores), all the while after a Ctrl-C that the command seems not to have heard.
+    exception goes on, and a long clip's refinement window runs for minutes (backpack's 450 frames: 8 windows
+    of about 160 s each on 2 cores), all the while after a Ctrl-C that the command seems not to have heard.
     """
     for stop in getattr(_POOL_STOPS, "events", ()):
         if stop.is_set():
