@@ -625,6 +625,7 @@ _RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "sfm.point_neighbours": (1, None, False),
     "sfm.drop_error_ratio": (0, None, False),
     "sfm.joint_depth_weight": (0, None, False),
+    "sfm.min_shift_px": (0, None, False),
     "densify.max_gaussians": (1, 50_000_000, False),
     "densify.spawn_alpha": (0, 1, False),
     "densify.spawn_every": (1, None, False),

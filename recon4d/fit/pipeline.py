@@ -270,6 +270,9 @@ def _sfm_of(source: str | Path, clip: Clip, frames: list[int], K: np.ndarray, co
     cameras, cached = cached_sfm_cameras(sharp.frames[frames], intrinsics, config.sfm,
                                          f"{sharp.source_hash}:{','.join(map(str, frames))}", config.priors.use_cache)
     del sharp
+    if cameras.not_run:
+        log(f"sfm: COLMAP not run: {cameras.not_run}")
+        return None
     used = cameras.registered >= config.sfm.min_registered * len(frames)
     log(f"sfm: COLMAP placed {cameras.registered} of {len(frames)} frames and {len(cameras.points)} points "
         + ("(from the cache)" if cached else f"in {cameras.seconds:.1f} s")
