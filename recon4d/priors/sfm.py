@@ -232,6 +232,9 @@ def sfm_cameras(frames: np.ndarray, intrinsics: np.ndarray, config: SfmConfig) -
 # Corners of the first frame that `camera_shift_px` tracks, and how (OpenCV's usual settings for them).
 SHIFT_CORNERS, SHIFT_CORNER_QUALITY, SHIFT_CORNER_SPACING_PX = 400, 0.01, 7
 SHIFT_WINDOW_PX, SHIFT_PYRAMID_LEVELS = 21, 3
+# Fewer corners than this in the first frame measure nothing; a frame that keeps under this share of them tracked
+# is a step too wide to track, not a still camera.
+SHIFT_MIN_CORNERS, SHIFT_MIN_TRACKED_SHARE = 8, 0.5
 
 
 def camera_shift_px(frames: np.ndarray) -> float:
@@ -249,7 +252,7 @@ def camera_shift_px(frames: np.ndarray) -> float:
 
     first = cv2.cvtColor(np.ascontiguousarray(frames[0]), cv2.COLOR_RGB2GRAY)
     corners = cv2.goodFeaturesToTrack(first, SHIFT_CORNERS, SHIFT_CORNER_QUALITY, SHIFT_CORNER_SPACING_PX)
-    if corners is None or len(corners) < 8:
+    if corners is None or len(corners) < SHIFT_MIN_CORNERS:
         return float("inf")
     largest = 0.0
     for frame in frames[1:]:
@@ -258,7 +261,7 @@ def camera_shift_px(frames: np.ndarray) -> float:
                                                       winSize=(SHIFT_WINDOW_PX, SHIFT_WINDOW_PX),
                                                       maxLevel=SHIFT_PYRAMID_LEVELS)
         kept = status.ravel() == 1
-        if kept.sum() < 0.5 * len(corners):
+        if kept.sum() < SHIFT_MIN_TRACKED_SHARE * len(corners):
             return float("inf")
         largest = max(largest, float(np.median(np.linalg.norm((tracked - corners).reshape(-1, 2)[kept], axis=1))))
     return largest
