@@ -365,6 +365,53 @@ std::vector<at::Tensor> bin_gaussians(at::Tensor means2d, at::Tensor conics, at:
 
 namespace {
 
+// The hardware vectors of a padded tile row that a Gaussian's box columns [lx0, lx1) touch: lanes
+// [first, first + width). On AVX2 (8-float vectors, 16-float rows) about half of the tile entries of a fitted
+// scene need one vector of the two (stop 57).
+struct Span {
+  int first, width;
+  Span(const Splat& s, int64_t lanes)
+      : first((int)(s.lx0 / kVectorFloats * kVectorFloats)),
+        width((int)std::clamp<int64_t>((s.lx1 + kVectorFloats - 1) / kVectorFloats * kVectorFloats - first, 0,
+                                       lanes - first)) {}
+};
+
+// Composites one Gaussian over the rows of its box in one tile, over the lanes of `span` only (kSpan of them when
+// known at compile time, else span.width): `weight` is row scratch, the other buffers the tile's state as in
+// `forward_sweep`. Lanes outside the span are outside the box and would composite nothing.
+template <int64_t kSpan>
+inline void forward_rows(const Splat& s, const TileBounds& b, const Span& span, int64_t lanes, int64_t pixels,
+                         int64_t dims, int next_end, float* trans, float* alive, int* last, float* acc, float* weight) {
+  const float ca = s.ca, cb = s.cb, cc = s.cc, o = s.o, mx_local = s.mx_local;
+  const int lx0 = (int)s.lx0, lx1 = (int)s.lx1, first = span.first;
+  const int width = kSpan > 0 ? (int)kSpan : span.width;
+  for (int64_t y = s.y0; y < s.y1; y++) {
+    if (!s.row_reaches(y)) continue;
+    const float dy = s.my - (y + 0.5f);
+    const int64_t row = (y - b.y0) * lanes + first;
+    float* tr = trans + row;
+    float* al = alive + row;
+    int* la = last + row;
+#pragma omp simd aligned(al, weight : kVectorBytes)
+    for (int i = 0; i < width; i++) {
+      const int x = first + i;
+      const float dx = mx_local - (float)x;
+      const float sigma = 0.5f * (ca * dx * dx + cc * dy * dy) + cb * dx * dy;
+      const float alpha = std::min(kMaxAlpha, o * std::exp(-std::min(sigma, kMaxSigma)));
+      // `&`, not `&&`: a short-circuited load is control flow, which stops gcc vectorising.
+      const bool valid = (x >= lx0) & (x < lx1) & (al[i] > 0.f) & (sigma >= 0.f) & (alpha >= kAlphaThreshold);
+      weight[i] = valid ? alpha : 0.f;  // the alpha of each lane that may composite; the weight below
+    }
+    composite_row(width, weight, tr, la, al, next_end);
+    for (int64_t d = 0; d < dims; d++) {
+      float* ad = acc + d * pixels + row;
+      const float f = s.features[d];
+#pragma omp simd aligned(ad, weight : kVectorBytes)
+      for (int i = 0; i < width; i++) ad[i] += weight[i] * f;
+    }
+  }
+}
+
 // Returns features [H,W,D] (premultiplied, no background), transmittance [H,W] (final T),
 // end [H,W] i32 (one past the last contributing entry of the pixel's tile list).
 // kFixedLanes: the padded row length when known at compile time (see `rasterize_forward`), else 0.
@@ -412,33 +459,16 @@ std::vector<at::Tensor> forward_sweep(const at::Tensor& means2d, const at::Tenso
           break;
         if (k + kPrefetchDistance < off[t + 1]) prefetch_record(rec, id, stride, k + kPrefetchDistance);
         const Splat s(rec + (size_t)id[k] * stride, b);
-        const float ca = s.ca, cb = s.cb, cc = s.cc, o = s.o, mx_local = s.mx_local;
-        const int lx0 = (int)s.lx0, lx1 = (int)s.lx1;
+        const Span span(s, lanes);
         const int next_end = (int)(k + 1);
-        for (int64_t y = s.y0; y < s.y1; y++) {
-          if (!s.row_reaches(y)) continue;
-          const float dy = s.my - (y + 0.5f);
-          const int64_t row = (y - b.y0) * lanes;
-          float* tr = trans + row;
-          float* al = alive + row;
-          int* la = last + row;
-#pragma omp simd aligned(al, weight : 64)
-          for (int x = 0; x < (int)lanes; x++) {
-            const float dx = mx_local - (float)x;
-            const float sigma = 0.5f * (ca * dx * dx + cc * dy * dy) + cb * dx * dy;
-            const float alpha = std::min(kMaxAlpha, o * std::exp(-std::min(sigma, kMaxSigma)));
-            // `&`, not `&&`: a short-circuited load is control flow, which stops gcc vectorising.
-            const bool valid = (x >= lx0) & (x < lx1) & (al[x] > 0.f) & (sigma >= 0.f) & (alpha >= kAlphaThreshold);
-            weight[x] = valid ? alpha : 0.f;  // the alpha of each lane that may composite; the weight below
-          }
-          composite_row(lanes, weight, tr, la, al, next_end);
-          for (int64_t d = 0; d < dims; d++) {
-            float* ad = acc + d * pixels + row;
-            const float f = s.features[d];
-#pragma omp simd aligned(ad, weight : 64)
-            for (int64_t x = 0; x < lanes; x++) ad[x] += weight[x] * f;
-          }
-        }
+        // A box that misses the tile's pixels (rounding at its edge; it was binned by its radius) composites nothing.
+        if (span.width == 0) continue;
+        if (span.width == kFixedLanes)
+          forward_rows<kFixedLanes>(s, b, span, lanes, pixels, dims, next_end, trans, alive, last, acc, weight);
+        else if (span.width == kVectorFloats)
+          forward_rows<kVectorFloats>(s, b, span, lanes, pixels, dims, next_end, trans, alive, last, acc, weight);
+        else
+          forward_rows<0>(s, b, span, lanes, pixels, dims, next_end, trans, alive, last, acc, weight);
       }
       for (int64_t y = b.y0; y < b.y1; y++)
         for (int64_t x = b.x0; x < b.x1; x++) {
