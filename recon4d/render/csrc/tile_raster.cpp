@@ -176,39 +176,6 @@ inline void prefetch_record(const float* records, const int* id, int64_t stride,
   __builtin_prefetch(records + (size_t)id[k] * stride);
 }
 
-// Channels back-propagated together through one row, so that d loss / d alpha stays in a register.
-constexpr int kChannelBlock = 4;
-
-// One row of the backward pass for channels [d0, d0 + C): feature gradients (per lane), d loss / d alpha
-// of each pixel and the colour composited behind the current Gaussian.
-template <int C>
-inline void channel_rows(int64_t d0, int64_t lanes, int64_t pixels, int64_t row, const float* features,
-                         const float* vfeat, float* behind, float* g_feat, const float* __restrict w,
-                         const float* __restrict t_before, const float* __restrict inv, float* __restrict v_alpha_px) {
-  const float* up[C];
-  float* bh[C];
-  float* gf[C];
-  float f[C];
-  for (int c = 0; c < C; c++) {
-    up[c] = vfeat + (d0 + c) * pixels + row;
-    bh[c] = behind + (d0 + c) * pixels + row;
-    gf[c] = g_feat + (d0 + c) * lanes;
-    f[c] = features[d0 + c];
-  }
-#pragma omp simd aligned(w, t_before, inv, v_alpha_px : 64)
-  for (int64_t x = 0; x < lanes; x++) {
-    float v_a = v_alpha_px[x];
-#pragma GCC unroll 8
-    for (int c = 0; c < C; c++) {
-      const float u = up[c][x], b = bh[c][x];
-      gf[c][x] += w[x] * u;
-      v_a += (f[c] * t_before[x] - b * inv[x]) * u;
-      bh[c][x] = b + f[c] * w[x];
-    }
-    v_alpha_px[x] = v_a;
-  }
-}
-
 // One hardware vector of floats (ints): the compositing step below is written with GCC vectors, not as a loop
 // for gcc to vectorise, because from `c ? v : a[x]` gcc makes masked stores (vmaskmovps), which on AMD Zen took
 // about a quarter of the forward pass (perf, stop 57); vector selects are plain blends and stores. Wider GCC
@@ -245,6 +212,40 @@ inline void composite_row(int64_t lanes, float* weight, float* trans, int32_t* l
     *tr = blend ? next : before;
     *end = blend ? next_end + IntVector{} : *end;
     *live = stop ? zero : *live;
+  }
+}
+
+// Channels back-propagated together through one row, so that d loss / d alpha stays in a register.
+constexpr int kChannelBlock = 4;
+
+// One row of the backward pass for channels [d0, d0 + C): feature gradients (per lane), d loss / d alpha
+// of each pixel and the colour composited behind the current Gaussian.
+// `width` lanes from `row` (a pixel offset into the tile's buffers); g_feat's channels are `lanes` apart.
+template <int C>
+inline void channel_rows(int64_t d0, int width, int64_t lanes, int64_t pixels, int64_t row, const float* features,
+                         const float* vfeat, float* behind, float* g_feat, const float* __restrict w,
+                         const float* __restrict t_before, const float* __restrict inv, float* __restrict v_alpha_px) {
+  const float* up[C];
+  float* bh[C];
+  float* gf[C];
+  float f[C];
+  for (int c = 0; c < C; c++) {
+    up[c] = vfeat + (d0 + c) * pixels + row;
+    bh[c] = behind + (d0 + c) * pixels + row;
+    gf[c] = g_feat + (d0 + c) * lanes;
+    f[c] = features[d0 + c];
+  }
+#pragma omp simd aligned(w, t_before, inv, v_alpha_px : kVectorBytes)
+  for (int x = 0; x < width; x++) {
+    float v_a = v_alpha_px[x];
+#pragma GCC unroll 8
+    for (int c = 0; c < C; c++) {
+      const float u = up[c][x], b = bh[c][x];
+      gf[c][x] += w[x] * u;
+      v_a += (f[c] * t_before[x] - b * inv[x]) * u;
+      bh[c][x] = b + f[c] * w[x];
+    }
+    v_alpha_px[x] = v_a;
   }
 }
 
@@ -523,6 +524,99 @@ at::Tensor sum_entries(const at::Tensor& rows, const at::Tensor& ids, int64_t n)
 
 namespace {
 
+// One tile's state in the backward pass, per padded pixel (see `backward_sweep`).
+struct BackwardTile {
+  float *trans, *behind;
+  const float *tf, *vfeat, *valpha;
+  const int* last;
+  int64_t lanes, pixels, dims;
+};
+
+// One Gaussian's row scratch (64-byte aligned, `lanes` floats each) and its per-lane gradient sums
+// ((6 + dims) x lanes: mean x, y, conic a, b, c, opacity, then the features).
+struct BackwardScratch {
+  float *w, *t_before, *inv, *v_alpha_px, *vis_gated, *lane_grads;
+};
+
+// Back-propagates through one Gaussian (tile entry k) over the rows of its box, over the lanes of `span` only
+// (kSpan of them when known at compile time, else span.width), and writes its gradients to `row_grad` [6 + dims].
+// Walking back to front, it also takes the Gaussian out of the tile's transmittance and adds its colour to
+// `behind`. row_end: per tile row, one past the last entry any of its pixels composited.
+template <int64_t kSpan>
+inline void backward_rows(const Splat& s, const TileBounds& b, const Span& span, int k, const int* row_end,
+                          const BackwardTile& tile, const BackwardScratch& scratch, float* row_grad) {
+  const float ca = s.ca, cb = s.cb, cc = s.cc, o = s.o, mx_local = s.mx_local;
+  const int lx0 = (int)s.lx0, lx1 = (int)s.lx1, first = span.first;
+  const int width = kSpan > 0 ? (int)kSpan : span.width;
+  const int64_t lanes = tile.lanes, dims = tile.dims, grads = 6 + dims;
+  float* w = scratch.w;
+  float* t_before = scratch.t_before;
+  float* inv = scratch.inv;
+  float* v_alpha_px = scratch.v_alpha_px;
+  float* vis_gated = scratch.vis_gated;
+  // Gradient sums of the span's lanes: lane i of gradient j at lane_grads[j * lanes + first + i].
+  float* lane_grads = scratch.lane_grads + first;
+  for (int64_t j = 0; j < grads; j++) std::fill(lane_grads + j * lanes, lane_grads + j * lanes + width, 0.f);
+  float *g_mx = lane_grads, *g_my = g_mx + lanes, *g_ca = g_my + lanes, *g_cb = g_ca + lanes,
+        *g_cc = g_cb + lanes, *g_o = g_cc + lanes, *g_feat = g_o + lanes;
+  for (int64_t y = s.y0; y < s.y1; y++) {
+    if (k >= row_end[y - b.y0] || !s.row_reaches(y)) continue;
+    const float dy = s.my - (y + 0.5f);
+    const int64_t row = (y - b.y0) * lanes + first;
+    float* tr = tile.trans + row;
+    const float* tfr = tile.tf + row;
+    const float* var = tile.valpha + row;
+    const int* la = tile.last + row;
+#pragma omp simd aligned(tr, la, w, t_before, inv, vis_gated : kVectorBytes)
+    for (int i = 0; i < width; i++) {
+      const int x = first + i;
+      const float dx = mx_local - (float)x;
+      const float sigma = 0.5f * (ca * dx * dx + cc * dy * dy) + cb * dx * dy;
+      const float vis = std::exp(-std::min(sigma, kMaxSigma));
+      const float raw_alpha = o * vis;
+      const float alpha = std::min(kMaxAlpha, raw_alpha);
+      const bool valid = (x >= lx0) & (x < lx1) & (k < la[i]) & (sigma >= 0.f) & (alpha >= kAlphaThreshold);
+      const float inv_one_minus = 1.f / (1.f - alpha);
+      const float after = tr[i];
+      const float before = valid ? after * inv_one_minus : after;
+      w[i] = valid ? alpha * before : 0.f;
+      t_before[i] = before;
+      inv[i] = inv_one_minus;
+      // Where the 0.999 clamp is active alpha no longer depends on sigma or opacity.
+      vis_gated[i] = (valid & (raw_alpha <= kMaxAlpha)) ? vis : 0.f;
+      tr[i] = before;
+    }
+    // A loop of its own: folded into the one above, gcc gives up vectorising that one.
+#pragma omp simd aligned(v_alpha_px, tfr, inv, var : kVectorBytes)
+    for (int i = 0; i < width; i++) v_alpha_px[i] = tfr[i] * inv[i] * var[i];
+    int64_t d = 0;
+    for (; d + kChannelBlock <= dims; d += kChannelBlock)
+      channel_rows<kChannelBlock>(d, width, lanes, tile.pixels, row, s.features, tile.vfeat, tile.behind, g_feat, w,
+                                  t_before, inv, v_alpha_px);
+    for (; d < dims; d++)
+      channel_rows<1>(d, width, lanes, tile.pixels, row, s.features, tile.vfeat, tile.behind, g_feat, w, t_before,
+                      inv, v_alpha_px);
+#pragma omp simd aligned(g_mx, g_my, g_ca, g_cb, g_cc, g_o, vis_gated, v_alpha_px : kVectorBytes)
+    for (int i = 0; i < width; i++) {
+      const float dx = mx_local - (float)(first + i);
+      const float v_sigma = -o * vis_gated[i] * v_alpha_px[i];
+      g_mx[i] += v_sigma * (ca * dx + cb * dy);
+      g_my[i] += v_sigma * (cb * dx + cc * dy);
+      g_ca[i] += 0.5f * v_sigma * dx * dx;
+      g_cb[i] += v_sigma * dx * dy;
+      g_cc[i] += 0.5f * v_sigma * dy * dy;
+      g_o[i] += vis_gated[i] * v_alpha_px[i];
+    }
+  }
+  for (int64_t j = 0; j < grads; j++) {
+    const float* lane = lane_grads + j * lanes;
+    float sum = 0.f;
+#pragma omp simd reduction(+ : sum) aligned(lane : kVectorBytes)
+    for (int i = 0; i < width; i++) sum += lane[i];
+    row_grad[j] = sum;
+  }
+}
+
 // Gradients of a loss given v_features [H,W,D] and v_alpha [H,W] (alpha = 1 - transmittance).
 // Returns per-Gaussian gradients [N, 6 + D]: d/d(mean x, mean y, conic a, b, c, opacity, features...): the
 // tile sweep writes one row per entry, then each Gaussian sums its entries' rows in entry order (the order
@@ -577,8 +671,8 @@ at::Tensor backward_sweep(const at::Tensor& means2d, const at::Tensor& conics, c
     float* v_alpha_px = v_alpha_buf.get();
     float* vis_gated = vis_buf.get();
     float* lane_grads = lane_grads_buf.get();
-    float *g_mx = lane_grads, *g_my = g_mx + lanes, *g_ca = g_my + lanes, *g_cb = g_ca + lanes,
-          *g_cc = g_cb + lanes, *g_o = g_cc + lanes, *g_feat = g_o + lanes;
+    const BackwardTile tile_state{trans, behind, tf, vfeat, valpha, last, lanes, pixels, dims};
+    const BackwardScratch scratch{w, t_before, inv, v_alpha_px, vis_gated, lane_grads};
 #pragma omp for schedule(dynamic, 1)
     for (int64_t t = 0; t < grid.count(); t++) {
       const TileBounds b(grid, t);
@@ -604,64 +698,15 @@ at::Tensor backward_sweep(const at::Tensor& means2d, const at::Tensor& conics, c
       for (int64_t k = max_end - 1; k >= off[t]; k--) {
         if (k - kPrefetchDistance >= off[t]) prefetch_record(rec, id, stride, k - kPrefetchDistance);
         const Splat s(rec + (size_t)id[k] * stride, b);
-        const float ca = s.ca, cb = s.cb, cc = s.cc, o = s.o, mx_local = s.mx_local;
-        const int lx0 = (int)s.lx0, lx1 = (int)s.lx1;
-        const int k32 = (int)k;
-        std::fill(lane_grads, lane_grads + grads * lanes, 0.f);
-        for (int64_t y = s.y0; y < s.y1; y++) {
-          if (k >= row_end[y - b.y0] || !s.row_reaches(y)) continue;
-          const float dy = s.my - (y + 0.5f);
-          const int64_t row = (y - b.y0) * lanes;
-          float* tr = trans + row;
-          const float* tfr = tf + row;
-          const float* var = valpha + row;
-          const int* la = last + row;
-#pragma omp simd aligned(tr, la, w, t_before, inv, vis_gated : 64)
-          for (int x = 0; x < (int)lanes; x++) {
-            const float dx = mx_local - (float)x;
-            const float sigma = 0.5f * (ca * dx * dx + cc * dy * dy) + cb * dx * dy;
-            const float vis = std::exp(-std::min(sigma, kMaxSigma));
-            const float raw_alpha = o * vis;
-            const float alpha = std::min(kMaxAlpha, raw_alpha);
-            const bool valid = (x >= lx0) & (x < lx1) & (k32 < la[x]) & (sigma >= 0.f) & (alpha >= kAlphaThreshold);
-            const float inv_one_minus = 1.f / (1.f - alpha);
-            const float after = tr[x];
-            const float before = valid ? after * inv_one_minus : after;
-            w[x] = valid ? alpha * before : 0.f;
-            t_before[x] = before;
-            inv[x] = inv_one_minus;
-            // Where the 0.999 clamp is active alpha no longer depends on sigma or opacity.
-            vis_gated[x] = (valid & (raw_alpha <= kMaxAlpha)) ? vis : 0.f;
-            tr[x] = before;
-          }
-          // A loop of its own: folded into the one above, gcc gives up vectorising that one.
-#pragma omp simd aligned(v_alpha_px, tfr, inv, var : 64)
-          for (int64_t x = 0; x < lanes; x++) v_alpha_px[x] = tfr[x] * inv[x] * var[x];
-          int64_t d = 0;
-          for (; d + kChannelBlock <= dims; d += kChannelBlock)
-            channel_rows<kChannelBlock>(d, lanes, pixels, row, s.features, vfeat, behind, g_feat, w, t_before, inv, v_alpha_px);
-          for (; d < dims; d++)
-            channel_rows<1>(d, lanes, pixels, row, s.features, vfeat, behind, g_feat, w, t_before, inv, v_alpha_px);
-#pragma omp simd aligned(g_mx, g_my, g_ca, g_cb, g_cc, g_o, vis_gated, v_alpha_px : 64)
-          for (int x = 0; x < (int)lanes; x++) {
-            const float dx = mx_local - (float)x;
-            const float v_sigma = -o * vis_gated[x] * v_alpha_px[x];
-            g_mx[x] += v_sigma * (ca * dx + cb * dy);
-            g_my[x] += v_sigma * (cb * dx + cc * dy);
-            g_ca[x] += 0.5f * v_sigma * dx * dx;
-            g_cb[x] += v_sigma * dx * dy;
-            g_cc[x] += 0.5f * v_sigma * dy * dy;
-            g_o[x] += vis_gated[x] * v_alpha_px[x];
-          }
-        }
+        const Span span(s, lanes);
         float* row_grad = eg + (size_t)k * grads;
-        for (int64_t j = 0; j < grads; j++) {
-          const float* lane = lane_grads + j * lanes;
-          float sum = 0.f;
-#pragma omp simd reduction(+ : sum) aligned(lane : 64)
-          for (int64_t x = 0; x < lanes; x++) sum += lane[x];
-          row_grad[j] = sum;
-        }
+        if (span.width == 0) continue;  // as in `forward_sweep`: its row of gradients stays zero
+        if (span.width == kFixedLanes)
+          backward_rows<kFixedLanes>(s, b, span, (int)k, row_end.data(), tile_state, scratch, row_grad);
+        else if (span.width == kVectorFloats)
+          backward_rows<kVectorFloats>(s, b, span, (int)k, row_end.data(), tile_state, scratch, row_grad);
+        else
+          backward_rows<0>(s, b, span, (int)k, row_end.data(), tile_state, scratch, row_grad);
       }
     }
   }
