@@ -67,17 +67,13 @@ def load_fitted(path: str, frame: int | None, device: str) -> tuple[dict, int, i
             scene.cameras.width, scene.cameras.height)
 
 
-def kernel_expf() -> str:
-    """Which expf the CPU rasterizer's compiled kernel calls: glibc's vector ones (libmvec) mean gcc vectorised
-    its row loops; the scalar one alone means it did not (so it was with AVX2 until stop 54)."""
-    from pathlib import Path
-
+def kernel_vectors() -> str:
+    """The hardware vectors the CPU rasterizer's row loops were compiled for (its build uses -march=native)."""
     from recon4d.render.cpu import extension
 
-    data = Path(extension().__file__).read_bytes()
-    vector = [name for name, symbol in (("AVX-512", b"_ZGVeN16v_expf"), ("AVX2", b"_ZGVdN8v_expf"),
-                                        ("SSE", b"_ZGVbN4v_expf")) if symbol in data]
-    return f"vector expf ({', '.join(vector)})" if vector else "scalar expf only: row loops not vectorised"
+    names = {64: "AVX-512", 32: "AVX2", 16: "SSE/NEON"}
+    width = extension().vector_bytes()
+    return f"{width}-byte vectors ({names.get(width, '?')}), {width // 4} floats per row loop step"
 
 
 def tile_entries(scene: dict, width: int, height: int) -> int:
@@ -231,7 +227,7 @@ def main() -> None:
           f"OMP_WAIT_POLICY={env.get('OMP_WAIT_POLICY', 'unset')} cores={os.cpu_count()} "
           "(median; min in brackets; load = 1-min load average after the case)")
     if args.device == "cpu":
-        print(f"rasterizer kernel: {kernel_expf()}")
+        print(f"rasterizer kernel: {kernel_vectors()}")
     header = "| size | Gaussians | threads | forward ms | forward+backward ms | CPU ms/step | peak RSS MB |"
     extra = " peak GPU MB |" if args.device == "cuda" else " projection fwd+bwd ms (CPU ms) C++ | PyTorch |"
     print(header + extra + " load | coverage | max diff vs dense | tile entries |")

@@ -60,7 +60,8 @@ def _render_with_grads(scene: dict, width: int, height: int) -> dict[str, torch.
             **{name: params[name].grad for name in GRAD_NAMES}}
 
 
-@pytest.mark.parametrize("n, width, height", [(3000, 160, 90), (4000, 101, 67)])
+# The last case has enough Gaussians to bin on several threads too.
+@pytest.mark.parametrize("n, width, height", [(3000, 160, 90), (4000, 101, 67), (25000, 180, 120)])
 def test_kernel_is_bit_identical_for_any_thread_count(restore_threads, n, width, height):
     scene = _dense_scene(n, width, height, seed=n)
     torch.set_num_threads(1)
@@ -71,6 +72,8 @@ def test_kernel_is_bit_identical_for_any_thread_count(restore_threads, n, width,
         torch.set_num_threads(threads)
         # The scene is large enough that the sweeps really run on several threads.
         assert extension().sweep_threads(tiles, entries) == threads
+        if n >= 25000:
+            assert extension().bin_threads(n) == threads
         for name, a, b in zip(("offsets", "ids", "color", "transmittance", "end", "grads"),
                               reference, _kernel_outputs(scene, width, height)):
             assert torch.equal(a, b), f"{name} differs at {threads} threads"
