@@ -368,10 +368,12 @@ std::vector<at::Tensor> bin_gaussians(at::Tensor means2d, at::Tensor conics, at:
   const int* rad = radii.data_ptr<int>();
   const std::vector<int> order = depth_order(depths.data_ptr<float>(), n);
   const int threads = bin_threads(n);
-  // Per Gaussian in depth order: the first of its box rows' column spans [c0, c1) in `columns`.
+  // Per Gaussian in depth order: its tile box, and the first of its box rows' column spans [c0, c1) in `columns`.
+  std::vector<TileBox> boxes;
+  boxes.reserve(n);
   std::vector<int> row_start(n + 1, 0);
   for (int64_t k = 0; k < n; k++) {
-    const TileBox box(mean, rad, order[k], grid);
+    const TileBox& box = boxes.emplace_back(mean, rad, order[k], grid);
     row_start[k + 1] = row_start[k] + (box.y1 - box.y0);
   }
   std::vector<int> columns(2 * (size_t)row_start[n]);
@@ -383,7 +385,7 @@ std::vector<at::Tensor> bin_gaussians(at::Tensor means2d, at::Tensor conics, at:
     int* count = &counts[(size_t)chunk * tiles];
     for (int64_t k = chunk_begin(chunk); k < chunk_begin(chunk + 1); k++) {
       const int64_t g = order[k];
-      const TileBox box(mean, rad, g, grid);
+      const TileBox& box = boxes[k];
       const double a = conic[3 * g], b = conic[3 * g + 1], c = conic[3 * g + 2], o = opac[g];
       const bool ellipse = a > 0 && a * c - b * b > 0 && o >= kAlphaThreshold;
       const double level = ellipse ? cutoff_level((float)o) : 0.0;
@@ -415,7 +417,7 @@ std::vector<at::Tensor> bin_gaussians(at::Tensor means2d, at::Tensor conics, at:
   for (int chunk = 0; chunk < threads; chunk++) {
     int* fill = &counts[(size_t)chunk * tiles];
     for (int64_t k = chunk_begin(chunk); k < chunk_begin(chunk + 1); k++) {
-      const TileBox box(mean, rad, order[k], grid);
+      const TileBox& box = boxes[k];
       const int* span = &columns[2 * (size_t)row_start[k]];
       for (int y = box.y0; y < box.y1; y++, span += 2)
         for (int x = span[0]; x < span[1]; x++) id[fill[y * grid.tiles_x + x]++] = order[k];
