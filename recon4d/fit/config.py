@@ -273,6 +273,9 @@ class RefineConfig:
         residual motion (pixels, at some frame) from which a still Gaussian keeps it as a trajectory;
         still_motion_from: fraction of the steps after which residual motion is allowed (first the cameras
         settle on a still scene).
+    regularise_every: the motion regularisers (smoothness, rigidity, the still motion's group lasso) run every
+        this many steps, weighted by it (lazy regularisation, as StyleGAN2's lazy R1: the same expected
+        gradient). They cost about an eighth of a long clip's step (README, "Lazy motion regularisers", stop 58).
     pyramid_levels, coarse_share: coarse-to-fine (`recon4d.fit.pyramid`): the first `coarse_share` of the steps
         fit images downsampled 2x per level (coarsest first, equal parts), the rest the working resolution;
         1 level = off. Levels whose short side would fall under 32 px are skipped. Measured (README, "Coarse-to-fine
@@ -297,6 +300,7 @@ class RefineConfig:
     lambda_still_motion: float = 1.0
     keep_motion_px: float = 0.5
     still_motion_from: float = 0.5
+    regularise_every: int = 1
     pyramid_levels: int = 1
     coarse_share: float = 0.0
 
@@ -637,6 +641,7 @@ _RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "refine.min_period_frames": (1, None, False),
     "refine.still_motion_from": (0, 1, False),
     "refine.rigid_neighbours": (1, 64, False),
+    "refine.regularise_every": (1, None, False),
     "refine.pyramid_levels": (1, 6, False),
     "refine.coarse_share": (0, 0.9, False),
     "eval.holdout_refine_ssim": (0, 1, False),

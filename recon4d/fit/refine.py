@@ -275,9 +275,10 @@ class Refiner:
             loss, l1, tracked = self.frame_loss(k, track_means=info["track_means"], level=level)
             # The trajectories are smoothed at the fitted frame and at a random time of the clip: between fitted
             # frames (keyframes of a long clip) no image constrains them.
-            first, last = model.time_range
-            between = first + float(torch.rand((), generator=generator)) * (last - first)
-            loss = loss + self.motion_regularisers([float(self.data.fitted[k]), between])
+            if step % cfg.regularise_every == 0:
+                first, last = model.time_range
+                between = first + float(torch.rand((), generator=generator)) * (last - first)
+                loss = loss + cfg.regularise_every * self.motion_regularisers([float(self.data.fitted[k]), between])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if info["track_means"] and tracked["means"].grad is not None:
