@@ -354,6 +354,49 @@ def test_a_finished_refinement_holds_no_gradients():
     assert len(parameters) >= 8 and all(p.grad is None for p in parameters)
 
 
+@pytest.mark.parametrize("every", [1, 3])
+def test_motion_regularisers_run_every_kth_step_weighted_by_k(every, monkeypatch):
+    """`refine.regularise_every` (lazy regularisation): the regularisers join steps 0, k, 2k, ... of the loss, k
+    times their value, so that their expected gradient per step stays the one of every step."""
+    world = make_world()
+    fitted, _ = holdout_split(FRAMES, 4)
+    refiner = _refiner(world, fitted, spoiled_scene(world, fitted, jitter=0.0, camera_noise=0.0), refine_iters=7,
+                       **{"refine.regularise_every": every})
+    values, added = [], []
+    regularisers = refiner.motion_regularisers
+
+    def recorded(times):
+        value = regularisers(times)
+        values.append(float(value.detach()))
+        return value
+
+    backward = torch.Tensor.backward
+
+    def loss_backward(loss, *args, **kwargs):
+        added.append(float(loss.detach()))
+        return backward(loss, *args, **kwargs)
+
+    frame_losses = []
+    frame_loss = refiner.frame_loss
+
+    def recorded_frame_loss(*args, **kwargs):
+        result = frame_loss(*args, **kwargs)
+        frame_losses.append(float(result[0].detach()))
+        return result
+
+    monkeypatch.setattr(refiner, "motion_regularisers", recorded)
+    monkeypatch.setattr(refiner, "frame_loss", recorded_frame_loss)
+    monkeypatch.setattr(torch.Tensor, "backward", loss_backward)
+    refiner.optimise()
+    assert len(values) == len(range(0, 7, every)) and len(added) == 7 and values[0] > 0
+    regularised = iter(values)
+    for step, (total, photometric) in enumerate(zip(added, frame_losses)):
+        expected = photometric + (every * next(regularised) if step % every == 0 else 0.0)
+        assert total == pytest.approx(expected, rel=1e-5)
+    with pytest.raises(Exception, match="regularise_every"):
+        FitConfig.from_dict({"refine.regularise_every": 0}).validate()
+
+
 @pytest.mark.parametrize("windows", [1, 2])
 @pytest.mark.parametrize("with_still_motion", [False, True])
 def test_fused_frame_state_matches_tensor_ops(windows, with_still_motion):
