@@ -79,8 +79,8 @@ struct AxisMatrix {
   }
 };
 
-// 8 floats at any alignment, as a GCC vector (split into two on 16-byte vector machines).
-typedef float Lanes __attribute__((vector_size(32), aligned(4)));
+// 8 floats at any alignment, as a GCC vector (split into two on 16-byte vector machines) that may alias floats.
+typedef float Lanes __attribute__((vector_size(32), aligned(4), may_alias));
 constexpr int64_t kLaneFloats = 8;
 
 // target[c] = sum over k of weights[k] * sources[k][c0 + c] for c < V * 8: the V vectors of output stay in
