@@ -55,6 +55,7 @@ struct AxisMatrix {
   int64_t n, radius;
   std::vector<float> band;                                  // [length]: taps along q - r .. q + r
   std::vector<std::vector<std::pair<int64_t, float>>> rows;  // [n]: (input pixel, weight), ascending pixel
+  size_t longest = 0;                                       // entries of the longest row
 
   AxisMatrix(int64_t n_, const float* taps, int64_t length, int64_t mode, bool transpose)
       : n(n_), radius(length / 2), band(taps, taps + length), rows(n_) {
@@ -75,7 +76,10 @@ struct AxisMatrix {
       for (int64_t q = 0; q < n; ++q)
         for (const auto& [source, weight] : forward[q]) rows[source].emplace_back(q, weight);
     }
-    for (auto& row : rows) std::sort(row.begin(), row.end());
+    for (auto& row : rows) {
+      std::sort(row.begin(), row.end());
+      longest = std::max(longest, row.size());
+    }
   }
 };
 
@@ -102,7 +106,8 @@ inline void weighted_vectors(const float* const* sources, const float* weights, 
 inline void weighted_sum(const float* const* sources, const float* weights, int64_t count, int64_t width,
                          float* target) {
   int64_t c = 0;
-  for (; c + 4 * kLaneFloats <= width; c += 4 * kLaneFloats) weighted_vectors<4>(sources, weights, count, c, target + c);
+  for (; c + 4 * kLaneFloats <= width; c += 4 * kLaneFloats)
+    weighted_vectors<4>(sources, weights, count, c, target + c);
   for (; c + kLaneFloats <= width; c += kLaneFloats) weighted_vectors<1>(sources, weights, count, c, target + c);
   for (; c < width; ++c) {
     float acc = 0.0f;
@@ -114,9 +119,7 @@ inline void weighted_sum(const float* const* sources, const float* weights, int6
 // out [height, width] = in blurred along rows (each row of out a weighted sum of rows of in; `axis` over height).
 // Vectorised over the row: per output row, every weight's input row is read once.
 void apply_vertical(const AxisMatrix& axis, const float* in, float* out, int64_t width) {
-  size_t longest = 0;
-  for (const auto& row : axis.rows) longest = std::max(longest, row.size());
-  std::vector<const float*> sources(longest);
+  std::vector<const float*> sources(axis.longest);
   std::vector<float> weights(sources.size());
   for (int64_t q = 0; q < axis.n; ++q) {
     int64_t count = 0;

@@ -215,9 +215,10 @@ constexpr int64_t kVectorFloats = kVectorBytes / sizeof(float);
 static_assert(kLanes % kVectorFloats == 0, "padded rows hold whole vectors");
 
 // Composites `lanes` pixels of one row (aligned to and a multiple of kVectorFloats: a whole padded row or a
-// `Span` of it) over one Gaussian. In: `weight` the Gaussian's alpha per pixel (0 where it does not composite). Out: `weight` alpha x transmittance before it
-// (0 where not blended); transmittance `trans`, end index `last` and `alive` (1 until the pixel has finished)
-// updated. A pixel stops before the Gaussian that would take its transmittance to kMinTransmittance or below.
+// `Span` of it) over one Gaussian. In: `weight` the Gaussian's alpha per pixel (0 where it does not composite).
+// Out: `weight` alpha x transmittance before it (0 where not blended); transmittance `trans`, end index `last`
+// and `alive` (1 until the pixel has finished) updated. A pixel stops before the Gaussian that would take its
+// transmittance to kMinTransmittance or below.
 inline void composite_row(int64_t lanes, float* weight, float* trans, int32_t* last, float* alive, int32_t next_end) {
   const FloatVector zero = {};
   for (int64_t x = 0; x < lanes; x += kVectorFloats) {
