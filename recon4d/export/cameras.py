@@ -37,7 +37,7 @@ import torch
 
 from recon4d.errors import BackendError, InputError
 from recon4d.io.atomic import write_bytes_atomic
-from recon4d.io.frames import frame_file_name
+from recon4d.io.frames import FRAME_STEM, frame_file_name
 from recon4d.io.scene import Scene4D
 
 # Pixel-centre shift from recon4d/OpenCV (centre of pixel (0, 0) at 0) to COLMAP/nerfstudio (at 0.5).
@@ -89,7 +89,7 @@ def opengl_from_opencv(world_from_camera: np.ndarray) -> np.ndarray:
 
 def image_name(t: int) -> str:
     """File name of frame t's image in both exports: 'frame_0000.png' ..."""
-    return frame_file_name("frame", t, ".png")
+    return frame_file_name(FRAME_STEM, t, ".png")
 
 
 def _poses_and_intrinsics(scene: Scene4D) -> tuple[np.ndarray, np.ndarray]:

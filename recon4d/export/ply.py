@@ -37,7 +37,8 @@ import torch
 
 from recon4d.errors import BackendError, InputError, SceneError
 from recon4d.io.atomic import atomic_path, write_bytes_atomic
-from recon4d.io.frames import STILL_SCENE_STEM, FrameSelection, frame_file_name, frame_indices, one_file_for_all
+from recon4d.io.frames import (FRAME_STEM, STILL_SCENE_STEM, FrameSelection, frame_file_name, frame_indices,
+                               one_file_for_all)
 from recon4d.io.scene import Gaussians, Scene4D
 
 SH_C0 = 0.28209479177387814  # Y_0^0 = 1 / (2 sqrt(pi)); rgb = 0.5 + SH_C0 * f_dc
@@ -235,10 +236,10 @@ def export_ply(
     if one_file_for_all(scene, frames):
         path = _WRITERS[format](scene.gaussians_at(0), out_dir / f"{STILL_SCENE_STEM}{_SUFFIX[format]}", config)
         for t in range(scene.num_frames):
-            (out_dir / frame_file_name("frame", t, _SUFFIX[format])).unlink(missing_ok=True)
+            (out_dir / frame_file_name(FRAME_STEM, t, _SUFFIX[format])).unlink(missing_ok=True)
         return [path]
     paths = []
     for t in frame_indices(frames, scene.num_frames):
-        path = out_dir / frame_file_name("frame", t, _SUFFIX[format])
+        path = out_dir / frame_file_name(FRAME_STEM, t, _SUFFIX[format])
         paths.append(_WRITERS[format](scene.gaussians_at(t), path, config))
     return paths

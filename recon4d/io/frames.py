@@ -38,6 +38,7 @@ def frame_indices(frames: FrameSelection, num_frames: int) -> list[int]:
 
 
 STILL_SCENE_STEM = "static"  # an export's one file for every frame of a still scene (`Scene4D.is_still`)
+FRAME_STEM = "frame"  # an export's file per frame: frame_0000.ply, frame_0000.png ... (`frame_file_name`)
 
 
 def one_file_for_all(scene: Scene4D, frames: FrameSelection) -> bool:
