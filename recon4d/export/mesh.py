@@ -62,14 +62,15 @@ from recon4d.export.mesh_views import (
     thin_views,
 )
 from recon4d.io.atomic import atomic_path, write_bytes_atomic
-from recon4d.io.frames import STILL_SCENE_STEM, FrameSelection, frame_file_name, frame_indices, one_file_for_all
+from recon4d.io.frames import (FRAME_STEM, STILL_SCENE_STEM, FrameSelection, frame_file_name, frame_indices,
+                               one_file_for_all)
 from recon4d.io.scene import Gaussians, Scene4D
 from recon4d.progress import progress_bar
 
 MESH_SUFFIXES = (".ply", ".obj", ".glb")
 # File names of a clip's meshes (`export_meshes`): frame_0000.ply whole; split: still_0000.ply per window (its
 # first exported frame), moving_0000.ply per frame.
-WHOLE_FRAME_PREFIX, STILL_PART_PREFIX, MOVING_PART_PREFIX = "frame", "still", "moving"
+WHOLE_FRAME_PREFIX, STILL_PART_PREFIX, MOVING_PART_PREFIX = FRAME_STEM, "still", "moving"
 OPEN3D_PIXEL_CENTER_OFFSET = 0.5  # open3d's TSDF kernels centre pixel (0, 0) at (0.5, 0.5)
 
 
